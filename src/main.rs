@@ -1,0 +1,3 @@
+fn main() {
+    println!("roomcast {}", env!("CARGO_PKG_VERSION"));
+}
