@@ -1,6 +1,9 @@
 //! roomcast: a high-density WebSocket server for rooms and broadcast.
 //!
-//! Layers, with dependencies pointing one way (see `DESIGN.md` in the project docs):
-//! [`protocol`] is sans-IO RFC 6455 and uses nothing that does I/O.
+//! Layers, with dependencies pointing one way: [`protocol`] is sans-IO RFC 6455 and uses
+//! nothing that does I/O; [`reactor`] runs the shards and is the only place with syscalls;
+//! [`config`] holds the validated settings.
 
+pub mod config;
 pub mod protocol;
+pub mod reactor;

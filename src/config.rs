@@ -1,0 +1,100 @@
+//! Server configuration: command-line flags, each also settable from the environment
+//! (`ROOMCAST_*`), validated before anything starts.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendChoice {
+    /// io_uring where the kernel supports what roomcast uses, epoll otherwise.
+    Auto,
+    Uring,
+    Epoll,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ServeConfig {
+    /// Address to listen on (every shard binds it with SO_REUSEPORT).
+    #[arg(long, env = "ROOMCAST_LISTEN", default_value = "127.0.0.1:9000")]
+    pub listen: SocketAddr,
+
+    /// Event loops, one thread each [default: the CPUs this process may use].
+    #[arg(long, env = "ROOMCAST_SHARDS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    shards_arg: Option<u16>,
+
+    /// Skipped by clap: filled from `shards_arg`.
+    #[arg(skip)]
+    pub shards: Option<usize>,
+
+    #[arg(long, env = "ROOMCAST_BACKEND", value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+
+    /// Frames each connection may have queued for sending.
+    #[arg(long, env = "ROOMCAST_OUT_RING", default_value_t = 32, value_parser = clap::value_parser!(u16).range(2..=4096))]
+    out_ring_arg: u16,
+
+    #[arg(skip)]
+    pub out_ring: usize,
+
+    /// Largest message accepted, in bytes (larger: close 1009).
+    #[arg(long, env = "ROOMCAST_MAX_MESSAGE", default_value_t = 64 * 1024)]
+    pub max_message: usize,
+
+    /// Largest handshake request head, in bytes (larger: 431).
+    #[arg(long, env = "ROOMCAST_MAX_HEADER_BYTES", default_value_t = 8192)]
+    pub max_header_bytes: usize,
+
+    /// Seconds from accept to a complete handshake before the socket is closed.
+    #[arg(long, env = "ROOMCAST_HANDSHAKE_TIMEOUT", default_value_t = 5)]
+    pub handshake_timeout_secs: u64,
+
+    /// Listen backlog per shard.
+    #[arg(long, env = "ROOMCAST_BACKLOG", default_value_t = 4096)]
+    pub backlog: i32,
+
+    /// io_uring: provided receive buffers per shard (a power of two).
+    #[arg(long, env = "ROOMCAST_RECV_BUFFERS", default_value_t = 64)]
+    pub recv_buffers: u16,
+
+    /// io_uring: size of each provided receive buffer, in bytes.
+    #[arg(long, env = "ROOMCAST_RECV_BUFFER_SIZE", default_value_t = 64 * 1024)]
+    pub recv_buffer_size: u32,
+}
+
+impl ServeConfig {
+    /// Checks the flags together and fills the derived fields. Errors say which flag.
+    pub fn validate(mut self) -> Result<ServeConfig, String> {
+        self.shards = self.shards_arg.map(usize::from);
+        self.out_ring = usize::from(self.out_ring_arg);
+        if !self.recv_buffers.is_power_of_two() {
+            return Err(format!(
+                "--recv-buffers must be a power of two, got {}",
+                self.recv_buffers
+            ));
+        }
+        if self.recv_buffer_size < 4096 {
+            return Err("--recv-buffer-size must be at least 4096".into());
+        }
+        if self.max_header_bytes < 256 {
+            return Err("--max-header-bytes must be at least 256".into());
+        }
+        if self.max_message == 0 {
+            return Err("--max-message must be at least 1".into());
+        }
+        if self.handshake_timeout_secs == 0 {
+            return Err("--handshake-timeout must be at least 1 second".into());
+        }
+        Ok(self)
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs)
+    }
+
+    /// How long a half-closed connection waits for the peer's EOF.
+    pub fn linger_timeout(&self) -> Duration {
+        Duration::from_secs(2)
+    }
+}

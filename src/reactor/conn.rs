@@ -1,0 +1,461 @@
+//! One connection's state and the logic both backends share: bytes received go in,
+//! frames to send come out in the connection's [`OutRing`], and the phase says what the
+//! backend must do next. No syscalls here: the backends own the sockets.
+
+use std::sync::Arc;
+
+use crate::protocol::handshake::{self, Parsed, Request};
+use crate::protocol::message::{Event, Limits, MAX_TAIL};
+use crate::protocol::{encode, CloseCode, Decoder, OpCode, ProtocolError, SharedFrame, Status};
+
+use super::outring::OutRing;
+
+/// Where a connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading the opening handshake; bytes accumulate in the tail.
+    Handshake,
+    /// Upgraded: frames in, frames out.
+    Open,
+    /// A final response or close frame is queued: input is discarded; once the ring
+    /// drains the backend half-closes, then closes at EOF or the linger deadline.
+    Closing,
+}
+
+/// What an upgraded connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    None,
+    /// `/echo`: every message comes back as it was (the conformance endpoint).
+    Echo,
+}
+
+/// Flags the backends keep per connection.
+pub mod flag {
+    /// On the shard's list of connections to flush this turn.
+    pub const QUEUED: u8 = 1 << 0;
+    /// Input processing stopped because the out-ring is full; the backend stops reading
+    /// until it drains.
+    pub const PAUSED: u8 = 1 << 1;
+    /// A send is in flight (io_uring): its iovecs point into the ring.
+    pub const SENDING: u8 = 1 << 2;
+    /// A multishot recv is armed (io_uring) or reads are wanted (epoll).
+    pub const RECEIVING: u8 = 1 << 3;
+    /// The write side has been shut down after the final bytes went out.
+    pub const SHUT_WR: u8 = 1 << 4;
+    /// Close requested; the slot is freed once no operation refers to it any more.
+    pub const DEAD: u8 = 1 << 5;
+}
+
+/// Per-shard settings the connection logic needs, and its counters.
+#[derive(Debug)]
+pub struct Ctx {
+    pub limits: Limits,
+    pub max_header_bytes: usize,
+    pub out_cap: usize,
+    pub stats: Stats,
+}
+
+/// Per-shard counters: plain integers, written only by the shard that owns them.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub accepted: u64,
+    pub closed: u64,
+    pub upgraded: u64,
+    pub http_requests: u64,
+    pub handshake_refused: u64,
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub protocol_errors: u64,
+}
+
+/// A connection's whole state. Its size is part of the per-connection memory budget.
+#[derive(Debug)]
+pub struct Conn {
+    /// The socket: a plain fd (epoll) or a fixed-file index (io_uring).
+    pub io: u32,
+    /// Distinguishes this connection from earlier ones in the same slab slot.
+    pub gen: u32,
+    pub phase: Phase,
+    pub route: Route,
+    pub flags: u8,
+    decoder: Decoder,
+    pub out: OutRing,
+    /// Bytes received but not yet consumed: an incomplete handshake or frame tail, or input
+    /// held back while paused. Empty, with no heap storage, while idle.
+    tail: Vec<u8>,
+}
+
+// The per-connection budget (DESIGN.md: ≤ 256 B per idle connection in user space,
+// slab slot included; the reactor issue asks for ≤ 192 B for the struct).
+const _: () = assert!(std::mem::size_of::<Conn>() <= 128);
+
+impl Conn {
+    pub fn new(io: u32, gen: u32) -> Conn {
+        Conn {
+            io,
+            gen,
+            phase: Phase::Handshake,
+            route: Route::None,
+            flags: 0,
+            decoder: Decoder::new(),
+            out: OutRing::default(),
+            tail: Vec::new(),
+        }
+    }
+
+    pub fn has(&self, f: u8) -> bool {
+        self.flags & f != 0
+    }
+
+    pub fn set(&mut self, f: u8) {
+        self.flags |= f;
+    }
+
+    pub fn clear(&mut self, f: u8) {
+        self.flags &= !f;
+    }
+
+    /// Bytes held in the tail (for tests and accounting).
+    pub fn tail_len(&self) -> usize {
+        self.tail.len()
+    }
+
+    /// Handles bytes just received. Afterwards the backend checks `out` (something to
+    /// send), [`flag::PAUSED`] (stop reading) and `phase` (closing).
+    ///
+    /// Only what cannot be consumed yet is copied into the tail; an idle connection's
+    /// tail stays unallocated.
+    pub fn receive(&mut self, data: &mut [u8], ctx: &mut Ctx) {
+        if self.phase == Phase::Closing {
+            return;
+        }
+        if self.tail.is_empty() && !self.has(flag::PAUSED) {
+            let n = self.process(data, ctx);
+            if n < data.len() && self.phase != Phase::Closing {
+                self.tail.extend_from_slice(&data[n..]);
+            }
+        } else {
+            self.tail.extend_from_slice(data);
+            if !self.has(flag::PAUSED) {
+                self.process_tail(ctx);
+            }
+        }
+        self.check_tail_bound(ctx);
+    }
+
+    /// Picks up input held back while paused, after the ring drained.
+    pub fn resume(&mut self, ctx: &mut Ctx) {
+        self.clear(flag::PAUSED);
+        if !self.tail.is_empty() && self.phase != Phase::Closing {
+            self.process_tail(ctx);
+        }
+    }
+
+    fn process_tail(&mut self, ctx: &mut Ctx) {
+        let mut tail = std::mem::take(&mut self.tail);
+        let n = self.process(&mut tail, ctx);
+        if self.phase != Phase::Closing && n < tail.len() {
+            tail.drain(..n);
+            self.tail = tail;
+        }
+    }
+
+    /// Holding more than a header's worth outside a pause would mean a decoder bug;
+    /// holding a lot while paused means the backend kept reading. Either way the
+    /// connection, not the process, pays.
+    fn check_tail_bound(&mut self, ctx: &mut Ctx) {
+        let bound = match (self.phase, self.has(flag::PAUSED)) {
+            (Phase::Handshake, _) => ctx.max_header_bytes,
+            (_, false) => MAX_TAIL,
+            (_, true) => 4 << 20,
+        };
+        if self.tail.len() > bound {
+            self.tail = Vec::new();
+            self.fail(CloseCode::POLICY_VIOLATION, "input backlog", ctx);
+        }
+    }
+
+    fn process(&mut self, buf: &mut [u8], ctx: &mut Ctx) -> usize {
+        match self.phase {
+            Phase::Handshake => self.handshake(buf, ctx),
+            Phase::Open => self.frames(buf, ctx),
+            Phase::Closing => buf.len(),
+        }
+    }
+
+    fn handshake(&mut self, buf: &mut [u8], ctx: &mut Ctx) -> usize {
+        let (parsed, head_len) = match handshake::parse(buf, ctx.max_header_bytes) {
+            Ok(None) => return 0,
+            Ok(Some(done)) => done,
+            Err(e) => {
+                self.refuse(e.status(), &e.to_string(), ctx);
+                return buf.len();
+            }
+        };
+        match parsed {
+            Parsed::Plain(req) => {
+                ctx.stats.http_requests += 1;
+                let (status, body) = plain_route(&req);
+                let mut out = Vec::new();
+                handshake::http_response(
+                    status,
+                    "text/plain; charset=utf-8",
+                    "",
+                    body.as_bytes(),
+                    true,
+                    &mut out,
+                );
+                self.finish_with(out, ctx);
+                buf.len()
+            }
+            Parsed::Upgrade(req) => match req.path {
+                "/echo" => {
+                    let mut out = Vec::with_capacity(160);
+                    handshake::accept_response(&req, None, &mut out);
+                    self.push_control(SharedFrame::from_encoded(Arc::from(out)), ctx);
+                    self.route = Route::Echo;
+                    self.phase = Phase::Open;
+                    ctx.stats.upgraded += 1;
+                    // A client may send its first frames right behind the request.
+                    head_len + self.frames(&mut buf[head_len..], ctx)
+                }
+                _ => {
+                    self.refuse(Status::NotFound, "no such endpoint", ctx);
+                    buf.len()
+                }
+            },
+        }
+    }
+
+    fn frames(&mut self, buf: &mut [u8], ctx: &mut Ctx) -> usize {
+        let (mut at, end) = (0, buf.len());
+        loop {
+            if self.out.is_full(ctx.out_cap) {
+                // Backpressure: stop consuming until what we owe the peer has gone out.
+                self.set(flag::PAUSED);
+                return at;
+            }
+            let (n, event) = match self.decoder.decode(&mut buf[at..], &ctx.limits) {
+                Ok(step) => step,
+                Err(e) => {
+                    self.violation(&e, ctx);
+                    return buf.len();
+                }
+            };
+            at += n;
+            match event {
+                Some(event) => self.on_event(event, ctx),
+                None if n == 0 || at == end => return at,
+                None => {}
+            }
+            if self.phase == Phase::Closing {
+                return buf.len();
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event<'_>, ctx: &mut Ctx) {
+        match event {
+            Event::Message { kind, payload } => {
+                ctx.stats.messages_in += 1;
+                // Route::Echo: one allocation for the reply frame, one copy of the payload.
+                let frame = SharedFrame::new(kind.opcode(), &payload);
+                if self.out.push(frame, ctx.out_cap).is_ok() {
+                    ctx.stats.messages_out += 1;
+                }
+            }
+            Event::Ping(payload) => {
+                self.push_control(SharedFrame::new(OpCode::Pong, payload), ctx);
+            }
+            Event::Pong(_) => {}
+            Event::Close(_) => {
+                let mut reply = Vec::with_capacity(4);
+                event.reply(&mut reply);
+                self.finish_with(reply, ctx);
+            }
+        }
+    }
+
+    /// The peer broke the protocol: close with the code the rule maps to.
+    fn violation(&mut self, e: &ProtocolError, ctx: &mut Ctx) {
+        ctx.stats.protocol_errors += 1;
+        tracing::debug!(conn = self.gen, error = %e, "protocol violation");
+        self.fail(e.close_code(), e.reason(), ctx);
+    }
+
+    /// Starts the closing handshake from our side with `code`.
+    pub fn fail(&mut self, code: CloseCode, reason: &str, ctx: &mut Ctx) {
+        if self.phase == Phase::Closing {
+            return;
+        }
+        let mut frame = Vec::with_capacity(4 + reason.len());
+        encode::write_close(code, reason, &mut frame);
+        self.finish_with(frame, ctx);
+    }
+
+    fn refuse(&mut self, status: Status, body: &str, ctx: &mut Ctx) {
+        ctx.stats.handshake_refused += 1;
+        let mut out = Vec::new();
+        handshake::reject_response(status, body, &mut out);
+        self.finish_with(out, ctx);
+    }
+
+    /// Queues the last bytes this connection will get and stops taking input.
+    fn finish_with(&mut self, bytes: Vec<u8>, ctx: &mut Ctx) {
+        self.push_control(SharedFrame::from_encoded(Arc::from(bytes)), ctx);
+        self.phase = Phase::Closing;
+        self.tail = Vec::new();
+    }
+
+    fn push_control(&mut self, frame: SharedFrame, ctx: &mut Ctx) {
+        if self.out.push_control(frame, ctx.out_cap).is_err() {
+            // Only a peer that pings faster than it reads gets here: it loses the
+            // connection, nobody else notices.
+            self.out.clear();
+            self.phase = Phase::Closing;
+        }
+    }
+}
+
+/// Answers for plain HTTP requests (no upgrade).
+fn plain_route(req: &Request<'_>) -> (Status, &'static str) {
+    match req.path {
+        "/healthz" => (Status::Ok, "ok\n"),
+        _ => (Status::NotFound, "not found\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frame::{FrameHeader, MAX_HEADER_LEN};
+    use crate::protocol::mask::apply_mask;
+
+    fn ctx() -> Ctx {
+        Ctx {
+            limits: Limits::server(1 << 16),
+            max_header_bytes: 8192,
+            out_cap: 4,
+            stats: Stats::default(),
+        }
+    }
+
+    const UPGRADE: &[u8] = b"GET /echo HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\
+        Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Sec-WebSocket-Version: 13\r\n\r\n";
+
+    fn masked(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+        let h = FrameHeader {
+            fin: true,
+            rsv: 0,
+            opcode,
+            mask: Some([1, 2, 3, 4]),
+            payload_len: payload.len() as u64,
+        };
+        let mut head = [0u8; MAX_HEADER_LEN];
+        let n = h.format(&mut head);
+        let mut out = head[..n].to_vec();
+        out.extend_from_slice(payload);
+        apply_mask(&mut out[n..], [1, 2, 3, 4], 0);
+        out
+    }
+
+    fn sent(conn: &mut Conn) -> Vec<u8> {
+        let mut all = Vec::new();
+        let mut iov = [std::io::IoSlice::new(&[]); 64];
+        let n = conn.out.iovecs(&mut iov);
+        for s in &iov[..n] {
+            all.extend_from_slice(s);
+        }
+        conn.out.advance(all.len());
+        all
+    }
+
+    fn open(ctx: &mut Ctx) -> Conn {
+        let mut c = Conn::new(0, 0);
+        c.receive(&mut UPGRADE.to_vec(), ctx);
+        assert_eq!(c.phase, Phase::Open);
+        let resp = sent(&mut c);
+        assert!(resp.starts_with(b"HTTP/1.1 101"));
+        c
+    }
+
+    #[test]
+    fn conn_fits_its_budget() {
+        assert!(
+            std::mem::size_of::<Conn>() <= 128,
+            "{}",
+            std::mem::size_of::<Conn>()
+        );
+    }
+
+    #[test]
+    fn handshake_split_byte_by_byte_then_echo() {
+        let mut ctx = ctx();
+        let mut c = Conn::new(0, 0);
+        let mut stream = UPGRADE.to_vec();
+        stream.extend(masked(OpCode::Text, b"hi"));
+        for b in &stream {
+            c.receive(&mut [*b], &mut ctx);
+        }
+        let out = sent(&mut c);
+        assert!(out.ends_with(&[0x81, 2, b'h', b'i']));
+        assert_eq!(c.tail_len(), 0);
+    }
+
+    #[test]
+    fn a_full_ring_pauses_input_and_resume_continues() {
+        let mut ctx = ctx();
+        let mut c = open(&mut ctx);
+        let mut burst = Vec::new();
+        for i in 0..10u8 {
+            burst.extend(masked(OpCode::Binary, &[i]));
+        }
+        c.receive(&mut burst, &mut ctx);
+        assert!(c.has(flag::PAUSED));
+        assert_eq!(c.out.len(), 4);
+        let mut got = sent(&mut c);
+        while c.has(flag::PAUSED) {
+            c.resume(&mut ctx);
+            got.extend(sent(&mut c));
+        }
+        let expect: Vec<u8> = (0..10u8).flat_map(|i| [0x82, 1, i]).collect();
+        assert_eq!(got, expect);
+    }
+
+    #[test]
+    fn violations_queue_a_close_with_the_mapped_code() {
+        let mut ctx = ctx();
+        let mut c = open(&mut ctx);
+        let mut bad = masked(OpCode::Text, &[0xFF]);
+        c.receive(&mut bad, &mut ctx);
+        assert_eq!(c.phase, Phase::Closing);
+        assert_eq!(&sent(&mut c)[..4], &[0x88, 0x0F, 0x03, 0xEF]); // 1007
+    }
+
+    #[test]
+    fn plain_requests_get_healthz_or_404() {
+        let mut ctx = ctx();
+        for (path, status) in [("/healthz", "200"), ("/nope", "404")] {
+            let mut c = Conn::new(0, 0);
+            let mut req = format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").into_bytes();
+            c.receive(&mut req, &mut ctx);
+            assert_eq!(c.phase, Phase::Closing);
+            let out = String::from_utf8(sent(&mut c)).unwrap();
+            assert!(out.starts_with(&format!("HTTP/1.1 {status}")), "{out}");
+        }
+    }
+
+    #[test]
+    fn unknown_upgrade_path_gets_404_before_upgrading() {
+        let mut ctx = ctx();
+        let mut c = Conn::new(0, 0);
+        let mut req = String::from_utf8(UPGRADE.to_vec())
+            .unwrap()
+            .replace("/echo", "/nope")
+            .into_bytes();
+        c.receive(&mut req, &mut ctx);
+        assert!(sent(&mut c).starts_with(b"HTTP/1.1 404"));
+    }
+}

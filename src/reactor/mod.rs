@@ -1,0 +1,152 @@
+//! Thread-per-core: one shard per thread, each with its own listener (`SO_REUSEPORT`),
+//! its own slab of connections and its own event loop on io_uring or epoll.
+
+pub mod conn;
+pub mod outring;
+pub mod shard;
+pub mod sys;
+
+use std::io;
+use std::net::SocketAddr;
+use std::thread::JoinHandle;
+
+use crate::config::{BackendChoice, ServeConfig};
+use crate::protocol::message::Limits;
+use conn::{Ctx, Stats};
+use shard::Timeouts;
+
+/// The event-loop implementation a server runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Uring,
+    Epoll,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Uring => "uring",
+            Backend::Epoll => "epoll",
+        })
+    }
+}
+
+/// Everything one shard starts with.
+pub struct ShardSetup {
+    pub index: usize,
+    pub listener: socket2::Socket,
+    pub ctx: Ctx,
+    pub timeouts: Timeouts,
+    /// io_uring only: fixed-file table size, provided buffers.
+    pub fixed_files: u32,
+    pub recv_buffers: u16,
+    pub recv_buffer_size: u32,
+}
+
+/// A running server: its address, backend and shard threads.
+pub struct Server {
+    pub local_addr: SocketAddr,
+    pub backend: Backend,
+    pub shards: usize,
+    threads: Vec<JoinHandle<io::Result<()>>>,
+}
+
+impl Server {
+    /// Binds every shard's listener and starts the shard threads.
+    pub fn start(cfg: &ServeConfig) -> io::Result<Server> {
+        let backend = choose_backend(cfg.backend)?;
+        let nofile = sys::raise_nofile_limit().unwrap_or(1024);
+        let cpus = sys::allowed_cpus();
+        let shards = cfg.shards.unwrap_or(cpus.len().max(1));
+        // The first listener fixes the port (`:0` picks one); the others join it.
+        let first = sys::listener(cfg.listen, cfg.backlog)?;
+        let local_addr = first
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("listener has no inet address"))?;
+        let mut listeners = vec![first];
+        for _ in 1..shards {
+            listeners.push(sys::listener(local_addr, cfg.backlog)?);
+        }
+        let pin = shards <= cpus.len();
+        let fixed_files = nofile.min(1 << 20) as u32;
+        let mut threads = Vec::with_capacity(shards);
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let setup = ShardSetup {
+                index,
+                listener,
+                ctx: Ctx {
+                    limits: Limits::server(cfg.max_message),
+                    max_header_bytes: cfg.max_header_bytes,
+                    out_cap: cfg.out_ring,
+                    stats: Stats::default(),
+                },
+                timeouts: Timeouts {
+                    handshake: cfg.handshake_timeout(),
+                    linger: cfg.linger_timeout(),
+                },
+                fixed_files,
+                recv_buffers: cfg.recv_buffers,
+                recv_buffer_size: cfg.recv_buffer_size,
+            };
+            let cpu = pin.then(|| cpus[index]);
+            let thread = std::thread::Builder::new()
+                .name(format!("shard-{index}"))
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        if let Err(e) = sys::pin_to_cpu(cpu) {
+                            tracing::warn!(shard = index, cpu, error = %e, "could not pin shard");
+                        }
+                    }
+                    let result = match backend {
+                        Backend::Uring => sys::uring::run(setup),
+                        Backend::Epoll => sys::epoll::run(setup),
+                    };
+                    if let Err(e) = &result {
+                        tracing::error!(shard = index, error = %e, "shard stopped");
+                    }
+                    result
+                })?;
+            threads.push(thread);
+        }
+        Ok(Server {
+            local_addr,
+            backend,
+            shards,
+            threads,
+        })
+    }
+
+    /// Waits for the shards; returns the first error any of them stopped with.
+    pub fn join(self) -> io::Result<()> {
+        let mut result = Ok(());
+        for t in self.threads {
+            let r = t
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("shard panicked")));
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    }
+}
+
+/// `auto` probes io_uring and falls back to epoll, saying why in one log line.
+fn choose_backend(choice: BackendChoice) -> io::Result<Backend> {
+    match choice {
+        BackendChoice::Epoll => Ok(Backend::Epoll),
+        BackendChoice::Uring => {
+            sys::uring::probe()
+                .map_err(|why| io::Error::other(format!("io_uring unavailable: {why}")))?;
+            Ok(Backend::Uring)
+        }
+        BackendChoice::Auto => match sys::uring::probe() {
+            Ok(()) => Ok(Backend::Uring),
+            Err(why) => {
+                tracing::info!("io_uring unavailable ({why}); using epoll");
+                Ok(Backend::Epoll)
+            }
+        },
+    }
+}

@@ -1,0 +1,328 @@
+//! The epoll backend: edge-triggered, one epoll instance per shard, reads into one
+//! per-shard scratch buffer. Only what a connection cannot consume yet (a partial
+//! handshake or frame header) is copied into that connection's own storage.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Instant;
+
+use crate::reactor::conn::flag;
+use crate::reactor::shard::{Core, Next};
+use crate::reactor::ShardSetup;
+use crate::syscall;
+
+/// Token of the listener in epoll's user data; connections use `gen << 32 | slot`.
+const LISTENER: u64 = u64::MAX;
+
+/// Events per `epoll_wait`.
+const EVENTS: usize = 1024;
+
+/// Per-shard read buffer.
+const SCRATCH: usize = 64 * 1024;
+
+/// The most slices one `writev` carries (well under IOV_MAX).
+const MAX_IOV: usize = 64;
+
+struct Epoll {
+    ep: OwnedFd,
+    listener: socket2::Socket,
+    core: Core,
+    scratch: Box<[u8]>,
+    /// A descriptor held in reserve so that at the fd limit a pending connection can
+    /// still be accepted and closed, instead of waiting in the backlog (the classic
+    /// trick): the client sees its connection refused, the server does not spin.
+    reserve: Option<OwnedFd>,
+    at_limit: bool,
+    expired: Vec<usize>,
+}
+
+pub fn run(setup: ShardSetup) -> io::Result<()> {
+    let ep = syscall!(epoll_create1(libc::EPOLL_CLOEXEC))?;
+    // SAFETY: epoll_create1 returned a fresh descriptor that nothing else owns.
+    let ep = unsafe { OwnedFd::from_raw_fd(ep) };
+    let mut lp = Epoll {
+        ep,
+        listener: setup.listener,
+        core: Core::new(setup.ctx, setup.timeouts),
+        scratch: vec![0u8; SCRATCH].into_boxed_slice(),
+        reserve: open_reserve(),
+        at_limit: false,
+        expired: Vec::new(),
+    };
+    lp.add(
+        lp.listener.as_raw_fd(),
+        LISTENER,
+        libc::EPOLLIN as u32 | libc::EPOLLET as u32,
+    )?;
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
+    loop {
+        let timeout = if lp.core.has_flush() {
+            0
+        } else {
+            lp.core
+                .next_deadline(Instant::now())
+                .map_or(-1, |d| d.as_millis().min(i32::MAX as u128) as i32)
+        };
+        let n = match syscall!(epoll_wait(
+            lp.ep.as_raw_fd(),
+            events.as_mut_ptr(),
+            EVENTS as i32,
+            timeout
+        )) {
+            Ok(n) => n as usize,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+            Err(e) => return Err(e),
+        };
+        for ev in &events[..n] {
+            let (token, bits) = (ev.u64, ev.events);
+            if token == LISTENER {
+                lp.accept_all();
+            } else {
+                lp.conn_event((token & 0xFFFF_FFFF) as usize, (token >> 32) as u32, bits);
+            }
+        }
+        lp.expire();
+        lp.flush();
+    }
+}
+
+fn open_reserve() -> Option<OwnedFd> {
+    let fd = syscall!(open(
+        c"/dev/null".as_ptr(),
+        libc::O_RDONLY | libc::O_CLOEXEC
+    ))
+    .ok()?;
+    // SAFETY: open returned a fresh descriptor.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+impl Epoll {
+    fn add(&self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events, u64: token };
+        syscall!(epoll_ctl(
+            self.ep.as_raw_fd(),
+            libc::EPOLL_CTL_ADD,
+            fd,
+            &mut ev
+        ))
+        .map(drop)
+    }
+
+    /// Accepts until the backlog is empty. Cost: one accept4 + one epoll_ctl per socket.
+    fn accept_all(&mut self) {
+        loop {
+            let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+            let fd = match syscall!(accept4(
+                self.listener.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                flags
+            )) {
+                Ok(fd) => fd,
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EAGAIN) => return,
+                    Some(libc::EINTR | libc::ECONNABORTED) => continue,
+                    Some(errno @ (libc::EMFILE | libc::ENFILE)) => {
+                        if !self.refuse_one(errno) {
+                            return;
+                        }
+                        continue;
+                    }
+                    _ => {
+                        tracing::warn!(error = %e, "accept failed");
+                        return;
+                    }
+                },
+            };
+            if self.at_limit {
+                self.at_limit = false;
+                tracing::info!("accepting again: descriptors available");
+            }
+            let _ = socket2::SockRef::from(&BorrowedRaw(fd)).set_nodelay(true);
+            let (slot, gen) = self.core.insert(fd as u32, Instant::now());
+            let token = (u64::from(gen) << 32) | slot as u64;
+            let interest =
+                (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+            if let Err(e) = self.add(fd, token, interest) {
+                tracing::warn!(error = %e, "epoll_ctl add failed");
+                self.close(slot);
+            }
+        }
+    }
+
+    /// At the descriptor limit: accept one pending connection with the reserve
+    /// descriptor and close it at once. Logs once per episode. Returns whether to go on.
+    fn refuse_one(&mut self, errno: i32) -> bool {
+        if !self.at_limit {
+            self.at_limit = true;
+            tracing::warn!(
+                limit = super::errno_name(errno),
+                open = self.core.conns.len(),
+                "out of descriptors: refusing new connections until some close"
+            );
+        }
+        let Some(reserve) = self.reserve.take() else {
+            return false;
+        };
+        drop(reserve);
+        let fd = syscall!(accept4(
+            self.listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC
+        ));
+        if let Ok(fd) = fd {
+            super::close_fd(fd);
+        }
+        self.reserve = open_reserve();
+        fd.is_ok() && self.reserve.is_some()
+    }
+
+    fn conn_event(&mut self, slot: usize, gen: u32, bits: u32) {
+        let Some(conn) = self.core.get(slot, gen) else {
+            return;
+        };
+        if bits & libc::EPOLLOUT as u32 != 0 && !conn.out.is_empty() {
+            self.core.queue_flush(slot);
+        }
+        let readable = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+        if bits & readable != 0 {
+            self.read(slot);
+        }
+    }
+
+    /// Reads until the socket is drained, the connection pauses, or it goes away.
+    fn read(&mut self, slot: usize) {
+        loop {
+            let Some(conn) = self.core.conns.get(slot) else {
+                return;
+            };
+            if conn.has(flag::PAUSED) {
+                return;
+            }
+            let fd = conn.io as RawFd;
+            let n = match syscall!(read(
+                fd,
+                self.scratch.as_mut_ptr().cast(),
+                self.scratch.len()
+            )) {
+                Ok(0) => return self.close(slot),
+                Ok(n) => n as usize,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.close(slot),
+            };
+            match self.core.receive(slot, &mut self.scratch[..n]) {
+                Next::Close => return self.close(slot),
+                Next::StopReading => return,
+                _ => {}
+            }
+            if n < self.scratch.len() {
+                // A short read drained the socket; edge-triggered, the next arrival
+                // raises a new event.
+                return;
+            }
+        }
+    }
+
+    /// Carries out what the shard core asked for. Returns whether the connection is
+    /// still readable.
+    fn apply(&mut self, slot: usize, next: Next) -> bool {
+        match next {
+            Next::Nothing => true,
+            Next::StopReading => false,
+            Next::ResumeReading => {
+                self.read(slot);
+                false
+            }
+            Next::ShutdownWrite => {
+                if let Some(conn) = self.core.conns.get(slot) {
+                    let _ = syscall!(shutdown(conn.io as RawFd, libc::SHUT_WR));
+                }
+                true
+            }
+            Next::Close => {
+                self.close(slot);
+                false
+            }
+        }
+    }
+
+    fn close(&mut self, slot: usize) {
+        if let Some(conn) = self.core.conns.get(slot) {
+            // Closing removes it from the epoll set too.
+            super::close_fd(conn.io as RawFd);
+            self.core.remove(slot);
+        }
+    }
+
+    fn expire(&mut self) {
+        let mut expired = std::mem::take(&mut self.expired);
+        self.core.expired(Instant::now(), &mut expired);
+        for slot in expired.drain(..) {
+            self.close(slot);
+        }
+        self.expired = expired;
+    }
+
+    /// One writev per connection with something queued. Cost: one syscall per
+    /// connection per turn, whatever the number of frames.
+    fn flush(&mut self) {
+        // Resuming a paused connection can queue more output; a few rounds settle it, and
+        // anything left makes the next epoll_wait return at once.
+        for _ in 0..4 {
+            if !self.core.has_flush() {
+                return;
+            }
+            let list = self.core.take_flush();
+            for &slot in &list {
+                self.flush_one(slot);
+            }
+            self.core.done_flushing(list);
+        }
+    }
+
+    fn flush_one(&mut self, slot: usize) {
+        let Some(conn) = self.core.conns.get(slot) else {
+            return;
+        };
+        let mut iov = [io::IoSlice::new(&[]); MAX_IOV];
+        let count = conn.out.iovecs(&mut iov);
+        if count == 0 {
+            return;
+        }
+        let fd = conn.io as RawFd;
+        // IoSlice is ABI-compatible with iovec.
+        let res = syscall!(writev(fd, iov.as_ptr().cast(), count as i32));
+        let total: usize = iov[..count].iter().map(|s| s.len()).sum();
+        match res {
+            Ok(n) => {
+                let full = n as usize == total;
+                let next = self.core.sent(slot, n as usize, Instant::now());
+                self.apply(slot, next);
+                // More frames than one writev carries: go again next turn.
+                if full && count == MAX_IOV {
+                    self.core.queue_flush(slot);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => self.close(slot),
+        }
+    }
+}
+
+/// Lends a raw fd to socket2 for one setsockopt.
+struct BorrowedRaw(RawFd);
+
+impl AsRawFd for BorrowedRaw {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+impl std::os::fd::AsFd for BorrowedRaw {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        // SAFETY: the fd is open for the lifetime of this value (it lives for one call).
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.0) }
+    }
+}

@@ -1,0 +1,125 @@
+//! The only place with syscalls.
+//!
+//! # The backend contract
+//!
+//! A backend runs one shard: it owns one listener (`SO_REUSEPORT`, so the kernel spreads
+//! new connections over shards) and the sockets it accepts, and drives the shared
+//! connection logic in [`super::shard::Core`]:
+//!
+//! 1. Accepted socket → [`Core::insert`](super::shard::Core::insert); the returned slot and
+//!    generation identify it in every later event, and a stale generation means the event
+//!    belongs to a connection that is gone.
+//! 2. Bytes received → [`Core::receive`](super::shard::Core::receive), on memory the backend
+//!    may hand over mutably (frames are unmasked in place). The backend must stop reading a
+//!    connection whose [`flag::PAUSED`](super::conn::flag::PAUSED) is set and resume it when
+//!    `Core` says so.
+//! 3. Once per loop turn, before sleeping, everything queued for each connection on
+//!    [`Core::flush`](super::shard::Core) goes out in one vectored send; a partial send is
+//!    reported with [`Core::sent`](super::shard::Core::sent) and resumed later.
+//! 4. End of stream, a socket error, or a close decided by `Core` → the backend stops all
+//!    operations on the socket, closes it, and only then calls
+//!    [`Core::remove`](super::shard::Core::remove): no slot is reused while the kernel may
+//!    still write into its buffers.
+//!
+//! `epoll` is readiness-based and edge-triggered; `uring` is completion-based with
+//! multishot accept and recv. Neither lets a single connection's failure reach another.
+
+#![allow(clippy::macro_metavars_in_unsafe)] // see `syscall!`
+
+pub mod epoll;
+pub mod uring;
+
+use std::io;
+use std::net::SocketAddr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Calls a libc function, turning its `-1` into the thread's `errno`. Like mio's, the
+/// macro is the one place libc is called, so every call site reads as a plain function
+/// call; the arguments are plain values and pointers the call site vouches for.
+#[macro_export]
+macro_rules! syscall {
+    ($fn: ident ( $($arg: expr),* $(,)* ) ) => {{
+        #[allow(unused_unsafe)]
+        // SAFETY: the caller passes arguments valid for this libc call.
+        let res = unsafe { libc::$fn($($arg, )*) };
+        if res == -1 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(res)
+        }
+    }};
+}
+
+/// A non-blocking listener with `SO_REUSEPORT`, so that one per shard can bind the same
+/// address and the kernel balances connections across them.
+pub fn listener(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket)
+}
+
+/// The CPUs this process may run on.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; zeroed is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    if syscall!(sched_getaffinity(0, size, &mut set)).is_err() {
+        return (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
+    }
+    // SAFETY: `set` was filled by the kernel; CPU_ISSET only reads it.
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect()
+}
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    // SAFETY: as above; CPU_SET writes within the set for cpu < CPU_SETSIZE.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: cpu is in range (checked above).
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    syscall!(sched_setaffinity(
+        0,
+        std::mem::size_of::<libc::cpu_set_t>(),
+        &set
+    ))
+    .map(drop)
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns the new soft limit.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut lim))?;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        syscall!(setrlimit(libc::RLIMIT_NOFILE, &lim))?;
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// Closes a plain file descriptor, ignoring errors (there is nothing left to do with it).
+pub fn close_fd(fd: i32) {
+    let _ = syscall!(close(fd));
+}
+
+/// The errno of a negative io_uring result or a failed syscall, by name for logs.
+pub fn errno_name(errno: i32) -> &'static str {
+    match errno {
+        libc::EMFILE => "EMFILE (process descriptor limit, RLIMIT_NOFILE)",
+        libc::ENFILE => "ENFILE (system descriptor limit, or io_uring fixed-file table full)",
+        libc::ENOBUFS => "ENOBUFS",
+        libc::ENOMEM => "ENOMEM",
+        _ => "error",
+    }
+}
