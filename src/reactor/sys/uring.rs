@@ -238,6 +238,9 @@ struct Uring {
     core: Core,
     /// In-flight sends by connection slot (8 bytes per slot when idle).
     sending: Vec<Option<Box<SendBuf>>>,
+    // Boxed on purpose: a SendBuf moves between the pool and `sending` while the kernel
+    // may hold its address, so it must not live inline in a Vec that can reallocate.
+    #[allow(clippy::vec_box)]
     send_pool: Vec<Box<SendBuf>>,
     fixed_files: u32,
     /// The fixed-file table is full: new connections are refused until a slot frees.
