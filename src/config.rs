@@ -21,7 +21,7 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
 
     /// Event loops, one thread each [default: the CPUs this process may use].
-    #[arg(long, env = "ROOMCAST_SHARDS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    #[arg(long = "shards", value_name = "N", env = "ROOMCAST_SHARDS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     shards_arg: Option<u16>,
 
     /// Skipped by clap: filled from `shards_arg`.
@@ -32,7 +32,7 @@ pub struct ServeConfig {
     pub backend: BackendChoice,
 
     /// Frames each connection may have queued for sending.
-    #[arg(long, env = "ROOMCAST_OUT_RING", default_value_t = 32, value_parser = clap::value_parser!(u16).range(2..=4096))]
+    #[arg(long = "out-ring", value_name = "FRAMES", env = "ROOMCAST_OUT_RING", default_value_t = 32, value_parser = clap::value_parser!(u16).range(2..=4096))]
     out_ring_arg: u16,
 
     #[arg(skip)]
@@ -47,7 +47,12 @@ pub struct ServeConfig {
     pub max_header_bytes: usize,
 
     /// Seconds from accept to a complete handshake before the socket is closed.
-    #[arg(long, env = "ROOMCAST_HANDSHAKE_TIMEOUT", default_value_t = 5)]
+    #[arg(
+        long = "handshake-timeout",
+        value_name = "SECS",
+        env = "ROOMCAST_HANDSHAKE_TIMEOUT",
+        default_value_t = 5
+    )]
     pub handshake_timeout_secs: u64,
 
     /// Listen backlog per shard.
