@@ -67,7 +67,7 @@ both_backends! {
             let got = tokio::time::timeout(SECOND * 20, rx.next()).await.unwrap().unwrap().unwrap();
             assert_eq!(got, Message::Text(format!("message {i:05} {}", "x".repeat(i % 300))));
         }
-        writer.await.unwrap();
+        drop(writer.await.unwrap());
     }
 
     async fn healthz_answers_200_and_unknown_paths_404_before_any_upgrade(backend: &str) {
