@@ -481,7 +481,10 @@ impl Uring {
             }
             (0, _) => Next::Close,
             (n, _) if n == -libc::ENOBUFS || n == -libc::ECANCELED || n > 0 => Next::Nothing,
-            _ => Next::Close,
+            (n, _) => {
+                tracing::debug!(slot, errno = -n, "recv failed");
+                Next::Close
+            }
         };
         if let Some(bid) = recycle {
             self.bufs.push(bid);
