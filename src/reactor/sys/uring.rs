@@ -114,8 +114,9 @@ struct BufRing {
     /// The ring of `io_uring_buf` entries shared with the kernel (page-aligned mmap).
     ring: *mut io_uring::types::BufRingEntry,
     ring_bytes: usize,
-    /// The buffers themselves, one allocation.
-    data: Box<[u8]>,
+    /// The buffers themselves: one mapping, populated up front so the pool is resident
+    /// from the start (a fixed per-shard cost, not something that grows with connections).
+    data: Mapping,
     size: u32,
     mask: u16,
     /// Our copy of the tail: entries published to the kernel.
@@ -146,7 +147,7 @@ impl BufRing {
         let mut br = BufRing {
             ring: addr.cast(),
             ring_bytes,
-            data: vec![0u8; count as usize * size as usize].into_boxed_slice(),
+            data: Mapping::new(count as usize * size as usize)?,
             size,
             mask: count - 1,
             tail: 0,
@@ -181,7 +182,7 @@ impl BufRing {
         // SAFETY: idx < count, within the mapping; the kernel reads entries only up to the
         // published tail, and this one is past it until publish().
         let entry = unsafe { &mut *self.ring.add(idx) };
-        entry.set_addr(self.data[bid as usize * self.size as usize..].as_ptr() as u64);
+        entry.set_addr(self.data.as_mut()[bid as usize * self.size as usize..].as_ptr() as u64);
         entry.set_len(self.size);
         entry.set_bid(bid);
         self.tail = self.tail.wrapping_add(1);
@@ -211,6 +212,49 @@ impl BufRing {
             self.consumed[bid as usize] += len as u32;
         }
         (start..start + len, done)
+    }
+}
+
+/// An anonymous, populated, page-aligned mapping.
+struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(len: usize) -> io::Result<Mapping> {
+        // SAFETY: an anonymous private mapping with no address hint; the result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    fn as_mut(&mut self) -> &mut [u8] {
+        // SAFETY: the mapping is `len` bytes, readable and writable, and lives as long as
+        // self. The kernel writes only into buffers it was given and not yet returned, and
+        // the shard reads only ranges a completion handed back, so the two never overlap.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was created in new() with this length.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
     }
 }
 
@@ -474,7 +518,7 @@ impl Uring {
                     .get(slot, ud.gen())
                     .is_some_and(|c| !c.has(flag::DEAD));
                 if alive {
-                    self.core.receive(slot, &mut self.bufs.data[range])
+                    self.core.receive(slot, &mut self.bufs.data.as_mut()[range])
                 } else {
                     Next::Nothing
                 }
