@@ -2,8 +2,12 @@
 //!
 //! Layers, with dependencies pointing one way: [`protocol`] is sans-IO RFC 6455 and uses
 //! nothing that does I/O; [`reactor`] runs the shards and is the only place with syscalls;
-//! [`config`] holds the validated settings.
+//! [`rooms`] is pure data; [`mesh`] carries messages between shards; [`app`] is the
+//! client protocol; [`config`] holds the validated settings.
 
+pub mod app;
 pub mod config;
+pub mod mesh;
 pub mod protocol;
 pub mod reactor;
+pub mod rooms;

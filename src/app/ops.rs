@@ -1,0 +1,291 @@
+//! The client protocol on `/ws`: JSON ops in text frames (see DESIGN.md).
+//!
+//! Parsing borrows from the received message and keeps `data` as raw JSON text, so what a
+//! publisher sent is spliced into every delivery byte for byte and never re-serialized.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::protocol::{OpCode, SharedFrame};
+
+/// The longest room name, in bytes.
+pub const MAX_ROOM_NAME: usize = 128;
+
+/// A request from a client, validated.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientOp<'a> {
+    Join {
+        room: Arc<str>,
+        since: Option<u64>,
+    },
+    Leave {
+        room: Arc<str>,
+    },
+    Pub {
+        room: Arc<str>,
+        data: &'a str,
+        id: Option<u64>,
+    },
+}
+
+/// Why a message is not a valid op: answered with `{"op":"error"}`, the connection stays.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpError {
+    pub code: &'static str,
+    pub msg: String,
+}
+
+impl OpError {
+    fn new(code: &'static str, msg: impl Into<String>) -> OpError {
+        OpError {
+            code,
+            msg: msg.into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Raw<'a> {
+    #[serde(borrow)]
+    op: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    room: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    id: Option<u64>,
+    since: Option<u64>,
+}
+
+/// Parses one text message. Cost: one pass of serde_json over the message; `data` is not
+/// parsed beyond finding where it ends.
+pub fn parse(text: &str) -> Result<ClientOp<'_>, OpError> {
+    let raw: Raw<'_> = serde_json::from_str(text)
+        .map_err(|e| OpError::new("bad_json", format!("not a JSON op object: {e}")))?;
+    let op = raw
+        .op
+        .ok_or_else(|| OpError::new("missing_field", "\"op\" is required"))?;
+    let room = || -> Result<Arc<str>, OpError> {
+        let room = raw
+            .room
+            .as_deref()
+            .ok_or_else(|| OpError::new("missing_field", "\"room\" is required"))?;
+        validate_room(room)?;
+        Ok(Arc::from(room))
+    };
+    match &*op {
+        "join" => Ok(ClientOp::Join {
+            room: room()?,
+            since: raw.since,
+        }),
+        "leave" => Ok(ClientOp::Leave { room: room()? }),
+        "pub" => {
+            let data = raw
+                .data
+                .ok_or_else(|| OpError::new("missing_field", "\"data\" is required"))?;
+            Ok(ClientOp::Pub {
+                room: room()?,
+                data: data.get(),
+                id: raw.id,
+            })
+        }
+        other => Err(OpError::new(
+            "unknown_op",
+            format!("unknown op {:?}", truncate(other, 32)),
+        )),
+    }
+}
+
+/// Room names are 1 to 128 bytes of `A-Z a-z 0-9 _ - . : @ / #`: nothing that needs
+/// escaping in JSON, so a name is spliced into frames as it is.
+pub fn validate_room(room: &str) -> Result<(), OpError> {
+    if room.is_empty() || room.len() > MAX_ROOM_NAME {
+        return Err(OpError::new(
+            "invalid_room",
+            format!("room names are 1 to {MAX_ROOM_NAME} bytes"),
+        ));
+    }
+    let ok = |c: u8| c.is_ascii_alphanumeric() || b"_-.:@/#".contains(&c);
+    if !room.bytes().all(ok) {
+        return Err(OpError::new(
+            "invalid_room",
+            "room names use A-Z a-z 0-9 and _ - . : @ / #",
+        ));
+    }
+    Ok(())
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    let mut cut = s.len().min(max);
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &s[..cut]
+}
+
+/// Appends one `msg` frame for `room` to `out`: the header and the JSON envelope around
+/// `data`, spliced in byte for byte. Batches of frames built this way are shared by every
+/// member of the room. Cost: one copy of `data`.
+pub fn write_msg(room: &str, seq: u64, data: &str, out: &mut Vec<u8>) {
+    let mut seq_buf = itoa::Buffer::new();
+    let seq = seq_buf.format(seq);
+    let parts: [&[u8]; 7] = [
+        b"{\"op\":\"msg\",\"room\":\"",
+        room.as_bytes(),
+        b"\",\"seq\":",
+        seq.as_bytes(),
+        b",\"data\":",
+        data.as_bytes(),
+        b"}",
+    ];
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut head = [0u8; crate::protocol::frame::MAX_HEADER_LEN];
+    let n = crate::protocol::FrameHeader::server(OpCode::Text, len).format(&mut head);
+    out.reserve(n + len);
+    out.extend_from_slice(&head[..n]);
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+}
+
+/// `{"op":"joined","room":…,"seq":…}`
+pub fn joined(room: &str, seq: u64) -> SharedFrame {
+    let mut seq_buf = itoa::Buffer::new();
+    let parts: [&[u8]; 5] = [
+        b"{\"op\":\"joined\",\"room\":\"",
+        room.as_bytes(),
+        b"\",\"seq\":",
+        seq_buf.format(seq).as_bytes(),
+        b"}",
+    ];
+    SharedFrame::from_parts(OpCode::Text, &parts)
+}
+
+/// `{"op":"left","room":…}`
+pub fn left(room: &str) -> SharedFrame {
+    SharedFrame::from_parts(
+        OpCode::Text,
+        &[b"{\"op\":\"left\",\"room\":\"", room.as_bytes(), b"\"}"],
+    )
+}
+
+/// `{"op":"ack","id":…,"seq":…}`
+pub fn ack(id: u64, seq: u64) -> SharedFrame {
+    let (mut a, mut b) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let parts: [&[u8]; 5] = [
+        b"{\"op\":\"ack\",\"id\":",
+        a.format(id).as_bytes(),
+        b",\"seq\":",
+        b.format(seq).as_bytes(),
+        b"}",
+    ];
+    SharedFrame::from_parts(OpCode::Text, &parts)
+}
+
+/// `{"op":"error","code":…,"msg":…}` with `msg` escaped as a JSON string.
+pub fn error(code: &str, msg: &str) -> SharedFrame {
+    let msg = serde_json::to_string(msg).unwrap_or_else(|_| "\"\"".into());
+    let parts: [&[u8]; 5] = [
+        b"{\"op\":\"error\",\"code\":\"",
+        code.as_bytes(),
+        b"\",\"msg\":",
+        msg.as_bytes(),
+        b"}",
+    ];
+    SharedFrame::from_parts(OpCode::Text, &parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(f: &SharedFrame) -> serde_json::Value {
+        let b = f.as_bytes();
+        let start = if b[1] & 0x7F == 126 { 4 } else { 2 };
+        serde_json::from_slice(&b[start..]).unwrap()
+    }
+
+    #[test]
+    fn parses_the_three_ops() {
+        assert_eq!(
+            parse(r#"{"op":"join","room":"lobby","since":4}"#),
+            Ok(ClientOp::Join {
+                room: "lobby".into(),
+                since: Some(4)
+            })
+        );
+        assert_eq!(
+            parse(r#"{"op":"leave","room":"a"}"#),
+            Ok(ClientOp::Leave { room: "a".into() })
+        );
+        let data = r#"{"t": 1.50, "x":[1, "é\u00e9"]}"#;
+        let text = format!(r#"{{"op":"pub","room":"r","data":{data},"id":7}}"#);
+        match parse(&text).unwrap() {
+            ClientOp::Pub { room, data: d, id } => {
+                assert_eq!(
+                    (&*room, d, id),
+                    ("r", data, Some(7)),
+                    "data is kept byte for byte"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_input_gets_a_named_error() {
+        for (text, code) in [
+            ("not json", "bad_json"),
+            ("[1,2]", "bad_json"),
+            (r#"{"room":"a"}"#, "missing_field"),
+            (r#"{"op":"join"}"#, "missing_field"),
+            (r#"{"op":"pub","room":"a"}"#, "missing_field"),
+            (r#"{"op":"dance","room":"a"}"#, "unknown_op"),
+            (r#"{"op":"join","room":""}"#, "invalid_room"),
+            (r#"{"op":"join","room":"a\"b"}"#, "invalid_room"),
+            (r#"{"op":"join","room":"a b"}"#, "invalid_room"),
+        ] {
+            assert_eq!(parse(text).unwrap_err().code, code, "{text}");
+        }
+        let long = format!(
+            r#"{{"op":"join","room":"{}"}}"#,
+            "a".repeat(MAX_ROOM_NAME + 1)
+        );
+        assert_eq!(parse(&long).unwrap_err().code, "invalid_room");
+    }
+
+    #[test]
+    fn msg_frames_splice_data_unchanged() {
+        let mut out = Vec::new();
+        write_msg("lobby", 42, r#"{"b": 2.50,"a":1}"#, &mut out);
+        let text = std::str::from_utf8(&out[2..]).unwrap();
+        assert_eq!(
+            text,
+            r#"{"op":"msg","room":"lobby","seq":42,"data":{"b": 2.50,"a":1}}"#
+        );
+        assert_eq!(out[0], 0x81);
+        assert_eq!(out[1] as usize, text.len());
+    }
+
+    #[test]
+    fn server_ops_are_valid_json() {
+        assert_eq!(
+            payload(&joined("a", 3)),
+            serde_json::json!({"op":"joined","room":"a","seq":3})
+        );
+        assert_eq!(
+            payload(&ack(7, 9)),
+            serde_json::json!({"op":"ack","id":7,"seq":9})
+        );
+        assert_eq!(
+            payload(&left("a")),
+            serde_json::json!({"op":"left","room":"a"})
+        );
+        let e = payload(&error("bad_json", "say \"hi\"\n"));
+        assert_eq!(
+            e,
+            serde_json::json!({"op":"error","code":"bad_json","msg":"say \"hi\"\n"})
+        );
+    }
+}

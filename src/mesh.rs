@@ -1,0 +1,381 @@
+//! Shard-to-shard messages: N×(N−1) bounded lock-free SPSC queues (`rtrb`), drained in
+//! batches once per loop turn.
+//!
+//! A full queue never blocks a shard: messages wait in a local backlog per destination,
+//! pushed again each turn in order. Past [`BACKLOG_LIMIT`] the backlog drops *deliveries*
+//! and publishes (counted); membership and acknowledgement messages are never dropped, since
+//! losing one would corrupt room membership.
+//!
+//! Wake-ups: a shard about to sleep sets its `sleeping` flag and checks its queues once more;
+//! a producer that pushed to it wakes it (eventfd) only if the flag was set. Both sides use
+//! SeqCst so that either the producer sees the flag or the consumer sees the message.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::protocol::SharedFrame;
+
+/// Slots per queue.
+pub const QUEUE_CAPACITY: usize = 16 * 1024;
+/// Messages per destination waiting outside a full queue before deliveries are dropped.
+pub const BACKLOG_LIMIT: usize = 64 * 1024;
+
+/// What shards tell each other. Room names are shared (`Arc<str>`), frames are shared
+/// (`SharedFrame`): sending one copies no payload.
+#[derive(Debug)]
+pub enum MeshMsg {
+    /// To the owner: a connection on `shard` wants to join.
+    Join {
+        room: Arc<str>,
+        shard: u16,
+        slot: u32,
+        gen: u32,
+    },
+    /// From the owner: the join took effect after message `seq`.
+    Joined {
+        room: Arc<str>,
+        slot: u32,
+        gen: u32,
+        seq: u64,
+    },
+    /// To the owner: a member on `shard` left (or closed).
+    Leave { room: Arc<str>, shard: u16 },
+    /// To the owner: publish `data` (raw JSON); acknowledge to `slot` if `id` is set.
+    Publish {
+        room: Arc<str>,
+        data: Box<str>,
+        shard: u16,
+        slot: u32,
+        gen: u32,
+        id: Option<u64>,
+    },
+    /// From the owner: this turn's frames for `room`.
+    Deliver { room: Arc<str>, frame: SharedFrame },
+    /// From the owner: the publish `id` of `slot` got sequence number `seq`.
+    Ack {
+        slot: u32,
+        gen: u32,
+        id: u64,
+        seq: u64,
+    },
+}
+
+impl MeshMsg {
+    fn droppable(&self) -> bool {
+        matches!(self, MeshMsg::Deliver { .. } | MeshMsg::Publish { .. })
+    }
+}
+
+/// State every shard can see: one cache line per shard.
+#[repr(align(64))]
+struct Doorbell {
+    sleeping: AtomicBool,
+    /// Messages dropped for this shard's backlogs (written by its owner only).
+    dropped: AtomicU64,
+}
+
+struct Shared {
+    bells: Vec<Doorbell>,
+    /// One eventfd per shard, written to wake it.
+    wake: Vec<OwnedFd>,
+}
+
+/// One shard's end of the mesh.
+pub struct Endpoint {
+    me: usize,
+    out: Vec<Option<rtrb::Producer<MeshMsg>>>,
+    inp: Vec<Option<rtrb::Consumer<MeshMsg>>>,
+    backlog: Vec<VecDeque<MeshMsg>>,
+    /// Messages to ourselves (a room this shard owns), handled in the same drain.
+    local: VecDeque<MeshMsg>,
+    /// Destinations pushed to since the last wake check.
+    pushed: Vec<bool>,
+    shared: Arc<Shared>,
+    dropped: u64,
+}
+
+/// Builds the mesh for `n` shards: element `i` belongs to shard `i`.
+pub fn build(n: usize) -> io::Result<Vec<Endpoint>> {
+    let mut wake = Vec::with_capacity(n);
+    for _ in 0..n {
+        let fd = crate::syscall!(eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC))?;
+        // SAFETY: eventfd returned a fresh descriptor that nothing else owns.
+        wake.push(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    let bells = (0..n)
+        .map(|_| Doorbell {
+            sleeping: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+        })
+        .collect();
+    let shared = Arc::new(Shared { bells, wake });
+    let mut ends: Vec<Endpoint> = (0..n)
+        .map(|me| Endpoint {
+            me,
+            out: (0..n).map(|_| None).collect(),
+            inp: (0..n).map(|_| None).collect(),
+            backlog: (0..n).map(|_| VecDeque::new()).collect(),
+            local: VecDeque::new(),
+            pushed: vec![false; n],
+            shared: shared.clone(),
+            dropped: 0,
+        })
+        .collect();
+    for from in 0..n {
+        for to in 0..n {
+            if from != to {
+                let (p, c) = rtrb::RingBuffer::new(QUEUE_CAPACITY);
+                ends[from].out[to] = Some(p);
+                ends[to].inp[from] = Some(c);
+            }
+        }
+    }
+    Ok(ends)
+}
+
+impl Endpoint {
+    pub fn shard(&self) -> usize {
+        self.me
+    }
+
+    pub fn shards(&self) -> usize {
+        self.out.len()
+    }
+
+    /// The descriptor that becomes readable when another shard wakes this one.
+    pub fn wake_fd(&self) -> RawFd {
+        self.shared.wake[self.me].as_raw_fd()
+    }
+
+    /// Messages dropped because a destination's backlog was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Messages waiting in local backlogs.
+    pub fn backlog(&self) -> usize {
+        self.backlog.iter().map(VecDeque::len).sum()
+    }
+
+    /// Sends `msg` to shard `to`. Never blocks. O(1).
+    pub fn send(&mut self, to: usize, msg: MeshMsg) {
+        if to == self.me {
+            self.local.push_back(msg);
+            return;
+        }
+        let backlog = &mut self.backlog[to];
+        if backlog.is_empty() {
+            if let Some(p) = self.out[to].as_mut() {
+                match p.push(msg) {
+                    Ok(()) => {
+                        self.pushed[to] = true;
+                        return;
+                    }
+                    Err(rtrb::PushError::Full(m)) => return self.hold(to, m),
+                }
+            }
+            return;
+        }
+        self.hold(to, msg);
+    }
+
+    fn hold(&mut self, to: usize, msg: MeshMsg) {
+        if self.backlog[to].len() >= BACKLOG_LIMIT && msg.droppable() {
+            self.dropped += 1;
+            self.shared.bells[self.me]
+                .dropped
+                .store(self.dropped, Ordering::Relaxed);
+            return;
+        }
+        self.backlog[to].push_back(msg);
+    }
+
+    /// Moves backlogs into their queues and wakes destinations that are asleep. Call once
+    /// per turn, before sleeping. Cost: O(messages moved) + one eventfd write per sleeping
+    /// destination that got something.
+    pub fn flush(&mut self) {
+        for to in 0..self.out.len() {
+            let (Some(p), backlog) = (self.out[to].as_mut(), &mut self.backlog[to]) else {
+                continue;
+            };
+            while let Some(msg) = backlog.pop_front() {
+                match p.push(msg) {
+                    Ok(()) => self.pushed[to] = true,
+                    Err(rtrb::PushError::Full(m)) => {
+                        backlog.push_front(m);
+                        break;
+                    }
+                }
+            }
+            if std::mem::take(&mut self.pushed[to]) {
+                fence(Ordering::SeqCst);
+                let bell = &self.shared.bells[to];
+                if bell.sleeping.load(Ordering::SeqCst)
+                    && bell.sleeping.swap(false, Ordering::SeqCst)
+                {
+                    let one: u64 = 1;
+                    let fd = self.shared.wake[to].as_raw_fd();
+                    // A full eventfd counter (EAGAIN) means a wake-up is already pending.
+                    let _ = crate::syscall!(write(fd, (&one as *const u64).cast(), 8));
+                }
+            }
+        }
+    }
+
+    /// Hands every waiting message to `handle`: our own first, then each queue in turn.
+    /// Messages sent while handling are handled in the same call. Cost: O(messages).
+    pub fn drain(&mut self, mut handle: impl FnMut(&mut Endpoint, MeshMsg)) {
+        loop {
+            let mut any = false;
+            while let Some(msg) = self.local.pop_front() {
+                any = true;
+                handle(self, msg);
+            }
+            for from in 0..self.inp.len() {
+                let Some(mut c) = self.inp[from].take() else {
+                    continue;
+                };
+                let n = c.slots();
+                for _ in 0..n {
+                    if let Ok(msg) = c.pop() {
+                        any = true;
+                        handle(self, msg);
+                    }
+                }
+                self.inp[from] = Some(c);
+            }
+            if !any {
+                return;
+            }
+        }
+    }
+
+    /// Announces that this shard is about to sleep. Returns false if something arrived
+    /// meanwhile (then don't sleep). Pair with [`Endpoint::awake`].
+    pub fn prepare_sleep(&self) -> bool {
+        let bell = &self.shared.bells[self.me];
+        bell.sleeping.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let waiting = !self.local.is_empty() || self.inp.iter().flatten().any(|c| !c.is_empty());
+        if waiting {
+            bell.sleeping.store(false, Ordering::SeqCst);
+        }
+        !waiting
+    }
+
+    /// Back from sleep: clear the flag and reset the eventfd.
+    pub fn awake(&self) {
+        self.shared.bells[self.me]
+            .sleeping
+            .store(false, Ordering::SeqCst);
+    }
+
+    /// Resets the eventfd after it became readable.
+    pub fn consume_wake(&self) {
+        let mut buf = 0u64;
+        let _ = crate::syscall!(read(self.wake_fd(), (&mut buf as *mut u64).cast(), 8));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deliver(n: u64) -> MeshMsg {
+        MeshMsg::Ack {
+            slot: 0,
+            gen: 0,
+            id: n,
+            seq: n,
+        }
+    }
+
+    #[test]
+    fn messages_arrive_in_order_across_a_full_queue() {
+        let mut ends = build(2).unwrap();
+        let total = QUEUE_CAPACITY as u64 * 2 + 10;
+        for i in 0..total {
+            ends[0].send(1, deliver(i));
+        }
+        assert!(ends[0].backlog() > 0, "the queue filled and the rest waits");
+        let mut got = Vec::new();
+        while got.len() < total as usize {
+            ends[0].flush();
+            let (a, b) = ends.split_at_mut(1);
+            let _ = a;
+            b[0].drain(|_, m| {
+                if let MeshMsg::Ack { id, .. } = m {
+                    got.push(id)
+                }
+            });
+        }
+        assert_eq!(got, (0..total).collect::<Vec<_>>());
+        assert_eq!(ends[0].dropped(), 0, "acks are never dropped");
+    }
+
+    #[test]
+    fn deliveries_past_the_backlog_limit_are_dropped_and_counted() {
+        let mut ends = build(2).unwrap();
+        let frame = SharedFrame::new(crate::protocol::OpCode::Text, b"x");
+        let total = QUEUE_CAPACITY + BACKLOG_LIMIT + 5;
+        for _ in 0..total {
+            ends[0].send(
+                1,
+                MeshMsg::Deliver {
+                    room: Arc::from("r"),
+                    frame: frame.clone(),
+                },
+            );
+        }
+        assert_eq!(ends[0].dropped(), 5);
+        assert_eq!(ends[0].backlog(), BACKLOG_LIMIT);
+    }
+
+    #[test]
+    fn a_sleeping_shard_is_woken_and_an_awake_one_is_not() {
+        let mut ends = build(2).unwrap();
+        let readable = |fd: RawFd| {
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            crate::syscall!(poll(&mut pfd, 1, 0)).unwrap() == 1
+        };
+        ends[0].send(1, deliver(1));
+        ends[0].flush();
+        assert!(
+            !readable(ends[1].wake_fd()),
+            "awake: no syscall spent on waking"
+        );
+        ends[1].drain(|_, _| {});
+        assert!(ends[1].prepare_sleep());
+        ends[0].send(1, deliver(2));
+        ends[0].flush();
+        assert!(readable(ends[1].wake_fd()));
+        ends[1].consume_wake();
+        ends[1].awake();
+        assert!(!readable(ends[1].wake_fd()));
+        assert!(
+            !ends[1].prepare_sleep(),
+            "a message is waiting: don't sleep"
+        );
+    }
+
+    #[test]
+    fn messages_to_self_are_handled_in_the_same_drain() {
+        let mut ends = build(1).unwrap();
+        ends[0].send(0, deliver(1));
+        let mut seen = 0;
+        ends[0].drain(|ep, m| {
+            seen += 1;
+            if let MeshMsg::Ack { id: 1, .. } = m {
+                ep.send(0, deliver(2));
+            }
+        });
+        assert_eq!(seen, 2);
+    }
+}
