@@ -101,7 +101,7 @@ pub struct Endpoint {
 pub fn build(n: usize) -> io::Result<Vec<Endpoint>> {
     let mut wake = Vec::with_capacity(n);
     for _ in 0..n {
-        let fd = crate::syscall!(eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC))?;
+        let fd = crate::reactor::sys::syscall!(eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC))?;
         // SAFETY: eventfd returned a fresh descriptor that nothing else owns.
         wake.push(unsafe { OwnedFd::from_raw_fd(fd) });
     }
@@ -219,7 +219,8 @@ impl Endpoint {
                     let one: u64 = 1;
                     let fd = self.shared.wake[to].as_raw_fd();
                     // A full eventfd counter (EAGAIN) means a wake-up is already pending.
-                    let _ = crate::syscall!(write(fd, (&one as *const u64).cast(), 8));
+                    let _ =
+                        crate::reactor::sys::syscall!(write(fd, (&one as *const u64).cast(), 8));
                 }
             }
         }
@@ -276,7 +277,8 @@ impl Endpoint {
     /// Resets the eventfd after it became readable.
     pub fn consume_wake(&self) {
         let mut buf = 0u64;
-        let _ = crate::syscall!(read(self.wake_fd(), (&mut buf as *mut u64).cast(), 8));
+        let _ =
+            crate::reactor::sys::syscall!(read(self.wake_fd(), (&mut buf as *mut u64).cast(), 8));
     }
 }
 
@@ -343,7 +345,7 @@ mod tests {
                 events: libc::POLLIN,
                 revents: 0,
             };
-            crate::syscall!(poll(&mut pfd, 1, 0)).unwrap() == 1
+            crate::reactor::sys::syscall!(poll(&mut pfd, 1, 0)).unwrap() == 1
         };
         ends[0].send(1, deliver(1));
         ends[0].flush();

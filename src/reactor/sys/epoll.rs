@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use crate::reactor::conn::flag;
 use crate::reactor::shard::{Core, Next};
+use crate::reactor::sys::syscall;
 use crate::reactor::ShardSetup;
-use crate::syscall;
 
 /// Token of the listener in epoll's user data; connections use `gen << 32 | slot`.
 const LISTENER: u64 = u64::MAX;

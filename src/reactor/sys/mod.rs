@@ -24,8 +24,6 @@
 //! `epoll` is readiness-based and edge-triggered; `uring` is completion-based with
 //! multishot accept and recv. Neither lets a single connection's failure reach another.
 
-#![allow(clippy::macro_metavars_in_unsafe)] // see `syscall!`
-
 pub mod epoll;
 pub mod uring;
 
@@ -37,7 +35,6 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// Calls a libc function, turning its `-1` into the thread's `errno`. Like mio's, the
 /// macro is the one place libc is called, so every call site reads as a plain function
 /// call; the arguments are plain values and pointers the call site vouches for.
-#[macro_export]
 macro_rules! syscall {
     ($fn: ident ( $($arg: expr),* $(,)* ) ) => {{
         #[allow(unused_unsafe)]
@@ -50,6 +47,7 @@ macro_rules! syscall {
         }
     }};
 }
+pub(crate) use syscall;
 
 /// A non-blocking listener with `SO_REUSEPORT`, so that one per shard can bind the same
 /// address and the kernel balances connections across them.

@@ -466,7 +466,7 @@ impl Uring {
     fn refuse_backlog(&mut self) {
         let fd = self.listener.as_raw_fd();
         let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
-        while let Ok(c) = crate::syscall!(accept4(
+        while let Ok(c) = crate::reactor::sys::syscall!(accept4(
             fd,
             std::ptr::null_mut(),
             std::ptr::null_mut(),
