@@ -59,6 +59,24 @@ pub struct ServeConfig {
     #[arg(long, env = "ROOMCAST_BACKLOG", default_value_t = 4096)]
     pub backlog: i32,
 
+    /// What happens to a room member whose out-ring is full of undelivered turns:
+    /// close (1008 "slow consumer"), drop-oldest or drop-newest.
+    #[arg(long, env = "ROOMCAST_SLOW_POLICY", value_enum, default_value_t = crate::app::SlowPolicy::Close)]
+    pub slow_policy: crate::app::SlowPolicy,
+
+    /// Unsent bytes a room member may have queued from earlier loop turns before the slow
+    /// policy applies (alongside --out-ring frames).
+    #[arg(long = "max-queued-bytes", env = "ROOMCAST_MAX_QUEUED_BYTES", default_value_t = 1 << 20)]
+    pub max_queued_bytes: usize,
+
+    /// Rooms one connection may be in at once.
+    #[arg(
+        long = "max-rooms-per-conn",
+        env = "ROOMCAST_MAX_ROOMS_PER_CONN",
+        default_value_t = 64
+    )]
+    pub max_rooms_per_conn: usize,
+
     /// io_uring: provided receive buffers per shard (a power of two).
     #[arg(long, env = "ROOMCAST_RECV_BUFFERS", default_value_t = 64)]
     pub recv_buffers: u16,

@@ -160,6 +160,22 @@ impl Endpoint {
         self.backlog.iter().map(VecDeque::len).sum()
     }
 
+    /// Messages on their way to `to`: in its queue or in our backlog for it.
+    pub fn pressure(&self, to: usize) -> usize {
+        let queued = self.out[to]
+            .as_ref()
+            .map_or(0, |p| QUEUE_CAPACITY - p.slots());
+        queued + self.backlog[to].len()
+    }
+
+    /// The highest pressure towards any shard.
+    pub fn max_pressure(&self) -> usize {
+        (0..self.out.len())
+            .map(|to| self.pressure(to))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Sends `msg` to shard `to`. Never blocks. O(1).
     pub fn send(&mut self, to: usize, msg: MeshMsg) {
         if to == self.me {
@@ -226,32 +242,16 @@ impl Endpoint {
         }
     }
 
-    /// Hands every waiting message to `handle`: our own first, then each queue in turn.
-    /// Messages sent while handling are handled in the same call. Cost: O(messages).
-    pub fn drain(&mut self, mut handle: impl FnMut(&mut Endpoint, MeshMsg)) {
-        loop {
-            let mut any = false;
-            while let Some(msg) = self.local.pop_front() {
-                any = true;
-                handle(self, msg);
-            }
-            for from in 0..self.inp.len() {
-                let Some(mut c) = self.inp[from].take() else {
-                    continue;
-                };
-                let n = c.slots();
-                for _ in 0..n {
-                    if let Ok(msg) = c.pop() {
-                        any = true;
-                        handle(self, msg);
-                    }
-                }
-                self.inp[from] = Some(c);
-            }
-            if !any {
-                return;
-            }
+    /// Moves every waiting message into `into`: our own first, then each queue in turn,
+    /// each in order. Returns how many. Cost: O(messages).
+    pub fn receive(&mut self, into: &mut Vec<MeshMsg>) -> usize {
+        let before = into.len();
+        into.extend(self.local.drain(..));
+        for c in self.inp.iter_mut().flatten() {
+            let n = c.slots();
+            into.extend((0..n).filter_map(|_| c.pop().ok()));
         }
+        into.len() - before
     }
 
     /// Announces that this shard is about to sleep. Returns false if something arrived
@@ -306,13 +306,12 @@ mod tests {
         let mut got = Vec::new();
         while got.len() < total as usize {
             ends[0].flush();
-            let (a, b) = ends.split_at_mut(1);
-            let _ = a;
-            b[0].drain(|_, m| {
-                if let MeshMsg::Ack { id, .. } = m {
-                    got.push(id)
-                }
-            });
+            let mut inbox = Vec::new();
+            ends[1].receive(&mut inbox);
+            got.extend(inbox.into_iter().filter_map(|m| match m {
+                MeshMsg::Ack { id, .. } => Some(id),
+                _ => None,
+            }));
         }
         assert_eq!(got, (0..total).collect::<Vec<_>>());
         assert_eq!(ends[0].dropped(), 0, "acks are never dropped");
@@ -353,7 +352,7 @@ mod tests {
             !readable(ends[1].wake_fd()),
             "awake: no syscall spent on waking"
         );
-        ends[1].drain(|_, _| {});
+        ends[1].receive(&mut Vec::new());
         assert!(ends[1].prepare_sleep());
         ends[0].send(1, deliver(2));
         ends[0].flush();
@@ -368,16 +367,13 @@ mod tests {
     }
 
     #[test]
-    fn messages_to_self_are_handled_in_the_same_drain() {
-        let mut ends = build(1).unwrap();
+    fn messages_to_self_come_first() {
+        let mut ends = build(2).unwrap();
+        ends[1].send(0, deliver(2));
+        ends[1].flush();
         ends[0].send(0, deliver(1));
-        let mut seen = 0;
-        ends[0].drain(|ep, m| {
-            seen += 1;
-            if let MeshMsg::Ack { id: 1, .. } = m {
-                ep.send(0, deliver(2));
-            }
-        });
-        assert_eq!(seen, 2);
+        let mut inbox = Vec::new();
+        assert_eq!(ends[0].receive(&mut inbox), 2);
+        assert!(matches!(inbox[0], MeshMsg::Ack { id: 1, .. }));
     }
 }

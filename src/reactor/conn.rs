@@ -4,11 +4,13 @@
 
 use std::sync::Arc;
 
+use crate::app::{ops, Intent};
 use crate::protocol::handshake::{self, Parsed, Request};
 use crate::protocol::message::{Event, Limits, MAX_TAIL};
 use crate::protocol::{encode, CloseCode, Decoder, OpCode, ProtocolError, SharedFrame, Status};
 
 use super::outring::OutRing;
+use super::stats::SharedStats;
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +30,8 @@ pub enum Route {
     None,
     /// `/echo`: every message comes back as it was (the conformance endpoint).
     Echo,
+    /// `/ws`: the rooms protocol (JSON ops).
+    Rooms,
 }
 
 /// Flags the backends keep per connection.
@@ -45,6 +49,8 @@ pub mod flag {
     pub const SHUT_WR: u8 = 1 << 4;
     /// Close requested; the slot is freed once no operation refers to it any more.
     pub const DEAD: u8 = 1 << 5;
+    /// The close deadline is set (the connection entered `Closing`).
+    pub const DEADLINE: u8 = 1 << 6;
 }
 
 /// Per-shard settings the connection logic needs, and its counters.
@@ -54,6 +60,11 @@ pub struct Ctx {
     pub max_header_bytes: usize,
     pub out_cap: usize,
     pub stats: Stats,
+    /// What the connection being processed asked of its shard (`/ws` ops), drained by the
+    /// shard right after.
+    pub intents: Vec<Intent>,
+    /// Every shard's figures, for `/stats`.
+    pub shared: std::sync::Arc<SharedStats>,
 }
 
 /// Per-shard counters: plain integers, written only by the shard that owns them.
@@ -196,16 +207,9 @@ impl Conn {
         match parsed {
             Parsed::Plain(req) => {
                 ctx.stats.http_requests += 1;
-                let (status, body) = plain_route(&req);
+                let (status, content_type, body) = plain_route(&req, ctx);
                 let mut out = Vec::new();
-                handshake::http_response(
-                    status,
-                    "text/plain; charset=utf-8",
-                    "",
-                    body.as_bytes(),
-                    true,
-                    &mut out,
-                );
+                handshake::http_response(status, content_type, "", body.as_bytes(), true, &mut out);
                 self.finish_with(out, ctx);
                 buf.len()
             }
@@ -218,6 +222,28 @@ impl Conn {
                     self.phase = Phase::Open;
                     ctx.stats.upgraded += 1;
                     // A client may send its first frames right behind the request.
+                    head_len + self.frames(&mut buf[head_len..], ctx)
+                }
+                "/ws" => {
+                    let mut out = Vec::with_capacity(160);
+                    handshake::accept_response(&req, None, &mut out);
+                    self.push_control(SharedFrame::from_encoded(Arc::from(out)), ctx);
+                    self.route = Route::Rooms;
+                    self.phase = Phase::Open;
+                    ctx.stats.upgraded += 1;
+                    // `/ws?room=a,b` joins at connect.
+                    for room in req
+                        .query_param("room")
+                        .into_iter()
+                        .flat_map(|v| v.split(','))
+                    {
+                        match ops::validate_room(room) {
+                            Ok(()) => ctx.intents.push(Intent::Join {
+                                room: Arc::from(room),
+                            }),
+                            Err(e) => self.reply(ops::error(e.code, &e.msg), ctx),
+                        }
+                    }
                     head_len + self.frames(&mut buf[head_len..], ctx)
                 }
                 _ => {
@@ -259,10 +285,15 @@ impl Conn {
         match event {
             Event::Message { kind, payload } => {
                 ctx.stats.messages_in += 1;
-                // Route::Echo: one allocation for the reply frame, one copy of the payload.
-                let frame = SharedFrame::new(kind.opcode(), &payload);
-                if self.out.push(frame, ctx.out_cap).is_ok() {
-                    ctx.stats.messages_out += 1;
+                match self.route {
+                    Route::Rooms => self.on_op(kind, &payload, ctx),
+                    _ => {
+                        // Echo: one allocation for the reply frame, one copy of the payload.
+                        let frame = SharedFrame::new(kind.opcode(), &payload);
+                        if self.out.push(frame, ctx.out_cap).is_ok() {
+                            ctx.stats.messages_out += 1;
+                        }
+                    }
                 }
             }
             Event::Ping(payload) => {
@@ -274,6 +305,32 @@ impl Conn {
                 event.reply(&mut reply);
                 self.finish_with(reply, ctx);
             }
+        }
+    }
+
+    /// A `/ws` message: a JSON op. Anything wrong with it is answered with an error op and
+    /// the connection stays.
+    fn on_op(&mut self, kind: crate::protocol::MessageKind, payload: &[u8], ctx: &mut Ctx) {
+        let text = match (kind, std::str::from_utf8(payload)) {
+            (crate::protocol::MessageKind::Text, Ok(text)) => text,
+            _ => return self.reply(ops::error("bad_json", "ops are JSON in text messages"), ctx),
+        };
+        match ops::parse(text) {
+            Ok(ops::ClientOp::Join { room, .. }) => ctx.intents.push(Intent::Join { room }),
+            Ok(ops::ClientOp::Leave { room }) => ctx.intents.push(Intent::Leave { room }),
+            Ok(ops::ClientOp::Pub { room, data, id }) => ctx.intents.push(Intent::Pub {
+                room,
+                data: data.into(),
+                id,
+            }),
+            Err(e) => self.reply(ops::error(e.code, &e.msg), ctx),
+        }
+    }
+
+    /// Queues a reply to this connection's own request.
+    pub fn reply(&mut self, frame: SharedFrame, ctx: &mut Ctx) {
+        if self.phase == Phase::Open && self.out.push(frame, ctx.out_cap).is_ok() {
+            ctx.stats.messages_out += 1;
         }
     }
 
@@ -319,10 +376,12 @@ impl Conn {
 }
 
 /// Answers for plain HTTP requests (no upgrade).
-fn plain_route(req: &Request<'_>) -> (Status, &'static str) {
+fn plain_route(req: &Request<'_>, ctx: &Ctx) -> (Status, &'static str, String) {
+    const TEXT: &str = "text/plain; charset=utf-8";
     match req.path {
-        "/healthz" => (Status::Ok, "ok\n"),
-        _ => (Status::NotFound, "not found\n"),
+        "/healthz" => (Status::Ok, TEXT, "ok\n".into()),
+        "/stats" => (Status::Ok, "application/json", ctx.shared.to_json()),
+        _ => (Status::NotFound, TEXT, "not found\n".into()),
     }
 }
 
@@ -338,6 +397,8 @@ mod tests {
             max_header_bytes: 8192,
             out_cap: 4,
             stats: Stats::default(),
+            intents: Vec::new(),
+            shared: std::sync::Arc::new(SharedStats::new(1)),
         }
     }
 

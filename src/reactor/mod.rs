@@ -4,6 +4,7 @@
 pub mod conn;
 pub mod outring;
 pub mod shard;
+pub mod stats;
 pub mod sys;
 
 use std::io;
@@ -13,7 +14,8 @@ use std::thread::JoinHandle;
 use crate::config::{BackendChoice, ServeConfig};
 use crate::protocol::message::Limits;
 use conn::{Ctx, Stats};
-use shard::Timeouts;
+use shard::{RoomSettings, Timeouts};
+use stats::SharedStats;
 
 /// The event-loop implementation a server runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +43,8 @@ pub struct ShardSetup {
     pub fixed_files: u32,
     pub recv_buffers: u16,
     pub recv_buffer_size: u32,
+    pub mesh: crate::mesh::Endpoint,
+    pub rooms: RoomSettings,
 }
 
 /// A running server: its address, backend and shard threads.
@@ -70,8 +74,10 @@ impl Server {
         }
         let pin = shards <= cpus.len();
         let fixed_files = nofile.min(1 << 20) as u32;
+        let shared = std::sync::Arc::new(SharedStats::new(shards));
+        let mesh = crate::mesh::build(shards)?;
         let mut threads = Vec::with_capacity(shards);
-        for (index, listener) in listeners.into_iter().enumerate() {
+        for ((index, listener), mesh) in listeners.into_iter().enumerate().zip(mesh) {
             let setup = ShardSetup {
                 index,
                 listener,
@@ -80,6 +86,8 @@ impl Server {
                     max_header_bytes: cfg.max_header_bytes,
                     out_cap: cfg.out_ring,
                     stats: Stats::default(),
+                    intents: Vec::new(),
+                    shared: shared.clone(),
                 },
                 timeouts: Timeouts {
                     handshake: cfg.handshake_timeout(),
@@ -88,6 +96,12 @@ impl Server {
                 fixed_files,
                 recv_buffers: cfg.recv_buffers,
                 recv_buffer_size: cfg.recv_buffer_size,
+                mesh,
+                rooms: RoomSettings {
+                    slow_policy: cfg.slow_policy,
+                    max_rooms_per_conn: cfg.max_rooms_per_conn,
+                    max_queued_bytes: cfg.max_queued_bytes,
+                },
             };
             let cpu = pin.then(|| cpus[index]);
             let thread = std::thread::Builder::new()

@@ -19,6 +19,16 @@ pub struct OutRing {
     frames: VecDeque<SharedFrame>,
     /// Bytes of the front frame already sent.
     sent: u32,
+    /// Front frames an in-flight send points into (io_uring): never dropped.
+    pinned: u16,
+    /// Frames queued before the current loop turn started, and that turn's number: a
+    /// member is slow when frames from earlier turns fill its ring, not when one busy turn
+    /// brings many rooms' batches at once.
+    before_turn: u16,
+    turn: u32,
+    /// Unsent bytes queued, and how many of them were queued before this turn.
+    bytes: u32,
+    bytes_before_turn: u32,
 }
 
 /// Why a push was refused.
@@ -47,8 +57,60 @@ impl OutRing {
         if self.frames.capacity() == 0 {
             self.frames.reserve_exact(cap);
         }
+        self.bytes = self.bytes.saturating_add(frame.len() as u32);
         self.frames.push_back(frame);
         Ok(())
+    }
+
+    /// Queues a delivery from a room during loop turn `turn`. Refused when what is left
+    /// over from earlier turns already fills `cap` frames or `max_bytes` bytes, or this turn
+    /// alone has brought `4 × cap` frames.
+    pub fn push_delivery(
+        &mut self,
+        frame: SharedFrame,
+        cap: usize,
+        max_bytes: usize,
+        turn: u32,
+    ) -> Result<(), Full> {
+        if self.turn != turn {
+            self.turn = turn;
+            self.before_turn = self.frames.len().min(u16::MAX as usize) as u16;
+            self.bytes_before_turn = self.bytes;
+        }
+        if self.before_turn as usize >= cap || self.bytes_before_turn as usize >= max_bytes {
+            return Err(Full);
+        }
+        self.push(frame, cap * 4)
+    }
+
+    /// Unsent bytes queued.
+    pub fn bytes(&self) -> usize {
+        self.bytes as usize
+    }
+
+    /// Drops the oldest data frame that no send is using (not a control frame, not one
+    /// partly sent or pinned by an in-flight send). Returns whether one was dropped.
+    pub fn drop_oldest_data(&mut self) -> bool {
+        let first_free = usize::from(self.pinned).max(usize::from(self.sent > 0));
+        let is_data = |f: &SharedFrame| matches!(f.as_bytes().first(), Some(0x81 | 0x82));
+        let Some(i) = self.frames.iter().skip(first_free).position(is_data) else {
+            return false;
+        };
+        if let Some(f) = self.frames.remove(first_free + i) {
+            self.bytes = self.bytes.saturating_sub(f.len() as u32);
+            self.bytes_before_turn = self.bytes_before_turn.min(self.bytes);
+        }
+        self.before_turn = self.before_turn.saturating_sub(1);
+        true
+    }
+
+    /// An in-flight send points into the first `n` frames.
+    pub fn pin(&mut self, n: usize) {
+        self.pinned = n as u16;
+    }
+
+    pub fn unpin(&mut self) {
+        self.pinned = 0;
     }
 
     /// Queues a control frame, which may exceed `cap` by [`CONTROL_SLACK`].
@@ -71,6 +133,8 @@ impl OutRing {
     /// Records that `n` more bytes went out: drops finished frames (releasing their share
     /// of a broadcast) and remembers where the front one stands.
     pub fn advance(&mut self, mut n: usize) {
+        self.bytes = self.bytes.saturating_sub(n as u32);
+        self.bytes_before_turn = self.bytes_before_turn.min(self.bytes);
         while let Some(front) = self.frames.front() {
             let left = front.len() - self.sent as usize;
             if n < left {
@@ -80,15 +144,24 @@ impl OutRing {
             n -= left;
             self.sent = 0;
             self.frames.pop_front();
+            self.pinned = self.pinned.saturating_sub(1);
+            self.before_turn = self.before_turn.saturating_sub(1);
         }
         // Drained: give the storage back so an idle connection owns none.
         self.frames = VecDeque::new();
     }
 
-    /// Drops everything queued (the connection is going away).
+    /// Drops everything queued that no send is using (the connection is going away).
     pub fn clear(&mut self) {
-        self.frames = VecDeque::new();
-        self.sent = 0;
+        if self.pinned == 0 {
+            self.frames = VecDeque::new();
+            self.sent = 0;
+        } else {
+            self.frames.truncate(self.pinned.into());
+        }
+        self.bytes = self.frames.iter().map(|f| f.len() as u32).sum::<u32>() - self.sent;
+        self.before_turn = 0;
+        self.bytes_before_turn = 0;
     }
 }
 
@@ -123,6 +196,64 @@ mod tests {
         ring.advance(3);
         assert!(ring.is_empty());
         assert_eq!(ring.frames.capacity(), 0, "storage released when drained");
+    }
+
+    #[test]
+    fn deliveries_count_against_the_ring_only_once_a_turn_has_passed() {
+        let mut ring = OutRing::default();
+        for _ in 0..8 {
+            ring.push_delivery(frame(b"d"), 2, 1 << 20, 1).unwrap();
+        }
+        assert_eq!(
+            ring.push_delivery(frame(b"d"), 2, 1 << 20, 1),
+            Err(Full),
+            "4 x cap in one turn"
+        );
+        assert_eq!(
+            ring.push_delivery(frame(b"d"), 2, 1 << 20, 2),
+            Err(Full),
+            "a whole ring left over"
+        );
+        ring.advance(3 * 7);
+        assert_eq!(ring.bytes(), 3);
+        ring.push_delivery(frame(b"d"), 2, 1 << 20, 3).unwrap();
+    }
+
+    #[test]
+    fn leftover_bytes_count_too() {
+        let mut ring = OutRing::default();
+        ring.push_delivery(frame(&[0; 100]), 32, 150, 1).unwrap();
+        ring.push_delivery(frame(&[0; 100]), 32, 150, 1).unwrap();
+        assert_eq!(ring.bytes(), 204);
+        assert_eq!(
+            ring.push_delivery(frame(b"x"), 32, 150, 2),
+            Err(Full),
+            "204 bytes left over"
+        );
+        ring.advance(102);
+        ring.push_delivery(frame(b"x"), 32, 150, 3).unwrap();
+    }
+
+    #[test]
+    fn drop_oldest_skips_control_partly_sent_and_pinned_frames() {
+        let mut ring = OutRing::default();
+        ring.push(frame(b"a"), 8).unwrap();
+        ring.push_control(SharedFrame::new(OpCode::Pong, b""), 8)
+            .unwrap();
+        ring.push(frame(b"b"), 8).unwrap();
+        ring.push(frame(b"c"), 8).unwrap();
+        ring.pin(1);
+        assert!(ring.drop_oldest_data());
+        let left: Vec<_> = pending(&ring).into_iter().map(|f| f[f.len() - 1]).collect();
+        assert_eq!(
+            left,
+            vec![b'a', 0, b'c'],
+            "a is pinned, the pong is control: b goes"
+        );
+        ring.unpin();
+        ring.advance(1);
+        assert!(ring.drop_oldest_data());
+        assert_eq!(ring.len(), 2, "a was partly sent and stays; c goes");
     }
 
     #[test]

@@ -3,11 +3,17 @@
 //! and get back what to do at the socket level ([`Next`]).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use slab::Slab;
 
 use super::conn::{flag, Conn, Ctx, Phase};
+use super::stats::Snapshot;
+use crate::app::{ops, Intent, SlowPolicy};
+use crate::mesh::{Endpoint, MeshMsg};
+use crate::protocol::{CloseCode, SharedFrame};
+use crate::rooms::{owner_of, JoinRefused, Local, Owner};
 
 /// What the backend must do with a connection after an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +37,24 @@ struct Deadline {
     gen: u32,
 }
 
+/// How the shard treats room members.
+#[derive(Clone, Copy, Debug)]
+pub struct RoomSettings {
+    pub slow_policy: SlowPolicy,
+    pub max_rooms_per_conn: usize,
+    /// Unsent bytes a member may have left over from earlier turns.
+    pub max_queued_bytes: usize,
+}
+
+/// Room figures this shard counts.
+#[derive(Clone, Copy, Debug, Default)]
+struct RoomCounters {
+    published: u64,
+    delivered: u64,
+    dropped_slow: u64,
+    closed_slow: u64,
+}
+
 /// Timeouts the shard enforces on every connection.
 #[derive(Clone, Copy, Debug)]
 pub struct Timeouts {
@@ -50,13 +74,30 @@ pub struct Core {
     // O(1) to add, O(expired) to check.
     handshake_deadlines: VecDeque<Deadline>,
     linger_deadlines: VecDeque<Deadline>,
+    pub mesh: Endpoint,
+    local: Local,
+    owner: Owner,
+    rooms: RoomSettings,
+    counters: RoomCounters,
+    /// Loop turns, for telling this turn's deliveries from earlier ones.
+    turn: u32,
+    inbox: Vec<MeshMsg>,
+    /// Publishers paused because the mesh towards an owner is backed up.
+    mesh_paused: Vec<(usize, u32)>,
+    /// What the backend must do for connections changed outside an event of their own.
+    actions: Vec<(usize, Next)>,
 }
+
+/// Mesh pressure at which a publishing connection stops being read, and at which
+/// paused publishers are read again. The queue holds [`crate::mesh::QUEUE_CAPACITY`].
+const MESH_HIGH_WATER: usize = crate::mesh::QUEUE_CAPACITY / 2;
+const MESH_LOW_WATER: usize = crate::mesh::QUEUE_CAPACITY / 8;
 
 /// Generations are packed into 28 bits of io_uring user data.
 pub const GEN_MASK: u32 = (1 << 28) - 1;
 
 impl Core {
-    pub fn new(ctx: Ctx, timeouts: Timeouts) -> Core {
+    pub fn new(ctx: Ctx, timeouts: Timeouts, mesh: Endpoint, rooms: RoomSettings) -> Core {
         Core {
             conns: Slab::new(),
             ctx,
@@ -65,6 +106,15 @@ impl Core {
             timeouts,
             handshake_deadlines: VecDeque::new(),
             linger_deadlines: VecDeque::new(),
+            owner: Owner::new(mesh.shards()),
+            mesh,
+            local: Local::default(),
+            rooms,
+            counters: RoomCounters::default(),
+            turn: 0,
+            inbox: Vec::new(),
+            mesh_paused: Vec::new(),
+            actions: Vec::new(),
         }
     }
 
@@ -93,12 +143,14 @@ impl Core {
             return Next::Close;
         };
         conn.receive(data, &mut self.ctx);
+        self.apply_intents(slot);
         self.after_input(slot)
     }
 
     /// Input held back while paused gets processed now that there is room.
     fn after_input(&mut self, slot: usize) -> Next {
         self.queue_flush(slot);
+        self.closing_deadline(slot);
         let conn = &mut self.conns[slot];
         if conn.phase == Phase::Closing && conn.out.is_empty() && !conn.has(flag::SENDING) {
             Next::Close
@@ -171,6 +223,7 @@ impl Core {
         }
         if conn.has(flag::PAUSED) {
             conn.resume(&mut self.ctx);
+            self.apply_intents(slot);
             return match self.after_input(slot) {
                 Next::Nothing => Next::ResumeReading,
                 other => other,
@@ -179,11 +232,319 @@ impl Core {
         Next::Nothing
     }
 
+    /// A connection entering `Closing` gets one deadline for the rest: its final bytes
+    /// out, the peer's EOF. A peer that never reads cannot hold its slot past it.
+    fn closing_deadline(&mut self, slot: usize) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if conn.phase == Phase::Closing && !conn.has(flag::DEADLINE) {
+            conn.set(flag::DEADLINE);
+            let at = Instant::now() + self.timeouts.linger;
+            self.linger_deadlines.push_back(Deadline {
+                at,
+                slot: slot as u32,
+                gen: conn.gen,
+            });
+        }
+    }
+
+    /// Takes `slot` out of every room (the backend is closing it). Idempotent.
+    pub fn detach(&mut self, slot: usize) {
+        for room in self.local.leave_all(slot as u32) {
+            let owner = owner_of(&room, self.mesh.shards());
+            let shard = self.mesh.shard() as u16;
+            self.mesh.send(owner, MeshMsg::Leave { room, shard });
+        }
+    }
+
     /// Forgets `slot`. The backend has closed its socket and no operation refers to it.
     pub fn remove(&mut self, slot: usize) {
+        self.detach(slot);
         if self.conns.try_remove(slot).is_some() {
             self.ctx.stats.closed += 1;
         }
+    }
+
+    /// Carries out the `/ws` ops the connection in `slot` just asked for.
+    fn apply_intents(&mut self, slot: usize) {
+        if self.ctx.intents.is_empty() {
+            return;
+        }
+        let mut intents = std::mem::take(&mut self.ctx.intents);
+        let me = self.mesh.shard() as u16;
+        let shards = self.mesh.shards();
+        let gen = self.conns.get(slot).map_or(0, |c| c.gen);
+        for intent in intents.drain(..) {
+            match intent {
+                Intent::Join { room } => {
+                    match self
+                        .local
+                        .request_join(&room, slot as u32, self.rooms.max_rooms_per_conn)
+                    {
+                        Ok(()) => {
+                            let msg = MeshMsg::Join {
+                                room: room.clone(),
+                                shard: me,
+                                slot: slot as u32,
+                                gen,
+                            };
+                            self.mesh.send(owner_of(&room, shards), msg);
+                        }
+                        Err(JoinRefused::AlreadyJoined) => self.reply(
+                            slot,
+                            ops::error("already_joined", "already a member of that room"),
+                        ),
+                        Err(JoinRefused::TooManyRooms) => self.reply(
+                            slot,
+                            ops::error("too_many_rooms", "this connection is in too many rooms"),
+                        ),
+                    }
+                }
+                Intent::Leave { room } => {
+                    if self.local.leave(&room, slot as u32) {
+                        self.reply(slot, ops::left(&room));
+                        self.mesh
+                            .send(owner_of(&room, shards), MeshMsg::Leave { room, shard: me });
+                    } else {
+                        self.reply(slot, ops::error("not_joined", "not a member of that room"));
+                    }
+                }
+                Intent::Pub { room, data, id } => {
+                    self.counters.published += 1;
+                    let owner = owner_of(&room, shards);
+                    self.mesh.send(
+                        owner,
+                        MeshMsg::Publish {
+                            room,
+                            data,
+                            shard: me,
+                            slot: slot as u32,
+                            gen,
+                            id,
+                        },
+                    );
+                    // Flow control: a publisher faster than the owner can take stops being
+                    // read until the mesh drains, instead of its messages being dropped.
+                    if self.mesh.pressure(owner) > MESH_HIGH_WATER {
+                        if let Some(conn) = self.conns.get_mut(slot) {
+                            if !conn.has(flag::PAUSED) {
+                                conn.set(flag::PAUSED);
+                                self.mesh_paused.push((slot, gen));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.ctx.intents = intents;
+    }
+
+    /// Queues a reply for the connection in `slot`.
+    fn reply(&mut self, slot: usize, frame: SharedFrame) {
+        if let Some(conn) = self.conns.get_mut(slot) {
+            conn.reply(frame, &mut self.ctx);
+            self.queue_flush(slot);
+        }
+    }
+
+    /// The end of a loop turn: handle what other shards sent, deliver this turn's room
+    /// batches, push our own messages out and publish our figures.
+    pub fn end_turn(&mut self) {
+        self.turn = self.turn.wrapping_add(1);
+        self.drain_mesh();
+        let (owner, mesh) = (&mut self.owner, &mut self.mesh);
+        // Cost: one shared frame per room with traffic this turn, one mesh message per
+        // shard with members (ours included, through the local queue).
+        owner.seal(|room, frame, members| {
+            for (shard, &n) in members.iter().enumerate() {
+                if n > 0 {
+                    mesh.send(
+                        shard,
+                        MeshMsg::Deliver {
+                            room: room.clone(),
+                            frame: frame.clone(),
+                        },
+                    );
+                }
+            }
+        });
+        self.drain_mesh();
+        self.mesh.flush();
+        self.resume_publishers();
+        self.publish_figures();
+    }
+
+    /// Reads paused publishers again once the mesh has drained.
+    fn resume_publishers(&mut self) {
+        if self.mesh_paused.is_empty() || self.mesh.max_pressure() > MESH_LOW_WATER {
+            return;
+        }
+        for (slot, gen) in std::mem::take(&mut self.mesh_paused) {
+            let Some(conn) = self.conns.get_mut(slot).filter(|c| c.gen == gen) else {
+                continue;
+            };
+            if conn.has(flag::DEAD) || !conn.has(flag::PAUSED) {
+                continue;
+            }
+            conn.resume(&mut self.ctx);
+            self.apply_intents(slot);
+            let next = match self.after_input(slot) {
+                Next::Nothing => Next::ResumeReading,
+                other => other,
+            };
+            self.actions.push((slot, next));
+        }
+    }
+
+    /// What the backend must do for connections that changed outside their own events
+    /// (resumed publishers). Drain after [`Core::end_turn`].
+    pub fn take_actions(&mut self) -> Vec<(usize, Next)> {
+        std::mem::take(&mut self.actions)
+    }
+
+    fn drain_mesh(&mut self) {
+        let mut inbox = std::mem::take(&mut self.inbox);
+        while self.mesh.receive(&mut inbox) > 0 {
+            for msg in inbox.drain(..) {
+                self.on_mesh(msg);
+            }
+        }
+        self.inbox = inbox;
+    }
+
+    fn on_mesh(&mut self, msg: MeshMsg) {
+        match msg {
+            MeshMsg::Join {
+                room,
+                shard,
+                slot,
+                gen,
+            } => {
+                let seq = self.owner.join(&room, shard.into());
+                self.mesh.send(
+                    shard.into(),
+                    MeshMsg::Joined {
+                        room,
+                        slot,
+                        gen,
+                        seq,
+                    },
+                );
+            }
+            MeshMsg::Leave { room, shard } => self.owner.leave(&room, shard.into()),
+            MeshMsg::Publish {
+                room,
+                data,
+                shard,
+                slot,
+                gen,
+                id,
+            } => {
+                // No members anywhere: nothing is kept, and the ack says seq 0.
+                let seq = self.owner.publish(&room, &data).unwrap_or(0);
+                if let Some(id) = id {
+                    self.mesh
+                        .send(shard.into(), MeshMsg::Ack { slot, gen, id, seq });
+                }
+            }
+            MeshMsg::Joined {
+                room,
+                slot,
+                gen,
+                seq,
+            } => {
+                let slot = slot as usize;
+                if self.get(slot, gen).is_some() && self.local.joined(&room, slot as u32) {
+                    self.reply(slot, ops::joined(&room, seq));
+                }
+            }
+            MeshMsg::Ack { slot, gen, id, seq } => {
+                if self.get(slot as usize, gen).is_some() {
+                    self.reply(slot as usize, ops::ack(id, seq));
+                }
+            }
+            MeshMsg::Deliver { room, frame } => self.deliver(&room, &frame),
+        }
+    }
+
+    /// Puts `frame` in the out-ring of every member of `room` on this shard.
+    /// Cost: O(members on this shard), one refcount increment each; no copy.
+    fn deliver(&mut self, room: &Arc<str>, frame: &SharedFrame) {
+        let Core {
+            local,
+            conns,
+            flush,
+            ctx,
+            counters,
+            rooms,
+            turn,
+            ..
+        } = self;
+        for &slot in local.members(room) {
+            let slot = slot as usize;
+            let Some(conn) = conns.get_mut(slot) else {
+                continue;
+            };
+            if conn.phase != Phase::Open || conn.has(flag::DEAD) {
+                continue;
+            }
+            let mut ok = conn
+                .out
+                .push_delivery(frame.clone(), ctx.out_cap, rooms.max_queued_bytes, *turn)
+                .is_ok();
+            if !ok {
+                match rooms.slow_policy {
+                    SlowPolicy::DropNewest => counters.dropped_slow += 1,
+                    SlowPolicy::DropOldest => {
+                        counters.dropped_slow += 1;
+                        ok = conn.out.drop_oldest_data()
+                            && conn.out.push(frame.clone(), ctx.out_cap * 4).is_ok();
+                    }
+                    SlowPolicy::Close => {
+                        counters.closed_slow += 1;
+                        conn.fail(CloseCode::POLICY_VIOLATION, "slow consumer", ctx);
+                        if !conn.has(flag::DEADLINE) {
+                            conn.set(flag::DEADLINE);
+                            let at = Instant::now() + self.timeouts.linger;
+                            self.linger_deadlines.push_back(Deadline {
+                                at,
+                                slot: slot as u32,
+                                gen: conn.gen,
+                            });
+                        }
+                    }
+                }
+            }
+            if ok {
+                counters.delivered += 1;
+            }
+            if !conn.out.is_empty() && !conn.has(flag::QUEUED) {
+                conn.set(flag::QUEUED);
+                flush.push(slot);
+            }
+        }
+    }
+
+    /// Stores this shard's figures where `/stats` reads them.
+    fn publish_figures(&self) {
+        let s = &self.ctx.stats;
+        let snap = Snapshot {
+            connections: self.conns.len() as u64,
+            accepted: s.accepted,
+            closed: s.closed,
+            rooms_owned: self.owner.len() as u64,
+            rooms_local: self.local.rooms() as u64,
+            members: self.local.memberships() as u64,
+            messages_in: s.messages_in,
+            published: self.counters.published,
+            delivered: self.counters.delivered,
+            dropped_slow: self.counters.dropped_slow,
+            closed_slow: self.counters.closed_slow,
+            mesh_backlog: self.mesh.backlog() as u64,
+            mesh_dropped: self.mesh.dropped(),
+        };
+        self.ctx.shared.shards[self.mesh.shard()].store(&snap);
     }
 
     /// Connections whose deadline passed: a handshake not finished in time, or a peer

@@ -13,6 +13,8 @@ use crate::reactor::ShardSetup;
 
 /// Token of the listener in epoll's user data; connections use `gen << 32 | slot`.
 const LISTENER: u64 = u64::MAX;
+/// Token of the mesh eventfd: another shard has messages for us.
+const WAKE: u64 = u64::MAX - 1;
 
 /// Events per `epoll_wait`.
 const EVENTS: usize = 1024;
@@ -43,7 +45,7 @@ pub fn run(setup: ShardSetup) -> io::Result<()> {
     let mut lp = Epoll {
         ep,
         listener: setup.listener,
-        core: Core::new(setup.ctx, setup.timeouts),
+        core: Core::new(setup.ctx, setup.timeouts, setup.mesh, setup.rooms),
         scratch: vec![0u8; SCRATCH].into_boxed_slice(),
         reserve: open_reserve(),
         at_limit: false,
@@ -54,9 +56,12 @@ pub fn run(setup: ShardSetup) -> io::Result<()> {
         LISTENER,
         libc::EPOLLIN as u32 | libc::EPOLLET as u32,
     )?;
+    let wake = lp.core.mesh.wake_fd();
+    lp.add(wake, WAKE, libc::EPOLLIN as u32 | libc::EPOLLET as u32)?;
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
     loop {
-        let timeout = if lp.core.has_flush() {
+        lp.core.mesh.flush();
+        let timeout = if lp.core.has_flush() || !lp.core.mesh.prepare_sleep() {
             0
         } else {
             lp.core
@@ -73,13 +78,20 @@ pub fn run(setup: ShardSetup) -> io::Result<()> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
             Err(e) => return Err(e),
         };
+        lp.core.mesh.awake();
         for ev in &events[..n] {
             let (token, bits) = (ev.u64, ev.events);
             if token == LISTENER {
                 lp.accept_all();
+            } else if token == WAKE {
+                lp.core.mesh.consume_wake();
             } else {
                 lp.conn_event((token & 0xFFFF_FFFF) as usize, (token >> 32) as u32, bits);
             }
+        }
+        lp.core.end_turn();
+        for (slot, next) in lp.core.take_actions() {
+            lp.apply(slot, next);
         }
         lp.expire();
         lp.flush();

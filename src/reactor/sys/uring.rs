@@ -36,6 +36,8 @@ enum Op {
     Ignore = 5,
     /// One-shot poll on the listener while the fixed-file table is full.
     ListenerPoll = 6,
+    /// Multishot poll on the mesh eventfd: another shard has messages for us.
+    Wake = 7,
 }
 
 /// `op << 60 | gen << 32 | slot`.
@@ -49,6 +51,8 @@ impl UserData {
     const LISTENER_POLL: UserData = UserData((Op::ListenerPoll as u64) << 60);
     /// Completions whose result is not needed.
     const IGNORE: UserData = UserData((Op::Ignore as u64) << 60);
+    /// The poll on the mesh eventfd.
+    const WAKE: UserData = UserData((Op::Wake as u64) << 60);
 
     fn new(op: Op, slot: usize, gen: u32) -> UserData {
         UserData((op as u64) << 60 | u64::from(gen & GEN_MASK) << 32 | slot as u64)
@@ -307,7 +311,7 @@ pub fn run(setup: ShardSetup) -> io::Result<()> {
         ring,
         bufs,
         listener: setup.listener,
-        core: Core::new(setup.ctx, setup.timeouts),
+        core: Core::new(setup.ctx, setup.timeouts, setup.mesh, setup.rooms),
         sending: Vec::new(),
         send_pool: Vec::new(),
         fixed_files: setup.fixed_files,
@@ -316,10 +320,17 @@ pub fn run(setup: ShardSetup) -> io::Result<()> {
         expired: Vec::new(),
     };
     lp.arm_accept();
+    lp.arm_wake();
     loop {
         lp.flush();
+        lp.core.mesh.flush();
         lp.wait()?;
+        lp.core.mesh.awake();
         lp.complete();
+        lp.core.end_turn();
+        for (slot, next) in lp.core.take_actions() {
+            lp.apply(slot, next);
+        }
         lp.expire();
     }
 }
@@ -349,6 +360,15 @@ impl Uring {
         self.push(entry);
     }
 
+    fn arm_wake(&mut self) {
+        let fd = io_uring::types::Fd(self.core.mesh.wake_fd());
+        let entry = opcode::PollAdd::new(fd, libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(UserData::WAKE.0);
+        self.push(entry);
+    }
+
     fn arm_recv(&mut self, slot: usize) {
         let Some(conn) = self.core.conns.get_mut(slot) else {
             return;
@@ -371,7 +391,11 @@ impl Uring {
             .core
             .next_deadline(now)
             .unwrap_or(Duration::from_secs(3600));
-        let want = if self.core.has_flush() { 0 } else { 1 };
+        let want = if self.core.has_flush() || !self.core.mesh.prepare_sleep() {
+            0
+        } else {
+            1
+        };
         let ts = Timespec::from(timeout);
         let args = SubmitArgs::new().timespec(&ts);
         match self.ring.submitter().submit_with_args(want, &args) {
@@ -417,6 +441,12 @@ impl Uring {
             x if x == Op::Send as u8 => self.on_send(ud, res),
             x if x == Op::Close as u8 => self.on_closed(ud),
             x if x == Op::ListenerPoll as u8 => self.on_listener_ready(),
+            x if x == Op::Wake as u8 => {
+                self.core.mesh.consume_wake();
+                if !cqueue::more(flags) {
+                    self.arm_wake();
+                }
+            }
             _ => {}
         }
     }
@@ -562,6 +592,8 @@ impl Uring {
             return;
         };
         conn.clear(flag::SENDING);
+        // The kernel is done with the frames it was reading.
+        conn.out.unpin();
         if conn.has(flag::DEAD) {
             return self.maybe_free(slot);
         }
@@ -631,6 +663,7 @@ impl Uring {
         }
         conn.set(flag::DEAD);
         let (io, gen) = (conn.io, conn.gen);
+        self.core.detach(slot);
         let cancel = opcode::AsyncCancel2::new(CancelBuilder::fd(Fixed(io)).all())
             .build()
             .user_data(UserData::IGNORE.0);
@@ -689,6 +722,8 @@ impl Uring {
         }
         buf.hdr.msg_iov = buf.iov.as_mut_ptr();
         buf.hdr.msg_iovlen = count;
+        // The kernel reads these frames until the completion: none may be dropped before.
+        conn.out.pin(count);
         conn.set(flag::SENDING);
         let ud = UserData::new(Op::Send, slot, conn.gen);
         let entry = opcode::SendMsg::new(Fixed(conn.io), &buf.hdr)
@@ -711,7 +746,12 @@ mod tests {
             (ud.op(), ud.slot(), ud.gen()),
             (Op::Send as u8, 123_456, GEN_MASK)
         );
-        let reserved = [UserData::ACCEPT, UserData::LISTENER_POLL, UserData::IGNORE];
+        let reserved = [
+            UserData::ACCEPT,
+            UserData::LISTENER_POLL,
+            UserData::IGNORE,
+            UserData::WAKE,
+        ];
         for (i, a) in reserved.iter().enumerate() {
             for b in &reserved[i + 1..] {
                 assert_ne!(a.op(), b.op());

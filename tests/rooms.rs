@@ -1,0 +1,355 @@
+//! Rooms over real sockets, on both backends, with three shards so that rooms, members
+//! and publishers are spread across cores and every delivery path (local, mesh) is used.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Server;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn connect(server: &Server, path: &str) -> Ws {
+    tokio_tungstenite::connect_async(server.url(path))
+        .await
+        .unwrap()
+        .0
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string())).await.unwrap();
+}
+
+/// The next text message as JSON (pings and pongs skipped).
+async fn recv(ws: &mut Ws) -> Value {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("timed out waiting for a message")
+        {
+            Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).unwrap(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+/// The raw text of the next message (to check `data` byte for byte).
+async fn recv_raw(ws: &mut Ws) -> String {
+    match tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("timed out")
+    {
+        Some(Ok(Message::Text(t))) => t,
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+async fn join(ws: &mut Ws, room: &str) -> u64 {
+    send(ws, json!({"op":"join","room":room})).await;
+    let v = recv(ws).await;
+    assert_eq!(v["op"], "joined", "{v}");
+    assert_eq!(v["room"], room);
+    v["seq"].as_u64().unwrap()
+}
+
+/// `/stats`, parsed.
+fn stats(server: &Server) -> Value {
+    let resp = server.raw_exchange(
+        b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    let text = String::from_utf8(resp).unwrap();
+    let body = text.split("\r\n\r\n").nth(1).unwrap();
+    serde_json::from_str(body).unwrap()
+}
+
+/// Polls `/stats` until `ok` holds or the deadline passes.
+async fn stats_until(server: &Server, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = stats(server);
+        if ok(&s) || Instant::now() > deadline {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+both_backends! {
+    async fn members_on_every_shard_get_every_message_in_order_and_other_rooms_nothing(backend: &str) {
+        let server = Server::start(backend, &["--shards", "3"]);
+        let mut members = Vec::new();
+        for _ in 0..12 {
+            let mut ws = connect(&server, "/ws").await;
+            assert_eq!(join(&mut ws, "lobby").await, 0);
+            members.push(ws);
+        }
+        let mut others = Vec::new();
+        for _ in 0..3 {
+            let mut ws = connect(&server, "/ws").await;
+            join(&mut ws, "elsewhere").await;
+            others.push(ws);
+        }
+        let s = stats(&server);
+        let shards_with_members = s["shards"].as_array().unwrap().iter().filter(|sh| sh["members"].as_u64() > Some(0)).count();
+        assert!(shards_with_members >= 2, "members should be spread over shards: {s}");
+
+        let mut publisher = connect(&server, "/ws").await;
+        for i in 0..100u64 {
+            // Odd spacing and escapes: `data` must come back exactly as sent.
+            let data = format!("{{ \"n\" : {i}, \"s\":\"caf\\u00e9 \\\"q\\\"\", \"f\": 1.50 }}");
+            publisher.send(Message::Text(format!(r#"{{"op":"pub","room":"lobby","id":{i},"data":{data}}}"#))).await.unwrap();
+            let ack = recv(&mut publisher).await;
+            assert_eq!(ack, json!({"op":"ack","id":i,"seq":i + 1}));
+        }
+        for ws in &mut members {
+            for i in 0..100u64 {
+                let raw = recv_raw(ws).await;
+                let data = format!("{{ \"n\" : {i}, \"s\":\"caf\\u00e9 \\\"q\\\"\", \"f\": 1.50 }}");
+                assert_eq!(raw, format!(r#"{{"op":"msg","room":"lobby","seq":{},"data":{data}}}"#, i + 1));
+            }
+        }
+        for ws in &mut others {
+            assert!(tokio::time::timeout(Duration::from_millis(300), ws.next()).await.is_err(), "other rooms get nothing");
+        }
+    }
+
+    async fn five_concurrent_publishers_give_every_member_one_identical_gap_free_sequence(backend: &str) {
+        let server = Server::start(backend, &["--shards", "3"]);
+        let mut members = Vec::new();
+        for _ in 0..6 {
+            let mut ws = connect(&server, "/ws").await;
+            join(&mut ws, "race").await;
+            members.push(ws);
+        }
+        const EACH: u64 = 300;
+        let mut tasks = Vec::new();
+        for p in 0..5u64 {
+            let url = server.url("/ws");
+            tasks.push(tokio::spawn(async move {
+                let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+                for i in 0..EACH {
+                    ws.feed(Message::Text(json!({"op":"pub","room":"race","data":{"p":p,"i":i}}).to_string())).await.unwrap();
+                }
+                ws.flush().await.unwrap();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }));
+        }
+        let mut sequences = Vec::new();
+        for ws in &mut members {
+            let mut seen = Vec::new();
+            for expect in 1..=5 * EACH {
+                let v = recv(ws).await;
+                assert_eq!(v["seq"].as_u64(), Some(expect), "gap-free: {v}");
+                seen.push((v["data"]["p"].as_u64().unwrap(), v["data"]["i"].as_u64().unwrap()));
+            }
+            // Each publisher's messages keep their order.
+            for p in 0..5 {
+                let mine: Vec<u64> = seen.iter().filter(|(q, _)| *q == p).map(|&(_, i)| i).collect();
+                assert_eq!(mine, (0..EACH).collect::<Vec<_>>());
+            }
+            sequences.push(seen);
+        }
+        for s in &sequences[1..] {
+            assert_eq!(s, &sequences[0], "every member sees the same order");
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+
+    async fn a_stalled_member_gets_its_policy_while_healthy_members_get_everything(backend: &str) {
+        // Members may fall 4 MiB behind before they count as slow.
+        let server = Server::start(backend, &["--shards", "3", "--slow-policy", "close", "--max-queued-bytes", "4194304"]);
+        let mut healthy = Vec::new();
+        for _ in 0..10 {
+            let mut ws = connect(&server, "/ws").await;
+            join(&mut ws, "firehose").await;
+            healthy.push(ws);
+        }
+        // A member that joins and then never reads again.
+        let stalled = {
+            let mut ws = connect(&server, "/ws?room=firehose").await;
+            assert_eq!(recv(&mut ws).await["op"], "joined");
+            ws
+        };
+        // 200,000 messages of ~230 bytes: ~46 MB per member, far more than the kernel's
+        // socket buffers hold for the stalled one.
+        const N: u64 = 200_000;
+        let url = server.url("/ws");
+        let publisher = tokio::spawn(async move {
+            let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+            let pad = "p".repeat(160);
+            // Bursts of 2,000 every 40 ms: at most 50,000 messages/s, a rate the ten
+            // readers sharing this 2-core machine with the server can keep up with.
+            for i in 0..N {
+                ws.feed(Message::Text(format!(r#"{{"op":"pub","room":"firehose","data":[{i},"{pad}"]}}"#))).await.unwrap();
+                if i % 2000 == 1999 {
+                    ws.flush().await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(40)).await;
+                }
+            }
+            ws.flush().await.unwrap();
+            ws
+        });
+        let readers: Vec<_> = healthy
+            .into_iter()
+            .map(|mut ws| {
+                tokio::spawn(async move {
+                    for expect in 1..=N {
+                        let raw = recv_raw(&mut ws).await;
+                        let want = format!(r#"{{"op":"msg","room":"firehose","seq":{expect},"data":[{},""#, expect - 1);
+                        assert!(raw.starts_with(&want), "{raw}");
+                    }
+                })
+            })
+            .collect();
+        for r in readers {
+            r.await.unwrap();
+        }
+        let _publisher = publisher.await.unwrap();
+        let s = stats_until(&server, |s| {
+            s["shards"].as_array().unwrap().iter().map(|sh| sh["closed_slow"].as_u64().unwrap()).sum::<u64>() == 1
+        })
+        .await;
+        let closed_slow: u64 = s["shards"].as_array().unwrap().iter().map(|sh| sh["closed_slow"].as_u64().unwrap()).sum();
+        assert_eq!(closed_slow, 1, "the stalled member was closed as a slow consumer: {s}");
+        // The stalled member's socket buffers are full and its ring is bounded: the server
+        // stays small. Bound: 64 MiB (an unbounded queue of 200,000 frames would pass it).
+        let rss = rss_kib(server.pid());
+        assert!(rss < 64 * 1024, "server RSS {rss} KiB");
+        drop(stalled);
+    }
+
+    async fn drop_policies_keep_the_stalled_member_connected(backend: &str) {
+        for policy in ["drop-oldest", "drop-newest"] {
+            let server = Server::start(backend, &["--shards", "2", "--slow-policy", policy, "--max-queued-bytes", "4194304"]);
+            let mut healthy = connect(&server, "/ws?room=r").await;
+            assert_eq!(recv(&mut healthy).await["op"], "joined");
+            let mut stalled = connect(&server, "/ws?room=r").await;
+            assert_eq!(recv(&mut stalled).await["op"], "joined");
+            let mut publisher = connect(&server, "/ws").await;
+            // ~23 MB for each member, paced as in the test above: the stalled member's
+            // socket buffers fill and its queue overflows; the healthy one keeps up.
+            const N: u64 = 100_000;
+            let pad = "p".repeat(160);
+            let reader = tokio::spawn(async move {
+                for expect in 1..=N {
+                    let raw = recv_raw(&mut healthy).await;
+                    assert!(raw.starts_with(&format!(r#"{{"op":"msg","room":"r","seq":{expect},"#)), "{raw}");
+                }
+            });
+            for i in 0..N {
+                publisher.feed(Message::Text(format!(r#"{{"op":"pub","room":"r","data":[{i},"{pad}"]}}"#))).await.unwrap();
+                if i % 2000 == 1999 {
+                    publisher.flush().await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(40)).await;
+                }
+            }
+            publisher.flush().await.unwrap();
+            reader.await.unwrap();
+            let s = stats_until(&server, |s| {
+                s["shards"].as_array().unwrap().iter().map(|sh| sh["dropped_slow"].as_u64().unwrap()).sum::<u64>() > 0
+            })
+            .await;
+            let closed: u64 = s["shards"].as_array().unwrap().iter().map(|sh| sh["closed_slow"].as_u64().unwrap()).sum();
+            assert_eq!(closed, 0, "{policy}: {s}");
+            // The stalled member now reads: it is still connected, gets an increasing
+            // (gapped) sequence, and under drop-oldest ends with the latest message.
+            let mut last = 0;
+            loop {
+                let v = match tokio::time::timeout(Duration::from_secs(2), stalled.next()).await {
+                    Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<Value>(&t).unwrap(),
+                    _ => break,
+                };
+                let seq = v["seq"].as_u64().unwrap();
+                assert!(seq > last, "{policy}: {seq} after {last}");
+                last = seq;
+            }
+            assert!(last > 0, "{policy}: the stalled member got some messages");
+            if policy == "drop-oldest" {
+                assert_eq!(last, N, "drop-oldest keeps the newest");
+            }
+        }
+    }
+
+    async fn connect_join_close_storms_leave_no_members_and_no_rooms(backend: &str) {
+        let server = Server::start(backend, &["--shards", "3"]);
+        for round in 0..3 {
+            let mut conns = Vec::new();
+            for i in 0..150 {
+                let rooms = format!("a{},b{},shared", i % 7, (i + round) % 5);
+                let mut ws = connect(&server, &format!("/ws?room={rooms}")).await;
+                for _ in 0..3 {
+                    assert_eq!(recv(&mut ws).await["op"], "joined");
+                }
+                if i % 3 == 0 {
+                    send(&mut ws, json!({"op":"leave","room":"shared"})).await;
+                    assert_eq!(recv(&mut ws).await["op"], "left");
+                }
+                conns.push(ws);
+            }
+            let s = stats(&server);
+            assert_eq!(s["members"].as_u64(), Some(150 * 3 - 50), "{s}");
+            for (i, mut ws) in conns.into_iter().enumerate() {
+                if i % 2 == 0 {
+                    ws.close(None).await.unwrap();
+                }
+                // The rest just drop their sockets.
+            }
+        }
+        // The /stats request itself is the one connection left.
+        let s = stats_until(&server, |s| s["members"] == 0 && s["rooms"] == 0 && s["connections"] == 1).await;
+        assert_eq!((s["members"].as_u64(), s["rooms"].as_u64(), s["connections"].as_u64()), (Some(0), Some(0), Some(1)), "{s}");
+        let local: u64 = s["shards"].as_array().unwrap().iter().map(|sh| sh["rooms_local"].as_u64().unwrap()).sum();
+        assert_eq!(local, 0, "{s}");
+    }
+
+    async fn bad_ops_get_an_error_and_the_connection_stays(backend: &str) {
+        let server = Server::start(backend, &["--max-rooms-per-conn", "2"]);
+        let mut ws = connect(&server, "/ws?room=a,bad%20room").await;
+        let mut first = [recv(&mut ws).await, recv(&mut ws).await];
+        first.sort_by_key(|v| v["op"].to_string());
+        assert_eq!(first[0]["code"], "invalid_room");
+        assert_eq!(first[1]["op"], "joined");
+        let cases = [
+            ("not json".to_string(), "bad_json"),
+            (r#"{"op":"fly","room":"a"}"#.to_string(), "unknown_op"),
+            (r#"{"op":"pub","room":"a"}"#.to_string(), "missing_field"),
+            (r#"{"op":"join","room":"a"}"#.to_string(), "already_joined"),
+            (r#"{"op":"leave","room":"zzz"}"#.to_string(), "not_joined"),
+            (format!(r#"{{"op":"join","room":"{}"}}"#, "x".repeat(200)), "invalid_room"),
+        ];
+        for (text, code) in cases {
+            ws.send(Message::Text(text.clone())).await.unwrap();
+            let v = recv(&mut ws).await;
+            assert_eq!((v["op"].as_str(), v["code"].as_str()), (Some("error"), Some(code)), "{text}: {v}");
+            assert!(v["msg"].as_str().is_some_and(|m| !m.is_empty()));
+        }
+        ws.send(Message::Binary(vec![1, 2, 3])).await.unwrap();
+        assert_eq!(recv(&mut ws).await["code"], "bad_json");
+        assert_eq!(join(&mut ws, "b").await, 0);
+        send(&mut ws, json!({"op":"join","room":"c"})).await;
+        assert_eq!(recv(&mut ws).await["code"], "too_many_rooms");
+        // Still a working member.
+        send(&mut ws, json!({"op":"pub","room":"b","data":[1,2],"id":1})).await;
+        let mut got = [recv(&mut ws).await, recv(&mut ws).await];
+        got.sort_by_key(|v| v["op"].to_string());
+        assert_eq!(got[0], json!({"op":"ack","id":1,"seq":1}));
+        assert_eq!(got[1], json!({"op":"msg","room":"b","seq":1,"data":[1,2]}));
+    }
+}
