@@ -16,12 +16,32 @@ impl Server {
     /// Starts `roomcast serve` on 127.0.0.1 with an OS-chosen port and waits until it
     /// listens.
     pub fn start(backend: &str, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_roomcast"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_roomcast"));
+        cmd.stderr(Stdio::inherit());
+        Server::spawn(cmd, backend, extra)
+    }
+
+    /// Like [`Server::start`], with `RLIMIT_NOFILE` lowered to `nofile` (by `prlimit`) and
+    /// the log written to `log`.
+    pub fn start_limited(
+        backend: &str,
+        nofile: u32,
+        log: &std::path::Path,
+        extra: &[&str],
+    ) -> Server {
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={nofile}:{nofile}"))
+            .arg(env!("CARGO_BIN_EXE_roomcast"));
+        cmd.stderr(std::fs::File::create(log).unwrap());
+        Server::spawn(cmd, backend, extra)
+    }
+
+    fn spawn(mut cmd: Command, backend: &str, extra: &[&str]) -> Server {
+        let mut child = cmd
             .args(["serve", "--listen", "127.0.0.1:0", "--backend", backend])
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn,roomcast=info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn roomcast");
         let mut line = String::new();

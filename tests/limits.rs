@@ -1,0 +1,81 @@
+//! Resource limits over real sockets, on both backends.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Server;
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// The server's CPU time so far, in nanoseconds (all threads).
+fn cpu_ns(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+async fn try_connect(
+    server: &Server,
+) -> Option<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+> {
+    let attempt = tokio_tungstenite::connect_async(server.url("/echo"));
+    match tokio::time::timeout(SECOND * 2, attempt).await {
+        Ok(Ok((mut ws, _))) => {
+            // Accepted and served: it echoes.
+            ws.send(Message::Text("x".into())).await.ok()?;
+            match tokio::time::timeout(SECOND * 2, ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) if t == "x" => Some(ws),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+both_backends! {
+    async fn out_of_descriptors_refuses_cleanly_logs_once_and_resumes(backend: &str) {
+        let dir = std::env::temp_dir().join(format!("roomcast-nofile-{backend}-{}", std::process::id()));
+        let log = dir.with_extension("log");
+        let server = Server::start_limited(backend, 64, &log, &["--shards", "1"]);
+        let mut held = Vec::new();
+        let mut refused = 0;
+        for _ in 0..90 {
+            match try_connect(&server).await {
+                Some(ws) => held.push(ws),
+                None => refused += 1,
+            }
+        }
+        assert!(held.len() >= 40 && held.len() <= 64, "held {}", held.len());
+        assert!(refused >= 90 - 64, "refused {refused}");
+        // At the limit, with clients still knocking, the server does not spin.
+        let before = cpu_ns(server.pid());
+        for _ in 0..20 {
+            assert!(try_connect(&server).await.is_none());
+        }
+        tokio::time::sleep(SECOND).await;
+        let spent = cpu_ns(server.pid()) - before;
+        assert!(spent < 200_000_000, "server used {spent} ns of CPU while at the limit");
+        // Slots free up: accepting resumes.
+        held.truncate(held.len() - 10);
+        tokio::time::sleep(SECOND / 2).await;
+        let mut again = Vec::new();
+        for _ in 0..5 {
+            again.push(try_connect(&server).await.expect("accepting resumed"));
+        }
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(text.matches("out of descriptors").count(), 1, "one log line per episode:\n{text}");
+        assert!(text.contains("accepting again"), "{text}");
+        let _ = std::fs::remove_file(&log);
+    }
+}
