@@ -7,13 +7,16 @@
 //! losing one would corrupt room membership.
 //!
 //! Wake-ups: a shard about to sleep sets its `sleeping` flag and checks its queues once more;
-//! a producer that pushed to it wakes it (eventfd) only if the flag was set. Both sides use
-//! SeqCst so that either the producer sees the flag or the consumer sees the message.
+//! a producer that pushed to it wakes it only if the flag was set. Both sides use SeqCst so
+//! that either the producer sees the flag or the consumer sees the message. An io_uring
+//! shard publishes its ring's descriptor, and producers on io_uring wake it with
+//! `IORING_OP_MSG_RING` from their own ring (batched with their next submit, no extra
+//! syscall); otherwise the wake-up is a write to the shard's eventfd.
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::protocol::SharedFrame;
@@ -75,6 +78,8 @@ struct Doorbell {
     sleeping: AtomicBool,
     /// Messages dropped for this shard's backlogs (written by its owner only).
     dropped: AtomicU64,
+    /// This shard's io_uring descriptor once its ring exists (-1 before, or on epoll).
+    ring_fd: AtomicI32,
 }
 
 struct Shared {
@@ -93,6 +98,10 @@ pub struct Endpoint {
     local: VecDeque<MeshMsg>,
     /// Destinations pushed to since the last wake check.
     pushed: Vec<bool>,
+    /// Ring descriptors of sleeping destinations to wake with MSG_RING (io_uring callers).
+    ring_wakes: Vec<RawFd>,
+    /// Whether the caller sends MSG_RING wake-ups itself (see [`Endpoint::take_ring_wakes`]).
+    ring_waker: bool,
     shared: Arc<Shared>,
     dropped: u64,
 }
@@ -109,6 +118,7 @@ pub fn build(n: usize) -> io::Result<Vec<Endpoint>> {
         .map(|_| Doorbell {
             sleeping: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
+            ring_fd: AtomicI32::new(-1),
         })
         .collect();
     let shared = Arc::new(Shared { bells, wake });
@@ -120,6 +130,8 @@ pub fn build(n: usize) -> io::Result<Vec<Endpoint>> {
             backlog: (0..n).map(|_| VecDeque::new()).collect(),
             local: VecDeque::new(),
             pushed: vec![false; n],
+            ring_wakes: Vec::new(),
+            ring_waker: false,
             shared: shared.clone(),
             dropped: 0,
         })
@@ -158,6 +170,20 @@ impl Endpoint {
     /// Messages waiting in local backlogs.
     pub fn backlog(&self) -> usize {
         self.backlog.iter().map(VecDeque::len).sum()
+    }
+
+    /// An io_uring shard: publishes its ring descriptor so others can MSG_RING it, and
+    /// takes over sending MSG_RING wake-ups to other io_uring shards.
+    pub fn use_ring(&mut self, ring_fd: RawFd) {
+        self.ring_waker = true;
+        self.shared.bells[self.me]
+            .ring_fd
+            .store(ring_fd, Ordering::Release);
+    }
+
+    /// Ring descriptors to wake with MSG_RING, collected by [`Endpoint::flush`].
+    pub fn take_ring_wakes(&mut self, into: &mut Vec<RawFd>) {
+        into.append(&mut self.ring_wakes);
     }
 
     /// Messages on their way to `to`: in its queue or in our backlog for it.
@@ -232,11 +258,19 @@ impl Endpoint {
                 if bell.sleeping.load(Ordering::SeqCst)
                     && bell.sleeping.swap(false, Ordering::SeqCst)
                 {
-                    let one: u64 = 1;
-                    let fd = self.shared.wake[to].as_raw_fd();
-                    // A full eventfd counter (EAGAIN) means a wake-up is already pending.
-                    let _ =
-                        crate::reactor::sys::syscall!(write(fd, (&one as *const u64).cast(), 8));
+                    let ring = bell.ring_fd.load(Ordering::Acquire);
+                    if self.ring_waker && ring >= 0 {
+                        self.ring_wakes.push(ring);
+                    } else {
+                        let one: u64 = 1;
+                        let fd = self.shared.wake[to].as_raw_fd();
+                        // A full eventfd counter (EAGAIN) means a wake-up is already pending.
+                        let _ = crate::reactor::sys::syscall!(write(
+                            fd,
+                            (&one as *const u64).cast(),
+                            8
+                        ));
+                    }
                 }
             }
         }

@@ -38,6 +38,8 @@ enum Op {
     ListenerPoll = 6,
     /// Multishot poll on the mesh eventfd: another shard has messages for us.
     Wake = 7,
+    /// A MSG_RING from another shard: nothing to do but wake up.
+    RingWake = 8,
 }
 
 /// `op << 60 | gen << 32 | slot`.
@@ -53,6 +55,8 @@ impl UserData {
     const IGNORE: UserData = UserData((Op::Ignore as u64) << 60);
     /// The poll on the mesh eventfd.
     const WAKE: UserData = UserData((Op::Wake as u64) << 60);
+    /// Wake-ups between shards' rings.
+    const RING_WAKE: UserData = UserData((Op::RingWake as u64) << 60);
 
     fn new(op: Op, slot: usize, gen: u32) -> UserData {
         UserData((op as u64) << 60 | u64::from(gen & GEN_MASK) << 32 | slot as u64)
@@ -92,6 +96,7 @@ pub fn probe() -> Result<(), String> {
         (opcode::Close::CODE, "close"),
         (opcode::Shutdown::CODE, "shutdown"),
         (opcode::AsyncCancel2::CODE, "async_cancel"),
+        (opcode::MsgRingData::CODE, "msg_ring"),
     ] {
         if !probe.is_supported(code) {
             return Err(format!("opcode {name} not supported"));
@@ -321,9 +326,16 @@ pub fn run(setup: ShardSetup) -> io::Result<()> {
     };
     lp.arm_accept();
     lp.arm_wake();
+    let ring_fd = lp.ring.as_raw_fd();
+    lp.core.mesh.use_ring(ring_fd);
+    let mut wakes = Vec::new();
     loop {
         lp.flush();
         lp.core.mesh.flush();
+        lp.core.mesh.take_ring_wakes(&mut wakes);
+        for fd in wakes.drain(..) {
+            lp.ring_wake(fd);
+        }
         lp.wait()?;
         lp.core.mesh.awake();
         lp.complete();
@@ -357,6 +369,16 @@ impl Uring {
             .allocate_file_index(true)
             .build()
             .user_data(UserData::ACCEPT.0);
+        self.push(entry);
+    }
+
+    /// Wakes the shard whose ring is `fd`: a CQE appears on its ring. Submitted with our
+    /// next io_uring_enter; no syscall of its own.
+    fn ring_wake(&mut self, fd: i32) {
+        let target = io_uring::types::Fd(fd);
+        let entry = opcode::MsgRingData::new(target, 0, UserData::RING_WAKE.0, None)
+            .build()
+            .user_data(UserData::IGNORE.0);
         self.push(entry);
     }
 
@@ -751,6 +773,7 @@ mod tests {
             UserData::LISTENER_POLL,
             UserData::IGNORE,
             UserData::WAKE,
+            UserData::RING_WAKE,
         ];
         for (i, a) in reserved.iter().enumerate() {
             for b in &reserved[i + 1..] {
