@@ -1,6 +1,7 @@
 //! The application layer: the JSON client protocol on `/ws`, and (later) authorization
 //! and per-message limits. It glues connections to rooms; it does no I/O itself.
 
+pub mod authz;
 pub mod ops;
 
 use std::sync::Arc;

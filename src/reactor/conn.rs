@@ -90,6 +90,8 @@ pub struct Conn {
     pub phase: Phase,
     pub route: Route,
     pub flags: u8,
+    /// Deliveries dropped for this connection by the slow-consumer policy.
+    pub drops: u32,
     decoder: Decoder,
     pub out: OutRing,
     /// Bytes received but not yet consumed: an incomplete handshake or frame tail, or input
@@ -109,6 +111,7 @@ impl Conn {
             phase: Phase::Handshake,
             route: Route::None,
             flags: 0,
+            drops: 0,
             decoder: Decoder::new(),
             out: OutRing::default(),
             tail: Vec::new(),

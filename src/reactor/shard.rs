@@ -10,6 +10,7 @@ use slab::Slab;
 
 use super::conn::{flag, Conn, Ctx, Phase};
 use super::stats::Snapshot;
+use crate::app::authz::{AllowAll, ConnRef, RoomPolicy};
 use crate::app::{ops, Intent, SlowPolicy};
 use crate::mesh::{Endpoint, MeshMsg};
 use crate::protocol::{CloseCode, SharedFrame};
@@ -82,6 +83,8 @@ pub struct Core {
     /// Loop turns, for telling this turn's deliveries from earlier ones.
     turn: u32,
     inbox: Vec<MeshMsg>,
+    /// Who may join and publish where (the authorization hook).
+    policy: Box<dyn RoomPolicy>,
     /// Publishers paused because the mesh towards an owner is backed up.
     mesh_paused: Vec<(usize, u32)>,
     /// What the backend must do for connections changed outside an event of their own.
@@ -115,6 +118,7 @@ impl Core {
             inbox: Vec::new(),
             mesh_paused: Vec::new(),
             actions: Vec::new(),
+            policy: Box::new(AllowAll),
         }
     }
 
@@ -261,8 +265,15 @@ impl Core {
     /// Forgets `slot`. The backend has closed its socket and no operation refers to it.
     pub fn remove(&mut self, slot: usize) {
         self.detach(slot);
-        if self.conns.try_remove(slot).is_some() {
+        if let Some(conn) = self.conns.try_remove(slot) {
             self.ctx.stats.closed += 1;
+            if conn.drops > 0 {
+                tracing::info!(
+                    shard = self.mesh.shard(),
+                    drops = conn.drops,
+                    "closed a connection that had deliveries dropped (slow consumer)"
+                );
+            }
         }
     }
 
@@ -275,8 +286,24 @@ impl Core {
         let me = self.mesh.shard() as u16;
         let shards = self.mesh.shards();
         let gen = self.conns.get(slot).map_or(0, |c| c.gen);
+        let who = ConnRef {
+            slot: slot as u32,
+            gen,
+        };
         for intent in intents.drain(..) {
             match intent {
+                Intent::Join { room } if !self.policy.may_join(who, &room) => {
+                    self.reply(
+                        slot,
+                        ops::error("forbidden", "not allowed to join that room"),
+                    );
+                }
+                Intent::Pub { room, .. } if !self.policy.may_publish(who, &room) => {
+                    self.reply(
+                        slot,
+                        ops::error("forbidden", "not allowed to publish to that room"),
+                    );
+                }
                 Intent::Join { room } => {
                     match self
                         .local
@@ -495,9 +522,13 @@ impl Core {
                 .is_ok();
             if !ok {
                 match rooms.slow_policy {
-                    SlowPolicy::DropNewest => counters.dropped_slow += 1,
+                    SlowPolicy::DropNewest => {
+                        counters.dropped_slow += 1;
+                        conn.drops = conn.drops.saturating_add(1);
+                    }
                     SlowPolicy::DropOldest => {
                         counters.dropped_slow += 1;
+                        conn.drops = conn.drops.saturating_add(1);
                         ok = conn.out.drop_oldest_data()
                             && conn.out.push(frame.clone(), ctx.out_cap * 4).is_ok();
                     }

@@ -576,7 +576,12 @@ impl Uring {
                 }
             }
             (0, _) => Next::Close,
-            (n, _) if n == -libc::ENOBUFS || n == -libc::ECANCELED || n > 0 => Next::Nothing,
+            (n, _) if n == -libc::ENOBUFS => {
+                // Out of provided buffers: the bytes stay in the socket; re-armed below.
+                tracing::trace!(slot, "recv: no provided buffer free (ENOBUFS), re-arming");
+                Next::Nothing
+            }
+            (n, _) if n == -libc::ECANCELED || n > 0 => Next::Nothing,
             (n, _) => {
                 tracing::debug!(slot, errno = -n, "recv failed");
                 Next::Close
