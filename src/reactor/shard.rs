@@ -508,6 +508,8 @@ impl Core {
             turn,
             ..
         } = self;
+        // Members the close policy just closed get their deadline after the loop.
+        let mut closing = Vec::new();
         for &slot in local.members(room) {
             let slot = slot as usize;
             let Some(conn) = conns.get_mut(slot) else {
@@ -535,15 +537,7 @@ impl Core {
                     SlowPolicy::Close => {
                         counters.closed_slow += 1;
                         conn.fail(CloseCode::POLICY_VIOLATION, "slow consumer", ctx);
-                        if !conn.has(flag::DEADLINE) {
-                            conn.set(flag::DEADLINE);
-                            let at = Instant::now() + self.timeouts.linger;
-                            self.linger_deadlines.push_back(Deadline {
-                                at,
-                                slot: slot as u32,
-                                gen: conn.gen,
-                            });
-                        }
+                        closing.push(slot);
                     }
                 }
             }
@@ -554,6 +548,9 @@ impl Core {
                 conn.set(flag::QUEUED);
                 flush.push(slot);
             }
+        }
+        for slot in closing {
+            self.closing_deadline(slot);
         }
     }
 

@@ -122,7 +122,9 @@ fn build_ring(entries: u32) -> io::Result<IoUring> {
 struct BufRing {
     /// The ring of `io_uring_buf` entries shared with the kernel (page-aligned mmap).
     ring: *mut io_uring::types::BufRingEntry,
-    ring_bytes: usize,
+    /// Owns the page-aligned mapping `ring` points into. The kernel drops its reference
+    /// when the io_uring is torn down, which happens first (Uring's field order).
+    _ring_map: Mapping,
     /// The buffers themselves: one mapping, populated up front so the pool is resident
     /// from the start (a fixed per-shard cost, not something that grows with connections).
     data: Mapping,
@@ -139,23 +141,11 @@ struct BufRing {
 impl BufRing {
     fn new(ring: &IoUring, count: u16, size: u32) -> io::Result<BufRing> {
         let ring_bytes = count as usize * std::mem::size_of::<io_uring::types::BufRingEntry>();
-        // SAFETY: an anonymous private mapping with no address hint; the result is checked.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                ring_bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_POPULATE,
-                -1,
-                0,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
+        let mut ring_map = Mapping::new(ring_bytes)?;
+        let addr = ring_map.as_mut().as_mut_ptr();
         let mut br = BufRing {
             ring: addr.cast(),
-            ring_bytes,
+            _ring_map: ring_map,
             data: Mapping::new(count as usize * size as usize)?,
             size,
             mask: count - 1,
@@ -164,8 +154,8 @@ impl BufRing {
             consumed: vec![0u32; count as usize].into_boxed_slice(),
         };
         let inc = io_uring::types::IOU_PBUF_RING_INC as u16;
-        // SAFETY: the mapping is page-aligned, `count` entries long, and lives as long as
-        // `br`, which unregisters it before unmapping (Drop).
+        // SAFETY: the mapping is page-aligned, `count` entries long, and owned by `br`; the
+        // ring (torn down before `br`, by Uring's field order) is the only other user.
         let registered = unsafe {
             ring.submitter()
                 .register_buf_ring_with_flags(addr as u64, count, BUF_GROUP, inc)
@@ -264,15 +254,6 @@ impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: the mapping was created in new() with this length.
         unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
-
-impl Drop for BufRing {
-    fn drop(&mut self) {
-        // The ring itself is torn down first (Uring's field order), which drops the
-        // kernel's reference to this mapping.
-        // SAFETY: the mapping was created in new() with this size.
-        unsafe { libc::munmap(self.ring.cast(), self.ring_bytes) };
     }
 }
 
