@@ -55,6 +55,25 @@ pub struct ServeConfig {
     )]
     pub handshake_timeout_secs: u64,
 
+    /// Seconds between pings to each connection (phases spread over the interval).
+    #[arg(
+        long = "ping-interval",
+        value_name = "SECS",
+        env = "ROOMCAST_PING_INTERVAL",
+        default_value_t = 30
+    )]
+    pub ping_interval_secs: u64,
+
+    /// Seconds after a ping by which a connection must have sent something (a pong, or
+    /// anything) or be dropped.
+    #[arg(
+        long = "pong-timeout",
+        value_name = "SECS",
+        env = "ROOMCAST_PONG_TIMEOUT",
+        default_value_t = 10
+    )]
+    pub pong_timeout_secs: u64,
+
     /// Listen backlog per shard.
     #[arg(long, env = "ROOMCAST_BACKLOG", default_value_t = 4096)]
     pub backlog: i32,
@@ -105,6 +124,12 @@ impl ServeConfig {
         }
         if self.max_message == 0 {
             return Err("--max-message must be at least 1".into());
+        }
+        if self.pong_timeout_secs == 0 || self.pong_timeout_secs >= self.ping_interval_secs {
+            return Err(format!(
+                "--pong-timeout ({}) must be at least 1 and shorter than --ping-interval ({})",
+                self.pong_timeout_secs, self.ping_interval_secs
+            ));
         }
         if self.handshake_timeout_secs == 0 {
             return Err("--handshake-timeout must be at least 1 second".into());

@@ -44,6 +44,51 @@ async fn try_connect(
 }
 
 both_backends! {
+    async fn a_client_that_ignores_pings_is_dropped_and_one_that_answers_stays(backend: &str) {
+        let server = Server::start(backend, &["--ping-interval", "2", "--pong-timeout", "1"]);
+        // A raw client: completes the handshake, then never sends another byte.
+        let silent = {
+            let addr = server.addr;
+            tokio::task::spawn_blocking(move || {
+                use std::io::{Read, Write};
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(SECOND * 10)).unwrap();
+                s.write_all(&common::upgrade_request("/echo")).unwrap();
+                let started = std::time::Instant::now();
+                let mut got = Vec::new();
+                let _ = s.read_to_end(&mut got);
+                (started.elapsed(), got)
+            })
+        };
+        // A real client: tungstenite answers every ping while we read.
+        let (mut alive, _) = tokio_tungstenite::connect_async(server.url("/echo")).await.unwrap();
+        let mut pings = 0;
+        let until = std::time::Instant::now() + SECOND * 7;
+        while std::time::Instant::now() < until {
+            match tokio::time::timeout(SECOND, alive.next()).await {
+                Ok(Some(Ok(Message::Ping(_)))) => pings += 1,
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(_) => {}
+            }
+        }
+        assert!(pings >= 2, "pinged every 2 s: {pings}");
+        alive.send(Message::Text("still here".into())).await.unwrap();
+        loop {
+            match alive.next().await.unwrap().unwrap() {
+                Message::Ping(_) => continue,
+                m => {
+                    assert_eq!(m, Message::Text("still here".into()));
+                    break;
+                }
+            }
+        }
+        let (waited, got) = silent.await.unwrap();
+        // Pinged within one interval, dropped one pong-timeout later (ticks are 1 s).
+        assert!(waited <= SECOND * 5, "dropped after {waited:?}");
+        let text_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert_eq!(&got[text_end..text_end + 2], &[0x89, 0x00], "a ping came first");
+    }
+
     async fn out_of_descriptors_refuses_cleanly_logs_once_and_resumes(backend: &str) {
         let dir = std::env::temp_dir().join(format!("roomcast-nofile-{backend}-{}", std::process::id()));
         let log = dir.with_extension("log");

@@ -43,12 +43,15 @@ async fn recv(ws: &mut Ws) -> Value {
 
 /// The raw text of the next message (to check `data` byte for byte).
 async fn recv_raw(ws: &mut Ws) -> String {
-    match tokio::time::timeout(WAIT, ws.next())
-        .await
-        .expect("timed out")
-    {
-        Some(Ok(Message::Text(t))) => t,
-        other => panic!("expected text, got {other:?}"),
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("timed out")
+        {
+            Some(Ok(Message::Text(t))) => return t,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected text, got {other:?}"),
+        }
     }
 }
 
@@ -274,6 +277,7 @@ both_backends! {
             loop {
                 let v = match tokio::time::timeout(Duration::from_secs(2), stalled.next()).await {
                     Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<Value>(&t).unwrap(),
+                    Ok(Some(Ok(Message::Ping(_)))) => continue,
                     _ => break,
                 };
                 let seq = v["seq"].as_u64().unwrap();

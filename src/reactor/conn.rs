@@ -37,20 +37,24 @@ pub enum Route {
 /// Flags the backends keep per connection.
 pub mod flag {
     /// On the shard's list of connections to flush this turn.
-    pub const QUEUED: u8 = 1 << 0;
+    pub const QUEUED: u16 = 1 << 0;
     /// Input processing stopped because the out-ring is full; the backend stops reading
     /// until it drains.
-    pub const PAUSED: u8 = 1 << 1;
+    pub const PAUSED: u16 = 1 << 1;
     /// A send is in flight (io_uring): its iovecs point into the ring.
-    pub const SENDING: u8 = 1 << 2;
+    pub const SENDING: u16 = 1 << 2;
     /// A multishot recv is armed (io_uring) or reads are wanted (epoll).
-    pub const RECEIVING: u8 = 1 << 3;
+    pub const RECEIVING: u16 = 1 << 3;
     /// The write side has been shut down after the final bytes went out.
-    pub const SHUT_WR: u8 = 1 << 4;
+    pub const SHUT_WR: u16 = 1 << 4;
     /// Close requested; the slot is freed once no operation refers to it any more.
-    pub const DEAD: u8 = 1 << 5;
+    pub const DEAD: u16 = 1 << 5;
     /// The close deadline is set (the connection entered `Closing`).
-    pub const DEADLINE: u8 = 1 << 6;
+    pub const DEADLINE: u16 = 1 << 6;
+    /// Bytes arrived since the last heartbeat check.
+    pub const SEEN: u16 = 1 << 7;
+    /// A ping went out and the peer has not been heard from since.
+    pub const AWAIT_PONG: u16 = 1 << 8;
 }
 
 /// Per-shard settings the connection logic needs, and its counters.
@@ -89,7 +93,7 @@ pub struct Conn {
     pub gen: u32,
     pub phase: Phase,
     pub route: Route,
-    pub flags: u8,
+    pub flags: u16,
     /// Deliveries dropped for this connection by the slow-consumer policy.
     pub drops: u32,
     decoder: Decoder,
@@ -118,15 +122,15 @@ impl Conn {
         }
     }
 
-    pub fn has(&self, f: u8) -> bool {
+    pub fn has(&self, f: u16) -> bool {
         self.flags & f != 0
     }
 
-    pub fn set(&mut self, f: u8) {
+    pub fn set(&mut self, f: u16) {
         self.flags |= f;
     }
 
-    pub fn clear(&mut self, f: u8) {
+    pub fn clear(&mut self, f: u16) {
         self.flags &= !f;
     }
 
@@ -141,6 +145,8 @@ impl Conn {
     /// Only what cannot be consumed yet is copied into the tail; an idle connection's
     /// tail stays unallocated.
     pub fn receive(&mut self, data: &mut [u8], ctx: &mut Ctx) {
+        // Any bytes at all count as a sign of life (RFC 6455 §5.5.2: a pong, or anything).
+        self.set(flag::SEEN);
         if self.phase == Phase::Closing {
             return;
         }

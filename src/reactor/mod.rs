@@ -2,6 +2,7 @@
 //! its own slab of connections and its own event loop on io_uring or epoll.
 
 pub mod conn;
+pub mod heartbeat;
 pub mod outring;
 pub mod shard;
 pub mod stats;
@@ -92,6 +93,8 @@ impl Server {
                 timeouts: Timeouts {
                     handshake: cfg.handshake_timeout(),
                     linger: cfg.linger_timeout(),
+                    ping_interval: std::time::Duration::from_secs(cfg.ping_interval_secs),
+                    pong_timeout: std::time::Duration::from_secs(cfg.pong_timeout_secs),
                 },
                 fixed_files,
                 recv_buffers: cfg.recv_buffers,

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use super::conn::{flag, Conn, Ctx, Phase};
+use super::heartbeat::{Beat, Heartbeat};
 use super::stats::Snapshot;
 use crate::app::authz::{AllowAll, ConnRef, RoomPolicy};
 use crate::app::{ops, Intent, SlowPolicy};
@@ -63,6 +64,10 @@ pub struct Timeouts {
     pub handshake: Duration,
     /// From half-close to the peer's EOF.
     pub linger: Duration,
+    /// Between pings to each open connection.
+    pub ping_interval: Duration,
+    /// From a ping to the drop of a connection that has sent nothing since.
+    pub pong_timeout: Duration,
 }
 
 pub struct Core {
@@ -83,6 +88,7 @@ pub struct Core {
     /// Loop turns, for telling this turn's deliveries from earlier ones.
     turn: u32,
     inbox: Vec<MeshMsg>,
+    heartbeat: Heartbeat,
     /// Who may join and publish where (the authorization hook).
     policy: Box<dyn RoomPolicy>,
     /// Publishers paused because the mesh towards an owner is backed up.
@@ -95,6 +101,29 @@ pub struct Core {
 /// paused publishers are read again. The queue holds [`crate::mesh::QUEUE_CAPACITY`].
 const MESH_HIGH_WATER: usize = crate::mesh::QUEUE_CAPACITY / 2;
 const MESH_LOW_WATER: usize = crate::mesh::QUEUE_CAPACITY / 8;
+
+/// What a heartbeat tick does to the shard: pings queued for flushing, the silent handed
+/// to the backend to close.
+struct Beats<'a> {
+    flush: &'a mut Vec<usize>,
+    dead: &'a mut Vec<usize>,
+    cap: usize,
+}
+
+impl Beat for Beats<'_> {
+    fn ping(&mut self, slot: usize, conn: &mut Conn, frame: &SharedFrame) {
+        // A control frame: it goes out even past a full ring (up to the control slack).
+        if conn.out.push_control(frame.clone(), self.cap).is_ok() && !conn.has(flag::QUEUED) {
+            conn.set(flag::QUEUED);
+            self.flush.push(slot);
+        }
+    }
+
+    fn dead(&mut self, slot: usize) {
+        tracing::debug!(slot, "no sign of life after a ping: dropping");
+        self.dead.push(slot);
+    }
+}
 
 /// Generations are packed into 28 bits of io_uring user data.
 pub const GEN_MASK: u32 = (1 << 28) - 1;
@@ -119,6 +148,11 @@ impl Core {
             mesh_paused: Vec::new(),
             actions: Vec::new(),
             policy: Box::new(AllowAll),
+            heartbeat: Heartbeat::new(
+                timeouts.ping_interval,
+                timeouts.pong_timeout,
+                Instant::now(),
+            ),
         }
     }
 
@@ -578,6 +612,12 @@ impl Core {
     /// Connections whose deadline passed: a handshake not finished in time, or a peer
     /// that never closed after our half-close. Appends their slots to `out`.
     pub fn expired(&mut self, now: Instant, out: &mut Vec<usize>) {
+        let mut beats = Beats {
+            flush: &mut self.flush,
+            dead: out,
+            cap: self.ctx.out_cap,
+        };
+        self.heartbeat.run(now, &mut self.conns, &mut beats);
         while let Some(d) = self.handshake_deadlines.front().copied() {
             if d.at > now {
                 break;
@@ -604,10 +644,9 @@ impl Core {
     pub fn next_deadline(&self, now: Instant) -> Option<Duration> {
         let a = self.handshake_deadlines.front().map(|d| d.at);
         let b = self.linger_deadlines.front().map(|d| d.at);
-        let at = match (a, b) {
-            (Some(a), Some(b)) => a.min(b),
-            (x, y) => x.or(y)?,
-        };
+        // With no connections there is nobody to ping: sleep until something happens.
+        let c = (!self.conns.is_empty()).then(|| self.heartbeat.next_tick());
+        let at = [a, b, c].into_iter().flatten().min()?;
         // Round up to whole milliseconds so the loop never wakes just before the deadline.
         Some(at.saturating_duration_since(now) + Duration::from_millis(1))
     }

@@ -1,0 +1,217 @@
+//! Heartbeats on a hashed timer wheel whose entries are implicit.
+//!
+//! The wheel has one bucket per second of the ping interval, and a connection's bucket is
+//! its slab slot modulo the interval: phases are spread by slot, so a million pings never
+//! go out in the same second, and no connection stores a timer (0 bytes each, not one
+//! kernel timer each). Every 1 s tick visits two buckets:
+//!
+//! - the ping bucket: every open connection in it gets a ping (one frame shared by the whole
+//!   shard) and is marked as awaiting a sign of life;
+//! - the bucket pinged `pong_timeout` ticks ago: a connection that has sent nothing since,
+//!   not even a pong, is dropped.
+//!
+//! Cost per tick: O(slots / interval), two flag tests each.
+
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+use super::conn::{flag, Conn, Phase};
+use crate::protocol::{OpCode, SharedFrame};
+
+const TICK: Duration = Duration::from_secs(1);
+
+pub struct Heartbeat {
+    /// Ping interval and pong timeout, in ticks.
+    interval: u64,
+    pong_timeout: u64,
+    tick: u64,
+    next: Instant,
+    ping: SharedFrame,
+}
+
+/// What a tick asks of the shard.
+pub trait Beat {
+    /// `conn` (in `slot`) gets the shared ping frame.
+    fn ping(&mut self, slot: usize, conn: &mut Conn, frame: &SharedFrame);
+    /// `slot` missed its deadline: drop it.
+    fn dead(&mut self, slot: usize);
+}
+
+impl Heartbeat {
+    /// `pong_timeout` must be shorter than `interval` (the config checks it).
+    pub fn new(interval: Duration, pong_timeout: Duration, now: Instant) -> Heartbeat {
+        Heartbeat {
+            interval: interval.as_secs().max(1),
+            pong_timeout: pong_timeout.as_secs().max(1),
+            tick: 0,
+            next: now + TICK,
+            ping: SharedFrame::new(OpCode::Ping, b""),
+        }
+    }
+
+    /// When the next tick is due.
+    pub fn next_tick(&self) -> Instant {
+        self.next
+    }
+
+    /// Runs the tick due by `now`, if any. A loop that fell behind by more than a tick
+    /// does not replay the ticks it missed: it would judge connections whose pongs it had
+    /// no chance to read. The missed buckets skip one ping, and a missed check only
+    /// postpones that bucket's verdict by one interval.
+    pub fn run(&mut self, now: Instant, conns: &mut Slab<Conn>, beat: &mut impl Beat) {
+        if self.next > now {
+            return;
+        }
+        self.tick += 1;
+        self.next += TICK;
+        self.check_pongs(conns, beat);
+        self.send_pings(conns, beat);
+        if self.next <= now {
+            self.next = now + TICK;
+        }
+    }
+
+    fn bucket(&self, tick: u64) -> usize {
+        (tick % self.interval) as usize
+    }
+
+    fn slots(
+        &self,
+        bucket: usize,
+        conns: &Slab<Conn>,
+    ) -> std::iter::StepBy<std::ops::Range<usize>> {
+        (bucket..conns.capacity()).step_by(self.interval as usize)
+    }
+
+    fn send_pings(&self, conns: &mut Slab<Conn>, beat: &mut impl Beat) {
+        for slot in self.slots(self.bucket(self.tick), conns) {
+            let Some(conn) = conns.get_mut(slot) else {
+                continue;
+            };
+            if conn.phase != Phase::Open || conn.has(flag::DEAD) {
+                continue;
+            }
+            conn.clear(flag::SEEN);
+            conn.set(flag::AWAIT_PONG);
+            beat.ping(slot, conn, &self.ping);
+        }
+    }
+
+    fn check_pongs(&self, conns: &mut Slab<Conn>, beat: &mut impl Beat) {
+        if self.tick < self.pong_timeout {
+            return;
+        }
+        for slot in self.slots(self.bucket(self.tick - self.pong_timeout), conns) {
+            let Some(conn) = conns.get_mut(slot) else {
+                continue;
+            };
+            if !conn.has(flag::AWAIT_PONG) {
+                continue;
+            }
+            conn.clear(flag::AWAIT_PONG);
+            if !conn.has(flag::SEEN) && conn.phase == Phase::Open && !conn.has(flag::DEAD) {
+                beat.dead(slot);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Log {
+        pings: Vec<usize>,
+        dead: Vec<usize>,
+    }
+
+    impl Beat for Log {
+        fn ping(&mut self, slot: usize, _: &mut Conn, _: &SharedFrame) {
+            self.pings.push(slot);
+        }
+        fn dead(&mut self, slot: usize) {
+            self.dead.push(slot);
+        }
+    }
+
+    fn open_conns(n: usize) -> Slab<Conn> {
+        let mut conns = Slab::new();
+        for i in 0..n {
+            let mut c = Conn::new(i as u32, i as u32);
+            c.phase = Phase::Open;
+            conns.insert(c);
+        }
+        conns
+    }
+
+    #[test]
+    fn every_connection_is_pinged_once_per_interval_spread_by_slot() {
+        let t0 = Instant::now();
+        let mut hb = Heartbeat::new(Duration::from_secs(10), Duration::from_secs(3), t0);
+        let mut conns = open_conns(100);
+        let mut per_tick = Vec::new();
+        let mut all = Vec::new();
+        for s in 1..=10 {
+            let mut log = Log::default();
+            hb.run(t0 + Duration::from_secs(s), &mut conns, &mut log);
+            for slot in &log.pings {
+                conns[*slot].set(flag::SEEN); // everyone answers
+            }
+            per_tick.push(log.pings.len());
+            all.extend(log.pings);
+            assert!(log.dead.is_empty());
+        }
+        all.sort_unstable();
+        assert_eq!(all, (0..100).collect::<Vec<_>>(), "each once per interval");
+        assert!(
+            per_tick.iter().all(|&n| n == 10),
+            "spread evenly: {per_tick:?}"
+        );
+    }
+
+    #[test]
+    fn silent_connections_are_dropped_after_the_pong_timeout_and_talkers_are_not() {
+        let t0 = Instant::now();
+        let mut hb = Heartbeat::new(Duration::from_secs(4), Duration::from_secs(2), t0);
+        let mut conns = open_conns(8);
+        let mut dead = Vec::new();
+        for s in 1..=8 {
+            let mut log = Log::default();
+            hb.run(t0 + Duration::from_secs(s), &mut conns, &mut log);
+            for slot in log.pings {
+                if slot % 2 == 0 {
+                    conns[slot].set(flag::SEEN); // even slots answer
+                }
+            }
+            for slot in log.dead {
+                dead.push((s, slot));
+                conns.remove(slot);
+            }
+        }
+        let slots: Vec<usize> = dead.iter().map(|&(_, slot)| slot).collect();
+        assert_eq!(slots.len(), 4);
+        assert!(slots.iter().all(|s| s % 2 == 1), "{dead:?}");
+        // Dropped exactly pong_timeout ticks after their ping.
+        for (s, slot) in dead {
+            assert_eq!(
+                (s as usize - 2) % 4,
+                slot % 4,
+                "slot {slot} dropped at tick {s}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_stalled_loop_catches_up_without_spinning() {
+        let t0 = Instant::now();
+        let mut hb = Heartbeat::new(Duration::from_secs(5), Duration::from_secs(2), t0);
+        let mut conns = open_conns(10);
+        let mut log = Log::default();
+        hb.run(t0 + Duration::from_secs(1000), &mut conns, &mut log);
+        assert_eq!(log.pings.len(), 2, "one tick, one bucket");
+        assert!(log.dead.is_empty(), "nobody judged on ticks that never ran");
+        assert!(hb.next_tick() > t0 + Duration::from_secs(1000));
+    }
+}
