@@ -556,7 +556,10 @@ impl Uring {
                     Next::Nothing
                 }
             }
-            (0, _) => Next::Close,
+            (0, _) => {
+                tracing::trace!(slot, "recv: end of stream");
+                Next::Close
+            }
             (n, _) if n == -libc::ENOBUFS => {
                 // Out of provided buffers: the bytes stay in the socket; re-armed below.
                 tracing::trace!(slot, "recv: no provided buffer free (ENOBUFS), re-arming");
@@ -606,6 +609,7 @@ impl Uring {
             return self.maybe_free(slot);
         }
         if res < 0 {
+            tracing::debug!(slot, errno = -res, "send failed: closing");
             return self.close(slot);
         }
         let next = self.core.sent(slot, res as usize, Instant::now());
@@ -686,6 +690,10 @@ impl Uring {
         let mut expired = std::mem::take(&mut self.expired);
         self.core.expired(Instant::now(), &mut expired);
         for slot in expired.drain(..) {
+            tracing::debug!(
+                slot,
+                "deadline passed (handshake, close or heartbeat): closing"
+            );
             self.close(slot);
         }
         self.expired = expired;
