@@ -29,10 +29,10 @@ both_backends! {
         for size in [0usize, 1, 125, 126, 65535, 65536 - 64] {
             let text = "é".repeat(size / 2);
             ws.send(Message::Text(text.clone())).await.unwrap();
-            assert_eq!(ws.next().await.unwrap().unwrap(), Message::Text(text));
+            assert_eq!(common::next_data(&mut ws).await.unwrap().unwrap(), Message::Text(text));
             let bin: Vec<u8> = (0..size).map(|i| i as u8).collect();
             ws.send(Message::Binary(bin.clone())).await.unwrap();
-            assert_eq!(ws.next().await.unwrap().unwrap(), Message::Binary(bin));
+            assert_eq!(common::next_data(&mut ws).await.unwrap().unwrap(), Message::Binary(bin));
         }
     }
 
@@ -43,7 +43,7 @@ both_backends! {
         assert_eq!(ws.next().await.unwrap().unwrap(), Message::Pong(b"are you there".to_vec()));
         let frame = CloseFrame { code: CloseCode::Library(4000), reason: "bye".into() };
         ws.send(Message::Close(Some(frame))).await.unwrap();
-        match ws.next().await.unwrap().unwrap() {
+        match common::next_data(&mut ws).await.unwrap().unwrap() {
             Message::Close(Some(f)) => assert_eq!(f.code, CloseCode::Library(4000)),
             other => panic!("expected close, got {other:?}"),
         }
@@ -64,7 +64,7 @@ both_backends! {
             tx
         });
         for i in 0..N {
-            let got = tokio::time::timeout(SECOND * 20, rx.next()).await.unwrap().unwrap().unwrap();
+            let got = tokio::time::timeout(SECOND * 20, common::next_data(&mut rx)).await.unwrap().unwrap().unwrap();
             assert_eq!(got, Message::Text(format!("message {i:05} {}", "x".repeat(i % 300))));
         }
         drop(writer.await.unwrap());
@@ -82,7 +82,7 @@ both_backends! {
                 for i in 0..5u8 {
                     let msg: Vec<u8> = (0..60_000u32).map(|j| (j as u8) ^ c ^ i).collect();
                     ws.send(Message::Binary(msg.clone())).await.unwrap();
-                    let got = tokio::time::timeout(SECOND * 20, ws.next()).await.unwrap().unwrap().unwrap();
+                    let got = tokio::time::timeout(SECOND * 20, common::next_data(&mut ws)).await.unwrap().unwrap().unwrap();
                     assert_eq!(got, Message::Binary(msg));
                 }
             }));
@@ -150,7 +150,7 @@ both_backends! {
             req.extend(client_frame(0x82, &vec![0u8; 100 * i]));
             let _ = server.raw_exchange(&req, SECOND);
             good.send(Message::Text(format!("still here {i}"))).await.unwrap();
-            assert_eq!(good.next().await.unwrap().unwrap(), Message::Text(format!("still here {i}")));
+            assert_eq!(common::next_data(&mut good).await.unwrap().unwrap(), Message::Text(format!("still here {i}")));
         }
     }
 }

@@ -116,7 +116,10 @@ fn client_process() {
             .map(|(i, mut ws)| async move {
                 let text = format!("hello from {i}");
                 ws.send(Message::Text(text.clone())).await.unwrap();
-                assert_eq!(ws.next().await.unwrap().unwrap(), Message::Text(text));
+                assert_eq!(
+                    common::next_data(&mut ws).await.unwrap().unwrap(),
+                    Message::Text(text)
+                );
                 ws.close(None).await.unwrap();
                 // Read the server's close reply, then the end of the stream.
                 while let Some(msg) = ws.next().await {

@@ -143,3 +143,26 @@ macro_rules! both_backends {
         $(async fn $name($backend: &str) $body)*
     };
 }
+
+/// The next message that is not a ping or pong: the server pings on its own schedule
+/// (tungstenite answers by itself), so tests looking for data skip control messages.
+pub async fn next_data<S>(
+    ws: &mut S,
+) -> Option<Result<tokio_tungstenite::tungstenite::Message, tokio_tungstenite::tungstenite::Error>>
+where
+    S: futures_util::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => return other,
+        }
+    }
+}
