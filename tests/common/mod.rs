@@ -45,7 +45,11 @@ impl Server {
         }
         let mut child = cmd
             .args(extra)
-            .env("RUST_LOG", "warn,roomcast=info")
+            // ROOMCAST_TEST_LOG overrides the server's log filter when chasing a failure.
+            .env(
+                "RUST_LOG",
+                std::env::var("ROOMCAST_TEST_LOG").unwrap_or_else(|_| "warn,roomcast=info".into()),
+            )
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn roomcast");
