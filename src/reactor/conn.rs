@@ -55,6 +55,9 @@ pub mod flag {
     pub const SEEN: u16 = 1 << 7;
     /// A ping went out and the peer has not been heard from since.
     pub const AWAIT_PONG: u16 = 1 << 8;
+    /// An io_uring shutdown(SHUT_WR) is in flight: the descriptor must not be closed (and
+    /// its fixed-file index reused) before it completes.
+    pub const SHUTTING: u16 = 1 << 9;
 }
 
 /// Per-shard settings the connection logic needs, and its counters.

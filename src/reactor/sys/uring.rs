@@ -40,6 +40,8 @@ enum Op {
     Wake = 7,
     /// A MSG_RING from another shard: nothing to do but wake up.
     RingWake = 8,
+    /// shutdown(SHUT_WR) after a connection's last bytes.
+    Shutdown = 9,
 }
 
 /// `op << 60 | gen << 32 | slot`.
@@ -443,6 +445,7 @@ impl Uring {
             x if x == Op::Recv as u8 => self.on_recv(ud, res, flags),
             x if x == Op::Send as u8 => self.on_send(ud, res),
             x if x == Op::Close as u8 => self.on_closed(ud),
+            x if x == Op::Shutdown as u8 => self.on_shutdown(ud),
             x if x == Op::ListenerPoll as u8 => self.on_listener_ready(),
             x if x == Op::Wake as u8 => {
                 self.core.mesh.consume_wake();
@@ -655,9 +658,16 @@ impl Uring {
             }
             Next::ResumeReading => self.arm_recv(slot),
             Next::ShutdownWrite => {
+                // IORING_OP_SHUTDOWN always runs in io-wq and looks the fixed-file index
+                // up when it runs. If the descriptor were closed first, the index could
+                // already belong to a new connection, and it would be that connection's
+                // write side that got shut. So it is tracked, and close waits for it.
+                if let Some(conn) = self.core.conns.get_mut(slot) {
+                    conn.set(flag::SHUTTING);
+                }
                 let entry = opcode::Shutdown::new(Fixed(io), libc::SHUT_WR)
                     .build()
-                    .user_data(UserData::IGNORE.0);
+                    .user_data(UserData::new(Op::Shutdown, slot, gen).0);
                 self.push(entry);
             }
             Next::Close => self.close(slot),
@@ -673,17 +683,38 @@ impl Uring {
         if conn.has(flag::DEAD) {
             return;
         }
+        tracing::debug!(slot, gen = conn.gen, phase = ?conn.phase, flags = conn.flags, queued = conn.out.len(), "closing");
         conn.set(flag::DEAD);
         let (io, gen) = (conn.io, conn.gen);
+        let shutting = conn.has(flag::SHUTTING);
         self.core.detach(slot);
         let cancel = opcode::AsyncCancel2::new(CancelBuilder::fd(Fixed(io)).all())
             .build()
             .user_data(UserData::IGNORE.0);
         self.push(cancel);
+        if !shutting {
+            self.push_close(slot, io, gen);
+        }
+        // Otherwise on_shutdown pushes the close once the shutdown is done.
+    }
+
+    fn push_close(&mut self, slot: usize, io: u32, gen: u32) {
         let close = opcode::Close::new(Fixed(io))
             .build()
             .user_data(UserData::new(Op::Close, slot, gen).0);
         self.push(close);
+    }
+
+    fn on_shutdown(&mut self, ud: UserData) {
+        let slot = ud.slot();
+        let Some(conn) = self.core.get(slot, ud.gen()) else {
+            return;
+        };
+        conn.clear(flag::SHUTTING);
+        if conn.has(flag::DEAD) && conn.io != u32::MAX {
+            let (io, gen) = (conn.io, conn.gen);
+            self.push_close(slot, io, gen);
+        }
     }
 
     fn expire(&mut self) {
