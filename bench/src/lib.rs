@@ -4,24 +4,13 @@
 //! client engine needs and what the protocol micro-benchmarks in `benches/` share: frames
 //! masked ahead of time, so a client sends without touching the payload.
 
-use roomcast::protocol::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
-use roomcast::protocol::mask::apply_mask;
+use roomcast::protocol::encode::write_client_frame;
+use roomcast::protocol::frame::OpCode;
 
 /// One final client frame (masked with `key`, as RFC 6455 §5.1 requires of clients).
 pub fn masked_frame(opcode: OpCode, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
-    let header = FrameHeader {
-        fin: true,
-        rsv: 0,
-        opcode,
-        mask: Some(key),
-        payload_len: payload.len() as u64,
-    };
-    let mut head = [0u8; MAX_HEADER_LEN];
-    let n = header.format(&mut head);
-    let mut out = Vec::with_capacity(n + payload.len());
-    out.extend_from_slice(&head[..n]);
-    out.extend_from_slice(payload);
-    apply_mask(&mut out[n..], key, 0);
+    let mut out = Vec::new();
+    write_client_frame(true, opcode, payload, key, &mut out);
     out
 }
 

@@ -400,8 +400,6 @@ fn plain_route(req: &Request<'_>, ctx: &Ctx) -> (Status, &'static str, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::frame::{FrameHeader, MAX_HEADER_LEN};
-    use crate::protocol::mask::apply_mask;
 
     fn ctx() -> Ctx {
         Ctx {
@@ -419,18 +417,8 @@ mod tests {
         Sec-WebSocket-Version: 13\r\n\r\n";
 
     fn masked(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
-        let h = FrameHeader {
-            fin: true,
-            rsv: 0,
-            opcode,
-            mask: Some([1, 2, 3, 4]),
-            payload_len: payload.len() as u64,
-        };
-        let mut head = [0u8; MAX_HEADER_LEN];
-        let n = h.format(&mut head);
-        let mut out = head[..n].to_vec();
-        out.extend_from_slice(payload);
-        apply_mask(&mut out[n..], [1, 2, 3, 4], 0);
+        let mut out = Vec::new();
+        encode::write_client_frame(true, opcode, payload, [1, 2, 3, 4], &mut out);
         out
     }
 
