@@ -151,10 +151,11 @@ mod tests {
             let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
             let mut out = Vec::new();
             write_client_frame(true, OpCode::Binary, &payload, [9, 8, 7, 6], &mut out);
+            let total = out.len();
             let (n, event) = Decoder::new()
                 .decode(&mut out, &Limits::server(1 << 20))
                 .unwrap();
-            assert_eq!(n, out.len());
+            assert_eq!(n, total);
             match event {
                 Some(Event::Message { payload: got, .. }) => assert_eq!(&got[..], &payload[..]),
                 other => panic!("{other:?}"),
