@@ -74,6 +74,16 @@ fn stats(server: &Server) -> Value {
     serde_json::from_str(body).unwrap()
 }
 
+/// `field` summed over every shard in a `/stats` answer.
+fn shard_sum(s: &Value, field: &str) -> u64 {
+    s["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|sh| sh[field].as_u64().unwrap())
+        .sum()
+}
+
 /// Polls `/stats` until `ok` holds or the deadline passes.
 async fn stats_until(server: &Server, ok: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + WAIT;
@@ -227,10 +237,10 @@ both_backends! {
         }
         let _publisher = publisher.await.unwrap();
         let s = stats_until(&server, |s| {
-            s["shards"].as_array().unwrap().iter().map(|sh| sh["closed_slow"].as_u64().unwrap()).sum::<u64>() == 1
+            shard_sum(s, "closed_slow") == 1
         })
         .await;
-        let closed_slow: u64 = s["shards"].as_array().unwrap().iter().map(|sh| sh["closed_slow"].as_u64().unwrap()).sum();
+        let closed_slow: u64 = shard_sum(&s, "closed_slow");
         assert_eq!(closed_slow, 1, "the stalled member was closed as a slow consumer: {s}");
         // Memory stays bounded as configured. Worst case: ~16 MiB fixed (process, three
         // shards' 4 MiB receive pools) + 11 members × (4 MiB queued + ~1 MiB for one
@@ -270,10 +280,10 @@ both_backends! {
             publisher.flush().await.unwrap();
             reader.await.unwrap();
             let s = stats_until(&server, |s| {
-                s["shards"].as_array().unwrap().iter().map(|sh| sh["dropped_slow"].as_u64().unwrap()).sum::<u64>() > 0
+                shard_sum(s, "dropped_slow") > 0
             })
             .await;
-            let closed: u64 = s["shards"].as_array().unwrap().iter().map(|sh| sh["closed_slow"].as_u64().unwrap()).sum();
+            let closed: u64 = shard_sum(&s, "closed_slow");
             assert_eq!(closed, 0, "{policy}: {s}");
             // The stalled member now reads: it is still connected, gets an increasing
             // (gapped) sequence, and under drop-oldest ends with the latest message.
@@ -323,7 +333,7 @@ both_backends! {
         // The /stats request itself is the one connection left.
         let s = stats_until(&server, |s| s["members"] == 0 && s["rooms"] == 0 && s["connections"] == 1).await;
         assert_eq!((s["members"].as_u64(), s["rooms"].as_u64(), s["connections"].as_u64()), (Some(0), Some(0), Some(1)), "{s}");
-        let local: u64 = s["shards"].as_array().unwrap().iter().map(|sh| sh["rooms_local"].as_u64().unwrap()).sum();
+        let local: u64 = shard_sum(&s, "rooms_local");
         assert_eq!(local, 0, "{s}");
     }
 

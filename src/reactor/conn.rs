@@ -227,22 +227,12 @@ impl Conn {
             }
             Parsed::Upgrade(req) => match req.path {
                 "/echo" => {
-                    let mut out = Vec::with_capacity(160);
-                    handshake::accept_response(&req, None, &mut out);
-                    self.push_control(SharedFrame::from_encoded(Arc::from(out)), ctx);
-                    self.route = Route::Echo;
-                    self.phase = Phase::Open;
-                    ctx.stats.upgraded += 1;
+                    self.upgrade(&req, Route::Echo, ctx);
                     // A client may send its first frames right behind the request.
                     head_len + self.frames(&mut buf[head_len..], ctx)
                 }
                 "/ws" => {
-                    let mut out = Vec::with_capacity(160);
-                    handshake::accept_response(&req, None, &mut out);
-                    self.push_control(SharedFrame::from_encoded(Arc::from(out)), ctx);
-                    self.route = Route::Rooms;
-                    self.phase = Phase::Open;
-                    ctx.stats.upgraded += 1;
+                    self.upgrade(&req, Route::Rooms, ctx);
                     // `/ws?room=a,b` joins at connect.
                     for room in req
                         .query_param("room")
@@ -264,6 +254,16 @@ impl Conn {
                 }
             },
         }
+    }
+
+    /// Accepts the upgrade: queues the 101 and starts speaking `route`.
+    fn upgrade(&mut self, req: &Request<'_>, route: Route, ctx: &mut Ctx) {
+        let mut out = Vec::with_capacity(160);
+        handshake::accept_response(req, None, &mut out);
+        self.push_control(SharedFrame::from_encoded(Arc::from(out)), ctx);
+        self.route = route;
+        self.phase = Phase::Open;
+        ctx.stats.upgraded += 1;
     }
 
     fn frames(&mut self, buf: &mut [u8], ctx: &mut Ctx) -> usize {
