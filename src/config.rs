@@ -96,6 +96,129 @@ pub struct ServeConfig {
     )]
     pub max_rooms_per_conn: usize,
 
+    /// Seconds a connection may take to finish closing (our close frame out, the peer's
+    /// close or EOF back) before the socket is closed anyway.
+    #[arg(
+        long = "close-timeout",
+        value_name = "SECS",
+        env = "ROOMCAST_CLOSE_TIMEOUT",
+        default_value_t = 2
+    )]
+    pub close_timeout_secs: u64,
+
+    /// Close (1000 "idle timeout") a connection that sent no message for this many
+    /// seconds; pongs do not count. Checked at each heartbeat, so the cut lands within
+    /// one ping interval after. 0: never.
+    #[arg(
+        long = "idle-timeout",
+        value_name = "SECS",
+        env = "ROOMCAST_IDLE_TIMEOUT",
+        default_value_t = 0
+    )]
+    pub idle_timeout_secs: u64,
+
+    /// Messages (and pings) per second one connection may send on average; past its
+    /// burst: close 1008. 0: no limit.
+    #[arg(
+        long,
+        value_name = "PER_SEC",
+        env = "ROOMCAST_RATE",
+        default_value_t = 1000
+    )]
+    pub rate: u32,
+
+    /// Messages a connection may send at once before --rate applies.
+    #[arg(
+        long,
+        value_name = "MSGS",
+        env = "ROOMCAST_BURST",
+        default_value_t = 2000
+    )]
+    pub burst: u32,
+
+    /// Open WebSocket connections in total; more: 503 at the handshake. 0: no limit but
+    /// the descriptors.
+    #[arg(
+        long = "max-conns",
+        value_name = "N",
+        env = "ROOMCAST_MAX_CONNS",
+        default_value_t = 0
+    )]
+    pub max_conns: usize,
+
+    /// Open WebSocket connections per client address (per /64 for IPv6); more: 429.
+    /// 0: no limit (the default, since NAT puts many users behind one address).
+    #[arg(
+        long = "max-conns-per-ip",
+        value_name = "N",
+        env = "ROOMCAST_MAX_CONNS_PER_IP",
+        default_value_t = 0
+    )]
+    pub max_conns_per_ip: usize,
+
+    /// Open WebSocket connections per authenticated user (the token's `sub`); more: 429.
+    /// 0: no limit.
+    #[arg(
+        long = "max-conns-per-user",
+        value_name = "N",
+        env = "ROOMCAST_MAX_CONNS_PER_USER",
+        default_value_t = 100
+    )]
+    pub max_conns_per_user: usize,
+
+    /// An Origin allowed to open WebSockets (repeatable): exact, or `https://*.example.com`
+    /// for its subdomains. When any is given, others (and none) get 403.
+    #[arg(
+        long = "allow-origin",
+        value_name = "ORIGIN",
+        env = "ROOMCAST_ALLOW_ORIGIN",
+        value_delimiter = ','
+    )]
+    pub allow_origin: Vec<String>,
+
+    /// Require JWTs signed with this shared secret (HS256/384/512).
+    #[arg(
+        long = "jwt-secret",
+        value_name = "SECRET",
+        env = "ROOMCAST_JWT_SECRET",
+        conflicts_with = "jwt_public_key"
+    )]
+    pub jwt_secret: Option<String>,
+
+    /// Require JWTs signed by this key (PEM file; RSA: RS*/PS*, EC: ES256/384).
+    #[arg(
+        long = "jwt-public-key",
+        value_name = "PEM_FILE",
+        env = "ROOMCAST_JWT_PUBLIC_KEY"
+    )]
+    pub jwt_public_key: Option<std::path::PathBuf>,
+
+    /// A cookie that may carry the token.
+    #[arg(
+        long = "auth-cookie",
+        value_name = "NAME",
+        env = "ROOMCAST_AUTH_COOKIE"
+    )]
+    pub auth_cookie: Option<String>,
+
+    /// Seconds over which a drain (SIGTERM/SIGINT) spreads its 1001 closes.
+    #[arg(
+        long = "drain-window",
+        value_name = "SECS",
+        env = "ROOMCAST_DRAIN_WINDOW",
+        default_value_t = 10
+    )]
+    pub drain_window_secs: u64,
+
+    /// Serve /healthz, /stats and /metrics on this address too (it stays up while the
+    /// main port drains).
+    #[arg(
+        long = "admin-listen",
+        value_name = "ADDR",
+        env = "ROOMCAST_ADMIN_LISTEN"
+    )]
+    pub admin_listen: Option<SocketAddr>,
+
     /// io_uring: provided receive buffers per shard (a power of two).
     #[arg(long, env = "ROOMCAST_RECV_BUFFERS", default_value_t = 64)]
     pub recv_buffers: u16,
@@ -134,6 +257,25 @@ impl ServeConfig {
         if self.handshake_timeout_secs == 0 {
             return Err("--handshake-timeout must be at least 1 second".into());
         }
+        if self.close_timeout_secs == 0 {
+            return Err("--close-timeout must be at least 1 second".into());
+        }
+        if self.rate > 0 && !(1..=1_000_000).contains(&self.burst) {
+            return Err(format!(
+                "--burst must be between 1 and 1000000 when --rate is set, got {}",
+                self.burst
+            ));
+        }
+        for o in &self.allow_origin {
+            if !o.contains("://") {
+                return Err(format!(
+                    "--allow-origin {o:?}: give a whole origin, like https://app.example.com"
+                ));
+            }
+        }
+        if matches!(&self.jwt_secret, Some(s) if s.is_empty()) {
+            return Err("--jwt-secret must not be empty".into());
+        }
         Ok(self)
     }
 
@@ -141,8 +283,25 @@ impl ServeConfig {
         Duration::from_secs(self.handshake_timeout_secs)
     }
 
-    /// How long a half-closed connection waits for the peer's EOF.
+    /// How long a closing connection has to finish closing.
     pub fn linger_timeout(&self) -> Duration {
-        Duration::from_secs(2)
+        Duration::from_secs(self.close_timeout_secs)
+    }
+
+    /// The token checker the auth flags ask for, if any.
+    pub fn auth(&self) -> Result<Option<crate::app::auth::Auth>, String> {
+        use crate::app::auth::Auth;
+        let cookie = self.auth_cookie.clone();
+        if let Some(secret) = &self.jwt_secret {
+            return Ok(Some(Auth::with_secret(secret.as_bytes(), cookie)));
+        }
+        if let Some(path) = &self.jwt_public_key {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("--jwt-public-key {}: {e}", path.display()))?;
+            return Auth::with_public_key(&pem, cookie)
+                .map(Some)
+                .map_err(|e| format!("--jwt-public-key {}: {e}", path.display()));
+        }
+        Ok(None)
     }
 }

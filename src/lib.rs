@@ -8,6 +8,7 @@
 pub mod app;
 pub mod config;
 pub mod mesh;
+pub mod ops;
 pub mod protocol;
 pub mod reactor;
 pub mod rooms;

@@ -45,6 +45,9 @@ fn serve(cfg: ServeConfig) -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    // Blocked here, before any thread starts, so every thread inherits the mask and the
+    // signals are taken only by the thread that waits for them.
+    let signals = block_signals();
     let server = match Server::start(&cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -52,6 +55,26 @@ fn serve(cfg: ServeConfig) -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    if server.gate.auth.is_none() {
+        tracing::warn!(
+            "no --jwt-secret or --jwt-public-key: every client may join and publish to every room"
+        );
+    }
+    if let Some(addr) = cfg.admin_listen {
+        match roomcast::ops::admin::spawn(addr, server.stats.clone(), server.gate.clone()) {
+            Ok(local) => tracing::info!(%local, "admin endpoints (/healthz, /stats, /metrics)"),
+            Err(e) => {
+                eprintln!("roomcast: cannot listen on --admin-listen {addr}: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
+    let control = server.control();
+    let window = cfg.drain_window_secs;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || wait_for_signals(signals, control, window))
+        .expect("spawn the signal thread");
     // One line on stdout that scripts and tests wait for.
     println!(
         "roomcast {} listening on {} (backend {}, {} shards)",
@@ -61,10 +84,50 @@ fn serve(cfg: ServeConfig) -> std::process::ExitCode {
         server.shards
     );
     match server.join() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => {
+            tracing::info!("drained: every shard has stopped");
+            std::process::ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("roomcast: {e}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Blocks SIGTERM and SIGINT in the calling thread (and the threads it starts).
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialize it and
+    // pthread_sigmask only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// The first SIGTERM/SIGINT starts the drain; a second one exits at once.
+fn wait_for_signals(set: libc::sigset_t, control: roomcast::reactor::Control, window: u64) {
+    let mut draining = false;
+    loop {
+        let mut sig = 0;
+        // SAFETY: `set` was initialized by block_signals; sigwait writes `sig`.
+        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+            continue;
+        }
+        if draining {
+            eprintln!("roomcast: second signal: exiting without finishing the drain");
+            std::process::exit(1);
+        }
+        draining = true;
+        tracing::info!(
+            signal = sig,
+            window_secs = window,
+            "draining: listeners closed, connections get 1001 over the window"
+        );
+        control.drain();
     }
 }

@@ -1,7 +1,9 @@
-//! The application layer: the JSON client protocol on `/ws`, and (later) authorization
-//! and per-message limits. It glues connections to rooms; it does no I/O itself.
+//! The application layer: the JSON client protocol on `/ws`, authentication, admission
+//! and per-room authorization. It glues connections to rooms; it does no I/O itself.
 
+pub mod auth;
 pub mod authz;
+pub mod gate;
 pub mod ops;
 
 use std::sync::Arc;
@@ -23,6 +25,10 @@ pub enum Intent {
         data: Box<str>,
         id: Option<u64>,
     },
+    /// A token was accepted (at the handshake or in an `auth` op): record the session.
+    Login(auth::Session),
+    /// A `refresh` op brought a valid token: it replaces the session if the user matches.
+    Refresh(auth::Session),
 }
 
 /// What to do when a member's out-ring is full (`--slow-policy`).

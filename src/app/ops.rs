@@ -28,6 +28,14 @@ pub enum ClientOp<'a> {
         data: &'a str,
         id: Option<u64>,
     },
+    /// First-message authentication (when no token came with the handshake).
+    Auth {
+        token: std::borrow::Cow<'a, str>,
+    },
+    /// A fresh token before the current one expires (same `sub`).
+    Refresh {
+        token: std::borrow::Cow<'a, str>,
+    },
 }
 
 /// Why a message is not a valid op: answered with `{"op":"error"}`, the connection stays.
@@ -56,6 +64,8 @@ struct Raw<'a> {
     data: Option<&'a RawValue>,
     id: Option<u64>,
     since: Option<u64>,
+    #[serde(borrow)]
+    token: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// Parses one text message. Cost: one pass of serde_json over the message; `data` is not
@@ -88,6 +98,16 @@ pub fn parse(text: &str) -> Result<ClientOp<'_>, OpError> {
                 room: room()?,
                 data: data.get(),
                 id: raw.id,
+            })
+        }
+        "auth" | "refresh" => {
+            let token = raw
+                .token
+                .ok_or_else(|| OpError::new("missing_field", "\"token\" is required"))?;
+            Ok(if &*op == "auth" {
+                ClientOp::Auth { token }
+            } else {
+                ClientOp::Refresh { token }
             })
         }
         other => Err(OpError::new(
@@ -178,6 +198,20 @@ pub fn ack(id: u64, seq: u64) -> SharedFrame {
         a.format(id).as_bytes(),
         b",\"seq\":",
         b.format(seq).as_bytes(),
+        b"}",
+    ];
+    SharedFrame::from_parts(OpCode::Text, &parts)
+}
+
+/// `{"op":"authed","sub":…,"exp":…}`: a token from an `auth` or `refresh` op was accepted.
+pub fn authed(sub: &str, exp: u64) -> SharedFrame {
+    let sub = serde_json::to_string(sub).unwrap_or_else(|_| "\"\"".into());
+    let mut exp_buf = itoa::Buffer::new();
+    let parts: [&[u8]; 5] = [
+        b"{\"op\":\"authed\",\"sub\":",
+        sub.as_bytes(),
+        b",\"exp\":",
+        exp_buf.format(exp).as_bytes(),
         b"}",
     ];
     SharedFrame::from_parts(OpCode::Text, &parts)

@@ -4,13 +4,16 @@
 
 use std::sync::Arc;
 
-use crate::app::{ops, Intent};
+use thin_vec::ThinVec;
+
+use crate::app::gate::{Admitted, Gate};
+use crate::app::{auth, ops, Intent};
 use crate::protocol::handshake::{self, Parsed, Request};
 use crate::protocol::message::{Event, Limits, MAX_TAIL};
 use crate::protocol::{encode, CloseCode, Decoder, OpCode, ProtocolError, SharedFrame, Status};
 
 use super::outring::OutRing;
-use super::stats::SharedStats;
+use super::stats::{SharedStats, Snapshot};
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +61,13 @@ pub mod flag {
     /// An io_uring shutdown(SHUT_WR) is in flight: the descriptor must not be closed (and
     /// its fixed-file index reused) before it completes.
     pub const SHUTTING: u16 = 1 << 9;
+    /// A close frame (ours or the echo of the peer's) was queued.
+    pub const CLOSE_SENT: u16 = 1 << 10;
+    /// Upgraded without a token: waiting for `{"op":"auth"}` until the handshake deadline.
+    pub const AUTH_PENDING: u16 = 1 << 11;
+    /// Counted against `--max-conns-per-ip` / `--max-conns`: released when it closes.
+    pub const COUNTED_IP: u16 = 1 << 12;
+    pub const COUNTED_TOTAL: u16 = 1 << 13;
 }
 
 /// Per-shard settings the connection logic needs, and its counters.
@@ -66,25 +76,20 @@ pub struct Ctx {
     pub limits: Limits,
     pub max_header_bytes: usize,
     pub out_cap: usize,
-    pub stats: Stats,
+    /// `--rate` (messages per second, 0: off) and `--burst`.
+    pub rate: u32,
+    pub burst: u32,
+    /// The shard's coarse clock: milliseconds since it started, set once per loop turn.
+    pub now_ms: u32,
+    /// This shard's counters, published to `shared` once per turn.
+    pub stats: Snapshot,
+    /// Admission, auth and drain state shared by all shards.
+    pub gate: Arc<Gate>,
     /// What the connection being processed asked of its shard (`/ws` ops), drained by the
     /// shard right after.
     pub intents: Vec<Intent>,
     /// Every shard's figures, for `/stats`.
     pub shared: std::sync::Arc<SharedStats>,
-}
-
-/// Per-shard counters: plain integers, written only by the shard that owns them.
-#[derive(Debug, Default, Clone)]
-pub struct Stats {
-    pub accepted: u64,
-    pub closed: u64,
-    pub upgraded: u64,
-    pub http_requests: u64,
-    pub handshake_refused: u64,
-    pub messages_in: u64,
-    pub messages_out: u64,
-    pub protocol_errors: u64,
 }
 
 /// A connection's whole state. Its size is part of the per-connection memory budget.
@@ -99,11 +104,19 @@ pub struct Conn {
     pub flags: u16,
     /// Deliveries dropped for this connection by the slow-consumer policy.
     pub drops: u32,
+    /// The peer's address key ([`crate::app::gate::peer_key`]; 0: unknown).
+    pub peer: u32,
+    /// Rate-limit bucket, in thousandths of a message, as of `stamp` (shard ms).
+    tokens: u32,
+    stamp: u32,
+    /// When the last message arrived (shard ms), for `--idle-timeout`.
+    pub last_msg: u32,
     decoder: Decoder,
     pub out: OutRing,
     /// Bytes received but not yet consumed: an incomplete handshake or frame tail, or input
-    /// held back while paused. Empty, with no heap storage, while idle.
-    tail: Vec<u8>,
+    /// held back while paused. Empty, with no heap storage, while idle; a thin vector
+    /// (one pointer) because it is empty nearly always.
+    tail: ThinVec<u8>,
 }
 
 // The per-connection budget (DESIGN.md: ≤ 256 B per idle connection in user space,
@@ -111,7 +124,7 @@ pub struct Conn {
 const _: () = assert!(std::mem::size_of::<Conn>() <= 128);
 
 impl Conn {
-    pub fn new(io: u32, gen: u32) -> Conn {
+    pub fn new(io: u32, gen: u32, peer: u32) -> Conn {
         Conn {
             io,
             gen,
@@ -119,9 +132,13 @@ impl Conn {
             route: Route::None,
             flags: 0,
             drops: 0,
+            peer,
+            tokens: 0,
+            stamp: 0,
+            last_msg: 0,
             decoder: Decoder::new(),
             out: OutRing::default(),
-            tail: Vec::new(),
+            tail: ThinVec::new(),
         }
     }
 
@@ -194,7 +211,7 @@ impl Conn {
             (_, true) => 4 << 20,
         };
         if self.tail.len() > bound {
-            self.tail = Vec::new();
+            self.tail = ThinVec::new();
             self.fail(CloseCode::POLICY_VIOLATION, "input backlog", ctx);
         }
     }
@@ -219,20 +236,26 @@ impl Conn {
         match parsed {
             Parsed::Plain(req) => {
                 ctx.stats.http_requests += 1;
-                let (status, content_type, body) = plain_route(&req, ctx);
+                let (status, content_type, body) =
+                    crate::ops::admin::answer(req.path, &ctx.shared, &ctx.gate);
                 let mut out = Vec::new();
                 handshake::http_response(status, content_type, "", body.as_bytes(), true, &mut out);
                 self.finish_with(out, ctx);
                 buf.len()
             }
-            Parsed::Upgrade(req) => match req.path {
-                "/echo" => {
-                    self.upgrade(&req, Route::Echo, ctx);
-                    // A client may send its first frames right behind the request.
-                    head_len + self.frames(&mut buf[head_len..], ctx)
+            Parsed::Upgrade(req) => {
+                let route = match req.path {
+                    "/echo" => Route::Echo,
+                    "/ws" => Route::Rooms,
+                    _ => {
+                        self.refuse(Status::NotFound, "no such endpoint", ctx);
+                        return buf.len();
+                    }
+                };
+                if !self.admit(&req, route, ctx) {
+                    return buf.len();
                 }
-                "/ws" => {
-                    self.upgrade(&req, Route::Rooms, ctx);
+                if route == Route::Rooms {
                     // `/ws?room=a,b` joins at connect.
                     for room in req
                         .query_param("room")
@@ -246,24 +269,126 @@ impl Conn {
                             Err(e) => self.reply(ops::error(e.code, &e.msg), ctx),
                         }
                     }
-                    head_len + self.frames(&mut buf[head_len..], ctx)
                 }
-                _ => {
-                    self.refuse(Status::NotFound, "no such endpoint", ctx);
-                    buf.len()
-                }
-            },
+                // A client may send its first frames right behind the request.
+                head_len + self.frames(&mut buf[head_len..], ctx)
+            }
         }
     }
 
+    /// Everything a valid upgrade request must still pass, in order: not draining (503),
+    /// an allowed Origin (403), a valid token if auth is on (401; `/ws` may bring it
+    /// later in an `auth` op), the connection limits (429 per address or user, 503 in
+    /// total). Then the 101. Returns whether the connection was upgraded.
+    fn admit(&mut self, req: &Request<'_>, route: Route, ctx: &mut Ctx) -> bool {
+        let gate = ctx.gate.clone();
+        if gate.drain.active() {
+            self.refuse(Status::ServiceUnavailable, "server shutting down", ctx);
+            return false;
+        }
+        if !gate.origin_allowed(req.origin) {
+            self.refuse(Status::Forbidden, "origin not allowed", ctx);
+            return false;
+        }
+        let mut session = None;
+        if let Some(auth) = &gate.auth {
+            match auth.find_token(req).map(|t| auth.verify(t)) {
+                Some(Ok(s)) => session = Some(s),
+                Some(Err(e)) => {
+                    ctx.stats.auth_failures += 1;
+                    self.refuse(Status::Unauthorized, e.reason(), ctx);
+                    return false;
+                }
+                None if route == Route::Rooms => self.set(flag::AUTH_PENDING),
+                None => {
+                    ctx.stats.auth_failures += 1;
+                    self.refuse(Status::Unauthorized, "missing token", ctx);
+                    return false;
+                }
+            }
+        }
+        let admitted = match gate.admit(self.peer) {
+            Ok(a) => a,
+            Err(r) => {
+                let status = match r {
+                    crate::app::gate::Refusal::Full => Status::ServiceUnavailable,
+                    _ => Status::TooManyRequests,
+                };
+                self.refuse(status, r.reason(), ctx);
+                return false;
+            }
+        };
+        if let Some(s) = &session {
+            if let Err(r) = gate.admit_user(&s.sub) {
+                gate.release(self.peer, admitted);
+                self.refuse(Status::TooManyRequests, r.reason(), ctx);
+                return false;
+            }
+        }
+        if admitted.ip {
+            self.set(flag::COUNTED_IP);
+        }
+        if admitted.total {
+            self.set(flag::COUNTED_TOTAL);
+        }
+        // Offered next to a `bearer.<token>` entry, `roomcast` is the protocol selected.
+        let offers = |name: &str| {
+            req.protocols
+                .into_iter()
+                .flat_map(handshake::tokens)
+                .any(|p| p == name)
+        };
+        let protocol =
+            (route == Route::Rooms && offers(auth::SUBPROTOCOL)).then_some(auth::SUBPROTOCOL);
+        self.upgrade(req, route, protocol, ctx);
+        if let Some(s) = session {
+            ctx.intents.push(Intent::Login(s));
+        }
+        true
+    }
+
+    /// Gives back what admission counted (the connection is closing).
+    pub fn release(&mut self, gate: &Gate) {
+        let admitted = Admitted {
+            ip: self.has(flag::COUNTED_IP),
+            total: self.has(flag::COUNTED_TOTAL),
+        };
+        self.clear(flag::COUNTED_IP | flag::COUNTED_TOTAL);
+        gate.release(self.peer, admitted);
+    }
+
     /// Accepts the upgrade: queues the 101 and starts speaking `route`.
-    fn upgrade(&mut self, req: &Request<'_>, route: Route, ctx: &mut Ctx) {
+    fn upgrade(&mut self, req: &Request<'_>, route: Route, protocol: Option<&str>, ctx: &mut Ctx) {
         let mut out = Vec::with_capacity(160);
-        handshake::accept_response(req, None, &mut out);
+        handshake::accept_response(req, protocol, &mut out);
         self.push_control(SharedFrame::from_encoded(Arc::from(out)), ctx);
         self.route = route;
         self.phase = Phase::Open;
+        self.tokens = ctx.burst.saturating_mul(1000);
+        self.stamp = ctx.now_ms;
+        self.last_msg = ctx.now_ms;
         ctx.stats.upgraded += 1;
+    }
+
+    /// Takes one message's worth from the rate-limit bucket; past the burst the
+    /// connection is closed with 1008. Cost: a few integer operations.
+    fn within_rate(&mut self, ctx: &mut Ctx) -> bool {
+        if ctx.rate == 0 {
+            return true;
+        }
+        let elapsed = u64::from(ctx.now_ms.wrapping_sub(self.stamp));
+        let cap = u64::from(ctx.burst) * 1000;
+        // `rate` messages per second is `rate` thousandths per millisecond.
+        let tokens = (u64::from(self.tokens) + elapsed * u64::from(ctx.rate)).min(cap);
+        self.stamp = ctx.now_ms;
+        if tokens < 1000 {
+            self.tokens = tokens as u32;
+            ctx.stats.rate_limited += 1;
+            self.fail(CloseCode::POLICY_VIOLATION, "rate limit exceeded", ctx);
+            return false;
+        }
+        self.tokens = (tokens - 1000) as u32;
+        true
     }
 
     fn frames(&mut self, buf: &mut [u8], ctx: &mut Ctx) -> usize {
@@ -297,6 +422,10 @@ impl Conn {
         match event {
             Event::Message { kind, payload } => {
                 ctx.stats.messages_in += 1;
+                self.last_msg = ctx.now_ms;
+                if !self.within_rate(ctx) {
+                    return;
+                }
                 match self.route {
                     Route::Rooms => self.on_op(kind, &payload, ctx),
                     _ => {
@@ -309,12 +438,22 @@ impl Conn {
                 }
             }
             Event::Ping(payload) => {
+                if !self.within_rate(ctx) {
+                    return;
+                }
                 self.push_control(SharedFrame::new(OpCode::Pong, payload), ctx);
             }
             Event::Pong(_) => {}
             Event::Close(_) => {
                 let mut reply = Vec::with_capacity(4);
                 event.reply(&mut reply);
+                // The echoed code, or 1005 (none given).
+                let code = match reply.get(2..4) {
+                    Some(&[hi, lo]) => u16::from_be_bytes([hi, lo]),
+                    _ => 1005,
+                };
+                ctx.stats.count_close(code);
+                self.set(flag::CLOSE_SENT);
                 self.finish_with(reply, ctx);
             }
         }
@@ -327,7 +466,14 @@ impl Conn {
             (crate::protocol::MessageKind::Text, Ok(text)) => text,
             _ => return self.reply(ops::error("bad_json", "ops are JSON in text messages"), ctx),
         };
-        match ops::parse(text) {
+        let op = ops::parse(text);
+        if self.has(flag::AUTH_PENDING) && !matches!(op, Ok(ops::ClientOp::Auth { .. })) {
+            let msg = "send {\"op\":\"auth\",\"token\":…} first";
+            return self.reply(ops::error("unauthenticated", msg), ctx);
+        }
+        match op {
+            Ok(ops::ClientOp::Auth { token }) => self.authenticate(&token, false, ctx),
+            Ok(ops::ClientOp::Refresh { token }) => self.authenticate(&token, true, ctx),
             Ok(ops::ClientOp::Join { room, .. }) => ctx.intents.push(Intent::Join { room }),
             Ok(ops::ClientOp::Leave { room }) => ctx.intents.push(Intent::Leave { room }),
             Ok(ops::ClientOp::Pub { room, data, id }) => ctx.intents.push(Intent::Pub {
@@ -337,6 +483,47 @@ impl Conn {
             }),
             Err(e) => self.reply(ops::error(e.code, &e.msg), ctx),
         }
+    }
+
+    /// A token in an `auth` op (first-message auth) or a `refresh` op. A bad token in
+    /// `auth` closes with 1008; in `refresh` it is an error op and the current token stands.
+    fn authenticate(&mut self, token: &str, refresh: bool, ctx: &mut Ctx) {
+        let gate = ctx.gate.clone();
+        let Some(auth) = &gate.auth else {
+            return self.reply(
+                ops::error("auth_disabled", "this server takes no tokens"),
+                ctx,
+            );
+        };
+        let pending = self.has(flag::AUTH_PENDING);
+        if refresh == pending {
+            let (code, msg) = if pending {
+                ("unauthenticated", "authenticate before refreshing")
+            } else {
+                ("already_authenticated", "use refresh to replace a token")
+            };
+            return self.reply(ops::error(code, msg), ctx);
+        }
+        let session = match auth.verify(token) {
+            Ok(s) => s,
+            Err(e) => {
+                ctx.stats.auth_failures += 1;
+                if refresh {
+                    return self.reply(ops::error("invalid_token", e.reason()), ctx);
+                }
+                return self.fail(CloseCode::POLICY_VIOLATION, e.reason(), ctx);
+            }
+        };
+        if refresh {
+            // The shard checks it is the same user and answers.
+            return ctx.intents.push(Intent::Refresh(session));
+        }
+        if let Err(r) = gate.admit_user(&session.sub) {
+            return self.fail(CloseCode::POLICY_VIOLATION, r.reason(), ctx);
+        }
+        self.clear(flag::AUTH_PENDING);
+        self.reply(ops::authed(&session.sub, session.exp), ctx);
+        ctx.intents.push(Intent::Login(session));
     }
 
     /// Queues a reply to this connection's own request.
@@ -360,11 +547,15 @@ impl Conn {
         }
         let mut frame = Vec::with_capacity(4 + reason.len());
         encode::write_close(code, reason, &mut frame);
+        if self.route != Route::None {
+            ctx.stats.count_close(code.0);
+            self.set(flag::CLOSE_SENT);
+        }
         self.finish_with(frame, ctx);
     }
 
     fn refuse(&mut self, status: Status, body: &str, ctx: &mut Ctx) {
-        ctx.stats.handshake_refused += 1;
+        ctx.stats.count_refusal(status.code());
         let mut out = Vec::new();
         handshake::reject_response(status, body, &mut out);
         self.finish_with(out, ctx);
@@ -374,7 +565,7 @@ impl Conn {
     fn finish_with(&mut self, bytes: Vec<u8>, ctx: &mut Ctx) {
         self.push_control(SharedFrame::from_encoded(Arc::from(bytes)), ctx);
         self.phase = Phase::Closing;
-        self.tail = Vec::new();
+        self.tail = ThinVec::new();
     }
 
     fn push_control(&mut self, frame: SharedFrame, ctx: &mut Ctx) {
@@ -387,16 +578,6 @@ impl Conn {
     }
 }
 
-/// Answers for plain HTTP requests (no upgrade).
-fn plain_route(req: &Request<'_>, ctx: &Ctx) -> (Status, &'static str, String) {
-    const TEXT: &str = "text/plain; charset=utf-8";
-    match req.path {
-        "/healthz" => (Status::Ok, TEXT, "ok\n".into()),
-        "/stats" => (Status::Ok, "application/json", ctx.shared.to_json()),
-        _ => (Status::NotFound, TEXT, "not found\n".into()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,7 +587,11 @@ mod tests {
             limits: Limits::server(1 << 16),
             max_header_bytes: 8192,
             out_cap: 4,
-            stats: Stats::default(),
+            rate: 0,
+            burst: 0,
+            now_ms: 0,
+            stats: Snapshot::default(),
+            gate: Arc::new(Gate::default()),
             intents: Vec::new(),
             shared: std::sync::Arc::new(SharedStats::new(1)),
         }
@@ -434,7 +619,7 @@ mod tests {
     }
 
     fn open(ctx: &mut Ctx) -> Conn {
-        let mut c = Conn::new(0, 0);
+        let mut c = Conn::new(0, 0, 0);
         c.receive(&mut UPGRADE.to_vec(), ctx);
         assert_eq!(c.phase, Phase::Open);
         let resp = sent(&mut c);
@@ -454,7 +639,7 @@ mod tests {
     #[test]
     fn handshake_split_byte_by_byte_then_echo() {
         let mut ctx = ctx();
-        let mut c = Conn::new(0, 0);
+        let mut c = Conn::new(0, 0, 0);
         let mut stream = UPGRADE.to_vec();
         stream.extend(masked(OpCode::Text, b"hi"));
         for b in &stream {
@@ -499,7 +684,7 @@ mod tests {
     fn plain_requests_get_healthz_or_404() {
         let mut ctx = ctx();
         for (path, status) in [("/healthz", "200"), ("/nope", "404")] {
-            let mut c = Conn::new(0, 0);
+            let mut c = Conn::new(0, 0, 0);
             let mut req = format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").into_bytes();
             c.receive(&mut req, &mut ctx);
             assert_eq!(c.phase, Phase::Closing);
@@ -511,7 +696,7 @@ mod tests {
     #[test]
     fn unknown_upgrade_path_gets_404_before_upgrading() {
         let mut ctx = ctx();
-        let mut c = Conn::new(0, 0);
+        let mut c = Conn::new(0, 0, 0);
         let mut req = String::from_utf8(UPGRADE.to_vec())
             .unwrap()
             .replace("/echo", "/nope")

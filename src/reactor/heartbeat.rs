@@ -139,7 +139,7 @@ mod tests {
     fn open_conns(n: usize) -> Slab<Conn> {
         let mut conns = Slab::new();
         for i in 0..n {
-            let mut c = Conn::new(i as u32, i as u32);
+            let mut c = Conn::new(i as u32, i as u32, 0);
             c.phase = Phase::Open;
             conns.insert(c);
         }

@@ -10,11 +10,16 @@ pub mod sys;
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 use std::thread::JoinHandle;
+
+use crate::app::gate::Gate;
+use crate::ops::drain::Drain;
 
 use crate::config::{BackendChoice, ServeConfig};
 use crate::protocol::message::Limits;
-use conn::{Ctx, Stats};
+use conn::Ctx;
 use shard::{RoomSettings, Timeouts};
 use stats::SharedStats;
 
@@ -53,7 +58,18 @@ pub struct Server {
     pub local_addr: SocketAddr,
     pub backend: Backend,
     pub shards: usize,
+    pub stats: Arc<SharedStats>,
+    pub gate: Arc<Gate>,
     threads: Vec<JoinHandle<io::Result<()>>>,
+    control: Control,
+}
+
+/// What another thread (the signal handler) needs to start a drain.
+#[derive(Clone)]
+pub struct Control {
+    gate: Arc<Gate>,
+    /// Duplicates of the shards' listeners, to shut them down when a drain begins.
+    listeners: Arc<[OwnedFd]>,
 }
 
 impl Server {
@@ -75,7 +91,17 @@ impl Server {
         }
         let pin = shards <= cpus.len();
         let fixed_files = nofile.min(1 << 20) as u32;
-        let shared = std::sync::Arc::new(SharedStats::new(shards));
+        let shared = Arc::new(SharedStats::new(shards));
+        let gate = Arc::new(Gate::new(
+            cfg.allow_origin.clone(),
+            cfg.auth().map_err(io::Error::other)?,
+            (cfg.max_conns, cfg.max_conns_per_ip, cfg.max_conns_per_user),
+            Drain::new(std::time::Duration::from_secs(cfg.drain_window_secs)),
+        ));
+        let dups = listeners
+            .iter()
+            .map(|l| l.try_clone().map(OwnedFd::from))
+            .collect::<io::Result<Vec<_>>>()?;
         let mesh = crate::mesh::build(shards)?;
         let mut threads = Vec::with_capacity(shards);
         for ((index, listener), mesh) in listeners.into_iter().enumerate().zip(mesh) {
@@ -86,7 +112,11 @@ impl Server {
                     limits: Limits::server(cfg.max_message),
                     max_header_bytes: cfg.max_header_bytes,
                     out_cap: cfg.out_ring,
-                    stats: Stats::default(),
+                    rate: cfg.rate,
+                    burst: cfg.burst,
+                    now_ms: 0,
+                    stats: Default::default(),
+                    gate: gate.clone(),
                     intents: Vec::new(),
                     shared: shared.clone(),
                 },
@@ -95,6 +125,7 @@ impl Server {
                     linger: cfg.linger_timeout(),
                     ping_interval: std::time::Duration::from_secs(cfg.ping_interval_secs),
                     pong_timeout: std::time::Duration::from_secs(cfg.pong_timeout_secs),
+                    idle: std::time::Duration::from_secs(cfg.idle_timeout_secs),
                 },
                 fixed_files,
                 recv_buffers: cfg.recv_buffers,
@@ -130,10 +161,40 @@ impl Server {
             local_addr,
             backend,
             shards,
+            stats: shared,
+            control: Control {
+                gate: gate.clone(),
+                listeners: dups.into(),
+            },
+            gate,
             threads,
         })
     }
 
+    /// A handle that can start the drain from another thread.
+    pub fn control(&self) -> Control {
+        self.control.clone()
+    }
+}
+
+impl Control {
+    /// Begins a graceful drain: `/healthz` turns 503, the listeners close at once (their
+    /// pending connections are reset, and the shards wake), and the shards close their
+    /// connections over the drain window, then stop. Returns false if already draining.
+    pub fn drain(&self) -> bool {
+        if !self.gate.drain.begin() {
+            return false;
+        }
+        for fd in self.listeners.iter() {
+            // SAFETY: a plain syscall on a descriptor we own. On a listening TCP socket
+            // SHUT_RD stops listening: accept fails from then on, which wakes the shard.
+            unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RD) };
+        }
+        true
+    }
+}
+
+impl Server {
     /// Waits for the shards; returns the first error any of them stopped with.
     pub fn join(self) -> io::Result<()> {
         let mut result = Ok(());

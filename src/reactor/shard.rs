@@ -2,18 +2,20 @@
 //! connections to flush this turn, and the deadlines. The backends call in with events
 //! and get back what to do at the socket level ([`Next`]).
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use super::conn::{flag, Conn, Ctx, Phase};
+use super::conn::{flag, Conn, Ctx, Phase, Route};
 use super::heartbeat::{Beat, Heartbeat};
-use super::stats::Snapshot;
-use crate::app::authz::{AllowAll, ConnRef, RoomPolicy};
+use crate::app::auth::{unix_now, Session};
+use crate::app::authz::Sessions;
 use crate::app::{ops, Intent, SlowPolicy};
 use crate::mesh::{Endpoint, MeshMsg};
+use crate::ops::drain::Schedule;
 use crate::protocol::{CloseCode, SharedFrame};
 use crate::rooms::{owner_of, JoinRefused, Local, Owner};
 
@@ -48,15 +50,6 @@ pub struct RoomSettings {
     pub max_queued_bytes: usize,
 }
 
-/// Room figures this shard counts.
-#[derive(Clone, Copy, Debug, Default)]
-struct RoomCounters {
-    published: u64,
-    delivered: u64,
-    dropped_slow: u64,
-    closed_slow: u64,
-}
-
 /// Timeouts the shard enforces on every connection.
 #[derive(Clone, Copy, Debug)]
 pub struct Timeouts {
@@ -68,6 +61,18 @@ pub struct Timeouts {
     pub ping_interval: Duration,
     /// From a ping to the drop of a connection that has sent nothing since.
     pub pong_timeout: Duration,
+    /// Without a message for this long a connection is closed (zero: never).
+    pub idle: Duration,
+}
+
+/// Where a shard is in a drain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DrainStatus {
+    Serving,
+    /// Closing connections on schedule; the backend must not accept any more.
+    Draining,
+    /// Every connection is gone (or the deadline passed): the shard may stop.
+    Done,
 }
 
 pub struct Core {
@@ -84,13 +89,20 @@ pub struct Core {
     local: Local,
     owner: Owner,
     rooms: RoomSettings,
-    counters: RoomCounters,
     /// Loop turns, for telling this turn's deliveries from earlier ones.
     turn: u32,
     inbox: Vec<MeshMsg>,
     heartbeat: Heartbeat,
-    /// Who may join and publish where (the authorization hook).
-    policy: Box<dyn RoomPolicy>,
+    /// Who may join and publish where: the connections' token sessions.
+    sessions: Sessions,
+    /// Token expiries, earliest first: (exp, slot, generation). A refresh pushes a new
+    /// entry; a stale one is recognized by the session's own `exp`.
+    expiries: BinaryHeap<Reverse<(u64, u32, u32)>>,
+    /// When the shard started: the origin of `ctx.now_ms`.
+    started: Instant,
+    drain: Option<Schedule>,
+    /// io_uring: the fixed-file table size (for the metrics).
+    pub fixed_files: u64,
     /// Publishers paused because the mesh towards an owner is backed up.
     mesh_paused: Vec<(usize, u32)>,
     /// What the backend must do for connections changed outside an event of their own.
@@ -102,18 +114,33 @@ pub struct Core {
 const MESH_HIGH_WATER: usize = crate::mesh::QUEUE_CAPACITY / 2;
 const MESH_LOW_WATER: usize = crate::mesh::QUEUE_CAPACITY / 8;
 
-/// What a heartbeat tick does to the shard: pings queued for flushing, the silent handed
-/// to the backend to close.
+/// What a heartbeat tick does to the shard: pings queued for flushing, the idle closed,
+/// the silent handed to the backend to close.
 struct Beats<'a> {
     flush: &'a mut Vec<usize>,
     dead: &'a mut Vec<usize>,
-    cap: usize,
+    closing: &'a mut Vec<usize>,
+    ctx: &'a mut Ctx,
+    /// `--idle-timeout` in ms (0: off).
+    idle_ms: u32,
 }
 
 impl Beat for Beats<'_> {
     fn ping(&mut self, slot: usize, conn: &mut Conn, frame: &SharedFrame) {
-        // A control frame: it goes out even past a full ring (up to the control slack).
-        if conn.out.push_control(frame.clone(), self.cap).is_ok() && !conn.has(flag::QUEUED) {
+        let idle = self.ctx.now_ms.wrapping_sub(conn.last_msg);
+        if self.idle_ms > 0 && idle >= self.idle_ms {
+            self.ctx.stats.idle_timeouts += 1;
+            conn.fail(CloseCode::NORMAL, "idle timeout", self.ctx);
+            self.closing.push(slot);
+        } else if conn
+            .out
+            .push_control(frame.clone(), self.ctx.out_cap)
+            .is_ok()
+        {
+            // A control frame: it goes out even past a full ring (up to the control slack).
+            self.ctx.stats.pings_sent += 1;
+        }
+        if !conn.out.is_empty() && !conn.has(flag::QUEUED) {
             conn.set(flag::QUEUED);
             self.flush.push(slot);
         }
@@ -121,6 +148,7 @@ impl Beat for Beats<'_> {
 
     fn dead(&mut self, slot: usize) {
         tracing::debug!(slot, "no sign of life after a ping: dropping");
+        self.ctx.stats.pong_timeouts += 1;
         self.dead.push(slot);
     }
 }
@@ -130,6 +158,7 @@ pub const GEN_MASK: u32 = (1 << 28) - 1;
 
 impl Core {
     pub fn new(ctx: Ctx, timeouts: Timeouts, mesh: Endpoint, rooms: RoomSettings) -> Core {
+        let ctx_auth = ctx.gate.auth.is_some();
         Core {
             conns: Slab::new(),
             ctx,
@@ -142,12 +171,15 @@ impl Core {
             mesh,
             local: Local::default(),
             rooms,
-            counters: RoomCounters::default(),
             turn: 0,
             inbox: Vec::new(),
             mesh_paused: Vec::new(),
             actions: Vec::new(),
-            policy: Box::new(AllowAll),
+            sessions: Sessions::new(ctx_auth),
+            expiries: BinaryHeap::new(),
+            started: Instant::now(),
+            drain: None,
+            fixed_files: 0,
             heartbeat: Heartbeat::new(
                 timeouts.ping_interval,
                 timeouts.pong_timeout,
@@ -156,11 +188,17 @@ impl Core {
         }
     }
 
-    /// Registers an accepted socket. Returns its slot and generation.
-    pub fn insert(&mut self, io: u32, now: Instant) -> (usize, u32) {
+    /// Starts a loop turn: sets the coarse clock connections read.
+    pub fn begin_turn(&mut self, now: Instant) {
+        self.ctx.now_ms = now.saturating_duration_since(self.started).as_millis() as u32;
+    }
+
+    /// Registers an accepted socket from `peer` (an address key; 0: unknown). Returns its
+    /// slot and generation.
+    pub fn insert(&mut self, io: u32, peer: u32, now: Instant) -> (usize, u32) {
         self.next_gen = (self.next_gen + 1) & GEN_MASK;
         let gen = self.next_gen;
-        let slot = self.conns.insert(Conn::new(io, gen));
+        let slot = self.conns.insert(Conn::new(io, gen, peer));
         self.ctx.stats.accepted += 1;
         self.handshake_deadlines.push_back(Deadline {
             at: now + self.timeouts.handshake,
@@ -180,6 +218,7 @@ impl Core {
         let Some(conn) = self.conns.get_mut(slot) else {
             return Next::Close;
         };
+        self.ctx.stats.bytes_in += data.len() as u64;
         conn.receive(data, &mut self.ctx);
         self.apply_intents(slot);
         self.after_input(slot)
@@ -238,6 +277,7 @@ impl Core {
         let Some(conn) = self.conns.get_mut(slot) else {
             return Next::Nothing;
         };
+        self.ctx.stats.bytes_out += n as u64;
         conn.out.advance(n);
         // What is left waits for the backend: io_uring sends again at once (the kernel
         // waits for room), epoll waits for EPOLLOUT.
@@ -299,8 +339,15 @@ impl Core {
     /// Forgets `slot`. The backend has closed its socket and no operation refers to it.
     pub fn remove(&mut self, slot: usize) {
         self.detach(slot);
-        if let Some(conn) = self.conns.try_remove(slot) {
+        if let Some(mut conn) = self.conns.try_remove(slot) {
             self.ctx.stats.closed += 1;
+            if conn.route != Route::None && !conn.has(flag::CLOSE_SENT) {
+                self.ctx.stats.close_none += 1;
+            }
+            conn.release(&self.ctx.gate);
+            if let Some(s) = self.sessions.remove(slot as u32) {
+                self.ctx.gate.release_user(&s.sub);
+            }
             if conn.drops > 0 {
                 tracing::info!(
                     shard = self.mesh.shard(),
@@ -320,19 +367,26 @@ impl Core {
         let me = self.mesh.shard() as u16;
         let shards = self.mesh.shards();
         let gen = self.conns.get(slot).map_or(0, |c| c.gen);
-        let who = ConnRef {
-            slot: slot as u32,
-            gen,
-        };
+        let who = slot as u32;
         for intent in intents.drain(..) {
             match intent {
-                Intent::Join { room } if !self.policy.may_join(who, &room) => {
+                Intent::Login(session) => self.login(slot, gen, session),
+                Intent::Refresh(session) => self.refresh(slot, gen, session),
+                Intent::Join { .. } | Intent::Pub { .. }
+                    if self.sessions.required && self.sessions.get(who).is_none() =>
+                {
+                    let msg = "send {\"op\":\"auth\",\"token\":…} first";
+                    self.reply(slot, ops::error("unauthenticated", msg));
+                }
+                Intent::Join { room } if !self.sessions.may_join(who, &room) => {
+                    self.ctx.stats.forbidden += 1;
                     self.reply(
                         slot,
                         ops::error("forbidden", "not allowed to join that room"),
                     );
                 }
-                Intent::Pub { room, .. } if !self.policy.may_publish(who, &room) => {
+                Intent::Pub { room, .. } if !self.sessions.may_publish(who, &room) => {
+                    self.ctx.stats.forbidden += 1;
                     self.reply(
                         slot,
                         ops::error("forbidden", "not allowed to publish to that room"),
@@ -372,7 +426,7 @@ impl Core {
                     }
                 }
                 Intent::Pub { room, data, id } => {
-                    self.counters.published += 1;
+                    self.ctx.stats.published += 1;
                     let owner = owner_of(&room, shards);
                     self.mesh.send(
                         owner,
@@ -399,6 +453,99 @@ impl Core {
             }
         }
         self.ctx.intents = intents;
+    }
+
+    /// Records the session of a connection whose token was accepted.
+    fn login(&mut self, slot: usize, gen: u32, session: Session) {
+        self.expiries.push(Reverse((session.exp, slot as u32, gen)));
+        if let Some(old) = self.sessions.insert(slot as u32, session) {
+            self.ctx.gate.release_user(&old.sub);
+        }
+    }
+
+    /// A `refresh` op's token: same user, new expiry and rights.
+    fn refresh(&mut self, slot: usize, gen: u32, session: Session) {
+        let same = self
+            .sessions
+            .get(slot as u32)
+            .is_some_and(|s| s.sub == session.sub);
+        if !same {
+            self.reply(
+                slot,
+                ops::error("wrong_user", "a refresh token must be for the same sub"),
+            );
+            return;
+        }
+        self.reply(slot, ops::authed(&session.sub, session.exp));
+        self.expiries.push(Reverse((session.exp, slot as u32, gen)));
+        self.sessions.insert(slot as u32, session);
+    }
+
+    /// Closes (1008 "token expired") connections whose token expired without a refresh.
+    fn expire_tokens(&mut self) {
+        let now = unix_now();
+        while let Some(&Reverse((exp, slot, gen))) = self.expiries.peek() {
+            if exp > now {
+                break;
+            }
+            self.expiries.pop();
+            let current = self.sessions.get(slot).map(|s| s.exp);
+            let slot = slot as usize;
+            if current.is_some_and(|e| e <= now) && self.get(slot, gen).is_some() {
+                self.ctx.stats.tokens_expired += 1;
+                let conn = &mut self.conns[slot];
+                conn.fail(CloseCode::POLICY_VIOLATION, "token expired", &mut self.ctx);
+                self.queue_flush(slot);
+                self.closing_deadline(slot);
+            }
+        }
+    }
+
+    /// Follows the drain: when it begins, every open WebSocket gets a moment in the
+    /// window (connections still in the handshake are closed at once, into `out`); then
+    /// the due ones are sent 1001. `Done` once all are gone or the deadline (window +
+    /// close timeout + 1 s) has passed.
+    pub fn drain_step(&mut self, now: Instant, out: &mut Vec<usize>) -> DrainStatus {
+        let Some(start) = self.ctx.gate.drain.started() else {
+            return DrainStatus::Serving;
+        };
+        let window = self.ctx.gate.drain.window;
+        if self.drain.is_none() {
+            let mut open = Vec::new();
+            for (slot, conn) in self.conns.iter() {
+                match conn.phase {
+                    Phase::Open => open.push((slot as u32, conn.gen)),
+                    Phase::Handshake => out.push(slot),
+                    Phase::Closing => {}
+                }
+            }
+            tracing::info!(
+                shard = self.mesh.shard(),
+                connections = open.len(),
+                window_ms = window.as_millis() as u64,
+                "draining"
+            );
+            self.drain = Some(Schedule::new(start, window, open));
+        }
+        let mut due = Vec::new();
+        if let Some(schedule) = &mut self.drain {
+            schedule.due(now, &mut due);
+        }
+        for (slot, gen) in due {
+            let slot = slot as usize;
+            if let Some(conn) = self.conns.get_mut(slot).filter(|c| c.gen == gen) {
+                conn.fail(CloseCode::GOING_AWAY, "server shutting down", &mut self.ctx);
+                self.queue_flush(slot);
+                self.closing_deadline(slot);
+            }
+        }
+        let deadline = start + window + self.timeouts.linger + Duration::from_secs(1);
+        let scheduled = self.drain.as_ref().is_none_or(Schedule::is_done);
+        if (scheduled && self.conns.is_empty()) || now >= deadline {
+            DrainStatus::Done
+        } else {
+            DrainStatus::Draining
+        }
     }
 
     /// Queues a reply for the connection in `slot`.
@@ -537,7 +684,6 @@ impl Core {
             conns,
             flush,
             ctx,
-            counters,
             rooms,
             turn,
             ..
@@ -559,24 +705,24 @@ impl Core {
             if !ok {
                 match rooms.slow_policy {
                     SlowPolicy::DropNewest => {
-                        counters.dropped_slow += 1;
+                        ctx.stats.dropped_newest += 1;
                         conn.drops = conn.drops.saturating_add(1);
                     }
                     SlowPolicy::DropOldest => {
-                        counters.dropped_slow += 1;
+                        ctx.stats.dropped_oldest += 1;
                         conn.drops = conn.drops.saturating_add(1);
                         ok = conn.out.drop_oldest_data()
                             && conn.out.push(frame.clone(), ctx.out_cap * 4).is_ok();
                     }
                     SlowPolicy::Close => {
-                        counters.closed_slow += 1;
+                        ctx.stats.closed_slow += 1;
                         conn.fail(CloseCode::POLICY_VIOLATION, "slow consumer", ctx);
                         closing.push(slot);
                     }
                 }
             }
             if ok {
-                counters.delivered += 1;
+                ctx.stats.delivered += 1;
             }
             if !conn.out.is_empty() && !conn.has(flag::QUEUED) {
                 conn.set(flag::QUEUED);
@@ -588,45 +734,63 @@ impl Core {
         }
     }
 
-    /// Stores this shard's figures where `/stats` reads them.
-    fn publish_figures(&self) {
-        let s = &self.ctx.stats;
-        let snap = Snapshot {
-            connections: self.conns.len() as u64,
-            accepted: s.accepted,
-            closed: s.closed,
-            rooms_owned: self.owner.len() as u64,
-            rooms_local: self.local.rooms() as u64,
-            members: self.local.memberships() as u64,
-            messages_in: s.messages_in,
-            published: self.counters.published,
-            delivered: self.counters.delivered,
-            dropped_slow: self.counters.dropped_slow,
-            closed_slow: self.counters.closed_slow,
-            mesh_backlog: self.mesh.backlog() as u64,
-            mesh_dropped: self.mesh.dropped(),
-        };
-        self.ctx.shared.shards[self.mesh.shard()].store(&snap);
+    /// Stores this shard's figures where `/stats` and `/metrics` read them.
+    fn publish_figures(&mut self) {
+        let s = &mut self.ctx.stats;
+        s.connections = self.conns.len() as u64;
+        s.upgraded_open = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.route != Route::None)
+            .count() as u64;
+        s.fixed_files = self.fixed_files;
+        s.rooms_owned = self.owner.len() as u64;
+        s.rooms_local = self.local.rooms() as u64;
+        s.members = self.local.memberships() as u64;
+        s.mesh_backlog = self.mesh.backlog() as u64;
+        s.mesh_dropped = self.mesh.dropped();
+        self.ctx.shared.shards[self.mesh.shard()].store(s);
     }
 
     /// Connections whose deadline passed: a handshake not finished in time, or a peer
     /// that never closed after our half-close. Appends their slots to `out`.
-    pub fn expired(&mut self, now: Instant, out: &mut Vec<usize>) {
+    /// Also follows a drain (see [`Core::drain_step`]) and returns where it stands.
+    pub fn expired(&mut self, now: Instant, out: &mut Vec<usize>) -> DrainStatus {
+        let mut closing = Vec::new();
         let mut beats = Beats {
             flush: &mut self.flush,
             dead: out,
-            cap: self.ctx.out_cap,
+            closing: &mut closing,
+            ctx: &mut self.ctx,
+            idle_ms: self.timeouts.idle.as_millis().min(u32::MAX as u128 / 2) as u32,
         };
         self.heartbeat.run(now, &mut self.conns, &mut beats);
+        for slot in closing {
+            self.closing_deadline(slot);
+        }
+        self.expire_tokens();
         while let Some(d) = self.handshake_deadlines.front().copied() {
             if d.at > now {
                 break;
             }
             self.handshake_deadlines.pop_front();
-            if let Some(conn) = self.get(d.slot as usize, d.gen) {
-                if conn.phase == Phase::Handshake {
-                    out.push(d.slot as usize);
-                }
+            let slot = d.slot as usize;
+            let Some(conn) = self.conns.get_mut(slot).filter(|c| c.gen == d.gen) else {
+                continue;
+            };
+            if conn.phase == Phase::Handshake {
+                self.ctx.stats.handshake_timeouts += 1;
+                out.push(slot);
+            } else if conn.phase == Phase::Open && conn.has(flag::AUTH_PENDING) {
+                self.ctx.stats.handshake_timeouts += 1;
+                self.ctx.stats.auth_failures += 1;
+                conn.fail(
+                    CloseCode::POLICY_VIOLATION,
+                    "authentication timeout",
+                    &mut self.ctx,
+                );
+                self.queue_flush(slot);
+                self.closing_deadline(slot);
             }
         }
         while let Some(d) = self.linger_deadlines.front().copied() {
@@ -638,6 +802,7 @@ impl Core {
                 out.push(d.slot as usize);
             }
         }
+        self.drain_step(now, out)
     }
 
     /// How long the loop may sleep before a deadline needs checking.
@@ -646,7 +811,8 @@ impl Core {
         let b = self.linger_deadlines.front().map(|d| d.at);
         // With no connections there is nobody to ping: sleep until something happens.
         let c = (!self.conns.is_empty()).then(|| self.heartbeat.next_tick());
-        let at = [a, b, c].into_iter().flatten().min()?;
+        let d = self.drain.as_ref().and_then(Schedule::next_at);
+        let at = [a, b, c, d].into_iter().flatten().min()?;
         // Round up to whole milliseconds so the loop never wakes just before the deadline.
         Some(at.saturating_duration_since(now) + Duration::from_millis(1))
     }

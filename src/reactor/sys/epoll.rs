@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
 use crate::reactor::conn::flag;
-use crate::reactor::shard::{Core, Next};
+use crate::reactor::shard::{Core, DrainStatus, Next};
 use crate::reactor::sys::syscall;
 use crate::reactor::ShardSetup;
 
@@ -79,6 +79,7 @@ pub fn run(setup: ShardSetup) -> io::Result<()> {
             Err(e) => return Err(e),
         };
         lp.core.mesh.awake();
+        lp.core.begin_turn(Instant::now());
         for ev in &events[..n] {
             let (token, bits) = (ev.u64, ev.events);
             if token == LISTENER {
@@ -93,8 +94,12 @@ pub fn run(setup: ShardSetup) -> io::Result<()> {
         for (slot, next) in lp.core.take_actions() {
             lp.apply(slot, next);
         }
-        lp.expire();
+        let status = lp.expire();
         lp.flush();
+        if status == DrainStatus::Done {
+            tracing::info!(shard = lp.core.mesh.shard(), "drained");
+            return Ok(());
+        }
     }
 }
 
@@ -124,10 +129,13 @@ impl Epoll {
     fn accept_all(&mut self) {
         loop {
             let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+            // SAFETY: all-zero bytes are a valid sockaddr_storage.
+            let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of_val(&addr) as libc::socklen_t;
             let fd = match syscall!(accept4(
                 self.listener.as_raw_fd(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
+                (&raw mut addr).cast(),
+                &mut len,
                 flags
             )) {
                 Ok(fd) => fd,
@@ -140,6 +148,8 @@ impl Epoll {
                         }
                         continue;
                     }
+                    // The listener was shut down: a drain began.
+                    _ if self.core.ctx.gate.drain.active() => return,
                     _ => {
                         tracing::warn!(error = %e, "accept failed");
                         return;
@@ -151,7 +161,8 @@ impl Epoll {
                 tracing::info!("accepting again: descriptors available");
             }
             let _ = socket2::SockRef::from(&BorrowedRaw(fd)).set_nodelay(true);
-            let (slot, gen) = self.core.insert(fd as u32, Instant::now());
+            let peer = super::peer_key_of(&addr, len);
+            let (slot, gen) = self.core.insert(fd as u32, peer, Instant::now());
             let token = (u64::from(gen) << 32) | slot as u64;
             let interest =
                 (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
@@ -268,13 +279,14 @@ impl Epoll {
         }
     }
 
-    fn expire(&mut self) {
+    fn expire(&mut self) -> DrainStatus {
         let mut expired = std::mem::take(&mut self.expired);
-        self.core.expired(Instant::now(), &mut expired);
+        let status = self.core.expired(Instant::now(), &mut expired);
         for slot in expired.drain(..) {
             self.close(slot);
         }
         self.expired = expired;
+        status
     }
 
     /// One writev per connection with something queued. Cost: one syscall per

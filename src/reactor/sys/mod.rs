@@ -51,6 +51,18 @@ pub(crate) use syscall;
 
 /// A non-blocking listener with `SO_REUSEPORT`, so that one per shard can bind the same
 /// address and the kernel balances connections across them.
+/// The address key ([`crate::app::gate::peer_key`]) of the peer accept wrote into
+/// `storage`; 0 if it wrote nothing usable.
+pub fn peer_key_of(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> u32 {
+    if len == 0 {
+        return 0;
+    }
+    // SAFETY: accept wrote a socket address of `len` bytes into `storage`.
+    let addr = unsafe { socket2::SockAddr::new(*storage, len) };
+    addr.as_socket()
+        .map_or(0, |a| crate::app::gate::peer_key(a.ip()))
+}
+
 pub fn listener(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;

@@ -5,6 +5,10 @@
 //! - Multishot accept straight into the ring's fixed-file table (direct descriptors): an
 //!   accepted socket never occupies a process fd, so a process holds more sockets than
 //!   `RLIMIT_NOFILE` (the table is capped per ring, not per process).
+//!   A direct descriptor's peer address cannot be asked for on Linux 6.18 (the
+//!   getpeername uring command arrives in 6.19), and a multishot accept writes every
+//!   peer into the same buffer. So with `--max-conns-per-ip` set the shard keeps
+//!   [`ADDR_ACCEPTS`] single-shot accepts armed instead, each with its own address buffer.
 //! - Multishot recv from a provided buffer ring, incrementally consumed
 //!   (`IOU_PBUF_RING_INC`) where the kernel has it: an idle connection holds no buffer.
 //! - One `sendmsg` per connection per turn with iovecs pointing at the queued shared
@@ -21,7 +25,7 @@ use io_uring::types::{CancelBuilder, Fixed, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 
 use crate::reactor::conn::flag;
-use crate::reactor::shard::{Core, Next, GEN_MASK};
+use crate::reactor::shard::{Core, DrainStatus, Next, GEN_MASK};
 use crate::reactor::ShardSetup;
 
 /// What an operation was, in the top four bits of its `user_data`.
@@ -266,10 +270,23 @@ struct SendBuf {
     iov: [libc::iovec; MAX_IOV],
 }
 
+/// Single-shot accepts kept armed when peer addresses are needed.
+pub const ADDR_ACCEPTS: usize = 16;
+
+/// Where one single-shot accept writes its peer's address.
+struct AddrSlot {
+    addr: libc::sockaddr_storage,
+    len: libc::socklen_t,
+    armed: bool,
+}
+
 struct Uring {
     // Field order matters for Drop: the ring goes before the buffers it points into.
     ring: IoUring,
     bufs: BufRing,
+    /// Address buffers of the single-shot accepts (empty: multishot accept). A boxed
+    /// slice, never resized, so the kernel's pointers stay valid.
+    addrs: Box<[AddrSlot]>,
     listener: socket2::Socket,
     core: Core,
     /// In-flight sends by connection slot (8 bytes per slot when idle).
@@ -295,9 +312,19 @@ pub fn run(setup: ShardSetup) -> io::Result<()> {
         incremental = bufs.incremental,
         "io_uring shard ready"
     );
+    let want_peers = setup.ctx.gate.max_per_ip > 0;
+    let addrs = (0..if want_peers { ADDR_ACCEPTS } else { 0 })
+        .map(|_| AddrSlot {
+            // SAFETY: all-zero bytes are a valid sockaddr_storage.
+            addr: unsafe { std::mem::zeroed() },
+            len: 0,
+            armed: false,
+        })
+        .collect();
     let mut lp = Uring {
         ring,
         bufs,
+        addrs,
         listener: setup.listener,
         core: Core::new(setup.ctx, setup.timeouts, setup.mesh, setup.rooms),
         sending: Vec::new(),
@@ -307,6 +334,7 @@ pub fn run(setup: ShardSetup) -> io::Result<()> {
         cqes: Vec::with_capacity(1024),
         expired: Vec::new(),
     };
+    lp.core.fixed_files = u64::from(lp.fixed_files);
     lp.arm_accept();
     lp.arm_wake();
     let ring_fd = lp.ring.as_raw_fd();
@@ -321,12 +349,16 @@ pub fn run(setup: ShardSetup) -> io::Result<()> {
         }
         lp.wait()?;
         lp.core.mesh.awake();
+        lp.core.begin_turn(Instant::now());
         lp.complete();
         lp.core.end_turn();
         for (slot, next) in lp.core.take_actions() {
             lp.apply(slot, next);
         }
-        lp.expire();
+        if lp.expire() == DrainStatus::Done {
+            tracing::info!(shard = lp.core.mesh.shard(), "drained");
+            return Ok(());
+        }
     }
 }
 
@@ -347,11 +379,33 @@ impl Uring {
     }
 
     fn arm_accept(&mut self) {
+        if !self.addrs.is_empty() {
+            for i in 0..self.addrs.len() {
+                self.arm_addr_accept(i);
+            }
+            return;
+        }
         let fd = io_uring::types::Fd(self.listener.as_raw_fd());
         let entry = opcode::AcceptMulti::new(fd)
             .allocate_file_index(true)
             .build()
             .user_data(UserData::ACCEPT.0);
+        self.push(entry);
+    }
+
+    /// A single-shot accept that writes its peer into address buffer `i`.
+    fn arm_addr_accept(&mut self, i: usize) {
+        let fd = io_uring::types::Fd(self.listener.as_raw_fd());
+        let slot = &mut self.addrs[i];
+        if slot.armed {
+            return;
+        }
+        slot.armed = true;
+        slot.len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let entry = opcode::Accept::new(fd, (&raw mut slot.addr).cast(), &raw mut slot.len)
+            .file_index(Some(io_uring::types::DestinationSlot::auto_target()))
+            .build()
+            .user_data(UserData::new(Op::Accept, i, 0).0);
         self.push(entry);
     }
 
@@ -441,7 +495,7 @@ impl Uring {
 
     fn on_cqe(&mut self, ud: UserData, res: i32, flags: u32) {
         match ud.op() {
-            x if x == Op::Accept as u8 => self.on_accept(res, flags),
+            x if x == Op::Accept as u8 => self.on_accept(ud, res, flags),
             x if x == Op::Recv as u8 => self.on_recv(ud, res, flags),
             x if x == Op::Send as u8 => self.on_send(ud, res),
             x if x == Op::Close as u8 => self.on_closed(ud),
@@ -457,13 +511,21 @@ impl Uring {
         }
     }
 
-    fn on_accept(&mut self, res: i32, flags: u32) {
+    fn on_accept(&mut self, ud: UserData, res: i32, flags: u32) {
+        let single = !self.addrs.is_empty();
+        if let Some(a) = self.addrs.get_mut(ud.slot()).filter(|_| single) {
+            a.armed = false;
+        }
         if res >= 0 {
             if self.at_limit {
                 self.at_limit = false;
                 tracing::info!("accepting again: fixed-file slots available");
             }
-            let (slot, _) = self.core.insert(res as u32, Instant::now());
+            let peer = match self.addrs.get(ud.slot()) {
+                Some(a) if single => super::peer_key_of(&a.addr, a.len),
+                _ => 0,
+            };
+            let (slot, _) = self.core.insert(res as u32, peer, Instant::now());
             if self.sending.len() <= slot {
                 self.sending.resize_with(slot + 1, || None);
             }
@@ -473,10 +535,17 @@ impl Uring {
             match errno {
                 libc::ENFILE | libc::EMFILE | libc::ENOMEM | libc::ENOBUFS => self.hit_limit(errno),
                 libc::ECANCELED => return,
+                // The listener was shut down: a drain began. Accept no more.
+                _ if self.core.ctx.gate.drain.active() => return,
                 _ => tracing::warn!(errno, "accept failed"),
             }
         }
-        if !cqueue::more(flags) && !self.at_limit {
+        if self.at_limit || self.core.ctx.gate.drain.active() {
+            return;
+        }
+        if single {
+            self.arm_addr_accept(ud.slot());
+        } else if !single && !cqueue::more(flags) {
             self.arm_accept();
         }
     }
@@ -717,9 +786,9 @@ impl Uring {
         }
     }
 
-    fn expire(&mut self) {
+    fn expire(&mut self) -> DrainStatus {
         let mut expired = std::mem::take(&mut self.expired);
-        self.core.expired(Instant::now(), &mut expired);
+        let status = self.core.expired(Instant::now(), &mut expired);
         for slot in expired.drain(..) {
             tracing::debug!(
                 slot,
@@ -728,6 +797,7 @@ impl Uring {
             self.close(slot);
         }
         self.expired = expired;
+        status
     }
 
     /// One sendmsg per connection with something queued and no send in flight.

@@ -1,0 +1,103 @@
+//! `/metrics`: every shard's figures in the Prometheus text format (version 0.0.4), plus
+//! process-wide ones read at scrape time (descriptors, limits, drain state).
+
+use std::fmt::Write;
+
+use crate::app::gate::Gate;
+use crate::reactor::stats::{Kind, SharedStats, META};
+
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Renders the whole exposition.
+pub fn render(stats: &SharedStats, gate: &Gate) -> String {
+    let snaps: Vec<Vec<u64>> = stats.snapshots().iter().map(|s| s.values()).collect();
+    let mut out = String::with_capacity(16 * 1024);
+    let mut family = "";
+    for (i, meta) in META.iter().enumerate() {
+        if meta.family != family {
+            family = meta.family;
+            let kind = match meta.kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+            };
+            let _ = writeln!(out, "# HELP {family} {}", meta.help);
+            let _ = writeln!(out, "# TYPE {family} {kind}");
+        }
+        for (shard, values) in snaps.iter().enumerate() {
+            let sep = if meta.label.is_empty() { "" } else { "," };
+            let _ = writeln!(
+                out,
+                "{family}{{shard=\"{shard}\"{sep}{}}} {}",
+                meta.label, values[i]
+            );
+        }
+    }
+    let process = [
+        (
+            "roomcast_open_fds",
+            "Descriptors the process holds (io_uring sockets live in fixed-file tables instead).",
+            open_fds(),
+        ),
+        (
+            "roomcast_fd_limit",
+            "RLIMIT_NOFILE of the process.",
+            fd_limit(),
+        ),
+        (
+            "roomcast_max_conns",
+            "--max-conns (0: no limit).",
+            gate.max_conns as u64,
+        ),
+        (
+            "roomcast_draining",
+            "1 while the server drains after SIGTERM/SIGINT.",
+            u64::from(gate.drain.active()),
+        ),
+    ];
+    for (name, help, value) in process {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
+    }
+    out
+}
+
+fn open_fds() -> u64 {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64)
+}
+
+fn fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass and nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur
+    } else {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_sample_belongs_to_a_declared_family() {
+        let stats = SharedStats::new(2);
+        let text = render(&stats, &Gate::default());
+        let mut declared = std::collections::HashSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                assert!(declared.insert(rest.split(' ').next().unwrap().to_owned()));
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert!(declared.contains(name), "{line}");
+                assert!(line.rsplit(' ').next().unwrap().parse::<u64>().is_ok());
+            }
+        }
+        assert!(text.contains("roomcast_closed_total{shard=\"1\",code=\"1008\"} 0"));
+    }
+}
