@@ -52,7 +52,7 @@ both_backends! {
     }
 
     async fn a_pipelined_burst_larger_than_the_out_ring_comes_back_complete_and_in_order(backend: &str) {
-        let server = Server::start(backend, &["--out-ring", "4"]);
+        let server = Server::start(backend, &["--out-ring", "4", "--rate", "0"]);
         let (ws, _) = tokio_tungstenite::connect_async(server.url("/echo")).await.unwrap();
         let (mut tx, mut rx) = ws.split();
         const N: usize = 20_000;
