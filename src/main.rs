@@ -56,7 +56,7 @@ fn serve(cfg: ServeConfig) -> std::process::ExitCode {
         }
     };
     if server.gate.auth.is_none() {
-        tracing::warn!(
+        tracing::info!(
             "no --jwt-secret or --jwt-public-key: every client may join and publish to every room"
         );
     }

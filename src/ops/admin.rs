@@ -27,6 +27,12 @@ pub fn answer(path: &str, stats: &SharedStats, gate: &Gate) -> (Status, &'static
             super::metrics::CONTENT_TYPE,
             super::metrics::render(stats, gate),
         ),
+        // A WebSocket endpoint asked without `Upgrade: websocket` (DESIGN.md: 400).
+        "/ws" | "/echo" => (
+            Status::BadRequest,
+            TEXT,
+            "this endpoint speaks WebSocket: send Upgrade: websocket\n".into(),
+        ),
         _ => (Status::NotFound, TEXT, "not found\n".into()),
     }
 }

@@ -170,3 +170,195 @@ where
         }
     }
 }
+
+impl Server {
+    /// `GET path` on the main port: (status code, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.addr, path)
+    }
+
+    /// The server's `/stats` JSON.
+    pub fn stats(&self) -> serde_json::Value {
+        let (status, body) = self.get("/stats");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Waits (up to 10 s) until the server holds exactly `n` sockets: whatever a test
+    /// did, every resource of the connections it ended is released. The `/stats`
+    /// request itself is one socket, so it counts `n + 1`.
+    pub fn settles_to(&self, n: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = self.stats();
+            if s["connections"].as_u64() == Some(n + 1) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never settled to {n}: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends `signal` (e.g. "TERM") to the server.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `GET path` over a fresh connection: (status code, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {out:?}"));
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (status, body)
+}
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a WebSocket to `url` with extra request headers, from source address `from`.
+pub async fn connect_from(
+    from: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request()?;
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    let host = req.uri().authority().unwrap().as_str().to_owned();
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let stream = sock.connect(host.parse().unwrap()).await.unwrap();
+    let (ws, _) =
+        tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await?;
+    Ok(ws)
+}
+
+/// A client on the same server that publishes to room `steady` every 50 ms while a
+/// second one receives: it proves that what a test does to other connections costs
+/// these two nothing. It connects from 127.0.0.2, so per-address limits on 127.0.0.1
+/// do not touch it, and sends an allowed Origin.
+pub struct Bystander {
+    started: std::time::Instant,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<(u64, Vec<(u64, Duration)>)>,
+}
+
+/// The Origin bystanders send (tests with --allow-origin allow it).
+pub const BYSTANDER_ORIGIN: &str = "https://app.example.com";
+
+/// The longest a bystander's message may take, publish to delivery, on a busy 2-core CI
+/// machine; on loopback it is well under a millisecond.
+pub const BYSTANDER_MAX_DELAY: Duration = Duration::from_millis(250);
+
+impl Bystander {
+    /// Starts publishing and receiving; `token` goes in `?token=` when auth is on.
+    pub async fn start(server: &Server, token: Option<&str>) -> Bystander {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let q = token.map_or(String::new(), |t| format!("&token={t}"));
+        let headers = [("Origin", BYSTANDER_ORIGIN)];
+        let url = server.url(&format!("/ws?room=steady{q}"));
+        let mut sub = connect_from("127.0.0.2", &url, &headers).await.unwrap();
+        loop {
+            match next_data(&mut sub).await.unwrap().unwrap() {
+                Message::Text(t) if t.contains("\"joined\"") => break,
+                other => panic!("bystander join: {other:?}"),
+            }
+        }
+        let url = server.url(&format!("/ws?x=1{q}"));
+        let mut publisher = connect_from("127.0.0.2", &url, &headers).await.unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sent_at = std::sync::Arc::new(std::sync::Mutex::new(Vec::<std::time::Instant>::new()));
+        let (stop2, sent2) = (stop.clone(), sent_at.clone());
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let got2 = got.clone();
+        let receiver = tokio::spawn(async move {
+            while let Some(Ok(Message::Text(t))) = next_data(&mut sub).await {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                assert_eq!(v["op"], "msg", "bystander got {t}");
+                let i = v["data"].as_u64().unwrap();
+                let delay = sent2.lock().unwrap()[i as usize].elapsed();
+                got2.lock().unwrap().push((i, delay));
+            }
+        });
+        let task = tokio::spawn(async move {
+            let mut i = 0u64;
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                sent_at.lock().unwrap().push(std::time::Instant::now());
+                let op = format!(r#"{{"op":"pub","room":"steady","data":{i}}}"#);
+                publisher.send(Message::Text(op)).await.unwrap();
+                i += 1;
+            }
+            // Give the last messages time to arrive, then stop the receiver by closing.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let _ = publisher.close(None).await;
+            receiver.abort();
+            let _ = receiver.await;
+            let got = std::mem::take(&mut *got.lock().unwrap());
+            (i, got)
+        });
+        Bystander {
+            started: std::time::Instant::now(),
+            stop,
+            task,
+        }
+    }
+
+    /// Stops and checks: every message published arrived, in order, none late.
+    pub async fn finish(self) {
+        // At least half a second of broadcast, however quick the test was.
+        let min = Duration::from_millis(600);
+        tokio::time::sleep(min.saturating_sub(self.started.elapsed())).await;
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (sent, got) = self.task.await.unwrap();
+        assert!(sent >= 4, "the bystander ran too briefly ({sent} messages)");
+        let order: Vec<u64> = got.iter().map(|g| g.0).collect();
+        assert_eq!(
+            order,
+            (0..sent).collect::<Vec<_>>(),
+            "the bystander missed messages"
+        );
+        let worst = got.iter().map(|g| g.1).max().unwrap();
+        assert!(
+            worst < BYSTANDER_MAX_DELAY,
+            "a bystander message took {worst:?}"
+        );
+    }
+}
