@@ -288,17 +288,15 @@ pub const BYSTANDER_MAX_DELAY: Duration = Duration::from_millis(250);
 impl Bystander {
     /// Starts publishing and receiving; `token` goes in `?token=` when auth is on.
     pub async fn start(server: &Server, token: Option<&str>) -> Bystander {
-        use futures_util::{SinkExt, StreamExt};
+        use futures_util::SinkExt;
         use tokio_tungstenite::tungstenite::Message;
         let q = token.map_or(String::new(), |t| format!("&token={t}"));
         let headers = [("Origin", BYSTANDER_ORIGIN)];
         let url = server.url(&format!("/ws?room=steady{q}"));
         let mut sub = connect_from("127.0.0.2", &url, &headers).await.unwrap();
-        loop {
-            match next_data(&mut sub).await.unwrap().unwrap() {
-                Message::Text(t) if t.contains("\"joined\"") => break,
-                other => panic!("bystander join: {other:?}"),
-            }
+        match next_data(&mut sub).await.unwrap().unwrap() {
+            Message::Text(t) if t.contains("\"joined\"") => {}
+            other => panic!("bystander join: {other:?}"),
         }
         let url = server.url(&format!("/ws?x=1{q}"));
         let mut publisher = connect_from("127.0.0.2", &url, &headers).await.unwrap();
