@@ -61,11 +61,15 @@ impl Server {
             .split(" listening on ")
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-            .parse()
-            .unwrap();
+            .and_then(|a| a.parse().ok());
+        let Some(addr) = addr else {
+            let _ = child.kill();
+            panic!("unexpected first line: {line:?}");
+        };
+        // From here on, dropping the Server (a failed assertion too) kills the process.
+        let server = Server { child, addr };
         assert!(line.contains(&format!("backend {backend}")), "{line}");
-        Server { child, addr }
+        server
     }
 
     pub fn url(&self, path: &str) -> String {
