@@ -10,6 +10,15 @@ cd "$(dirname "$0")/.."
 quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 
+# Python 3 with the packages some tests call (tests/ops.rs parses /metrics with
+# prometheus_client). Reinstalled only when the requirements change.
+if [ ! -f .venv-py3/.installed ] || ! cmp -s scripts/python-requirements.txt .venv-py3/.installed; then
+  echo "== Python venv for the tests (.venv-py3)"
+  python3 -m venv .venv-py3
+  .venv-py3/bin/pip install --quiet --disable-pip-version-check -r scripts/python-requirements.txt
+  cp scripts/python-requirements.txt .venv-py3/.installed
+fi
+
 echo "== cargo test (workspace)"
 cargo test --workspace --release --locked 2>&1
 
