@@ -14,7 +14,10 @@ quick=0
 # prometheus_client). Reinstalled only when the requirements change.
 if [ ! -f .venv-py3/.installed ] || ! cmp -s scripts/python-requirements.txt .venv-py3/.installed; then
   echo "== Python venv for the tests (.venv-py3)"
-  python3 -m venv .venv-py3
+  if ! python3 -m venv .venv-py3; then
+    # Debian splits venv out of python3.
+    apt-get install -y python3-venv >/dev/null && python3 -m venv .venv-py3
+  fi
   .venv-py3/bin/pip install --quiet --disable-pip-version-check -r scripts/python-requirements.txt
   cp scripts/python-requirements.txt .venv-py3/.installed
 fi
