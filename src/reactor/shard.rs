@@ -103,6 +103,8 @@ pub struct Core {
     drain: Option<Schedule>,
     /// io_uring: the fixed-file table size (for the metrics).
     pub fixed_files: u64,
+    /// Upgraded connections closed so far (open WebSockets = upgraded − this).
+    ws_closed: u64,
     /// Publishers paused because the mesh towards an owner is backed up.
     mesh_paused: Vec<(usize, u32)>,
     /// What the backend must do for connections changed outside an event of their own.
@@ -180,6 +182,7 @@ impl Core {
             started: Instant::now(),
             drain: None,
             fixed_files: 0,
+            ws_closed: 0,
             heartbeat: Heartbeat::new(
                 timeouts.ping_interval,
                 timeouts.pong_timeout,
@@ -341,8 +344,11 @@ impl Core {
         self.detach(slot);
         if let Some(mut conn) = self.conns.try_remove(slot) {
             self.ctx.stats.closed += 1;
-            if conn.route != Route::None && !conn.has(flag::CLOSE_SENT) {
-                self.ctx.stats.close_none += 1;
+            if conn.route != Route::None {
+                self.ws_closed += 1;
+                if !conn.has(flag::CLOSE_SENT) {
+                    self.ctx.stats.close_none += 1;
+                }
             }
             conn.release(&self.ctx.gate);
             if let Some(s) = self.sessions.remove(slot as u32) {
@@ -738,11 +744,7 @@ impl Core {
     fn publish_figures(&mut self) {
         let s = &mut self.ctx.stats;
         s.connections = self.conns.len() as u64;
-        s.upgraded_open = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.route != Route::None)
-            .count() as u64;
+        s.upgraded_open = s.upgraded - self.ws_closed;
         s.fixed_files = self.fixed_files;
         s.rooms_owned = self.owner.len() as u64;
         s.rooms_local = self.local.rooms() as u64;
