@@ -100,6 +100,14 @@ async fn op(ws: &mut Ws, text: &str) -> serde_json::Value {
     }
 }
 
+/// The close frame the server sends within `secs` seconds: code and reason.
+async fn closed(ws: &mut Ws, secs: u64) -> (u16, String) {
+    match tokio::time::timeout(SECOND * secs as u32, common::next_data(ws)).await {
+        Ok(Some(Ok(Message::Close(Some(f))))) => (u16::from(f.code), f.reason.into_owned()),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+}
+
 /// What a refusal looks like for `source`: 401 at the handshake, or close 1008 after a
 /// first-message auth.
 fn refused(source: Source, why: &str) -> String {
@@ -206,15 +214,10 @@ async fn a_token_expiring_mid_connection_closes_1008_unless_refreshed() {
     .await;
     assert_eq!(v["op"], "authed", "{v}");
     // The unrefreshed one is closed at expiry (the heartbeat tick checks every second).
-    match tokio::time::timeout(SECOND * 6, common::next_data(&mut lapsing)).await {
-        Ok(Some(Ok(Message::Close(Some(f))))) => {
-            assert_eq!(
-                (u16::from(f.code), f.reason.as_ref()),
-                (1008, "token expired")
-            );
-        }
-        other => panic!("expected close 1008, got {other:?}"),
-    }
+    assert_eq!(
+        closed(&mut lapsing, 6).await,
+        (1008, "token expired".into())
+    );
     // The refreshed one lives on past the first expiry.
     let v = op(&mut refreshed, r#"{"op":"join","room":"public-a"}"#).await;
     assert_eq!(v["op"], "joined", "{v}");
@@ -232,15 +235,10 @@ async fn first_message_auth_must_come_before_the_handshake_deadline() {
     // Anything but auth is answered, not obeyed.
     let v = op(&mut ws, r#"{"op":"join","room":"public-a"}"#).await;
     assert_eq!(v["code"], "unauthenticated", "{v}");
-    match tokio::time::timeout(SECOND * 4, common::next_data(&mut ws)).await {
-        Ok(Some(Ok(Message::Close(Some(f))))) => {
-            assert_eq!(
-                (u16::from(f.code), f.reason.as_ref()),
-                (1008, "authentication timeout")
-            );
-        }
-        other => panic!("expected close 1008, got {other:?}"),
-    }
+    assert_eq!(
+        closed(&mut ws, 4).await,
+        (1008, "authentication timeout".into())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
