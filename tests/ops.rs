@@ -248,3 +248,17 @@ async fn a_second_signal_exits_at_once() {
         .expect("the second signal exits at once");
     assert!(!status.success());
 }
+
+#[test]
+fn a_second_server_on_a_taken_port_refuses_to_start() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let _first = Server::start("epoll", &["--listen", &listen]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_roomcast"))
+        .args(["serve", "--listen", &listen])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already in use"), "{err}");
+}

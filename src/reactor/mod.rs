@@ -80,6 +80,7 @@ impl Server {
         let cpus = sys::allowed_cpus();
         let shards = cfg.shards.unwrap_or(cpus.len().max(1));
         // The first listener fixes the port (`:0` picks one); the others join it.
+        sys::ensure_port_free(cfg.listen)?;
         let first = sys::listener(cfg.listen, cfg.backlog)?;
         let local_addr = first
             .local_addr()?

@@ -37,7 +37,10 @@ impl Server {
     }
 
     fn spawn(mut cmd: Command, backend: &str, extra: &[&str]) -> Server {
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--backend", backend]);
+        cmd.args(["serve", "--backend", backend]);
+        if !extra.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
         // Tests that are not about heartbeats should not see pings arrive at random
         // moments; the heartbeat tests set their own interval.
         if !extra.contains(&"--ping-interval") {

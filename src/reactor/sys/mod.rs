@@ -63,6 +63,27 @@ pub fn peer_key_of(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> u3
         .map_or(0, |a| crate::app::gate::peer_key(a.ip()))
 }
 
+/// Fails if something already listens on `addr`. `SO_REUSEPORT` would otherwise let a
+/// second server (a stale instance, say) silently share the port and take half of the
+/// connections: a socket bound without it is refused while any listener holds the port.
+pub fn ensure_port_free(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    probe.bind(&addr.into()).map_err(|e| {
+        if e.kind() == io::ErrorKind::AddrInUse {
+            io::Error::new(
+                e.kind(),
+                format!("{addr} is already in use by another listener"),
+            )
+        } else {
+            e
+        }
+    })
+}
+
 pub fn listener(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;

@@ -1,0 +1,184 @@
+//! The client engine's pieces: connecting (from many source addresses), pre-masked
+//! frames, and reading server frames out of one reusable buffer with no allocation per
+//! message.
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Linux `IP_BIND_ADDRESS_NO_PORT`: bind the source address now, the port at connect time,
+/// so the 4-tuple (not the source port alone) must be unique: far more connections per
+/// source address.
+const IP_BIND_ADDRESS_NO_PORT: libc::c_int = 24;
+
+/// Source address for connection `i` when spreading over `n` (at most 253): 127.0.0.2,
+/// 127.0.0.3, … 127.0.0.254.
+pub fn source(i: usize, n: u8) -> IpAddr {
+    let k = i % n.clamp(1, 253) as usize;
+    IpAddr::from([127, 0, 0, 2 + k as u8])
+}
+
+/// Connects from `src` and completes the opening handshake on `path`.
+pub async fn connect(server: SocketAddr, src: IpAddr, path: &str) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt reads an int from a valid pointer; the fd is the socket's own.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            IP_BIND_ADDRESS_NO_PORT,
+            (&raw const one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    socket.bind(SocketAddr::new(src, 0))?;
+    let mut stream = socket.connect(server).await?;
+    stream.set_nodelay(true)?;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {server}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(req.as_bytes()).await?;
+    // Peek until the head is complete, then take exactly the head: frames the server
+    // sends right behind the 101 (a `joined`) stay in the socket for the frame reader.
+    let mut head = [0u8; 1024];
+    let len = loop {
+        let n = stream.peek(&mut head).await?;
+        if n == 0 {
+            return Err(std::io::Error::other("closed during handshake"));
+        }
+        if let Some(end) = head[..n].windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        if n == head.len() {
+            return Err(std::io::Error::other("handshake response too long"));
+        }
+        stream.readable().await?;
+    };
+    stream.read_exact(&mut head[..len]).await?;
+    let head = &head[..len];
+    if !head.starts_with(b"HTTP/1.1 101") {
+        let line = String::from_utf8_lossy(head);
+        return Err(std::io::Error::other(
+            line.lines().next().unwrap_or("").to_owned(),
+        ));
+    }
+    Ok(stream)
+}
+
+/// A final text frame from the client (masked with the all-zero key: RFC 6455 allows any
+/// key, and this one needs no masking pass).
+pub fn text(payload: &[u8]) -> Vec<u8> {
+    roomcast_bench::masked_frame(roomcast::protocol::OpCode::Text, payload, [0; 4])
+}
+
+/// The pong a client owes for a ping with `payload`.
+pub fn pong(payload: &[u8]) -> Vec<u8> {
+    roomcast_bench::masked_frame(roomcast::protocol::OpCode::Pong, payload, [0; 4])
+}
+
+/// Reads server frames (unmasked) from a stream into one buffer.
+pub struct Frames {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+/// One server frame: opcode and payload range in the buffer.
+pub struct Frame {
+    pub opcode: u8,
+    pub payload: std::ops::Range<usize>,
+}
+
+impl Frames {
+    pub fn new(capacity: usize) -> Frames {
+        Frames {
+            buf: vec![0; capacity],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// The next complete frame already buffered.
+    pub fn next(&mut self) -> Option<Frame> {
+        let avail = &self.buf[self.start..self.end];
+        if avail.len() < 2 {
+            return None;
+        }
+        let (len, head) = match avail[1] & 0x7F {
+            126 if avail.len() >= 4 => (u16::from_be_bytes([avail[2], avail[3]]) as usize, 4),
+            127 if avail.len() >= 10 => (
+                u64::from_be_bytes(avail[2..10].try_into().expect("8 bytes")) as usize,
+                10,
+            ),
+            126 | 127 => return None,
+            n => (n as usize, 2),
+        };
+        if avail.len() < head + len {
+            return None;
+        }
+        let frame = Frame {
+            opcode: avail[0] & 0x0F,
+            payload: self.start + head..self.start + head + len,
+        };
+        self.start += head + len;
+        Some(frame)
+    }
+
+    pub fn bytes(&self, range: std::ops::Range<usize>) -> &[u8] {
+        &self.buf[range]
+    }
+
+    /// Reads more from `s`; false at EOF or error. Keeps what is unconsumed.
+    pub async fn fill(&mut self, s: &mut TcpStream) -> bool {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            let n = self.buf.len() * 2;
+            self.buf.resize(n, 0);
+        }
+        matches!(s.read(&mut self.buf[self.end..]).await, Ok(n) if n > 0 && { self.end += n; true })
+    }
+}
+
+/// The first integer inside `"data":[` in a `msg` op: the bench's send timestamp. A scan,
+/// no JSON parse and no allocation.
+pub fn data_stamp(payload: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"data\":[";
+    let at = payload.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let mut v = 0u64;
+    let mut digits = 0;
+    for &b in &payload[at..] {
+        if !b.is_ascii_digit() {
+            break;
+        }
+        v = v * 10 + u64::from(b - b'0');
+        digits += 1;
+    }
+    (digits > 0).then_some(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_are_found_in_msg_ops() {
+        let m = br#"{"op":"msg","room":"r","seq":4,"data":[123456,"pad"]}"#;
+        assert_eq!(data_stamp(m), Some(123456));
+        assert_eq!(data_stamp(br#"{"op":"joined"}"#), None);
+    }
+
+    #[test]
+    fn sources_cycle_over_loopback_addresses() {
+        assert_eq!(source(0, 16), IpAddr::from([127, 0, 0, 2]));
+        assert_eq!(source(17, 16), IpAddr::from([127, 0, 0, 3]));
+        assert_eq!(source(252, 255), IpAddr::from([127, 0, 0, 254]));
+    }
+}

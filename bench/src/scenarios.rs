@@ -1,0 +1,707 @@
+//! The scenarios. Each is bounded in connections and time, exits by itself, prints a
+//! human summary and returns its figures for the results file.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::client::{self, connect, data_stamp, source, Frames};
+use crate::sample::{cdf_us, histogram, quantiles_us, sample};
+
+/// Where the load goes and how it spreads.
+#[derive(Clone, Copy, Debug)]
+pub struct Target {
+    pub server: SocketAddr,
+    pub pid: Option<u32>,
+    pub sources: u8,
+}
+
+/// How long the server gets to settle after a burst of handshakes before memory is read.
+const SETTLE: Duration = Duration::from_secs(3);
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_owned());
+    pb
+}
+
+/// Opens connections `first..first+n` to `path`, at most `concurrency` handshakes in
+/// flight; records each handshake's latency. Returns the streams and the failures.
+async fn open_many(
+    t: Target,
+    path: &str,
+    first: usize,
+    n: usize,
+    concurrency: usize,
+    hist: Option<&mut Histogram<u64>>,
+    pb: Option<&ProgressBar>,
+) -> (Vec<TcpStream>, usize) {
+    let mut pending = tokio::task::JoinSet::new();
+    let mut open = Vec::with_capacity(n);
+    let mut failed = 0usize;
+    let mut latencies = Vec::new();
+    let mut take = |r: Result<std::io::Result<(TcpStream, Duration)>, _>| match r {
+        Ok(Ok((s, d))) => {
+            open.push(s);
+            latencies.push(d);
+            if let Some(pb) = pb {
+                pb.inc(1);
+            }
+        }
+        _ => failed += 1,
+    };
+    for i in first..first + n {
+        let (server, src, path) = (t.server, source(i, t.sources), path.to_owned());
+        pending.spawn_local(async move {
+            let start = Instant::now();
+            connect(server, src, &path)
+                .await
+                .map(|s| (s, start.elapsed()))
+        });
+        while pending.len() >= concurrency {
+            if let Some(r) = pending.join_next().await {
+                take(r);
+            }
+        }
+    }
+    while let Some(r) = pending.join_next().await {
+        take(r);
+    }
+    if let Some(h) = hist {
+        for d in latencies {
+            let _ = h.record(d.as_nanos().max(1) as u64);
+        }
+    }
+    (open, failed)
+}
+
+/// Answers the server's pings on an otherwise idle connection until it closes or `stop`.
+async fn hold(mut s: TcpStream, stop: Rc<Cell<bool>>) {
+    let mut frames = Frames::new(256);
+    while !stop.get() && frames.fill(&mut s).await {
+        while let Some(f) = frames.next() {
+            if f.opcode == 0x9 {
+                let pong = client::pong(frames.bytes(f.payload));
+                if s.write_all(&pong).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------- idle
+
+/// Holds `n` idle connections, spread over `workers` processes (each under its own
+/// RLIMIT_NOFILE). Memory is sampled with none, half and all open: the average
+/// (held − none) / n includes fixed costs that grow with first use; the marginal
+/// (all − half) / (n/2) is what one more connection costs, the figure to plan with.
+/// Every connection answers pings, and the count still open after `hold` is reported.
+pub async fn idle(t: Target, n: usize, hold_secs: u64, workers: usize) -> serde_json::Value {
+    let workers = workers.max(n.div_ceil(15_000)).max(1);
+    let exe = std::env::current_exe().expect("own path");
+    let before = sample(t.pid);
+    let started = Instant::now();
+    let mut children = Vec::new();
+    for w in 0..workers {
+        let (first, count) = (n * w / workers, n * (w + 1) / workers - n * w / workers);
+        let child = tokio::process::Command::new(&exe)
+            .args([
+                "--server",
+                &t.server.to_string(),
+                "--sources",
+                &t.sources.to_string(),
+            ])
+            .args([
+                "worker-idle",
+                "--first",
+                &first.to_string(),
+                "--count",
+                &count.to_string(),
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn a worker");
+        children.push(child);
+    }
+    let mut lines: Vec<_> = children
+        .iter_mut()
+        .map(|c| tokio::io::BufReader::new(c.stdout.take().expect("stdout")).lines())
+        .collect();
+    let pb = bar(n as u64, "idle");
+    // Each worker reports progress, then `half OPEN FAILED`, waits for a line, opens the
+    // rest, reports `full OPEN FAILED`, and holds until its stdin closes.
+    async fn phase(
+        lines: &mut [tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>],
+        word: &str,
+        pb: &ProgressBar,
+    ) -> (usize, usize) {
+        let (mut open, mut failed) = (0, 0);
+        for l in lines.iter_mut() {
+            loop {
+                let line = l
+                    .next_line()
+                    .await
+                    .expect("worker output")
+                    .expect("worker alive");
+                let mut parts = line.split_whitespace();
+                match parts.next() {
+                    Some("progress") => {
+                        pb.inc(parts.next().and_then(|v| v.parse().ok()).unwrap_or(0))
+                    }
+                    Some(w) if w == word => {
+                        open += parts
+                            .next()
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .unwrap_or(0);
+                        failed += parts
+                            .next()
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .unwrap_or(0);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        (open, failed)
+    }
+    let (half_open, _) = phase(&mut lines, "half", &pb).await;
+    tokio::time::sleep(SETTLE).await;
+    let half = sample(t.pid);
+    for c in children.iter_mut() {
+        c.stdin
+            .as_mut()
+            .expect("stdin")
+            .write_all(b"go\n")
+            .await
+            .expect("worker stdin");
+    }
+    let (open, failed) = phase(&mut lines, "full", &pb).await;
+    pb.finish_and_clear();
+    let ramp = started.elapsed();
+    tokio::time::sleep(SETTLE).await;
+    let held = sample(t.pid);
+    tokio::time::sleep(Duration::from_secs(hold_secs)).await;
+    let held_cpu = sample(t.pid);
+    // Still open after the hold (the server pinged them meanwhile): ask the workers.
+    for c in children.iter_mut() {
+        c.stdin
+            .as_mut()
+            .expect("stdin")
+            .write_all(b"count\n")
+            .await
+            .expect("worker stdin");
+    }
+    let (still_open, _) = phase(&mut lines, "alive", &pb).await;
+    for mut c in children {
+        drop(c.stdin.take());
+        let _ = c.wait().await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = sample(t.pid);
+    let per = |a: u64, b: u64, count: usize| b.saturating_sub(a) as f64 / count.max(1) as f64;
+    let user_avg = per(before.rss_bytes, held.rss_bytes, open);
+    let user_marginal = per(half.rss_bytes, held.rss_bytes, open - half_open.min(open));
+    let kernel = per(before.slab_bytes, held.slab_bytes, open);
+    let idle_cpu =
+        held_cpu.cpu_ns.saturating_sub(held.cpu_ns) as f64 / hold_secs.max(1) as f64 / 1e6;
+    let mib = |b: u64| b as f64 / 1048576.0;
+    println!(
+        "idle: {open} connections ({failed} failed) over {workers} workers in {:.2}s ({:.0}/s); {still_open} still open after {hold_secs}s\n  server RSS {:.1} MiB -> {:.1} MiB at {half_open} -> {:.1} MiB at {open} -> {:.1} MiB after closing\n  user space per connection: {user_marginal:.0} B marginal, {user_avg:.0} B average\n  kernel slab {kernel:.0} B per connection (both ends of loopback)\n  box memory in use {:.1} GiB -> {:.1} GiB; server CPU while idle {idle_cpu:.2} ms/s",
+        ramp.as_secs_f64(),
+        open as f64 / ramp.as_secs_f64(),
+        mib(before.rss_bytes),
+        mib(half.rss_bytes),
+        mib(held.rss_bytes),
+        mib(after.rss_bytes),
+        before.used_bytes as f64 / (1u64 << 30) as f64,
+        held.used_bytes as f64 / (1u64 << 30) as f64,
+    );
+    json!({
+        "connections": open, "failed": failed, "still_open_after_hold": still_open,
+        "ramp_secs": ramp.as_secs_f64(), "rss_before": before.rss_bytes, "rss_half": half.rss_bytes,
+        "rss_held": held.rss_bytes, "rss_after": after.rss_bytes,
+        "user_bytes_per_conn_marginal": user_marginal, "user_bytes_per_conn_avg": user_avg,
+        "kernel_slab_bytes_per_conn": kernel, "idle_cpu_ms_per_s": idle_cpu,
+        "box_used_before": before.used_bytes, "box_used_held": held.used_bytes,
+    })
+}
+
+/// One idle worker process (see [`idle`]).
+pub async fn idle_worker(t: Target, first: usize, count: usize) {
+    let stop = Rc::new(Cell::new(false));
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut opened = Vec::new();
+    let mut failed = 0;
+    let half = count / 2;
+    for (phase, (from, n)) in [
+        ("half", (first, half)),
+        ("full", (first + half, count - half)),
+    ] {
+        let mut done = 0;
+        while done < n {
+            let chunk = (n - done).min(1000);
+            let (streams, f) = open_many(t, "/echo", from + done, chunk, 256, None, None).await;
+            failed += f;
+            done += chunk;
+            for s in streams {
+                let alive = Rc::new(Cell::new(true));
+                opened.push(alive.clone());
+                let stop = stop.clone();
+                tokio::task::spawn_local(async move {
+                    hold(s, stop).await;
+                    alive.set(false);
+                });
+            }
+            println!("progress {chunk}");
+        }
+        let open = opened.iter().filter(|a| a.get()).count();
+        println!("{phase} {open} {failed}");
+        if phase == "half" {
+            let _ = stdin.next_line().await;
+        }
+    }
+    while let Ok(Some(line)) = stdin.next_line().await {
+        if line == "count" {
+            println!("alive {} 0", opened.iter().filter(|a| a.get()).count());
+        }
+    }
+    stop.set(true);
+}
+
+// ---------------------------------------------------------------------------- ramp
+
+/// Opens `n` connections with `concurrency` handshakes in flight: handshakes per second,
+/// handshake latency, and server CPU per connection.
+pub async fn ramp(t: Target, n: usize, concurrency: usize) -> serde_json::Value {
+    let mut hist = histogram();
+    let pb = bar(n as u64, "ramp");
+    let before = sample(t.pid);
+    let started = Instant::now();
+    let (open, failed) = open_many(t, "/echo", 0, n, concurrency, Some(&mut hist), Some(&pb)).await;
+    let secs = started.elapsed().as_secs_f64();
+    let after = sample(t.pid);
+    pb.finish_and_clear();
+    let ok = open.len();
+    drop(open);
+    let cpu_us = after.cpu_ns.saturating_sub(before.cpu_ns) as f64 / ok.max(1) as f64 / 1000.0;
+    let (p50, p99, p999) = quantiles_us(&hist);
+    println!(
+        "ramp: {ok} handshakes ({failed} failed) in {secs:.2}s: {:.0}/s, latency p50 {p50:.0} µs p99 {p99:.0} µs, server {cpu_us:.1} µs CPU/connection",
+        ok as f64 / secs
+    );
+    json!({
+        "connections": ok, "failed": failed, "secs": secs, "handshakes_per_sec": ok as f64 / secs,
+        "latency_p50_us": p50, "latency_p99_us": p99, "latency_p999_us": p999,
+        "latency_cdf_us": cdf_us(&hist), "server_cpu_us_per_conn": cpu_us,
+    })
+}
+
+// ---------------------------------------------------------------------------- echo
+
+/// C connections, each keeping D messages of S bytes in flight for T seconds.
+pub async fn echo(t: Target, c: usize, depth: usize, size: usize, secs: u64) -> serde_json::Value {
+    let size = size.max(8);
+    let epoch = Instant::now();
+    let deadline = epoch + Duration::from_secs(secs);
+    let (streams, failed) = open_many(t, "/echo", 0, c, 256, None, None).await;
+    assert_eq!(failed, 0, "echo: {failed} connections failed");
+    let start = sample(t.pid);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for stream in streams {
+        tasks.spawn_local(echo_conn(stream, depth, size, epoch, deadline));
+    }
+    let mut hist = histogram();
+    let mut total = 0u64;
+    while let Some(r) = tasks.join_next().await {
+        if let Ok((h, n)) = r {
+            hist.add(h).expect("same bounds");
+            total += n;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let end = sample(t.pid);
+    let rate = total as f64 / elapsed;
+    let ns_per_msg = end.cpu_ns.saturating_sub(start.cpu_ns) as f64 / total.max(1) as f64;
+    let (p50, p99, p999) = quantiles_us(&hist);
+    println!(
+        "echo: {c} conns x {depth} in flight x {size} B: {rate:.0} msgs/s, RTT p50 {p50:.1} µs p99 {p99:.1} µs p999 {p999:.1} µs, server {ns_per_msg:.0} ns CPU/msg"
+    );
+    json!({
+        "secs": elapsed, "messages": total, "msgs_per_sec": rate, "rtt_p50_us": p50,
+        "rtt_p99_us": p99, "rtt_p999_us": p999, "latency_cdf_us": cdf_us(&hist),
+        "server_cpu_ns_per_msg": ns_per_msg,
+    })
+}
+
+/// Keeps `depth` messages in flight until `deadline`; each carries its send time.
+async fn echo_conn(
+    mut s: TcpStream,
+    depth: usize,
+    size: usize,
+    epoch: Instant,
+    deadline: Instant,
+) -> (Histogram<u64>, u64) {
+    let mut hist = histogram();
+    let template =
+        roomcast_bench::masked_frame(roomcast::protocol::OpCode::Binary, &vec![0; size], [0; 4]);
+    let header_len = template.len() - size;
+    let mut out = Vec::with_capacity(template.len() * depth);
+    let stamp = |out: &mut Vec<u8>| {
+        let at = out.len();
+        out.extend_from_slice(&template);
+        let now = epoch.elapsed().as_nanos() as u64;
+        out[at + header_len..at + header_len + 8].copy_from_slice(&now.to_le_bytes());
+    };
+    for _ in 0..depth {
+        stamp(&mut out);
+    }
+    if s.write_all(&out).await.is_err() {
+        return (hist, 0);
+    }
+    let mut frames = Frames::new(64 * 1024);
+    let (mut received, mut outstanding) = (0u64, depth);
+    while outstanding > 0 && frames.fill(&mut s).await {
+        out.clear();
+        let now = epoch.elapsed().as_nanos() as u64;
+        while let Some(f) = frames.next() {
+            if f.opcode != 0x2 {
+                continue;
+            }
+            let payload = frames.bytes(f.payload);
+            let sent = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
+            let _ = hist.record(now.saturating_sub(sent).max(1));
+            received += 1;
+            outstanding -= 1;
+            if Instant::now() < deadline {
+                stamp(&mut out);
+                outstanding += 1;
+            }
+        }
+        if !out.is_empty() && s.write_all(&out).await.is_err() {
+            break;
+        }
+    }
+    (hist, received)
+}
+
+// ---------------------------------------------------------------------------- fanout
+
+/// What a fan-out run is asked to do.
+#[derive(Clone, Copy, Debug)]
+pub struct Fanout {
+    pub rooms: usize,
+    pub members: usize,
+    /// Messages per second per room; 0: closed loop with `window` outstanding per room.
+    pub rate: f64,
+    pub window: usize,
+    pub size: usize,
+    pub secs: u64,
+    /// Members per room (the first ones) that never read.
+    pub slow_fraction: f64,
+}
+
+/// Shared counters of a fan-out run (one thread: plain cells).
+#[derive(Default)]
+struct Tally {
+    delivered: Cell<u64>,
+    hist: RefCell<Option<Histogram<u64>>>,
+}
+
+/// R rooms × M members; one publisher per room (itself a member, which is how a closed
+/// loop knows a message went round). Every `msg` carries its send time in `data`.
+pub async fn fanout(t: Target, f: Fanout) -> serde_json::Value {
+    let epoch = Instant::now();
+    let slow_per_room = (f.members as f64 * f.slow_fraction).round() as usize;
+    let healthy_per_room = f.members - slow_per_room;
+    let tally = Rc::new(Tally {
+        delivered: Cell::new(0),
+        hist: RefCell::new(Some(histogram())),
+    });
+    let stop = Rc::new(Cell::new(false));
+    let pb = bar((f.rooms * (f.members + 1)) as u64, "join");
+    let mut slow_streams = Vec::new();
+    let mut members = tokio::task::JoinSet::new();
+    let mut index = 0usize;
+    for room in 0..f.rooms {
+        let path = format!("/ws?room=fan-{room}");
+        for m in 0..f.members {
+            let mut s = connect(t.server, source(index, t.sources), &path)
+                .await
+                .expect("member connects");
+            index += 1;
+            expect_joined(&mut s).await;
+            pb.inc(1);
+            if m < slow_per_room {
+                slow_streams.push(s);
+                continue;
+            }
+            let (tally, stop) = (tally.clone(), stop.clone());
+            members.spawn_local(async move { member(s, tally, stop, epoch).await });
+        }
+    }
+    let mut publishers = Vec::new();
+    for room in 0..f.rooms {
+        let path = format!("/ws?room=fan-{room}");
+        let mut s = connect(t.server, source(index, t.sources), &path)
+            .await
+            .expect("publisher connects");
+        index += 1;
+        expect_joined(&mut s).await;
+        pb.inc(1);
+        publishers.push(s);
+    }
+    pb.finish_and_clear();
+    let before = sample(t.pid);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(f.secs);
+    let mut pubs = tokio::task::JoinSet::new();
+    for (room, s) in publishers.into_iter().enumerate() {
+        pubs.spawn_local(publisher(s, room, f, epoch, deadline));
+    }
+    let mut published = 0u64;
+    while let Some(r) = pubs.join_next().await {
+        published += r.unwrap_or(0);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // Let what is in flight arrive, then stop the members.
+    let expected = published * healthy_per_room as u64;
+    let drain_until = Instant::now() + Duration::from_secs(3);
+    while tally.delivered.get() < expected && Instant::now() < drain_until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = sample(t.pid);
+    stop.set(true);
+    members.abort_all();
+    drop(slow_streams);
+    let delivered = tally.delivered.get();
+    let hist = tally.hist.borrow_mut().take().expect("histogram");
+    let (p50, p99, p999) = quantiles_us(&hist);
+    let rate = delivered as f64 / elapsed;
+    let completeness = delivered as f64 / expected.max(1) as f64;
+    let ns_per_delivery =
+        after.cpu_ns.saturating_sub(before.cpu_ns) as f64 / delivered.max(1) as f64;
+    let mode = if f.rate > 0.0 {
+        format!("{} msg/s per room", f.rate)
+    } else {
+        format!("closed loop, window {}", f.window)
+    };
+    println!(
+        "fanout: {} rooms x {} members ({slow_per_room} never reading per room), {mode}, {} B: {rate:.0} deliveries/s, publish->delivery p50 {:.2} ms p99 {:.2} ms p999 {:.2} ms, complete {:.4}, server {ns_per_delivery:.0} ns CPU/delivery",
+        f.rooms, f.members, f.size, p50 / 1000.0, p99 / 1000.0, p999 / 1000.0, completeness
+    );
+    json!({
+        "secs": elapsed, "published": published, "delivered": delivered, "expected": expected,
+        "completeness": completeness, "deliveries_per_sec": rate, "latency_p50_us": p50,
+        "latency_p99_us": p99, "latency_p999_us": p999, "latency_cdf_us": cdf_us(&hist),
+        "server_cpu_ns_per_delivery": ns_per_delivery, "slow_members_per_room": slow_per_room,
+    })
+}
+
+async fn expect_joined(s: &mut TcpStream) {
+    let mut frames = Frames::new(512);
+    loop {
+        assert!(frames.fill(s).await, "closed before joining");
+        while let Some(f) = frames.next() {
+            let text = frames.bytes(f.payload);
+            if text.starts_with(br#"{"op":"joined""#) {
+                return;
+            }
+            assert!(
+                !text.starts_with(br#"{"op":"error""#),
+                "join refused: {}",
+                String::from_utf8_lossy(text)
+            );
+        }
+    }
+}
+
+/// A member: counts deliveries and their latency, answers pings.
+async fn member(mut s: TcpStream, tally: Rc<Tally>, stop: Rc<Cell<bool>>, epoch: Instant) {
+    let mut frames = Frames::new(64 * 1024);
+    while !stop.get() && frames.fill(&mut s).await {
+        let now = epoch.elapsed().as_nanos() as u64;
+        let mut n = 0;
+        let mut hist = tally.hist.borrow_mut();
+        let Some(hist) = hist.as_mut() else { return };
+        while let Some(f) = frames.next() {
+            match f.opcode {
+                0x1 => {
+                    if let Some(sent) = data_stamp(frames.bytes(f.payload)) {
+                        let _ = hist.record(now.saturating_sub(sent).max(1));
+                        n += 1;
+                    }
+                }
+                0x9 => {
+                    let pong = client::pong(frames.bytes(f.payload));
+                    let _ = s.try_write(&pong);
+                }
+                _ => {}
+            }
+        }
+        tally.delivered.set(tally.delivered.get() + n);
+    }
+}
+
+/// Publishes to room `room` until `deadline`: at a fixed rate, or keeping at most
+/// `window` of its own messages in flight (it is a member and sees them come back).
+async fn publisher(
+    mut s: TcpStream,
+    room: usize,
+    f: Fanout,
+    epoch: Instant,
+    deadline: Instant,
+) -> u64 {
+    let pad = "x".repeat(f.size.saturating_sub(40));
+    let frame = |now: u64| {
+        client::text(
+            format!(r#"{{"op":"pub","room":"fan-{room}","data":[{now},"{pad}"]}}"#).as_bytes(),
+        )
+    };
+    let mut published = 0u64;
+    let mut frames = Frames::new(64 * 1024);
+    if f.rate > 0.0 {
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f.rate));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        while Instant::now() < deadline {
+            tick.tick().await;
+            if s.write_all(&frame(epoch.elapsed().as_nanos() as u64))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            published += 1;
+            // Keep the socket drained (our own deliveries, pings).
+            while let Ok(n) = s.try_read(&mut [0u8; 65536]) {
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        return published;
+    }
+    let mut outstanding = 0usize;
+    loop {
+        let mut out = Vec::new();
+        while outstanding < f.window && Instant::now() < deadline {
+            out.extend(frame(epoch.elapsed().as_nanos() as u64));
+            outstanding += 1;
+            published += 1;
+        }
+        if !out.is_empty() && s.write_all(&out).await.is_err() {
+            break;
+        }
+        if outstanding == 0 || !frames.fill(&mut s).await {
+            break;
+        }
+        while let Some(fr) = frames.next() {
+            match fr.opcode {
+                0x1 if data_stamp(frames.bytes(fr.payload.clone())).is_some() => outstanding -= 1,
+                0x9 => {
+                    let pong = client::pong(frames.bytes(fr.payload));
+                    let _ = s.write_all(&pong).await;
+                }
+                _ => {}
+            }
+        }
+    }
+    published
+}
+
+// ---------------------------------------------------------------------------- churn
+
+/// Connect → join → leave → close, `rate` times a second for `secs`: success rate and
+/// the server's RSS drift.
+pub async fn churn(t: Target, rate: f64, secs: u64) -> serde_json::Value {
+    let before = sample(t.pid);
+    let ok = Rc::new(Cell::new(0u64));
+    let failed = Rc::new(Cell::new(0u64));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(secs);
+    let pb = bar((rate * secs as f64) as u64, "churn");
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut i = 0usize;
+    while Instant::now() < deadline {
+        tick.tick().await;
+        let (ok, failed, pb) = (ok.clone(), failed.clone(), pb.clone());
+        let (server, src) = (t.server, source(i, t.sources));
+        i += 1;
+        tasks.spawn_local(async move {
+            let r = tokio::time::timeout(Duration::from_secs(10), cycle(server, src, i)).await;
+            match r {
+                Ok(Ok(())) => ok.set(ok.get() + 1),
+                _ => failed.set(failed.get() + 1),
+            }
+            pb.inc(1);
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    pb.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    tokio::time::sleep(SETTLE).await;
+    let after = sample(t.pid);
+    let (ok, failed) = (ok.get(), failed.get());
+    let drift = after.rss_bytes as f64 - before.rss_bytes as f64;
+    let success = ok as f64 / (ok + failed).max(1) as f64;
+    println!(
+        "churn: {ok} cycles ok, {failed} failed ({:.2}% success) at {:.0}/s; server RSS {:.1} MiB -> {:.1} MiB (drift {:+.1} MiB)",
+        success * 100.0,
+        (ok + failed) as f64 / elapsed,
+        before.rss_bytes as f64 / 1048576.0,
+        after.rss_bytes as f64 / 1048576.0,
+        drift / 1048576.0
+    );
+    json!({
+        "cycles_ok": ok, "cycles_failed": failed, "success_rate": success, "secs": elapsed,
+        "rss_before": before.rss_bytes, "rss_after": after.rss_bytes, "rss_drift_bytes": drift,
+    })
+}
+
+async fn cycle(server: SocketAddr, src: std::net::IpAddr, i: usize) -> std::io::Result<()> {
+    let room = format!("churn-{}", i % 16);
+    let mut s = connect(server, src, "/ws").await?;
+    let mut frames = Frames::new(1024);
+    for (op, want) in [("join", "joined"), ("leave", "left")] {
+        let msg = format!(r#"{{"op":"{op}","room":"{room}"}}"#);
+        s.write_all(&client::text(msg.as_bytes())).await?;
+        let prefix = format!(r#"{{"op":"{want}""#);
+        'wait: loop {
+            if !frames.fill(&mut s).await {
+                return Err(std::io::Error::other("closed"));
+            }
+            while let Some(f) = frames.next() {
+                if frames.bytes(f.payload).starts_with(prefix.as_bytes()) {
+                    break 'wait;
+                }
+            }
+        }
+    }
+    let close = roomcast_bench::masked_frame(
+        roomcast::protocol::OpCode::Close,
+        &1000u16.to_be_bytes(),
+        [0; 4],
+    );
+    s.write_all(&close).await?;
+    // Wait for the server's close and its FIN.
+    while frames.fill(&mut s).await {}
+    Ok(())
+}
