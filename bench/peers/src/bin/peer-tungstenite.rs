@@ -1,0 +1,94 @@
+//! The reference server on tokio-tungstenite (read buffer 4 KiB), one thread.
+
+use std::rc::Rc;
+
+use futures_util::{SinkExt, StreamExt};
+use roomcast_peers::{listen_addr, rooms_in_query, Rooms, Session};
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async {
+        let listener = tokio::net::TcpListener::bind(listen_addr()).await.unwrap();
+        println!(
+            "peer-tungstenite listening on {}",
+            listener.local_addr().unwrap()
+        );
+        let rooms = Rooms::<Message>::new();
+        let mut next_id = 0u64;
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            next_id += 1;
+            tokio::task::spawn_local(serve(stream, next_id, rooms.clone()));
+        }
+    });
+}
+
+async fn serve(stream: tokio::net::TcpStream, id: u64, rooms: Rc<Rooms<Message>>) {
+    let mut target = (String::new(), None::<String>);
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    let callback = |req: &Request, resp: Response| {
+        target = (
+            req.uri().path().to_owned(),
+            req.uri().query().map(str::to_owned),
+        );
+        Ok(resp)
+    };
+    let Ok(ws) =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await
+    else {
+        return;
+    };
+    let (path, query) = target;
+    let (mut sink, mut source) = ws.split();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Message>();
+    let writer = tokio::task::spawn_local(async move {
+        while let Some(m) = rx.recv().await {
+            if sink.feed(m).await.is_err() {
+                return;
+            }
+            while let Ok(m) = rx.try_recv() {
+                if sink.feed(m).await.is_err() {
+                    return;
+                }
+            }
+            if sink.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut session = Session::new(id, tx.clone(), rooms);
+    if path == "/ws" {
+        for room in rooms_in_query(query.as_deref()) {
+            let _ = tx.send(Message::text(session.join(&room)));
+        }
+    }
+    while let Some(Ok(msg)) = source.next().await {
+        match (path.as_str(), msg) {
+            ("/ws", Message::Text(t)) => {
+                if let Some(reply) =
+                    session.handle(t.as_str(), |s| Message::Text(Utf8Bytes::from(s)))
+                {
+                    let _ = tx.send(Message::text(reply));
+                }
+            }
+            (_, m @ (Message::Text(_) | Message::Binary(_))) => {
+                let _ = tx.send(m);
+            }
+            (_, Message::Close(_)) => break,
+            _ => {}
+        }
+    }
+    drop(session);
+    drop(tx);
+    let _ = writer.await;
+}
