@@ -33,6 +33,8 @@ fn main() {
     });
 }
 
+// The handshake callback's error type (an HTTP response) is tungstenite's, not ours.
+#[allow(clippy::result_large_err)]
 async fn serve(stream: tokio::net::TcpStream, id: u64, rooms: Rc<Rooms<Message>>) {
     let mut target = (String::new(), None::<String>);
     let config = WebSocketConfig::default().read_buffer_size(4096);
