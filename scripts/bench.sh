@@ -7,11 +7,14 @@
 #   scripts/bench.sh            the full run: 3 runs of everything (about 15 minutes)
 #   scripts/bench.sh --quick    1 run, smaller and shorter (under 5 minutes)
 #   RUNS=5 scripts/bench.sh     more runs
+#   scripts/bench.sh --report-only   rebuild the report and RESULTS.md from the last full run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 quick=0
+report_only=0
 [ "${1:-}" = "--quick" ] && quick=1
+[ "${1:-}" = "--report-only" ] && report_only=1
 runs=${RUNS:-3}
 out=bench/results
 [ "$quick" = 1 ] && { runs=${RUNS:-1}; out=bench/results-quick; }
@@ -19,7 +22,7 @@ out=bench/results
 cargo build --release --locked -p roomcast -p roomcast-bench -p roomcast-peers 2>&1 | tail -1
 mkdir -p "$out"
 results="$out/RESULTS.jsonl"
-: >"$results"
+[ "$report_only" = 1 ] || : >"$results"
 
 port=9300
 bench=target/release/roomcast-bench
@@ -79,6 +82,7 @@ stop_server() {
 trap stop_server EXIT
 
 for scenario in "${scenarios[@]}"; do
+  [ "$report_only" = 1 ] && break
   for run in $(seq "$runs"); do
     for s in "${servers[@]}"; do
       IFS='|' read -r name cmd ver <<<"$s"
@@ -98,7 +102,7 @@ if [ "$quick" = 0 ]; then
   {
     echo "# roomcast-bench results"
     echo
-    echo "The latest full \`scripts/bench.sh\` run, $(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD)."
+    echo "The latest full \`scripts/bench.sh\` run, $(date -u -r "$results" +%Y-%m-%d), commit $(git rev-parse --short HEAD)."
     echo "Each server ran alone on CPU 0 (\`taskset -c 0\`; roomcast with \`--shards 1 --rate 0\`), the"
     echo "load generator on CPU 1, a fresh server process per run, servers alternating run by run."
     echo "Raw results: [results/RESULTS.jsonl](results/RESULTS.jsonl). Scenarios, exactly as run"
