@@ -21,6 +21,15 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(ServeConfig),
+    /// Say what on this machine stands between it and N connections, and the fix.
+    Check {
+        /// The number of connections to hold.
+        #[arg(long, default_value_t = 1_000_000)]
+        connections: u64,
+        /// Shards that would hold them [default: the CPUs this process may use].
+        #[arg(long)]
+        shards: Option<u64>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -34,6 +43,10 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(cfg) => serve(cfg),
+        Command::Check {
+            connections,
+            shards,
+        } => check(connections, shards),
     }
 }
 
@@ -92,6 +105,24 @@ fn serve(cfg: ServeConfig) -> std::process::ExitCode {
             eprintln!("roomcast: {e}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+fn check(connections: u64, shards: Option<u64>) -> std::process::ExitCode {
+    let shards = shards.unwrap_or(roomcast::reactor::sys::allowed_cpus().len().max(1) as u64);
+    let uring = roomcast::reactor::sys::uring::probe();
+    let findings = roomcast::ops::check::findings(connections, shards, uring);
+    println!("roomcast check: {connections} connections over {shards} shards");
+    for f in &findings {
+        println!("{f}");
+    }
+    let short = findings.iter().filter(|f| !f.ok).count();
+    if short == 0 {
+        println!("nothing stands in the way");
+        std::process::ExitCode::SUCCESS
+    } else {
+        println!("{short} thing(s) to fix (scripts/tune.sh applies the sysctls and limits)");
+        std::process::ExitCode::FAILURE
     }
 }
 

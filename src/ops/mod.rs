@@ -1,5 +1,6 @@
-//! Operating the server: metrics, drain, and the admin endpoint.
+//! Operating the server: metrics, drain, the admin endpoint, and `roomcast check`.
 
 pub mod admin;
+pub mod check;
 pub mod drain;
 pub mod metrics;

@@ -3,7 +3,9 @@
 use std::rc::Rc;
 
 use base64::Engine as _;
-use fastwebsockets::{FragmentCollectorRead, Frame, OpCode, Payload, Role, WebSocket};
+use fastwebsockets::{
+    FragmentCollector, FragmentCollectorRead, Frame, OpCode, Payload, Role, WebSocket,
+};
 use roomcast_peers::{listen_addr, rooms_in_query, Rooms, Session};
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -78,6 +80,9 @@ async fn serve(mut stream: tokio::net::TcpStream, id: u64, rooms: Rc<Rooms<Out>>
     let mut ws = WebSocket::after_handshake(stream, Role::Server);
     ws.set_auto_pong(true);
     ws.set_auto_close(true);
+    if path != "/ws" {
+        return echo(FragmentCollector::new(ws)).await;
+    }
     let (read, mut write) = ws.split(tokio::io::split);
     let mut read = FragmentCollectorRead::new(read);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Out>();
@@ -91,10 +96,8 @@ async fn serve(mut stream: tokio::net::TcpStream, id: u64, rooms: Rc<Rooms<Out>>
     });
     let mut session = Session::new(id, tx.clone(), rooms);
     let text = |s: String| -> Out { (OpCode::Text, Rc::from(s.into_bytes())) };
-    if path == "/ws" {
-        for room in rooms_in_query(query.as_deref()) {
-            let _ = tx.send(text(session.join(&room)));
-        }
+    for room in rooms_in_query(query.as_deref()) {
+        let _ = tx.send(text(session.join(&room)));
     }
     // Frames the protocol obliges us to send (pong, close) go through the writer too.
     let obligated = tx.clone();
@@ -112,9 +115,6 @@ async fn serve(mut stream: tokio::net::TcpStream, id: u64, rooms: Rc<Rooms<Out>>
                     let _ = tx.send(text(reply));
                 }
             }
-            (_, OpCode::Text | OpCode::Binary) => {
-                let _ = tx.send((frame.opcode, Rc::from(&frame.payload[..])));
-            }
             (_, OpCode::Close) => break,
             _ => {}
         }
@@ -122,4 +122,20 @@ async fn serve(mut stream: tokio::net::TcpStream, id: u64, rooms: Rc<Rooms<Out>>
     drop(session);
     drop(tx);
     let _ = writer.await;
+}
+
+/// `/echo`: the simplest loop on the unsplit socket, every message written straight back.
+async fn echo(mut ws: FragmentCollector<tokio::net::TcpStream>) {
+    while let Ok(frame) = ws.read_frame().await {
+        match frame.opcode {
+            OpCode::Text | OpCode::Binary => {
+                let reply = Frame::new(true, frame.opcode, None, frame.payload);
+                if ws.write_frame(reply).await.is_err() {
+                    return;
+                }
+            }
+            OpCode::Close => return,
+            _ => {}
+        }
+    }
 }

@@ -51,28 +51,22 @@ async fn serve(stream: tokio::net::TcpStream, id: u64, rooms: Rc<Rooms<Message>>
         return;
     };
     let (path, query) = target;
+    if path != "/ws" {
+        return echo(ws).await;
+    }
     let (mut sink, mut source) = ws.split();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Message>();
+    // The idiomatic writer: one `send` (write and flush) per message.
     let writer = tokio::task::spawn_local(async move {
         while let Some(m) = rx.recv().await {
-            if sink.feed(m).await.is_err() {
-                return;
-            }
-            while let Ok(m) = rx.try_recv() {
-                if sink.feed(m).await.is_err() {
-                    return;
-                }
-            }
-            if sink.flush().await.is_err() {
+            if sink.send(m).await.is_err() {
                 return;
             }
         }
     });
     let mut session = Session::new(id, tx.clone(), rooms);
-    if path == "/ws" {
-        for room in rooms_in_query(query.as_deref()) {
-            let _ = tx.send(Message::text(session.join(&room)));
-        }
+    for room in rooms_in_query(query.as_deref()) {
+        let _ = tx.send(Message::text(session.join(&room)));
     }
     while let Some(Ok(msg)) = source.next().await {
         match (path.as_str(), msg) {
@@ -83,9 +77,6 @@ async fn serve(stream: tokio::net::TcpStream, id: u64, rooms: Rc<Rooms<Message>>
                     let _ = tx.send(Message::text(reply));
                 }
             }
-            (_, m @ (Message::Text(_) | Message::Binary(_))) => {
-                let _ = tx.send(m);
-            }
             (_, Message::Close(_)) => break,
             _ => {}
         }
@@ -93,4 +84,19 @@ async fn serve(stream: tokio::net::TcpStream, id: u64, rooms: Rc<Rooms<Message>>
     drop(session);
     drop(tx);
     let _ = writer.await;
+}
+
+/// `/echo`: the simplest loop, every message sent straight back.
+async fn echo(mut ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>) {
+    while let Some(Ok(msg)) = ws.next().await {
+        match msg {
+            Message::Text(_) | Message::Binary(_) => {
+                if ws.send(msg).await.is_err() {
+                    return;
+                }
+            }
+            Message::Close(_) => return,
+            _ => {}
+        }
+    }
 }
