@@ -75,9 +75,12 @@ start_server() { # name cmd -> sets pid
   exit 1
 }
 
+pid=""
 stop_server() {
+  [ -n "$pid" ] || return 0
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
+  pid=""
 }
 trap stop_server EXIT
 

@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server.
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Say what on this machine stands between it and N connections, and the fix.
     Check {
         /// The number of connections to hold.
@@ -42,7 +42,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(cfg) => serve(cfg),
+        Command::Serve(cfg) => serve(*cfg),
         Command::Check {
             connections,
             shards,

@@ -78,7 +78,8 @@ pub fn machine() -> serde_json::Value {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     serde_json::json!({
         "cpu": model,
-        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        // The machine's CPUs, not this process's affinity (the bench runs pinned).
+        "cores": cpuinfo.lines().filter(|l| l.starts_with("processor")).count(),
         "kernel": kernel.trim(),
         "mem_total_bytes": field_kib(&meminfo, "MemTotal:") * 1024,
     })

@@ -89,14 +89,9 @@ async fn serve(stream: tokio::net::TcpStream, id: u64, rooms: Rc<Rooms<Message>>
 /// `/echo`: the simplest loop, every message sent straight back.
 async fn echo(mut ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>) {
     while let Some(Ok(msg)) = ws.next().await {
-        match msg {
-            Message::Text(_) | Message::Binary(_) => {
-                if ws.send(msg).await.is_err() {
-                    return;
-                }
-            }
-            Message::Close(_) => return,
-            _ => {}
+        let echo = matches!(msg, Message::Text(_) | Message::Binary(_));
+        if matches!(msg, Message::Close(_)) || (echo && ws.send(msg).await.is_err()) {
+            return;
         }
     }
 }

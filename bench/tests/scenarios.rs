@@ -1,0 +1,146 @@
+//! Every scenario, small and short, against a real roomcast: the harness runs, stops by
+//! itself, and writes what it measured.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+/// The roomcast binary next to ours (`cargo test --workspace` builds both).
+fn roomcast() -> std::path::PathBuf {
+    let bench = std::path::PathBuf::from(env!("CARGO_BIN_EXE_roomcast-bench"));
+    let path = bench.with_file_name("roomcast");
+    assert!(
+        path.exists(),
+        "{} missing: run the tests with --workspace",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn every_scenario_runs_and_records_its_figures() {
+    let mut server = Command::new(roomcast())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+            "--rate",
+            "0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split(" listening on ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let dir = std::env::temp_dir().join(format!("roomcast-bench-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let results = dir.join("RESULTS.jsonl");
+    let runs: [&[&str]; 7] = [
+        &[
+            "idle",
+            "--connections",
+            "400",
+            "--hold-secs",
+            "1",
+            "--workers",
+            "2",
+        ],
+        &["ramp", "--connections", "300"],
+        &["echo", "--connections", "4", "--depth", "2", "--secs", "1"],
+        &["fanout", "--members", "50", "--rate", "50", "--secs", "1"],
+        &[
+            "fanout",
+            "--rooms",
+            "2",
+            "--members",
+            "20",
+            "--rate",
+            "0",
+            "--secs",
+            "1",
+        ],
+        &["churn", "--rate", "50", "--secs", "1"],
+        &[
+            "slow",
+            "--members",
+            "20",
+            "--rate",
+            "20",
+            "--secs",
+            "1",
+            "--fraction",
+            "0.2",
+        ],
+    ];
+    for args in runs {
+        let status = Command::new(env!("CARGO_BIN_EXE_roomcast-bench"))
+            .args([
+                "--server",
+                &addr,
+                "--server-pid",
+                &server.id().to_string(),
+                "--sources",
+                "4",
+            ])
+            .arg("--out")
+            .arg(&results)
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{args:?}");
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let text = std::fs::read_to_string(&results).unwrap();
+    let recs: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs.len(), 7);
+    let fig = |i: usize, k: &str| {
+        recs[i]["figures"][k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k} in {}", recs[i]))
+    };
+    assert_eq!(fig(0, "connections"), 400.0);
+    assert_eq!(fig(0, "still_open_after_hold"), 400.0);
+    assert_eq!(fig(1, "connections"), 300.0);
+    assert!(fig(2, "messages") > 0.0 && fig(2, "server_cpu_ns_per_msg") > 0.0);
+    assert_eq!(fig(3, "completeness"), 1.0);
+    assert!(fig(4, "delivered") > 0.0 && fig(4, "completeness") == 1.0);
+    assert_eq!(fig(5, "cycles_failed"), 0.0);
+    assert_eq!(recs[6]["figures"]["with"]["slow_members_per_room"], 4);
+    for r in &recs {
+        assert_eq!(r["server"]["name"], "roomcast");
+        assert!(r["machine"]["cores"].as_u64().unwrap() >= 1 && r["params"].is_object());
+    }
+    // And the report renders them.
+    let status = Command::new(env!("CARGO_BIN_EXE_roomcast-bench"))
+        .arg("report")
+        .arg(&results)
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let report = std::fs::read_to_string(dir.join("REPORT.md")).unwrap();
+    assert!(
+        report.contains("### fanout") && report.contains(".svg"),
+        "{report}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
