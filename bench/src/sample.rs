@@ -11,10 +11,37 @@ pub struct ProcSample {
     pub slab_bytes: u64,
     /// MemTotal − MemAvailable: the box's memory in use.
     pub used_bytes: u64,
+    /// This load generator's own CPU time (user + system), and when it was read.
+    pub client_cpu_ns: u64,
+    pub at: Option<std::time::Instant>,
+}
+
+impl ProcSample {
+    /// The fraction of one CPU the load generator used from `self` to `later`. Near 1 the
+    /// client, not the server, set the pace: the run's throughput is a lower bound.
+    pub fn client_busy(&self, later: &ProcSample) -> f64 {
+        let wall = match (self.at, later.at) {
+            (Some(a), Some(b)) => b.duration_since(a).as_nanos() as f64,
+            _ => return 0.0,
+        };
+        later.client_cpu_ns.saturating_sub(self.client_cpu_ns) as f64 / wall.max(1.0)
+    }
+}
+
+fn own_cpu_ns() -> u64 {
+    // SAFETY: getrusage writes into the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+    ns(ru.ru_utime) + ns(ru.ru_stime)
 }
 
 pub fn sample(pid: Option<u32>) -> ProcSample {
-    let mut s = ProcSample::default();
+    let mut s = ProcSample {
+        client_cpu_ns: own_cpu_ns(),
+        at: Some(std::time::Instant::now()),
+        ..ProcSample::default()
+    };
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     s.slab_bytes = field_kib(&meminfo, "Slab:") * 1024;
     s.used_bytes = (field_kib(&meminfo, "MemTotal:") - field_kib(&meminfo, "MemAvailable:")) * 1024;

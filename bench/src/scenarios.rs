@@ -87,6 +87,18 @@ async fn open_many(
     (open, failed)
 }
 
+/// A warning when the load generator was the busy side (over 90% of its CPU).
+fn client_bound(busy: f64) -> String {
+    if busy > 0.9 {
+        format!(
+            " [load generator {:.0}% busy: client-bound, a lower bound for the server]",
+            busy * 100.0
+        )
+    } else {
+        format!(" (load generator {:.0}% busy)", busy * 100.0)
+    }
+}
+
 /// Answers the server's pings on an otherwise idle connection until it closes or `stop`.
 async fn hold(mut s: TcpStream, stop: Rc<Cell<bool>>) {
     let mut frames = Frames::new(256);
@@ -301,11 +313,14 @@ pub async fn ramp(t: Target, n: usize, concurrency: usize) -> serde_json::Value 
     drop(open);
     let cpu_us = after.cpu_ns.saturating_sub(before.cpu_ns) as f64 / ok.max(1) as f64 / 1000.0;
     let (p50, p99, p999) = quantiles_us(&hist);
+    let busy = before.client_busy(&after);
     println!(
-        "ramp: {ok} handshakes ({failed} failed) in {secs:.2}s: {:.0}/s, latency p50 {p50:.0} µs p99 {p99:.0} µs, server {cpu_us:.1} µs CPU/connection",
-        ok as f64 / secs
+        "ramp: {ok} handshakes ({failed} failed) in {secs:.2}s: {:.0}/s, latency p50 {p50:.0} µs p99 {p99:.0} µs, server {cpu_us:.1} µs CPU/connection{}",
+        ok as f64 / secs,
+        client_bound(busy)
     );
     json!({
+        "client_busy": busy,
         "connections": ok, "failed": failed, "secs": secs, "handshakes_per_sec": ok as f64 / secs,
         "latency_p50_us": p50, "latency_p99_us": p99, "latency_p999_us": p999,
         "latency_cdf_us": cdf_us(&hist), "server_cpu_us_per_conn": cpu_us,
@@ -340,10 +355,13 @@ pub async fn echo(t: Target, c: usize, depth: usize, size: usize, secs: u64) -> 
     let rate = total as f64 / elapsed;
     let ns_per_msg = end.cpu_ns.saturating_sub(start.cpu_ns) as f64 / total.max(1) as f64;
     let (p50, p99, p999) = quantiles_us(&hist);
+    let busy = start.client_busy(&end);
     println!(
-        "echo: {c} conns x {depth} in flight x {size} B: {rate:.0} msgs/s, RTT p50 {p50:.1} µs p99 {p99:.1} µs p999 {p999:.1} µs, server {ns_per_msg:.0} ns CPU/msg"
+        "echo: {c} conns x {depth} in flight x {size} B: {rate:.0} msgs/s, RTT p50 {p50:.1} µs p99 {p99:.1} µs p999 {p999:.1} µs, server {ns_per_msg:.0} ns CPU/msg{}",
+        client_bound(busy)
     );
     json!({
+        "client_busy": busy,
         "secs": elapsed, "messages": total, "msgs_per_sec": rate, "rtt_p50_us": p50,
         "rtt_p99_us": p99, "rtt_p999_us": p999, "latency_cdf_us": cdf_us(&hist),
         "server_cpu_ns_per_msg": ns_per_msg,
@@ -487,6 +505,7 @@ pub async fn fanout(t: Target, f: Fanout) -> serde_json::Value {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let after = sample(t.pid);
+    let busy = before.client_busy(&after);
     stop.set(true);
     members.abort_all();
     drop(slow_streams);
@@ -503,10 +522,11 @@ pub async fn fanout(t: Target, f: Fanout) -> serde_json::Value {
         format!("closed loop, window {}", f.window)
     };
     println!(
-        "fanout: {} rooms x {} members ({slow_per_room} never reading per room), {mode}, {} B: {rate:.0} deliveries/s, publish->delivery p50 {:.2} ms p99 {:.2} ms p999 {:.2} ms, complete {:.4}, server {ns_per_delivery:.0} ns CPU/delivery",
-        f.rooms, f.members, f.size, p50 / 1000.0, p99 / 1000.0, p999 / 1000.0, completeness
+        "fanout: {} rooms x {} members ({slow_per_room} never reading per room), {mode}, {} B: {rate:.0} deliveries/s, publish->delivery p50 {:.2} ms p99 {:.2} ms p999 {:.2} ms, complete {:.4}, server {ns_per_delivery:.0} ns CPU/delivery{}",
+        f.rooms, f.members, f.size, p50 / 1000.0, p99 / 1000.0, p999 / 1000.0, completeness, client_bound(busy)
     );
     json!({
+        "client_busy": busy,
         "secs": elapsed, "published": published, "delivered": delivered, "expected": expected,
         "completeness": completeness, "deliveries_per_sec": rate, "latency_p50_us": p50,
         "latency_p99_us": p99, "latency_p999_us": p999, "latency_cdf_us": cdf_us(&hist),
@@ -568,11 +588,25 @@ async fn publisher(
     epoch: Instant,
     deadline: Instant,
 ) -> u64 {
+    // One frame built once; each publish copies it and writes the send time, 20 digits in
+    // a string (JSON numbers cannot carry leading zeros), in place: no allocation.
     let pad = "x".repeat(f.size.saturating_sub(40));
-    let frame = |now: u64| {
-        client::text(
-            format!(r#"{{"op":"pub","room":"fan-{room}","data":[{now},"{pad}"]}}"#).as_bytes(),
+    let template = client::text(
+        format!(
+            r#"{{"op":"pub","room":"fan-{room}","data":["{:020}","{pad}"]}}"#,
+            0
         )
+        .as_bytes(),
+    );
+    let stamp_at = template
+        .windows(20)
+        .position(|w| w == [b'0'; 20])
+        .expect("stamp field");
+    let mut scratch = Vec::with_capacity(template.len() * f.window.max(1));
+    let frame = |now: u64, out: &mut Vec<u8>| {
+        let at = out.len();
+        out.extend_from_slice(&template);
+        out[at + stamp_at..at + stamp_at + 20].copy_from_slice(&itoa_20(now));
     };
     let mut published = 0u64;
     let mut frames = Frames::new(64 * 1024);
@@ -581,10 +615,9 @@ async fn publisher(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         while Instant::now() < deadline {
             tick.tick().await;
-            if s.write_all(&frame(epoch.elapsed().as_nanos() as u64))
-                .await
-                .is_err()
-            {
+            scratch.clear();
+            frame(epoch.elapsed().as_nanos() as u64, &mut scratch);
+            if s.write_all(&scratch).await.is_err() {
                 break;
             }
             published += 1;
@@ -599,13 +632,13 @@ async fn publisher(
     }
     let mut outstanding = 0usize;
     loop {
-        let mut out = Vec::new();
+        scratch.clear();
         while outstanding < f.window && Instant::now() < deadline {
-            out.extend(frame(epoch.elapsed().as_nanos() as u64));
+            frame(epoch.elapsed().as_nanos() as u64, &mut scratch);
             outstanding += 1;
             published += 1;
         }
-        if !out.is_empty() && s.write_all(&out).await.is_err() {
+        if !scratch.is_empty() && s.write_all(&scratch).await.is_err() {
             break;
         }
         if outstanding == 0 || !frames.fill(&mut s).await {
@@ -623,6 +656,16 @@ async fn publisher(
         }
     }
     published
+}
+
+/// `v` as 20 ASCII digits, zero-padded.
+fn itoa_20(mut v: u64) -> [u8; 20] {
+    let mut d = [b'0'; 20];
+    for slot in d.iter_mut().rev() {
+        *slot = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    d
 }
 
 // ---------------------------------------------------------------------------- churn
