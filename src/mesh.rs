@@ -21,8 +21,19 @@ use std::sync::Arc;
 
 use crate::protocol::SharedFrame;
 
-/// Slots per queue.
+/// Slots per queue, at most (with few shards).
 pub const QUEUE_CAPACITY: usize = 16 * 1024;
+/// Queue slots one shard has towards all others together: with many shards each queue
+/// gets fewer, so the mesh's memory grows with the shard count, not with its square
+/// (64 shards: 4,032 queues of 512 slots instead of 16k).
+const SLOTS_PER_SHARD: usize = 16 * 1024;
+
+/// Slots in each queue of a mesh of `shards`: a power of two from 512 to [`QUEUE_CAPACITY`].
+pub fn queue_capacity(shards: usize) -> usize {
+    (SLOTS_PER_SHARD / shards.saturating_sub(1).max(1))
+        .next_power_of_two()
+        .clamp(512, QUEUE_CAPACITY)
+}
 /// Messages per destination waiting outside a full queue before deliveries are dropped.
 pub const BACKLOG_LIMIT: usize = 64 * 1024;
 
@@ -104,6 +115,8 @@ pub struct Endpoint {
     ring_waker: bool,
     shared: Arc<Shared>,
     dropped: u64,
+    /// Slots in each of this endpoint's queues.
+    capacity: usize,
 }
 
 /// Builds the mesh for `n` shards: element `i` belongs to shard `i`.
@@ -134,12 +147,13 @@ pub fn build(n: usize) -> io::Result<Vec<Endpoint>> {
             ring_waker: false,
             shared: shared.clone(),
             dropped: 0,
+            capacity: queue_capacity(n),
         })
         .collect();
     for from in 0..n {
         for to in 0..n {
             if from != to {
-                let (p, c) = rtrb::RingBuffer::new(QUEUE_CAPACITY);
+                let (p, c) = rtrb::RingBuffer::new(queue_capacity(n));
                 ends[from].out[to] = Some(p);
                 ends[to].inp[from] = Some(c);
             }
@@ -186,11 +200,16 @@ impl Endpoint {
         into.append(&mut self.ring_wakes);
     }
 
+    /// Slots in each of this endpoint's queues.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Messages on their way to `to`: in its queue or in our backlog for it.
     pub fn pressure(&self, to: usize) -> usize {
         let queued = self.out[to]
             .as_ref()
-            .map_or(0, |p| QUEUE_CAPACITY - p.slots());
+            .map_or(0, |p| self.capacity - p.slots());
         queued + self.backlog[to].len()
     }
 
@@ -327,6 +346,14 @@ mod tests {
             id: n,
             seq: n,
         }
+    }
+
+    #[test]
+    fn queues_shrink_as_shards_multiply() {
+        assert_eq!(queue_capacity(2), QUEUE_CAPACITY);
+        assert_eq!(queue_capacity(3), 8 * 1024);
+        assert_eq!(queue_capacity(64), 512);
+        assert_eq!(queue_capacity(1024), 512);
     }
 
     #[test]

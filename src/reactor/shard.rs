@@ -111,10 +111,11 @@ pub struct Core {
     actions: Vec<(usize, Next)>,
 }
 
-/// Mesh pressure at which a publishing connection stops being read, and at which
-/// paused publishers are read again. The queue holds [`crate::mesh::QUEUE_CAPACITY`].
-const MESH_HIGH_WATER: usize = crate::mesh::QUEUE_CAPACITY / 2;
-const MESH_LOW_WATER: usize = crate::mesh::QUEUE_CAPACITY / 8;
+/// A publishing connection stops being read when the mesh queue towards the room's owner
+/// is fuller than capacity / PAUSE, and paused publishers are read again once every queue
+/// is below capacity / RESUME ([`crate::mesh::queue_capacity`]).
+const MESH_PAUSE_DIVISOR: usize = 2;
+const MESH_RESUME_DIVISOR: usize = 8;
 
 /// What a heartbeat tick does to the shard: pings queued for flushing, the idle closed,
 /// the silent handed to the backend to close.
@@ -447,7 +448,7 @@ impl Core {
                     );
                     // Flow control: a publisher faster than the owner can take stops being
                     // read until the mesh drains, instead of its messages being dropped.
-                    if self.mesh.pressure(owner) > MESH_HIGH_WATER {
+                    if self.mesh.pressure(owner) > self.mesh.capacity() / MESH_PAUSE_DIVISOR {
                         if let Some(conn) = self.conns.get_mut(slot) {
                             if !conn.has(flag::PAUSED) {
                                 conn.set(flag::PAUSED);
@@ -591,7 +592,9 @@ impl Core {
 
     /// Reads paused publishers again once the mesh has drained.
     fn resume_publishers(&mut self) {
-        if self.mesh_paused.is_empty() || self.mesh.max_pressure() > MESH_LOW_WATER {
+        if self.mesh_paused.is_empty()
+            || self.mesh.max_pressure() > self.mesh.capacity() / MESH_RESUME_DIVISOR
+        {
             return;
         }
         for (slot, gen) in std::mem::take(&mut self.mesh_paused) {
