@@ -144,6 +144,40 @@ pub fn rooms_in_query(query: Option<&str>) -> Vec<String> {
         .collect()
 }
 
+/// Runs a peer: one thread, one accept loop on [`listen_addr`]; every connection gets
+/// `serve(stream, id, rooms)` as a task of its own.
+pub fn run<M, F, Fut>(name: &str, serve: F)
+where
+    M: Clone + 'static,
+    F: Fn(tokio::net::TcpStream, u64, Rc<Rooms<M>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async {
+        let listener = tokio::net::TcpListener::bind(listen_addr())
+            .await
+            .expect("bind");
+        println!(
+            "{name} listening on {}",
+            listener.local_addr().expect("address")
+        );
+        let rooms = Rooms::<M>::new();
+        let mut next_id = 0u64;
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            next_id += 1;
+            tokio::task::spawn_local(serve(stream, next_id, rooms.clone()));
+        }
+    });
+}
+
 /// The listen address: the first argument, or 127.0.0.1:9200.
 pub fn listen_addr() -> std::net::SocketAddr {
     std::env::args()

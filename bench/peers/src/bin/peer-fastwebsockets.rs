@@ -6,7 +6,7 @@ use base64::Engine as _;
 use fastwebsockets::{
     FragmentCollector, FragmentCollectorRead, Frame, OpCode, Payload, Role, WebSocket,
 };
-use roomcast_peers::{listen_addr, rooms_in_query, Rooms, Session};
+use roomcast_peers::{rooms_in_query, Rooms, Session};
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -14,28 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 type Out = (OpCode, Rc<[u8]>);
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async {
-        let listener = tokio::net::TcpListener::bind(listen_addr()).await.unwrap();
-        println!(
-            "peer-fastwebsockets listening on {}",
-            listener.local_addr().unwrap()
-        );
-        let rooms = Rooms::<Out>::new();
-        let mut next_id = 0u64;
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            next_id += 1;
-            tokio::task::spawn_local(serve(stream, next_id, rooms.clone()));
-        }
-    });
+    roomcast_peers::run::<Out, _, _>("peer-fastwebsockets", serve);
 }
 
 /// Reads the request head and answers 101; returns the request target.

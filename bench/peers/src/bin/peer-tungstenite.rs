@@ -3,34 +3,13 @@
 use std::rc::Rc;
 
 use futures_util::{SinkExt, StreamExt};
-use roomcast_peers::{listen_addr, rooms_in_query, Rooms, Session};
+use roomcast_peers::{rooms_in_query, Rooms, Session};
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async {
-        let listener = tokio::net::TcpListener::bind(listen_addr()).await.unwrap();
-        println!(
-            "peer-tungstenite listening on {}",
-            listener.local_addr().unwrap()
-        );
-        let rooms = Rooms::<Message>::new();
-        let mut next_id = 0u64;
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            next_id += 1;
-            tokio::task::spawn_local(serve(stream, next_id, rooms.clone()));
-        }
-    });
+    roomcast_peers::run::<Message, _, _>("peer-tungstenite", serve);
 }
 
 // The handshake callback's error type (an HTTP response) is tungstenite's, not ours.
