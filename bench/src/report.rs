@@ -9,35 +9,25 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde_json::Value;
 
-/// The figure that sums up each scenario, and whether lower is better.
-const HEADLINE: &[(&str, &str, &str, bool)] = &[
-    (
-        "idle",
-        "user_bytes_per_conn_marginal",
-        "user-space B/conn",
-        true,
-    ),
-    ("idle", "kernel_slab_bytes_per_conn", "kernel B/conn", true),
-    ("ramp", "server_cpu_us_per_conn", "server µs/conn", true),
-    ("ramp", "handshakes_per_sec", "handshakes/s", false),
-    ("echo", "server_cpu_ns_per_msg", "server ns/msg", true),
-    ("echo", "msgs_per_sec", "msgs/s", false),
-    ("echo", "rtt_p99_us", "RTT p99 µs", true),
-    ("echo", "client_busy", "load gen busy", true),
-    ("fanout", "deliveries_per_sec", "deliveries/s", false),
-    ("fanout", "latency_p50_us", "p50 µs", true),
-    ("fanout", "latency_p99_us", "p99 µs", true),
-    (
-        "fanout",
-        "server_cpu_ns_per_delivery",
-        "server ns/delivery",
-        true,
-    ),
-    ("fanout", "completeness", "complete", false),
-    ("fanout", "client_busy", "load gen busy", true),
-    ("churn", "success_rate", "success", false),
-    ("churn", "rss_drift_bytes", "RSS drift B", true),
-    ("slow", "p99_ratio", "healthy p99 with/without", true),
+/// The figures that sum up each scenario: (scenario, field, column heading).
+const HEADLINE: &[(&str, &str, &str)] = &[
+    ("idle", "user_bytes_per_conn_marginal", "user-space B/conn"),
+    ("idle", "kernel_slab_bytes_per_conn", "kernel B/conn"),
+    ("ramp", "server_cpu_us_per_conn", "server µs/conn"),
+    ("ramp", "handshakes_per_sec", "handshakes/s"),
+    ("echo", "server_cpu_ns_per_msg", "server ns/msg"),
+    ("echo", "msgs_per_sec", "msgs/s"),
+    ("echo", "rtt_p99_us", "RTT p99 µs"),
+    ("echo", "client_busy", "load gen busy"),
+    ("fanout", "deliveries_per_sec", "deliveries/s"),
+    ("fanout", "latency_p50_us", "p50 µs"),
+    ("fanout", "latency_p99_us", "p99 µs"),
+    ("fanout", "server_cpu_ns_per_delivery", "server ns/delivery"),
+    ("fanout", "completeness", "complete"),
+    ("fanout", "client_busy", "load gen busy"),
+    ("churn", "success_rate", "success"),
+    ("churn", "rss_drift_bytes", "RSS drift B"),
+    ("slow", "p99_ratio", "healthy p99 with/without"),
 ];
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -195,14 +195,7 @@ pub async fn idle(t: Target, n: usize, hold_secs: u64, workers: usize) -> serde_
     let (half_open, _) = phase(&mut lines, "half", &pb).await;
     tokio::time::sleep(SETTLE).await;
     let half = sample(t.pid);
-    for c in children.iter_mut() {
-        c.stdin
-            .as_mut()
-            .expect("stdin")
-            .write_all(b"go\n")
-            .await
-            .expect("worker stdin");
-    }
+    tell(&mut children, b"go\n").await;
     let (open, failed) = phase(&mut lines, "full", &pb).await;
     pb.finish_and_clear();
     let ramp = started.elapsed();
@@ -211,14 +204,7 @@ pub async fn idle(t: Target, n: usize, hold_secs: u64, workers: usize) -> serde_
     tokio::time::sleep(Duration::from_secs(hold_secs)).await;
     let held_cpu = sample(t.pid);
     // Still open after the hold (the server pinged them meanwhile): ask the workers.
-    for c in children.iter_mut() {
-        c.stdin
-            .as_mut()
-            .expect("stdin")
-            .write_all(b"count\n")
-            .await
-            .expect("worker stdin");
-    }
+    tell(&mut children, b"count\n").await;
     let (still_open, _) = phase(&mut lines, "alive", &pb).await;
     for mut c in children {
         drop(c.stdin.take());
@@ -252,6 +238,14 @@ pub async fn idle(t: Target, n: usize, hold_secs: u64, workers: usize) -> serde_
         "kernel_slab_bytes_per_conn": kernel, "idle_cpu_ms_per_s": idle_cpu,
         "box_used_before": before.used_bytes, "box_used_held": held.used_bytes,
     })
+}
+
+/// Sends `line` to every worker.
+async fn tell(children: &mut [tokio::process::Child], line: &[u8]) {
+    for c in children {
+        let stdin = c.stdin.as_mut().expect("stdin");
+        stdin.write_all(line).await.expect("worker stdin");
+    }
 }
 
 /// One idle worker process (see [`idle`]).

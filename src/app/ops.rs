@@ -217,6 +217,14 @@ pub fn authed(sub: &str, exp: u64) -> SharedFrame {
     SharedFrame::from_parts(OpCode::Text, &parts)
 }
 
+/// The error for an op sent before first-message auth.
+pub fn unauthenticated() -> SharedFrame {
+    error(
+        "unauthenticated",
+        "send {\"op\":\"auth\",\"token\":…} first",
+    )
+}
+
 /// `{"op":"error","code":…,"msg":…}` with `msg` escaped as a JSON string.
 pub fn error(code: &str, msg: &str) -> SharedFrame {
     let msg = serde_json::to_string(msg).unwrap_or_else(|_| "\"\"".into());

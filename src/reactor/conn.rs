@@ -452,9 +452,7 @@ impl Conn {
                     Some(&[hi, lo]) => u16::from_be_bytes([hi, lo]),
                     _ => 1005,
                 };
-                ctx.stats.count_close(code);
-                self.set(flag::CLOSE_SENT);
-                self.finish_with(reply, ctx);
+                self.finish_with_close(code, reply, ctx);
             }
         }
     }
@@ -468,8 +466,7 @@ impl Conn {
         };
         let op = ops::parse(text);
         if self.has(flag::AUTH_PENDING) && !matches!(op, Ok(ops::ClientOp::Auth { .. })) {
-            let msg = "send {\"op\":\"auth\",\"token\":…} first";
-            return self.reply(ops::error("unauthenticated", msg), ctx);
+            return self.reply(ops::unauthenticated(), ctx);
         }
         match op {
             Ok(ops::ClientOp::Auth { token }) => self.authenticate(&token, false, ctx),
@@ -547,8 +544,14 @@ impl Conn {
         }
         let mut frame = Vec::with_capacity(4 + reason.len());
         encode::write_close(code, reason, &mut frame);
+        self.finish_with_close(code.0, frame, ctx);
+    }
+
+    /// Queues a close frame with `code` as the last thing this connection gets, and
+    /// counts it (a close before the upgrade is a refusal, counted by `refuse`).
+    fn finish_with_close(&mut self, code: u16, frame: Vec<u8>, ctx: &mut Ctx) {
         if self.route != Route::None {
-            ctx.stats.count_close(code.0);
+            ctx.stats.count_close(code);
             self.set(flag::CLOSE_SENT);
         }
         self.finish_with(frame, ctx);

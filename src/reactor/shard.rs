@@ -382,8 +382,7 @@ impl Core {
                 Intent::Join { .. } | Intent::Pub { .. }
                     if self.sessions.required && self.sessions.get(who).is_none() =>
                 {
-                    let msg = "send {\"op\":\"auth\",\"token\":…} first";
-                    self.reply(slot, ops::error("unauthenticated", msg));
+                    self.reply(slot, ops::unauthenticated());
                 }
                 Intent::Join { room } if !self.sessions.may_join(who, &room) => {
                     self.ctx.stats.forbidden += 1;
@@ -488,8 +487,22 @@ impl Core {
         self.sessions.insert(slot as u32, session);
     }
 
+    /// Starts closing `slot` from our side: the close frame queued for flushing, and the
+    /// deadline by which it must be gone.
+    fn close_with(&mut self, slot: usize, code: CloseCode, reason: &str) {
+        if let Some(conn) = self.conns.get_mut(slot) {
+            conn.fail(code, reason, &mut self.ctx);
+            self.queue_flush(slot);
+            self.closing_deadline(slot);
+        }
+    }
+
     /// Closes (1008 "token expired") connections whose token expired without a refresh.
     fn expire_tokens(&mut self) {
+        // Called every loop turn: without tokens, not even the clock is read.
+        if self.expiries.is_empty() {
+            return;
+        }
         let now = unix_now();
         while let Some(&Reverse((exp, slot, gen))) = self.expiries.peek() {
             if exp > now {
@@ -500,10 +513,7 @@ impl Core {
             let slot = slot as usize;
             if current.is_some_and(|e| e <= now) && self.get(slot, gen).is_some() {
                 self.ctx.stats.tokens_expired += 1;
-                let conn = &mut self.conns[slot];
-                conn.fail(CloseCode::POLICY_VIOLATION, "token expired", &mut self.ctx);
-                self.queue_flush(slot);
-                self.closing_deadline(slot);
+                self.close_with(slot, CloseCode::POLICY_VIOLATION, "token expired");
             }
         }
     }
@@ -539,11 +549,8 @@ impl Core {
             schedule.due(now, &mut due);
         }
         for (slot, gen) in due {
-            let slot = slot as usize;
-            if let Some(conn) = self.conns.get_mut(slot).filter(|c| c.gen == gen) {
-                conn.fail(CloseCode::GOING_AWAY, "server shutting down", &mut self.ctx);
-                self.queue_flush(slot);
-                self.closing_deadline(slot);
+            if self.get(slot as usize, gen).is_some() {
+                self.close_with(slot as usize, CloseCode::GOING_AWAY, "server shutting down");
             }
         }
         let deadline = start + window + self.timeouts.linger + Duration::from_secs(1);
@@ -789,13 +796,7 @@ impl Core {
             } else if conn.phase == Phase::Open && conn.has(flag::AUTH_PENDING) {
                 self.ctx.stats.handshake_timeouts += 1;
                 self.ctx.stats.auth_failures += 1;
-                conn.fail(
-                    CloseCode::POLICY_VIOLATION,
-                    "authentication timeout",
-                    &mut self.ctx,
-                );
-                self.queue_flush(slot);
-                self.closing_deadline(slot);
+                self.close_with(slot, CloseCode::POLICY_VIOLATION, "authentication timeout");
             }
         }
         while let Some(d) = self.linger_deadlines.front().copied() {

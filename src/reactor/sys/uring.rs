@@ -513,7 +513,8 @@ impl Uring {
 
     fn on_accept(&mut self, ud: UserData, res: i32, flags: u32) {
         let single = !self.addrs.is_empty();
-        if let Some(a) = self.addrs.get_mut(ud.slot()).filter(|_| single) {
+        // Multishot accepts have no address buffer (`addrs` is empty).
+        if let Some(a) = self.addrs.get_mut(ud.slot()) {
             a.armed = false;
         }
         if res >= 0 {
@@ -521,10 +522,10 @@ impl Uring {
                 self.at_limit = false;
                 tracing::info!("accepting again: fixed-file slots available");
             }
-            let peer = match self.addrs.get(ud.slot()) {
-                Some(a) if single => super::peer_key_of(&a.addr, a.len),
-                _ => 0,
-            };
+            let peer = self
+                .addrs
+                .get(ud.slot())
+                .map_or(0, |a| super::peer_key_of(&a.addr, a.len));
             let (slot, _) = self.core.insert(res as u32, peer, Instant::now());
             if self.sending.len() <= slot {
                 self.sending.resize_with(slot + 1, || None);
@@ -545,7 +546,7 @@ impl Uring {
         }
         if single {
             self.arm_addr_accept(ud.slot());
-        } else if !single && !cqueue::more(flags) {
+        } else if !cqueue::more(flags) {
             self.arm_accept();
         }
     }
