@@ -219,9 +219,10 @@ pub struct ServeConfig {
     )]
     pub admin_listen: Option<SocketAddr>,
 
-    /// io_uring: provided receive buffers per shard (a power of two).
-    #[arg(long, env = "ROOMCAST_RECV_BUFFERS", default_value_t = 64)]
-    pub recv_buffers: u16,
+    /// io_uring: provided receive buffers per shard (a power of two) [default: 64, fewer
+    /// when there are more shards than CPUs, so the pool stays 64 per CPU, at least 8]
+    #[arg(long, env = "ROOMCAST_RECV_BUFFERS")]
+    pub recv_buffers: Option<u16>,
 
     /// io_uring: size of each provided receive buffer, in bytes.
     #[arg(long, env = "ROOMCAST_RECV_BUFFER_SIZE", default_value_t = 64 * 1024)]
@@ -233,11 +234,8 @@ impl ServeConfig {
     pub fn validate(mut self) -> Result<ServeConfig, String> {
         self.shards = self.shards_arg.map(usize::from);
         self.out_ring = usize::from(self.out_ring_arg);
-        if !self.recv_buffers.is_power_of_two() {
-            return Err(format!(
-                "--recv-buffers must be a power of two, got {}",
-                self.recv_buffers
-            ));
+        if let Some(n) = self.recv_buffers.filter(|n| !n.is_power_of_two()) {
+            return Err(format!("--recv-buffers must be a power of two, got {n}"));
         }
         if self.recv_buffer_size < 4096 {
             return Err("--recv-buffer-size must be at least 4096".into());

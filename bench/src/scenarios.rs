@@ -100,7 +100,8 @@ fn client_bound(busy: f64) -> String {
 }
 
 /// Answers the server's pings on an otherwise idle connection until it closes or `stop`.
-async fn hold(mut s: TcpStream, stop: Rc<Cell<bool>>) {
+/// Counts the pongs it sent in `answered`.
+async fn hold(mut s: TcpStream, stop: Rc<Cell<bool>>, answered: &Cell<u32>) {
     let mut frames = Frames::new(256);
     while !stop.get() && frames.fill(&mut s).await {
         while let Some(f) = frames.next() {
@@ -109,8 +110,21 @@ async fn hold(mut s: TcpStream, stop: Rc<Cell<bool>>) {
                 if s.write_all(&pong).await.is_err() {
                     return;
                 }
+                answered.set(answered.get() + 1);
             }
         }
+    }
+}
+
+/// One connection held by an idle worker: whether it is open, and the pings it answered
+/// (`u32::MAX` once closed).
+struct Held(Cell<u32>);
+
+impl Held {
+    const CLOSED: u32 = u32::MAX;
+
+    fn open(&self) -> bool {
+        self.0.get() != Self::CLOSED
     }
 }
 
@@ -127,6 +141,7 @@ pub async fn idle(t: Target, n: usize, hold_secs: u64, workers: usize) -> serde_
     let before = sample(t.pid);
     let started = Instant::now();
     let mut children = Vec::new();
+    let pb = bar(n as u64, "idle");
     for w in 0..workers {
         let (first, count) = (n * w / workers, n * (w + 1) / workers - n * w / workers);
         let child = tokio::process::Command::new(&exe)
@@ -154,7 +169,6 @@ pub async fn idle(t: Target, n: usize, hold_secs: u64, workers: usize) -> serde_
         .iter_mut()
         .map(|c| tokio::io::BufReader::new(c.stdout.take().expect("stdout")).lines())
         .collect();
-    let pb = bar(n as u64, "idle");
     // Each worker reports progress, then `half OPEN FAILED`, waits for a line, opens the
     // rest, reports `full OPEN FAILED`, and holds until its stdin closes.
     async fn phase(
@@ -201,11 +215,19 @@ pub async fn idle(t: Target, n: usize, hold_secs: u64, workers: usize) -> serde_
     let ramp = started.elapsed();
     tokio::time::sleep(SETTLE).await;
     let held = sample(t.pid);
+    tell(&mut children, b"mark\n").await;
+    let _ = phase(&mut lines, "marked", &pb).await;
+    let pings_before = server_stats(t.server).await;
     tokio::time::sleep(Duration::from_secs(hold_secs)).await;
     let held_cpu = sample(t.pid);
-    // Still open after the hold (the server pinged them meanwhile): ask the workers.
+    let pings_after = server_stats(t.server).await;
+    // Still open after the hold, and answering: the workers count the connections that
+    // answered a ping since the mark (the server pings each once per interval, and drops
+    // the ones that do not answer).
     tell(&mut children, b"count\n").await;
-    let (still_open, _) = phase(&mut lines, "alive", &pb).await;
+    let (still_open, answered) = phase(&mut lines, "alive", &pb).await;
+    let moved = |k: &str| shard_sum(&pings_after, k).saturating_sub(shard_sum(&pings_before, k));
+    let (pings_sent, pong_timeouts) = (moved("pings_sent"), moved("pong_timeouts"));
     for mut c in children {
         drop(c.stdin.take());
         let _ = c.wait().await;
@@ -220,7 +242,7 @@ pub async fn idle(t: Target, n: usize, hold_secs: u64, workers: usize) -> serde_
         held_cpu.cpu_ns.saturating_sub(held.cpu_ns) as f64 / hold_secs.max(1) as f64 / 1e6;
     let mib = |b: u64| b as f64 / 1048576.0;
     println!(
-        "idle: {open} connections ({failed} failed) over {workers} workers in {:.2}s ({:.0}/s); {still_open} still open after {hold_secs}s\n  server RSS {:.1} MiB -> {:.1} MiB at {half_open} -> {:.1} MiB at {open} -> {:.1} MiB after closing\n  user space per connection: {user_marginal:.0} B marginal, {user_avg:.0} B average\n  kernel slab {kernel:.0} B per connection (both ends of loopback)\n  box memory in use {:.1} GiB -> {:.1} GiB; server CPU while idle {idle_cpu:.2} ms/s",
+        "idle: {open} connections ({failed} failed) over {workers} workers in {:.2}s ({:.0}/s); {still_open} still open after {hold_secs}s, {answered} answered a ping in it ({pings_sent} pings sent, {pong_timeouts} pong timeouts)\n  server RSS {:.1} MiB -> {:.1} MiB at {half_open} -> {:.1} MiB at {open} -> {:.1} MiB after closing\n  user space per connection: {user_marginal:.0} B marginal, {user_avg:.0} B average\n  kernel slab {kernel:.0} B per connection (both ends of loopback)\n  box memory in use {:.1} GiB -> {:.1} GiB; server CPU while idle {idle_cpu:.2} ms/s",
         ramp.as_secs_f64(),
         open as f64 / ramp.as_secs_f64(),
         mib(before.rss_bytes),
@@ -232,12 +254,35 @@ pub async fn idle(t: Target, n: usize, hold_secs: u64, workers: usize) -> serde_
     );
     json!({
         "connections": open, "failed": failed, "still_open_after_hold": still_open,
+        "answered_ping_in_hold": answered, "hold_secs": hold_secs, "pings_sent_in_hold": pings_sent,
+        "pong_timeouts_in_hold": pong_timeouts, "workers": workers,
         "ramp_secs": ramp.as_secs_f64(), "rss_before": before.rss_bytes, "rss_half": half.rss_bytes,
         "rss_held": held.rss_bytes, "rss_after": after.rss_bytes,
         "user_bytes_per_conn_marginal": user_marginal, "user_bytes_per_conn_avg": user_avg,
         "kernel_slab_bytes_per_conn": kernel, "idle_cpu_ms_per_s": idle_cpu,
         "box_used_before": before.used_bytes, "box_used_held": held.used_bytes,
     })
+}
+
+/// The server's `/stats`, if it answers: `GET /stats` on the WebSocket port.
+async fn server_stats(server: SocketAddr) -> Option<serde_json::Value> {
+    use tokio::io::AsyncReadExt;
+    let mut s = TcpStream::connect(server).await.ok()?;
+    s.write_all(b"GET /stats HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut body = Vec::new();
+    s.read_to_end(&mut body).await.ok()?;
+    let text = String::from_utf8(body).ok()?;
+    serde_json::from_str(text.split_once("\r\n\r\n")?.1).ok()
+}
+
+/// Sums the field `name` over the shards of a `/stats` answer.
+fn shard_sum(stats: &Option<serde_json::Value>, name: &str) -> u64 {
+    let shards = stats.as_ref().and_then(|v| v["shards"].as_array());
+    shards
+        .map(|a| a.iter().filter_map(|s| s[name].as_u64()).sum())
+        .unwrap_or_default()
 }
 
 /// Sends `line` to every worker.
@@ -266,25 +311,39 @@ pub async fn idle_worker(t: Target, first: usize, count: usize) {
             failed += f;
             done += chunk;
             for s in streams {
-                let alive = Rc::new(Cell::new(true));
-                opened.push(alive.clone());
+                let held = Rc::new(Held(Cell::new(0)));
+                opened.push(held.clone());
                 let stop = stop.clone();
                 tokio::task::spawn_local(async move {
-                    hold(s, stop).await;
-                    alive.set(false);
+                    hold(s, stop, &held.0).await;
+                    held.0.set(Held::CLOSED);
                 });
             }
             println!("progress {chunk}");
         }
-        let open = opened.iter().filter(|a| a.get()).count();
+        let open = opened.iter().filter(|h| h.open()).count();
         println!("{phase} {open} {failed}");
         if phase == "half" {
             let _ = stdin.next_line().await;
         }
     }
+    let mut marks = Vec::new();
     while let Ok(Some(line)) = stdin.next_line().await {
-        if line == "count" {
-            println!("alive {} 0", opened.iter().filter(|a| a.get()).count());
+        match line.as_str() {
+            "mark" => {
+                marks = opened.iter().map(|h| h.0.get()).collect();
+                println!("marked 0 0");
+            }
+            "count" => {
+                let open = opened.iter().filter(|h| h.open()).count();
+                let answered = opened
+                    .iter()
+                    .zip(&marks)
+                    .filter(|(h, &m)| h.open() && h.0.get() > m)
+                    .count();
+                println!("alive {open} {answered}");
+            }
+            _ => {}
         }
     }
     stop.set(true);

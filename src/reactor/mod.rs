@@ -129,7 +129,9 @@ impl Server {
                     idle: std::time::Duration::from_secs(cfg.idle_timeout_secs),
                 },
                 fixed_files,
-                recv_buffers: cfg.recv_buffers,
+                recv_buffers: cfg
+                    .recv_buffers
+                    .unwrap_or_else(|| recv_buffers_for(shards, cpus.len())),
                 recv_buffer_size: cfg.recv_buffer_size,
                 mesh,
                 rooms: RoomSettings {
@@ -211,6 +213,14 @@ impl Server {
     }
 }
 
+/// Provided receive buffers per shard when not set: 64, or with more shards than CPUs
+/// (shards taken for their fixed-file tables) 64 per CPU shared out, at least 8. The pool
+/// is resident from the start, so it must not grow with idle shards.
+pub fn recv_buffers_for(shards: usize, cpus: usize) -> u16 {
+    let per_shard = 64 * cpus.max(1) / shards.max(1);
+    per_shard.next_power_of_two().clamp(8, 64) as u16
+}
+
 /// `auto` probes io_uring and falls back to epoll, saying why in one log line.
 fn choose_backend(choice: BackendChoice) -> io::Result<Backend> {
     match choice {
@@ -227,5 +237,20 @@ fn choose_backend(choice: BackendChoice) -> io::Result<Backend> {
                 Ok(Backend::Epoll)
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::recv_buffers_for;
+
+    #[test]
+    fn receive_pool_stays_per_cpu_when_shards_outnumber_cpus() {
+        assert_eq!(recv_buffers_for(1, 1), 64);
+        assert_eq!(recv_buffers_for(2, 8), 64);
+        assert_eq!(recv_buffers_for(2, 2), 64);
+        assert_eq!(recv_buffers_for(4, 2), 32);
+        assert_eq!(recv_buffers_for(16, 2), 8);
+        assert_eq!(recv_buffers_for(64, 2), 8);
     }
 }

@@ -192,6 +192,13 @@ impl Core {
         }
     }
 
+    /// Reserves address space for `slots` connections up front, so the slab never moves:
+    /// pages are touched only as connections arrive, and no half-size copy of the slab is
+    /// left behind in the allocator after a growth (which idle shards never return).
+    pub fn reserve_slots(&mut self, slots: usize) {
+        self.conns.reserve_exact(slots);
+    }
+
     /// Starts a loop turn: sets the coarse clock connections read.
     pub fn begin_turn(&mut self, now: Instant) {
         self.ctx.now_ms = now.saturating_duration_since(self.started).as_millis() as u32;

@@ -51,6 +51,8 @@ pub fn run(setup: ShardSetup) -> io::Result<()> {
         at_limit: false,
         expired: Vec::new(),
     };
+    // Every connection is a descriptor, so the process's limit bounds each shard's.
+    lp.core.reserve_slots(setup.fixed_files as usize);
     lp.add(
         lp.listener.as_raw_fd(),
         LISTENER,

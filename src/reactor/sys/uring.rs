@@ -327,7 +327,7 @@ pub fn run(setup: ShardSetup) -> io::Result<()> {
         addrs,
         listener: setup.listener,
         core: Core::new(setup.ctx, setup.timeouts, setup.mesh, setup.rooms),
-        sending: Vec::new(),
+        sending: Vec::with_capacity(setup.fixed_files as usize),
         send_pool: Vec::new(),
         fixed_files: setup.fixed_files,
         at_limit: false,
@@ -335,6 +335,7 @@ pub fn run(setup: ShardSetup) -> io::Result<()> {
         expired: Vec::new(),
     };
     lp.core.fixed_files = u64::from(lp.fixed_files);
+    lp.core.reserve_slots(lp.fixed_files as usize);
     lp.arm_accept();
     lp.arm_wake();
     let ring_fd = lp.ring.as_raw_fd();
