@@ -62,6 +62,9 @@ enum Scenario {
         /// Worker processes [default: one per 15,000 connections].
         #[arg(long, default_value_t = 1)]
         workers: usize,
+        /// Handshakes in flight over all workers together.
+        #[arg(long, default_value_t = 2048)]
+        concurrency: usize,
     },
     /// Open N connections, K handshakes in flight: handshakes/s, latency, CPU per connection.
     Ramp {
@@ -118,6 +121,8 @@ enum Scenario {
         first: usize,
         #[arg(long)]
         count: usize,
+        #[arg(long)]
+        concurrency: usize,
     },
 }
 
@@ -175,10 +180,10 @@ fn main() {
     let local = tokio::task::LocalSet::new();
     let (name, params, figures) = local.block_on(&rt, async {
         match cli.scenario {
-            Scenario::Idle { connections, hold_secs, workers } => (
+            Scenario::Idle { connections, hold_secs, workers, concurrency } => (
                 "idle",
-                serde_json::json!({"connections": connections, "hold_secs": hold_secs, "workers": workers}),
-                scenarios::idle(t, connections, hold_secs, workers).await,
+                serde_json::json!({"connections": connections, "hold_secs": hold_secs, "workers": workers, "concurrency": concurrency}),
+                scenarios::idle(t, connections, hold_secs, workers, concurrency).await,
             ),
             Scenario::Ramp { connections, concurrency } => (
                 "ramp",
@@ -217,8 +222,8 @@ fn main() {
                         "p50_ratio": ratio("latency_p50_us"), "p99_ratio": ratio("latency_p99_us")}),
                 )
             }
-            Scenario::WorkerIdle { first, count } => {
-                scenarios::idle_worker(t, first, count).await;
+            Scenario::WorkerIdle { first, count, concurrency } => {
+                scenarios::idle_worker(t, first, count, concurrency).await;
                 std::process::exit(0);
             }
             Scenario::Report { .. } => unreachable!("handled above"),

@@ -116,15 +116,16 @@ async fn hold(mut s: TcpStream, stop: Rc<Cell<bool>>, answered: &Cell<u32>) {
     }
 }
 
-/// One connection held by an idle worker: whether it is open, and the pings it answered
-/// (`u32::MAX` once closed).
+/// One connection held by an idle worker: the pings it answered, or whether it is still
+/// connecting or closed.
 struct Held(Cell<u32>);
 
 impl Held {
     const CLOSED: u32 = u32::MAX;
+    const PENDING: u32 = u32::MAX - 1;
 
     fn open(&self) -> bool {
-        self.0.get() != Self::CLOSED
+        self.0.get() < Self::PENDING
     }
 }
 
@@ -135,8 +136,15 @@ impl Held {
 /// (held − none) / n includes fixed costs that grow with first use; the marginal
 /// (all − half) / (n/2) is what one more connection costs, the figure to plan with.
 /// Every connection answers pings, and the count still open after `hold` is reported.
-pub async fn idle(t: Target, n: usize, hold_secs: u64, workers: usize) -> serde_json::Value {
+pub async fn idle(
+    t: Target,
+    n: usize,
+    hold_secs: u64,
+    workers: usize,
+    concurrency: usize,
+) -> serde_json::Value {
     let workers = workers.max(n.div_ceil(15_000)).max(1);
+    let per_worker = concurrency.div_ceil(workers).max(1);
     let exe = std::env::current_exe().expect("own path");
     let before = sample(t.pid);
     let started = Instant::now();
@@ -157,6 +165,8 @@ pub async fn idle(t: Target, n: usize, hold_secs: u64, workers: usize) -> serde_
                 &first.to_string(),
                 "--count",
                 &count.to_string(),
+                "--concurrency",
+                &per_worker.to_string(),
             ])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -165,58 +175,59 @@ pub async fn idle(t: Target, n: usize, hold_secs: u64, workers: usize) -> serde_
             .expect("spawn a worker");
         children.push(child);
     }
-    let mut lines: Vec<_> = children
-        .iter_mut()
-        .map(|c| tokio::io::BufReader::new(c.stdout.take().expect("stdout")).lines())
-        .collect();
-    // Each worker reports progress, then `half OPEN FAILED`, waits for a line, opens the
-    // rest, reports `full OPEN FAILED`, and holds until its stdin closes.
-    async fn phase(
-        lines: &mut [tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>],
-        word: &str,
-        pb: &ProgressBar,
-    ) -> (usize, usize) {
-        let (mut open, mut failed) = (0, 0);
-        for l in lines.iter_mut() {
-            loop {
-                let line = l
-                    .next_line()
-                    .await
-                    .expect("worker output")
-                    .expect("worker alive");
-                let mut parts = line.split_whitespace();
-                match parts.next() {
-                    Some("progress") => {
-                        pb.inc(parts.next().and_then(|v| v.parse().ok()).unwrap_or(0))
-                    }
-                    Some(w) if w == word => {
-                        open += parts
-                            .next()
-                            .and_then(|v| v.parse::<usize>().ok())
-                            .unwrap_or(0);
-                        failed += parts
-                            .next()
-                            .and_then(|v| v.parse::<usize>().ok())
-                            .unwrap_or(0);
-                        break;
-                    }
-                    _ => {}
+    // Every worker's report lines, as they come, on one channel.
+    let (tx, mut reports) = tokio::sync::mpsc::unbounded_channel::<String>();
+    for c in children.iter_mut() {
+        let mut lines = tokio::io::BufReader::new(c.stdout.take().expect("stdout")).lines();
+        let tx = tx.clone();
+        tokio::task::spawn_local(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
                 }
             }
-        }
-        (open, failed)
+        });
     }
-    let (half_open, _) = phase(&mut lines, "half", &pb).await;
+    drop(tx);
+    // Waits for `word A B C` from every worker (see [`idle_worker`]), advancing the bar on
+    // `progress K`; returns the sums of A, B and C.
+    async fn phase(
+        reports: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+        workers: usize,
+        word: &str,
+        pb: &ProgressBar,
+    ) -> [usize; 3] {
+        let mut sums = [0; 3];
+        let mut seen = 0;
+        while seen < workers {
+            let line = reports.recv().await.expect("a worker ended early");
+            let mut parts = line.split_whitespace();
+            let first = parts.next();
+            let mut numbers = parts.map(|v| v.parse::<usize>().unwrap_or(0));
+            match first {
+                Some("progress") => pb.inc(numbers.next().unwrap_or(0) as u64),
+                Some(w) if w == word => {
+                    for (sum, v) in sums.iter_mut().zip(numbers) {
+                        *sum += v;
+                    }
+                    seen += 1;
+                }
+                _ => {}
+            }
+        }
+        sums
+    }
+    let [half_open, ..] = phase(&mut reports, workers, "half", &pb).await;
     tokio::time::sleep(SETTLE).await;
     let half = sample(t.pid);
     tell(&mut children, b"go\n").await;
-    let (open, failed) = phase(&mut lines, "full", &pb).await;
+    let [open, failed, retries] = phase(&mut reports, workers, "full", &pb).await;
     pb.finish_and_clear();
     let ramp = started.elapsed();
     tokio::time::sleep(SETTLE).await;
     let held = sample(t.pid);
     tell(&mut children, b"mark\n").await;
-    let _ = phase(&mut lines, "marked", &pb).await;
+    phase(&mut reports, workers, "marked", &pb).await;
     let pings_before = server_stats(t.server).await;
     tokio::time::sleep(Duration::from_secs(hold_secs)).await;
     let held_cpu = sample(t.pid);
@@ -225,12 +236,15 @@ pub async fn idle(t: Target, n: usize, hold_secs: u64, workers: usize) -> serde_
     // answered a ping since the mark (the server pings each once per interval, and drops
     // the ones that do not answer).
     tell(&mut children, b"count\n").await;
-    let (still_open, answered) = phase(&mut lines, "alive", &pb).await;
+    let [still_open, answered, _] = phase(&mut reports, workers, "alive", &pb).await;
     let moved = |k: &str| shard_sum(&pings_after, k).saturating_sub(shard_sum(&pings_before, k));
     let (pings_sent, pong_timeouts) = (moved("pings_sent"), moved("pong_timeouts"));
-    for mut c in children {
+    for (w, mut c) in children.into_iter().enumerate() {
         drop(c.stdin.take());
-        let _ = c.wait().await;
+        match c.wait().await {
+            Ok(status) if !status.success() => eprintln!("idle worker {w} ended with {status}"),
+            _ => {}
+        }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = sample(t.pid);
@@ -242,7 +256,7 @@ pub async fn idle(t: Target, n: usize, hold_secs: u64, workers: usize) -> serde_
         held_cpu.cpu_ns.saturating_sub(held.cpu_ns) as f64 / hold_secs.max(1) as f64 / 1e6;
     let mib = |b: u64| b as f64 / 1048576.0;
     println!(
-        "idle: {open} connections ({failed} failed) over {workers} workers in {:.2}s ({:.0}/s); {still_open} still open after {hold_secs}s, {answered} answered a ping in it ({pings_sent} pings sent, {pong_timeouts} pong timeouts)\n  server RSS {:.1} MiB -> {:.1} MiB at {half_open} -> {:.1} MiB at {open} -> {:.1} MiB after closing\n  user space per connection: {user_marginal:.0} B marginal, {user_avg:.0} B average\n  kernel slab {kernel:.0} B per connection (both ends of loopback)\n  box memory in use {:.1} GiB -> {:.1} GiB; server CPU while idle {idle_cpu:.2} ms/s",
+        "idle: {open} connections ({failed} failed, {retries} handshakes retried) over {workers} workers in {:.2}s ({:.0}/s); {still_open} still open after {hold_secs}s, {answered} answered a ping in it ({pings_sent} pings sent, {pong_timeouts} pong timeouts)\n  server RSS {:.1} MiB -> {:.1} MiB at {half_open} -> {:.1} MiB at {open} -> {:.1} MiB after closing\n  user space per connection: {user_marginal:.0} B marginal, {user_avg:.0} B average\n  kernel slab {kernel:.0} B per connection (both ends of loopback)\n  box memory in use {:.1} GiB -> {:.1} GiB; server CPU while idle {idle_cpu:.2} ms/s",
         ramp.as_secs_f64(),
         open as f64 / ramp.as_secs_f64(),
         mib(before.rss_bytes),
@@ -253,7 +267,7 @@ pub async fn idle(t: Target, n: usize, hold_secs: u64, workers: usize) -> serde_
         held.used_bytes as f64 / (1u64 << 30) as f64,
     );
     json!({
-        "connections": open, "failed": failed, "still_open_after_hold": still_open,
+        "connections": open, "failed": failed, "retries": retries, "still_open_after_hold": still_open,
         "answered_ping_in_hold": answered, "hold_secs": hold_secs, "pings_sent_in_hold": pings_sent,
         "pong_timeouts_in_hold": pong_timeouts, "workers": workers,
         "ramp_secs": ramp.as_secs_f64(), "rss_before": before.rss_bytes, "rss_half": half.rss_bytes,
@@ -293,42 +307,116 @@ async fn tell(children: &mut [tokio::process::Child], line: &[u8]) {
     }
 }
 
-/// One idle worker process (see [`idle`]).
-pub async fn idle_worker(t: Target, first: usize, count: usize) {
+/// Attempts per connection before an idle worker counts it as failed: on a loaded box a
+/// handshake can time out, and a planning run wants the count it asked for.
+const IDLE_ATTEMPTS: u32 = 5;
+
+/// What an idle worker's connections have done so far, shared by its tasks.
+#[derive(Default)]
+struct Connecting {
+    /// Connected, or given up on.
+    settled: Cell<usize>,
+    failed: Cell<usize>,
+    retries: Cell<usize>,
+}
+
+/// Connects connection `i` (retrying with a growing pause, at most `concurrency` handshakes
+/// in flight per worker), then answers its pings until `stop` or the server closes it.
+/// The connection is held from the moment its handshake completes, so no ping waits on
+/// slower neighbours.
+async fn keep_idle(
+    t: Target,
+    i: usize,
+    permits: Rc<tokio::sync::Semaphore>,
+    connecting: Rc<Connecting>,
+    held: Rc<Held>,
+    stop: Rc<Cell<bool>>,
+) {
+    let mut attempt = 0;
+    let stream = loop {
+        let permit = permits.acquire().await.expect("semaphore open");
+        let result = connect(t.server, source(i, t.sources), "/echo").await;
+        drop(permit);
+        match result {
+            Ok(s) => break s,
+            Err(_) if attempt + 1 < IDLE_ATTEMPTS => {
+                attempt += 1;
+                connecting.retries.set(connecting.retries.get() + 1);
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            }
+            Err(_) => {
+                held.0.set(Held::CLOSED);
+                connecting.failed.set(connecting.failed.get() + 1);
+                connecting.settled.set(connecting.settled.get() + 1);
+                return;
+            }
+        }
+    };
+    held.0.set(0);
+    connecting.settled.set(connecting.settled.get() + 1);
+    hold(stream, stop, &held.0).await;
+    held.0.set(Held::CLOSED);
+}
+
+/// One idle worker process (see [`idle`]). It talks to the parent over stdin/stdout:
+/// `progress K` while connecting, `half OPEN FAILED RETRIES` and, after a `go` line,
+/// `full …`; then `mark` and `count` (answered by `alive OPEN ANSWERED`) until stdin closes.
+pub async fn idle_worker(t: Target, first: usize, count: usize, concurrency: usize) {
     let stop = Rc::new(Cell::new(false));
+    let permits = Rc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let connecting = Rc::new(Connecting::default());
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    let mut opened = Vec::new();
-    let mut failed = 0;
+    let mut opened: Vec<Rc<Held>> = Vec::with_capacity(count);
     let half = count / 2;
+    let mut reported = 0;
     for (phase, (from, n)) in [
         ("half", (first, half)),
         ("full", (first + half, count - half)),
     ] {
-        let mut done = 0;
-        while done < n {
-            let chunk = (n - done).min(1000);
-            let (streams, f) = open_many(t, "/echo", from + done, chunk, 256, None, None).await;
-            failed += f;
-            done += chunk;
-            for s in streams {
-                let held = Rc::new(Held(Cell::new(0)));
-                opened.push(held.clone());
-                let stop = stop.clone();
-                tokio::task::spawn_local(async move {
-                    hold(s, stop, &held.0).await;
-                    held.0.set(Held::CLOSED);
-                });
+        for i in from..from + n {
+            let held = Rc::new(Held(Cell::new(Held::PENDING)));
+            opened.push(held.clone());
+            tokio::task::spawn_local(keep_idle(
+                t,
+                i,
+                permits.clone(),
+                connecting.clone(),
+                held,
+                stop.clone(),
+            ));
+        }
+        let target = from + n - first;
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let settled = connecting.settled.get();
+            if settled > reported {
+                println!("progress {}", settled - reported);
+                reported = settled;
             }
-            println!("progress {chunk}");
+            if settled >= target {
+                break;
+            }
         }
         let open = opened.iter().filter(|h| h.open()).count();
-        println!("{phase} {open} {failed}");
+        println!(
+            "{phase} {open} {} {}",
+            connecting.failed.get(),
+            connecting.retries.get()
+        );
         if phase == "half" {
             let _ = stdin.next_line().await;
         }
     }
     let mut marks = Vec::new();
-    while let Ok(Some(line)) = stdin.next_line().await {
+    loop {
+        let line = match stdin.next_line().await {
+            Ok(Some(line)) => line,
+            Ok(None) => break,
+            Err(e) => {
+                eprintln!("idle worker {first}: reading its orders failed: {e}");
+                break;
+            }
+        };
         match line.as_str() {
             "mark" => {
                 marks = opened.iter().map(|h| h.0.get()).collect();

@@ -21,7 +21,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use io_uring::types::{CancelBuilder, Fixed, SubmitArgs, Timespec};
+use io_uring::types::{Fixed, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 
 use crate::reactor::conn::flag;
@@ -101,7 +101,7 @@ pub fn probe() -> Result<(), String> {
         (opcode::SendMsg::CODE, "sendmsg"),
         (opcode::Close::CODE, "close"),
         (opcode::Shutdown::CODE, "shutdown"),
-        (opcode::AsyncCancel2::CODE, "async_cancel"),
+        (opcode::AsyncCancel::CODE, "async_cancel"),
         (opcode::MsgRingData::CODE, "msg_ring"),
     ] {
         if !probe.is_supported(code) {
@@ -720,11 +720,7 @@ impl Uring {
             Next::Nothing => {}
             Next::StopReading => {
                 if conn.has(flag::RECEIVING) {
-                    let target = UserData::new(Op::Recv, slot, gen).0;
-                    let entry = opcode::AsyncCancel::new(target)
-                        .build()
-                        .user_data(UserData::IGNORE.0);
-                    self.push(entry);
+                    self.cancel(Op::Recv, slot, gen);
                 }
             }
             Next::ResumeReading => self.arm_recv(slot),
@@ -745,8 +741,18 @@ impl Uring {
         }
     }
 
-    /// Cancels everything on the socket and closes its direct descriptor; the slot is
-    /// freed when the last completion for it has arrived.
+    /// Cancels the connection's `op` in flight. By user data, which the kernel finds by
+    /// hash: a cancel by descriptor scans every armed request of the ring, and with tens
+    /// of thousands of idle connections per ring that made each close cost ~0.5 ms.
+    fn cancel(&mut self, op: Op, slot: usize, gen: u32) {
+        let entry = opcode::AsyncCancel::new(UserData::new(op, slot, gen).0)
+            .build()
+            .user_data(UserData::IGNORE.0);
+        self.push(entry);
+    }
+
+    /// Cancels what is in flight on the socket (its recv, its send) and closes its direct
+    /// descriptor; the slot is freed when the last completion for it has arrived.
     fn close(&mut self, slot: usize) {
         let Some(conn) = self.core.conns.get_mut(slot) else {
             return;
@@ -758,11 +764,14 @@ impl Uring {
         conn.set(flag::DEAD);
         let (io, gen) = (conn.io, conn.gen);
         let shutting = conn.has(flag::SHUTTING);
+        let in_flight = [
+            (Op::Recv, conn.has(flag::RECEIVING)),
+            (Op::Send, conn.has(flag::SENDING)),
+        ];
         self.core.detach(slot);
-        let cancel = opcode::AsyncCancel2::new(CancelBuilder::fd(Fixed(io)).all())
-            .build()
-            .user_data(UserData::IGNORE.0);
-        self.push(cancel);
+        for (op, _) in in_flight.into_iter().filter(|(_, armed)| *armed) {
+            self.cancel(op, slot, gen);
+        }
         if !shutting {
             self.push_close(slot, io, gen);
         }
