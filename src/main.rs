@@ -30,6 +30,44 @@ enum Command {
         #[arg(long)]
         shards: Option<u64>,
     },
+    /// Predict memory and CPU for N connections (and a room workload): flags and sysctls.
+    Plan(Box<PlanArgs>),
+}
+
+#[derive(clap::Args)]
+struct PlanArgs {
+    /// Connections to hold.
+    #[arg(long, default_value_t = 1_000_000)]
+    connections: u64,
+    /// Rooms the connections are spread over, one room each (0: idle connections).
+    #[arg(long, default_value_t = 0)]
+    rooms: u64,
+    /// Messages published per second to each room.
+    #[arg(long, default_value_t = 1.0)]
+    msg_rate: f64,
+    /// Bytes of `data` per message.
+    #[arg(long, default_value_t = 64)]
+    msg_size: u64,
+    /// The server's --ping-interval.
+    #[arg(long, default_value_t = 30)]
+    ping_interval: u64,
+    /// Shards to plan with [default: the CPUs, or more when RLIMIT_NOFILE caps each
+    /// ring's fixed-file table below connections / CPUs].
+    #[arg(long)]
+    shards: Option<u64>,
+    /// Figures written by `roomcast-bench calibrate` [default: built-in figures for a
+    /// 2-vCPU Linux 6.18 machine].
+    #[arg(long)]
+    figures: Option<std::path::PathBuf>,
+    /// Plan for another machine: its CPUs [default: this one's].
+    #[arg(long)]
+    cpus: Option<u64>,
+    /// … its memory in GiB [default: this one's].
+    #[arg(long)]
+    memory_gib: Option<f64>,
+    /// … its RLIMIT_NOFILE hard limit [default: this process's].
+    #[arg(long)]
+    nofile: Option<u64>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,6 +85,47 @@ fn main() -> std::process::ExitCode {
             connections,
             shards,
         } => check(connections, shards),
+        Command::Plan(args) => plan(&args),
+    }
+}
+
+fn plan(a: &PlanArgs) -> std::process::ExitCode {
+    use roomcast::ops::{check, plan};
+    let figures = match &a.figures {
+        Some(path) => match plan::Figures::load(path) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("roomcast plan: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        },
+        None => plan::Figures::builtin(),
+    };
+    let machine = plan::Machine {
+        cpus: a
+            .cpus
+            .unwrap_or(roomcast::reactor::sys::allowed_cpus().len().max(1) as u64),
+        memory_bytes: a.memory_gib.map_or(check::meminfo("MemTotal:"), |g| {
+            (g * (1u64 << 30) as f64) as u64
+        }),
+        nofile: a.nofile.unwrap_or(check::nofile().1),
+        uring: roomcast::reactor::sys::uring::probe().is_ok(),
+    };
+    let workload = plan::Workload {
+        connections: a.connections,
+        rooms: a.rooms,
+        msg_rate: a.msg_rate,
+        msg_size: a.msg_size,
+        ping_interval_secs: a.ping_interval,
+        shards: a.shards,
+    };
+    let p = plan::plan(&workload, &machine, &figures);
+    let (text, fits) = plan::render(&workload, &machine, &figures, &p);
+    print!("{text}");
+    if fits {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
     }
 }
 

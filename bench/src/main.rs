@@ -114,6 +114,15 @@ enum Scenario {
         #[arg(long, default_value = "bench/report")]
         dir: std::path::PathBuf,
     },
+    /// Measure the per-unit costs `roomcast plan` predicts from (against a freshly started
+    /// server) and write them where `roomcast plan --figures` reads them.
+    Calibrate {
+        /// Idle connections to measure bytes per connection and heartbeat cost with.
+        #[arg(long, default_value_t = 50_000)]
+        connections: usize,
+        #[arg(long, default_value = "figures.json")]
+        figures: std::path::PathBuf,
+    },
     /// (internal) One process of `idle`'s workers.
     #[command(hide = true)]
     WorkerIdle {
@@ -220,6 +229,20 @@ fn main() {
                     fanout_params(&args, fraction),
                     serde_json::json!({"without": base, "with": slow,
                         "p50_ratio": ratio("latency_p50_us"), "p99_ratio": ratio("latency_p99_us")}),
+                )
+            }
+            Scenario::Calibrate { connections, figures } => {
+                let (f, runs) = scenarios::calibrate(t, connections).await;
+                let text = serde_json::to_string_pretty(&f).expect("figures serialize");
+                if let Err(e) = std::fs::write(&figures, format!("{text}\n")) {
+                    eprintln!("roomcast-bench calibrate: cannot write {}: {e}", figures.display());
+                    std::process::exit(1);
+                }
+                println!("calibrate: figures written to {} (use: roomcast plan --figures {0})\n{text}", figures.display());
+                (
+                    "calibrate",
+                    serde_json::json!({"connections": connections}),
+                    serde_json::json!({"figures": f, "runs": runs}),
                 )
             }
             Scenario::WorkerIdle { first, count, concurrency } => {

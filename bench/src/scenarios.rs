@@ -23,6 +23,9 @@ pub struct Target {
     pub sources: u8,
 }
 
+/// Connections per source address beyond which `idle` spreads over more addresses.
+const SOURCE_DENSITY: usize = 8_000;
+
 /// How long the server gets to settle after a burst of handshakes before memory is read.
 const SETTLE: Duration = Duration::from_secs(3);
 
@@ -145,6 +148,23 @@ pub async fn idle(
 ) -> serde_json::Value {
     let workers = workers.max(n.div_ceil(15_000)).max(1);
     let per_worker = concurrency.div_ceil(workers).max(1);
+    // The kernel picks a free source port by probing: past ~8,000 connections per source
+    // address each connect() spends most of its time in that search (seen at 1M over 32
+    // sources: ~2,000 handshakes/s, the box in __inet_check_established). More sources
+    // keep every one sparse.
+    let wanted = n.div_ceil(SOURCE_DENSITY).min(253) as u8;
+    let t = if wanted > t.sources {
+        println!(
+            "idle: {n} connections over {wanted} source addresses (--sources {} would crowd each)",
+            t.sources
+        );
+        Target {
+            sources: wanted,
+            ..t
+        }
+    } else {
+        t
+    };
     let exe = std::env::current_exe().expect("own path");
     let before = sample(t.pid);
     let started = Instant::now();
@@ -888,4 +908,71 @@ async fn cycle(server: SocketAddr, src: std::net::IpAddr, i: usize) -> std::io::
     // Wait for the server's close and its FIN.
     while frames.fill(&mut s).await {}
     Ok(())
+}
+
+// ---------------------------------------------------------------------------- calibrate
+
+/// Assumed RSS of a roomcast process before its shards (binary, runtime, allocator): the
+/// part of the at-rest RSS that does not scale with shards.
+const PROCESS_BASE_BYTES: f64 = 3.0 * 1024.0 * 1024.0;
+
+/// Measures the per-unit costs `roomcast plan` predicts from, against a freshly started
+/// server (at rest: its RSS before any connection is the fixed cost): idle connections
+/// held past one ping interval (bytes per connection and socket, CPU per ping), a ramp
+/// (CPU per handshake), echo (CPU per message) and a closed-loop fan-out (CPU per
+/// delivery). Returns the figures and the runs they came from.
+pub async fn calibrate(
+    t: Target,
+    connections: usize,
+) -> (roomcast::ops::plan::Figures, serde_json::Value) {
+    let stats = server_stats(t.server)
+        .await
+        .expect("calibrate needs the server's /stats on its WebSocket port");
+    let config = &stats["config"];
+    let shards = stats["shards"].as_array().map_or(1, Vec::len) as f64;
+    let pool = config["recv_buffers"].as_f64().unwrap_or(0.0)
+        * config["recv_buffer_size"].as_f64().unwrap_or(0.0);
+    let ping_interval = config["ping_interval_secs"].as_u64().unwrap_or(30);
+    let rest = sample(t.pid);
+    println!("calibrate: {shards} shards, ping interval {ping_interval}s; idle {connections} connections held one interval");
+    let idle = idle(t, connections, ping_interval + 5, 1, 2048).await;
+    let ramp = ramp(t, 10_000.min(connections), 64).await;
+    let echo = echo(t, 100, 16, 32, 5).await;
+    let fan = fanout(
+        t,
+        Fanout {
+            rooms: 1,
+            members: 2_000,
+            rate: 0.0,
+            window: 8,
+            size: 64,
+            secs: 5,
+            slow_fraction: 0.0,
+        },
+    )
+    .await;
+    let get = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+    let pings_per_sec = get(&idle, "pings_sent_in_hold") / get(&idle, "hold_secs").max(1.0);
+    let machine = crate::sample::machine();
+    let figures = roomcast::ops::plan::Figures {
+        measured_on: format!(
+            "roomcast-bench calibrate: {} × {}, {:.1} GiB, kernel {}, {} shards",
+            machine["cores"],
+            machine["cpu"].as_str().unwrap_or("?"),
+            machine["mem_total_bytes"].as_f64().unwrap_or(0.0) / (1u64 << 30) as f64,
+            machine["kernel"].as_str().unwrap_or("?"),
+            shards
+        ),
+        user_bytes_per_conn: get(&idle, "user_bytes_per_conn_marginal"),
+        // Both ends of each loopback connection are on this box.
+        kernel_bytes_per_socket: get(&idle, "kernel_slab_bytes_per_conn") / 2.0,
+        process_base_bytes: PROCESS_BASE_BYTES,
+        shard_base_bytes: ((rest.rss_bytes as f64 - PROCESS_BASE_BYTES) / shards - pool).max(0.0),
+        ping_cpu_us: get(&idle, "idle_cpu_ms_per_s") * 1000.0 / pings_per_sec.max(1.0),
+        delivery_cpu_ns: get(&fan, "server_cpu_ns_per_delivery"),
+        message_cpu_ns: get(&echo, "server_cpu_ns_per_msg"),
+        handshake_cpu_us: get(&ramp, "server_cpu_us_per_conn"),
+    };
+    let runs = json!({"rest_rss": rest.rss_bytes, "idle": idle, "ramp": ramp, "echo": echo, "fanout": fan});
+    (figures, runs)
 }

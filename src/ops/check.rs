@@ -39,7 +39,8 @@ fn num(path: &str) -> Option<u64> {
     read(path)?.split_whitespace().next()?.parse().ok()
 }
 
-fn meminfo(name: &str) -> u64 {
+/// A /proc/meminfo field, in bytes (0 if absent).
+pub fn meminfo(name: &str) -> u64 {
     read("/proc/meminfo")
         .and_then(|m| {
             m.lines()
@@ -51,7 +52,8 @@ fn meminfo(name: &str) -> u64 {
         * 1024
 }
 
-fn nofile() -> (u64, u64) {
+/// RLIMIT_NOFILE: (soft, hard).
+pub fn nofile() -> (u64, u64) {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

@@ -7,8 +7,11 @@
 //!
 //! - the ping bucket: every open connection in it gets a ping (one frame shared by the whole
 //!   shard) and is marked as awaiting a sign of life;
-//! - the bucket pinged `pong_timeout` ticks ago: a connection that has sent nothing since,
-//!   not even a pong, is dropped.
+//! - the bucket pinged `pong_timeout + 1` ticks ago: a connection that has sent nothing
+//!   since, not even a pong, is dropped. The extra tick is the wheel's slack: a tick can
+//!   run late (a busy loop turn) while the next one runs on time, so a bucket checked only
+//!   `pong_timeout` ticks on could have had less than `pong_timeout` to answer. A silent
+//!   connection goes between `pong_timeout` and `pong_timeout` + 1 s after its ping.
 //!
 //! Cost per tick: O(slots / interval), two flag tests each.
 
@@ -99,10 +102,10 @@ impl Heartbeat {
     }
 
     fn check_pongs(&self, conns: &mut Slab<Conn>, beat: &mut impl Beat) {
-        if self.tick < self.pong_timeout {
+        let Some(pinged_at) = self.tick.checked_sub(self.pong_timeout + 1) else {
             return;
-        }
-        for slot in self.slots(self.bucket(self.tick - self.pong_timeout), conns) {
+        };
+        for slot in self.slots(self.bucket(pinged_at), conns) {
             let Some(conn) = conns.get_mut(slot) else {
                 continue;
             };
@@ -193,14 +196,30 @@ mod tests {
         let slots: Vec<usize> = dead.iter().map(|&(_, slot)| slot).collect();
         assert_eq!(slots.len(), 4);
         assert!(slots.iter().all(|s| s % 2 == 1), "{dead:?}");
-        // Dropped exactly pong_timeout ticks after their ping.
+        // Dropped pong_timeout + 1 ticks after their ping.
         for (s, slot) in dead {
             assert_eq!(
-                (s as usize - 2) % 4,
+                (s as usize - 3) % 4,
                 slot % 4,
                 "slot {slot} dropped at tick {s}"
             );
         }
+    }
+
+    #[test]
+    fn a_ping_sent_by_a_late_tick_gets_its_whole_pong_timeout() {
+        let t0 = Instant::now();
+        let mut hb = Heartbeat::new(Duration::from_secs(2), Duration::from_secs(1), t0);
+        let mut conns = open_conns(2);
+        let mut log = Log::default();
+        // Tick 1 runs 0.95 s late and pings bucket 1; tick 2 runs on time, 50 ms later.
+        hb.run(t0 + Duration::from_millis(1950), &mut conns, &mut log);
+        assert_eq!(log.pings, [1]);
+        hb.run(t0 + Duration::from_secs(2), &mut conns, &mut log);
+        assert!(log.dead.is_empty(), "judged 50 ms after its ping");
+        // Tick 3, 1.05 s after the ping: now it has had its second.
+        hb.run(t0 + Duration::from_secs(3), &mut conns, &mut log);
+        assert_eq!(log.dead, [1]);
     }
 
     #[test]

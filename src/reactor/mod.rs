@@ -92,7 +92,22 @@ impl Server {
         }
         let pin = shards <= cpus.len();
         let fixed_files = nofile.min(1 << 20) as u32;
-        let shared = Arc::new(SharedStats::new(shards));
+        let recv_buffers = cfg
+            .recv_buffers
+            .unwrap_or_else(|| recv_buffers_for(shards, cpus.len()));
+        let mut stats = SharedStats::new(shards);
+        stats.config = serde_json::json!({
+            "backend": backend.to_string(),
+            "shards": shards,
+            "fixed_files": fixed_files,
+            "recv_buffers": if backend == Backend::Uring { recv_buffers } else { 0 },
+            "recv_buffer_size": cfg.recv_buffer_size,
+            "out_ring": cfg.out_ring,
+            "ping_interval_secs": cfg.ping_interval_secs,
+            "pong_timeout_secs": cfg.pong_timeout_secs,
+        })
+        .to_string();
+        let shared = Arc::new(stats);
         let gate = Arc::new(Gate::new(
             cfg.allow_origin.clone(),
             cfg.auth().map_err(io::Error::other)?,
@@ -129,9 +144,7 @@ impl Server {
                     idle: std::time::Duration::from_secs(cfg.idle_timeout_secs),
                 },
                 fixed_files,
-                recv_buffers: cfg
-                    .recv_buffers
-                    .unwrap_or_else(|| recv_buffers_for(shards, cpus.len())),
+                recv_buffers,
                 recv_buffer_size: cfg.recv_buffer_size,
                 mesh,
                 rooms: RoomSettings {

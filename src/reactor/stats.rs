@@ -160,6 +160,9 @@ impl Snapshot {
 /// Every shard's figures.
 pub struct SharedStats {
     pub shards: Vec<ShardFigures>,
+    /// The settings that shape capacity (shards, receive pool, heartbeat), as a JSON
+    /// object for `/stats`: `roomcast-bench calibrate` reads them.
+    pub config: String,
 }
 
 impl std::fmt::Debug for SharedStats {
@@ -172,6 +175,7 @@ impl SharedStats {
     pub fn new(n: usize) -> SharedStats {
         SharedStats {
             shards: (0..n).map(|_| ShardFigures::default()).collect(),
+            config: "{}".into(),
         }
     }
 
@@ -185,11 +189,12 @@ impl SharedStats {
         let sum = |f: fn(&Snapshot) -> u64| snaps.iter().map(f).sum::<u64>();
         let per: Vec<String> = snaps.iter().map(Snapshot::to_json).collect();
         format!(
-            "{{\"connections\":{},\"websockets\":{},\"rooms\":{},\"members\":{},\"shards\":[{}]}}\n",
+            "{{\"connections\":{},\"websockets\":{},\"rooms\":{},\"members\":{},\"config\":{},\"shards\":[{}]}}\n",
             sum(|s| s.connections),
             sum(|s| s.upgraded_open),
             sum(|s| s.rooms_owned),
             sum(|s| s.members),
+            self.config,
             per.join(",")
         )
     }

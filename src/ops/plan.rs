@@ -1,0 +1,469 @@
+//! `roomcast plan`: what N connections, and optionally a room workload, will cost, from
+//! per-unit costs measured by `roomcast-bench calibrate` (or the built-in figures, measured
+//! on the 2-vCPU development machines). It prints the memory and CPU it predicts, the
+//! flags and the sysctls to use, and whether it fits the machine.
+//!
+//! The model is linear, which is what the measurements show for idle connections:
+//!
+//! - user space = process base + shards × (shard base + receive pool) + N × bytes per
+//!   connection;
+//! - kernel = N × bytes per socket (the server's end only);
+//! - CPU = N / ping interval × cost per ping round trip
+//!   + deliveries/s × cost per delivery + publishes/s × cost per inbound message.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+/// Per-unit costs, as `roomcast-bench calibrate` writes them.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Figures {
+    /// Where they were measured (CPU model, kernel, date).
+    pub measured_on: String,
+    /// Server RSS added per idle connection (the marginal cost, slab slot included).
+    pub user_bytes_per_conn: f64,
+    /// Kernel memory per idle server socket (TCP socket, file, armed multishot recv).
+    pub kernel_bytes_per_socket: f64,
+    /// RSS of a server with no shards' worth of anything: binary, runtime, allocator.
+    pub process_base_bytes: f64,
+    /// RSS per shard at rest beyond its receive pool: stack, ring, mesh queues.
+    pub shard_base_bytes: f64,
+    /// Server CPU per heartbeat: a ping out, its pong in (kernel TCP included).
+    pub ping_cpu_us: f64,
+    /// Server CPU per message delivered to one member of a room.
+    pub delivery_cpu_ns: f64,
+    /// Server CPU per message received and answered (echo): the cost of a publish's
+    /// ingress.
+    pub message_cpu_ns: f64,
+    /// Server CPU per opening handshake (accept to 101).
+    pub handshake_cpu_us: f64,
+}
+
+impl Figures {
+    /// Measured on this project's development machines: 2 vCPUs (KVM), Linux 6.18,
+    /// io_uring, 64 shards for the idle figures (bench/RESULTS.md has the runs).
+    pub fn builtin() -> Figures {
+        Figures {
+            measured_on: "built-in: 2-vCPU KVM guest, Linux 6.18, io_uring (bench/RESULTS.md)"
+                .into(),
+            user_bytes_per_conn: 164.0,
+            kernel_bytes_per_socket: 4_959.0,
+            process_base_bytes: 3.0 * MIB,
+            shard_base_bytes: 0.68 * MIB,
+            ping_cpu_us: 22.7,
+            delivery_cpu_ns: 940.0,
+            message_cpu_ns: 712.0,
+            handshake_cpu_us: 37.1,
+        }
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Figures, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        serde_json::from_str(&text)
+            .map_err(|e| format!("{} is not a figures file: {e}", path.display()))
+    }
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+const GIB: f64 = 1024.0 * MIB;
+/// Descriptors a shard keeps for itself (listener, ring, eventfd, logs) out of RLIMIT_NOFILE.
+const RESERVED_FDS: u64 = 1024;
+/// Bytes a delivered `msg` frame adds to its `data`: header and envelope.
+const ENVELOPE_BYTES: u64 = 48;
+/// Heartbeats should leave most of the CPU for work: the interval `plan` suggests keeps
+/// them under this share.
+const HEARTBEAT_SHARE: f64 = 0.25;
+
+/// What to plan for, and the machine to plan on.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub connections: u64,
+    /// Rooms the connections are spread over (0: idle connections only).
+    pub rooms: u64,
+    /// Messages published per second to each room.
+    pub msg_rate: f64,
+    pub msg_size: u64,
+    pub ping_interval_secs: u64,
+    /// Shards to plan with (None: as many as the CPUs and the fixed-file tables need).
+    pub shards: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Machine {
+    pub cpus: u64,
+    pub memory_bytes: u64,
+    /// RLIMIT_NOFILE hard limit: what one io_uring fixed-file table can hold.
+    pub nofile: u64,
+    pub uring: bool,
+}
+
+/// The prediction.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub shards: u64,
+    pub recv_buffers: u16,
+    pub recv_buffer_size: u64,
+    pub out_ring: u64,
+    pub user_bytes: f64,
+    pub kernel_bytes: f64,
+    pub pings_per_sec: f64,
+    pub heartbeat_cpus: f64,
+    pub deliveries_per_sec: f64,
+    pub delivery_cpus: f64,
+    pub publish_cpus: f64,
+    pub egress_bytes_per_sec: f64,
+    /// A ping interval that keeps heartbeats under [`HEARTBEAT_SHARE`] of the CPUs.
+    pub suggested_ping_interval: u64,
+    pub sysctls: Vec<(&'static str, String, &'static str)>,
+}
+
+impl Plan {
+    pub fn cpus(&self) -> f64 {
+        self.heartbeat_cpus + self.delivery_cpus + self.publish_cpus
+    }
+
+    pub fn memory(&self) -> f64 {
+        self.user_bytes + self.kernel_bytes
+    }
+}
+
+pub fn plan(w: &Workload, m: &Machine, f: &Figures) -> Plan {
+    let n = w.connections;
+    // io_uring: each ring's fixed-file table holds up to RLIMIT_NOFILE sockets, so a
+    // low limit is met with more rings than CPUs. epoll: one process-wide limit.
+    let per_ring = m.nofile.saturating_sub(RESERVED_FDS).max(1);
+    let needed = if m.uring {
+        m.cpus.max(n.div_ceil(per_ring)).max(1)
+    } else {
+        m.cpus.max(1)
+    };
+    let shards = w.shards.unwrap_or(needed).max(1);
+    let recv_buffers = crate::reactor::recv_buffers_for(shards as usize, m.cpus as usize);
+    let recv_buffer_size = 64 * 1024;
+    let pool = if m.uring {
+        f64::from(recv_buffers) * recv_buffer_size as f64
+    } else {
+        0.0
+    };
+    let user_fixed = f.process_base_bytes + shards as f64 * (f.shard_base_bytes + pool);
+    let members_per_room = n.checked_div(w.rooms).unwrap_or(0);
+    let publishes = w.rooms as f64 * w.msg_rate;
+    let deliveries = publishes * members_per_room as f64;
+    // One frame per room in flight per member, shared: membership and the frames' bytes.
+    let rooms_bytes =
+        w.rooms as f64 * (256.0 + w.msg_size as f64) + (members_per_room * w.rooms) as f64 * 16.0;
+    let pings = n as f64 / w.ping_interval_secs.max(1) as f64;
+    let heartbeat_cpus = pings * f.ping_cpu_us / 1e6;
+    let budget = HEARTBEAT_SHARE * m.cpus.max(1) as f64 * 1e6;
+    let suggested_ping_interval = ((n as f64 * f.ping_cpu_us / budget).ceil() as u64).max(30);
+    // A member may fall a second behind a busy room before the slow-consumer policy acts.
+    let out_ring = (w.msg_rate.ceil() as u64)
+        .next_power_of_two()
+        .clamp(32, 1024);
+    let kernel_socket = f.kernel_bytes_per_socket;
+    let tcp_pages = (n as f64 * kernel_socket * 1.5 / 4096.0) as u64;
+    let mut sysctls = vec![
+        (
+            "fs.file-max",
+            (n * 2 + 65_536).to_string(),
+            "every socket is a file, direct descriptors too",
+        ),
+        (
+            "fs.nr_open",
+            (if m.uring { n.div_ceil(shards) } else { n } + RESERVED_FDS)
+                .max(1 << 20)
+                .to_string(),
+            "the ceiling for RLIMIT_NOFILE",
+        ),
+        (
+            "RLIMIT_NOFILE (LimitNOFILE=)",
+            (if m.uring { n.div_ceil(shards) } else { n } + RESERVED_FDS).to_string(),
+            "per ring with io_uring, per process with epoll",
+        ),
+        (
+            "net.core.somaxconn",
+            "65535".into(),
+            "each shard's accept backlog during a ramp",
+        ),
+        (
+            "net.ipv4.tcp_max_syn_backlog",
+            "65535".into(),
+            "half-open connections during a ramp",
+        ),
+        (
+            "net.ipv4.tcp_mem",
+            format!("{} {} {}", tcp_pages / 2, tcp_pages, tcp_pages * 2),
+            "pages of TCP memory: N sockets × kernel bytes × 1.5",
+        ),
+    ];
+    if std::path::Path::new("/proc/sys/net/netfilter/nf_conntrack_max").exists() {
+        sysctls.push((
+            "net.netfilter.nf_conntrack_max",
+            (n * 2).to_string(),
+            "conntrack is loaded: a full table drops new connections",
+        ));
+    }
+    Plan {
+        shards,
+        recv_buffers,
+        recv_buffer_size,
+        out_ring,
+        user_bytes: user_fixed + n as f64 * f.user_bytes_per_conn + rooms_bytes,
+        kernel_bytes: n as f64 * kernel_socket,
+        pings_per_sec: pings,
+        heartbeat_cpus,
+        deliveries_per_sec: deliveries,
+        delivery_cpus: deliveries * f.delivery_cpu_ns / 1e9,
+        publish_cpus: publishes * f.message_cpu_ns / 1e9,
+        egress_bytes_per_sec: deliveries * (w.msg_size + ENVELOPE_BYTES) as f64,
+        suggested_ping_interval,
+        sysctls,
+    }
+}
+
+/// The report `roomcast plan` prints, and whether the workload fits.
+pub fn render(w: &Workload, m: &Machine, f: &Figures, p: &Plan) -> (String, bool) {
+    let mut s = String::new();
+    let n = w.connections;
+    let _ = writeln!(
+        s,
+        "roomcast plan: {n} connections{}",
+        if w.rooms > 0 {
+            format!(
+                ", {} rooms of {}, {} msg/s per room, {} B messages",
+                w.rooms,
+                n / w.rooms,
+                w.msg_rate,
+                w.msg_size
+            )
+        } else {
+            ", idle".into()
+        }
+    );
+    let _ = writeln!(
+        s,
+        "machine: {} CPUs, {:.1} GiB, RLIMIT_NOFILE {}, {}",
+        m.cpus,
+        m.memory_bytes as f64 / GIB,
+        m.nofile,
+        if m.uring { "io_uring" } else { "epoll" }
+    );
+    let _ = writeln!(s, "figures: {}", f.measured_on);
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "flags     --shards {} --recv-buffers {} --recv-buffer-size {} --out-ring {} --ping-interval {}",
+        p.shards, p.recv_buffers, p.recv_buffer_size, p.out_ring, w.ping_interval_secs
+    );
+    if p.shards > m.cpus {
+        let _ = writeln!(
+            s,
+            "          ({} shards on {} CPUs: each ring's fixed-file table holds at most {} sockets; raise RLIMIT_NOFILE and 1 shard per CPU is enough)",
+            p.shards,
+            m.cpus,
+            m.nofile.saturating_sub(RESERVED_FDS)
+        );
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "memory    user space {:>8.1} MiB  ({:.1} MiB fixed + {:.0} B × {n} connections{})",
+        p.user_bytes / MIB,
+        (f.process_base_bytes
+            + p.shards as f64
+                * (f.shard_base_bytes
+                    + f64::from(p.recv_buffers)
+                        * p.recv_buffer_size as f64
+                        * f64::from(u8::from(m.uring))))
+            / MIB,
+        f.user_bytes_per_conn,
+        if w.rooms > 0 { " + rooms" } else { "" }
+    );
+    let _ = writeln!(
+        s,
+        "          kernel     {:>8.1} MiB  ({:.0} B × {n} sockets)",
+        p.kernel_bytes / MIB,
+        f.kernel_bytes_per_socket
+    );
+    let mem_ok = p.memory() <= m.memory_bytes as f64 * 0.9;
+    let _ = writeln!(
+        s,
+        "          total      {:>8.2} GiB of {:.1} GiB{}",
+        p.memory() / GIB,
+        m.memory_bytes as f64 / GIB,
+        if mem_ok {
+            ""
+        } else {
+            "  ← more than 90% of memory"
+        }
+    );
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "CPU       heartbeats {:>6.2} CPUs  ({:.0} pings/s × {:.1} µs)",
+        p.heartbeat_cpus, p.pings_per_sec, f.ping_cpu_us
+    );
+    if w.rooms > 0 {
+        let _ = writeln!(
+            s,
+            "          deliveries {:>6.2} CPUs  ({:.0}/s × {:.0} ns)",
+            p.delivery_cpus, p.deliveries_per_sec, f.delivery_cpu_ns
+        );
+        let _ = writeln!(
+            s,
+            "          publishes  {:>6.2} CPUs  ({:.0}/s × {:.0} ns)",
+            p.publish_cpus,
+            w.rooms as f64 * w.msg_rate,
+            f.message_cpu_ns
+        );
+        let _ = writeln!(
+            s,
+            "          egress     {:.1} MB/s ({:.0} Mbit/s)",
+            p.egress_bytes_per_sec / 1e6,
+            p.egress_bytes_per_sec * 8.0 / 1e6
+        );
+    }
+    let cpu_ok = p.cpus() <= m.cpus as f64 * 0.8;
+    let _ = writeln!(
+        s,
+        "          total      {:>6.2} of {} CPUs{}",
+        p.cpus(),
+        m.cpus,
+        if cpu_ok {
+            ""
+        } else {
+            "  ← more than 80% of the CPUs"
+        }
+    );
+    if p.heartbeat_cpus > HEARTBEAT_SHARE * m.cpus as f64 {
+        let _ = writeln!(
+            s,
+            "          heartbeats alone take over {:.0}% of the CPUs: --ping-interval {} keeps them under it",
+            HEARTBEAT_SHARE * 100.0,
+            p.suggested_ping_interval
+        );
+    }
+    let _ = writeln!(
+        s,
+        "          a ramp from zero costs {:.0} CPU-seconds of handshakes ({:.1} µs each)",
+        n as f64 * f.handshake_cpu_us / 1e6,
+        f.handshake_cpu_us
+    );
+    let _ = writeln!(s);
+    let _ = writeln!(s, "sysctls and limits (scripts/tune.sh sets them for 1M; `roomcast check` reads this machine):");
+    for (name, value, why) in &p.sysctls {
+        let _ = writeln!(s, "  {name} = {value}    # {why}");
+    }
+    let fits = mem_ok && cpu_ok;
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "{}",
+        if fits {
+            "verdict: fits"
+        } else {
+            "verdict: does not fit; see the marked lines"
+        }
+    );
+    (s, fits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine() -> Machine {
+        Machine {
+            cpus: 2,
+            memory_bytes: 24 << 30,
+            nofile: 20_000,
+            uring: true,
+        }
+    }
+
+    fn idle(n: u64) -> Workload {
+        Workload {
+            connections: n,
+            rooms: 0,
+            msg_rate: 0.0,
+            msg_size: 0,
+            ping_interval_secs: 120,
+            shards: None,
+        }
+    }
+
+    #[test]
+    fn a_million_on_twenty_thousand_descriptors_takes_more_rings_than_cpus() {
+        let f = Figures::builtin();
+        let p = plan(&idle(1_000_000), &machine(), &f);
+        assert_eq!(p.shards, 53, "⌈1M / (20,000 − 1,024)⌉");
+        assert_eq!(p.recv_buffers, 8);
+        let raised = Machine {
+            nofile: 1 << 20,
+            ..machine()
+        };
+        assert_eq!(plan(&idle(1_000_000), &raised, &f).shards, 2);
+    }
+
+    #[test]
+    fn memory_is_fixed_plus_linear() {
+        let f = Figures::builtin();
+        let m = machine();
+        let at = |n| Workload {
+            shards: Some(16),
+            ..idle(n)
+        };
+        let (a, b) = (plan(&at(100_000), &m, &f), plan(&at(200_000), &m, &f));
+        // Same shards: the difference is N × per-connection.
+        assert_eq!((a.shards, b.shards), (16, 16));
+        let per = (b.user_bytes - a.user_bytes) / 100_000.0;
+        assert!((per - f.user_bytes_per_conn).abs() < 1e-6, "{per}");
+        assert!((b.kernel_bytes - 2.0 * a.kernel_bytes).abs() < 1e-3);
+    }
+
+    #[test]
+    fn heartbeats_that_eat_the_box_get_a_longer_interval_suggested() {
+        let f = Figures::builtin();
+        let w = Workload {
+            ping_interval_secs: 30,
+            ..idle(1_000_000)
+        };
+        let p = plan(&w, &machine(), &f);
+        assert!(p.heartbeat_cpus > 0.7, "{}", p.heartbeat_cpus);
+        assert!(
+            p.suggested_ping_interval >= 46,
+            "{}",
+            p.suggested_ping_interval
+        );
+        let (text, fits) = render(&w, &machine(), &f, &p);
+        assert!(text.contains("--ping-interval 46"), "{text}");
+        assert!(fits, "{text}");
+    }
+
+    #[test]
+    fn a_busy_room_workload_reports_deliveries_and_can_fail_to_fit() {
+        let f = Figures::builtin();
+        let w = Workload {
+            connections: 100_000,
+            rooms: 10,
+            msg_rate: 100.0,
+            msg_size: 100,
+            ping_interval_secs: 30,
+            shards: None,
+        };
+        let p = plan(&w, &machine(), &f);
+        assert_eq!(p.deliveries_per_sec, 10_000_000.0);
+        assert!((p.delivery_cpus - 9.4).abs() < 1e-9, "{}", p.delivery_cpus);
+        let (text, fits) = render(&w, &machine(), &f, &p);
+        assert!(!fits, "10M deliveries/s cannot fit in 2 CPUs: {text}");
+        assert!(text.contains("does not fit"));
+    }
+
+    #[test]
+    fn figures_round_trip_through_json() {
+        let f = Figures::builtin();
+        let text = serde_json::to_string(&f).unwrap();
+        assert_eq!(serde_json::from_str::<Figures>(&text).unwrap(), f);
+    }
+}
