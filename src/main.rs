@@ -68,6 +68,9 @@ struct PlanArgs {
     /// … its RLIMIT_NOFILE hard limit [default: this process's].
     #[arg(long)]
     nofile: Option<u64>,
+    /// Print the prediction as one JSON object instead of the report.
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -121,7 +124,19 @@ fn plan(a: &PlanArgs) -> std::process::ExitCode {
     };
     let p = plan::plan(&workload, &machine, &figures);
     let (text, fits) = plan::render(&workload, &machine, &figures, &p);
-    print!("{text}");
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "connections": a.connections, "shards": p.shards, "recv_buffers": p.recv_buffers,
+                "user_bytes": p.user_bytes, "kernel_bytes": p.kernel_bytes,
+                "heartbeat_cpus": p.heartbeat_cpus, "delivery_cpus": p.delivery_cpus,
+                "publish_cpus": p.publish_cpus, "cpus": p.cpus(), "fits": fits,
+            })
+        );
+    } else {
+        print!("{text}");
+    }
     if fits {
         std::process::ExitCode::SUCCESS
     } else {

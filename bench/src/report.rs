@@ -141,6 +141,19 @@ pub fn write(results: &Path, dir: &Path) -> Result<(), String> {
     )? {
         plots.push(("idle: user-space bytes per connection".into(), p));
     }
+    for (y, desc) in [
+        ("rss_held", "server RSS, bytes"),
+        (
+            "kernel_slab_bytes_per_conn",
+            "kernel bytes per connection (both ends)",
+        ),
+        ("box_used_held", "the box's memory in use, bytes"),
+        ("ramp_secs", "seconds to open them all"),
+    ] {
+        if let Some(p) = xy_plot(dir, &groups, "idle", "connections", y, "connections", desc)? {
+            plots.push((format!("idle: {desc}"), p));
+        }
+    }
     if let Some(p) = xy_plot(
         dir,
         &groups,
