@@ -6,6 +6,7 @@
 #
 #   scripts/million.sh                 calibrate, then 10k, 100k, 500k, 1M (about 30 minutes)
 #   SIZES="10000 100000" scripts/million.sh
+#   PLAN_ONLY=1 scripts/million.sh     calibrate again and redo PLAN.md against the last runs
 #
 # Needs the sysctls of scripts/tune.sh (conntrack, backlogs, port range): it stops if
 # `roomcast check` finds anything short. Server flags, and why:
@@ -35,9 +36,7 @@ target/release/roomcast check --connections "$max" --shards "$shards" || {
 }
 mkdir -p "$out"
 results="$out/SCALE.jsonl"
-: >"$results"
-plan_table="$out/PLAN.md"
-printf '| connections | predicted RSS MiB | measured RSS MiB | error | predicted kernel MiB | measured kernel MiB | error |\n|---|---|---|---|---|---|---|\n' >"$plan_table"
+[ -n "${PLAN_ONLY:-}" ] || : >"$results"
 
 server=""
 stop_server() {
@@ -46,13 +45,13 @@ stop_server() {
 }
 trap stop_server EXIT
 
-# A fresh server (extra flags after the name); waits until the previous one's port is free.
+# A fresh server (its log's name, then extra flags); waits until the previous one's port is
+# free.
 start_server() {
   local log="$out/server-$1.log"
   shift
   while ss -Htln "sport = :$port" | grep -q .; do sleep 1; done
-  target/release/roomcast serve --listen "127.0.0.1:$port" --shards "$shards" \
-    --ping-interval "$interval" "$@" >"$log" 2>&1 &
+  target/release/roomcast serve --listen "127.0.0.1:$port" --shards "$shards" "$@" >"$log" 2>&1 &
   server=$!
   for _ in $(seq 100); do
     grep -q listening "$log" && break
@@ -60,32 +59,46 @@ start_server() {
   done
 }
 
-# The figures `roomcast plan` predicts from, measured small (50k connections) on the same
-# server settings; the runs below check the prediction at up to 20 times that.
-start_server calibrate --rate 0
+# The figures `roomcast plan` predicts from, measured small (50k connections) with the same
+# shards; the runs below check the prediction at up to 20 times that. A 10 s ping interval
+# makes the pings, not the shards' 1 s ticks, the bulk of the idle CPU, so CPU / pings is
+# the cost of a ping.
+start_server calibrate --rate 0 --ping-interval 10 --pong-timeout 5
+: >"$out/CALIBRATE.jsonl"
 target/release/roomcast-bench --server "127.0.0.1:$port" --server-pid "$server" \
   --out "$out/CALIBRATE.jsonl" calibrate --connections 50000 --figures "$out/figures.json"
 stop_server
 
-for n in $sizes; do
-  start_server "$n"
-  target/release/roomcast-bench --server "127.0.0.1:$port" --server-pid "$server" \
-    --server-version "$(target/release/roomcast --version | awk '{print $2}')" \
-    --out "$results" idle --connections "$n" --hold-secs "$hold"
-  stop_server
+if [ -z "${PLAN_ONLY:-}" ]; then
+  for n in $sizes; do
+    start_server "$n" --ping-interval "$interval"
+    target/release/roomcast-bench --server "127.0.0.1:$port" --server-pid "$server" \
+      --server-version "$(target/release/roomcast --version | awk '{print $2}')" \
+      --out "$results" idle --connections "$n" --hold-secs "$hold"
+    stop_server
+  done
+fi
+
+# roomcast plan's prediction for each measured size, side by side.
+plan_table="$out/PLAN.md"
+printf '| connections | RSS predicted | measured | error | kernel predicted | measured | error | idle CPU predicted | measured |\n|---|---|---|---|---|---|---|---|---|\n' >"$plan_table"
+for n in $(python3 -c 'import json,sys; [print(json.loads(l)["figures"]["connections"]) for l in open(sys.argv[1]) if l.strip()]' "$results"); do
   target/release/roomcast plan --connections "$n" --shards "$shards" \
     --ping-interval "$interval" --figures "$out/figures.json" --json >"$out/plan-$n.json"
-  python3 - "$results" "$out/plan-$n.json" >>"$plan_table" <<'EOF'
+  python3 - "$results" "$out/plan-$n.json" "$n" >>"$plan_table" <<'EOF'
 import json, sys
-run = [json.loads(l) for l in open(sys.argv[1]) if l.strip()][-1]["figures"]
+runs = [json.loads(l)["figures"] for l in open(sys.argv[1]) if l.strip()]
+run = [r for r in runs if r["connections"] == int(sys.argv[3])][-1]
 plan = json.load(open(sys.argv[2]))
 mib = 1 << 20
 rss, kernel = run["rss_held"], run["kernel_slab_bytes_per_conn"] * run["connections"] / 2
 err = lambda p, m: f"{(p - m) / m * 100:+.1f}%"
-print(f"| {run['connections']:,} | {plan['user_bytes'] / mib:.1f} | {rss / mib:.1f} | {err(plan['user_bytes'], rss)} "
-      f"| {plan['kernel_bytes'] / mib:.0f} | {kernel / mib:.0f} | {err(plan['kernel_bytes'], kernel)} |")
+print(f"| {run['connections']:,} | {plan['user_bytes'] / mib:.1f} MiB | {rss / mib:.1f} MiB | {err(plan['user_bytes'], rss)} "
+      f"| {plan['kernel_bytes'] / mib:.0f} MiB | {kernel / mib:.0f} MiB | {err(plan['kernel_bytes'], kernel)} "
+      f"| {plan['heartbeat_cpus'] * 1000:.0f} ms/s | {run['idle_cpu_ms_per_s']:.0f} ms/s |")
 EOF
 done
 
 target/release/roomcast-bench report "$results" --dir "$out"
+python3 scripts/scale_report.py "$out" "$(git rev-parse --short HEAD)"
 cat "$plan_table"

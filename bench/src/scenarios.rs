@@ -953,6 +953,15 @@ pub async fn calibrate(
     .await;
     let get = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(0.0);
     let pings_per_sec = get(&idle, "pings_sent_in_hold") / get(&idle, "hold_secs").max(1.0);
+    // The idle CPU is the pings plus each shard's 1 s tick; only with pings dominating is
+    // CPU / pings the cost of a ping.
+    if pings_per_sec < 20.0 * shards {
+        println!(
+            "calibrate: only {pings_per_sec:.0} pings/s over {shards} shards: the per-ping figure \
+             includes the shards' ticks and overstates a ping; a server started with a shorter \
+             --ping-interval (connections / interval ≥ 20 × shards) measures it cleanly"
+        );
+    }
     let machine = crate::sample::machine();
     let figures = roomcast::ops::plan::Figures {
         measured_on: format!(

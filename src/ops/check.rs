@@ -4,13 +4,10 @@
 
 use std::fmt;
 
-/// Kernel memory per idle socket, measured on Linux 6.18 (DESIGN.md): io_uring with a
-/// multishot recv armed, and epoll.
-pub const KERNEL_BYTES_URING: u64 = 4_700;
+/// Kernel memory per idle socket with epoll, measured on Linux 6.18 (DESIGN.md). The
+/// io_uring figure and roomcast's own bytes per connection come from `roomcast plan`'s
+/// built-in figures, so the two commands agree.
 pub const KERNEL_BYTES_EPOLL: u64 = 4_000;
-/// roomcast's own memory per idle connection (the slab slot, ≤ 128 B, and its share of
-/// the slab's growth).
-pub const USER_BYTES: u64 = 256;
 
 /// One line of the verdict.
 pub struct Finding {
@@ -138,11 +135,12 @@ pub fn findings(n: u64, shards: u64, uring: Result<(), String>) -> Vec<Finding> 
             format!("sysctl net.netfilter.nf_conntrack_max={}", (used + n) * 2),
         );
     }
+    let figures = super::plan::Figures::builtin();
     let per_conn = if uring_ok {
-        KERNEL_BYTES_URING
+        figures.kernel_bytes_per_socket as u64
     } else {
         KERNEL_BYTES_EPOLL
-    } + USER_BYTES;
+    } + figures.user_bytes_per_conn as u64;
     let need = n * per_conn;
     let avail = meminfo("MemAvailable:");
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;

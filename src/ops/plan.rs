@@ -41,16 +41,18 @@ pub struct Figures {
 
 impl Figures {
     /// Measured on this project's development machines: 2 vCPUs (KVM), Linux 6.18,
-    /// io_uring, 64 shards for the idle figures (bench/RESULTS.md has the runs).
+    /// io_uring. Memory and ping cost: the 1M idle run with 64 shards (server CPU while
+    /// idle / pings per second); messages, deliveries and handshakes: one pinned shard
+    /// (bench/RESULTS.md has the runs).
     pub fn builtin() -> Figures {
         Figures {
             measured_on: "built-in: 2-vCPU KVM guest, Linux 6.18, io_uring (bench/RESULTS.md)"
                 .into(),
-            user_bytes_per_conn: 164.0,
-            kernel_bytes_per_socket: 4_959.0,
+            user_bytes_per_conn: 149.0,
+            kernel_bytes_per_socket: 4_920.0,
             process_base_bytes: 3.0 * MIB,
-            shard_base_bytes: 0.68 * MIB,
-            ping_cpu_us: 22.7,
+            shard_base_bytes: 0.70 * MIB,
+            ping_cpu_us: 22.9,
             delivery_cpu_ns: 940.0,
             message_cpu_ns: 712.0,
             handshake_cpu_us: 37.1,
