@@ -86,6 +86,8 @@ const CQ_ENTRIES: u32 = 16 * 1024;
 const BUF_GROUP: u16 = 0;
 /// Slices per sendmsg.
 const MAX_IOV: usize = 32;
+/// Send buffers a shard keeps pooled between bursts.
+const SEND_POOL_KEEP: usize = 64;
 
 /// Checks that this kernel has everything the backend uses. The error says what is not.
 pub fn probe() -> Result<(), String> {
@@ -671,7 +673,12 @@ impl Uring {
     fn on_send(&mut self, ud: UserData, res: i32) {
         let slot = ud.slot();
         if let Some(buf) = self.sending.get_mut(slot).and_then(Option::take) {
-            self.send_pool.push(buf);
+            // Keep a few for the next sends; a heartbeat tick sends to a whole bucket at
+            // once, and keeping every one of those (568 B each) made the pool grow with
+            // connections ÷ ping interval and stay that size.
+            if self.send_pool.len() < SEND_POOL_KEEP {
+                self.send_pool.push(buf);
+            }
         }
         let Some(conn) = self.core.get(slot, ud.gen()) else {
             return;
