@@ -59,11 +59,9 @@ start_server() {
   done
 }
 
-# The figures `roomcast plan` predicts from, measured small (50k connections) with the same
-# shards; the runs below check the prediction at up to 20 times that. A 10 s ping interval
-# makes the pings, not the shards' 1 s ticks, the bulk of the idle CPU, so CPU / pings is
-# the cost of a ping.
-start_server calibrate --rate 0 --ping-interval 10 --pong-timeout 5
+# The figures `roomcast plan` predicts from, measured small (50k connections) on the same
+# server settings; the runs below check the prediction at up to 20 times that.
+start_server calibrate --rate 0 --ping-interval "$interval"
 : >"$out/CALIBRATE.jsonl"
 target/release/roomcast-bench --server "127.0.0.1:$port" --server-pid "$server" \
   --out "$out/CALIBRATE.jsonl" calibrate --connections 50000 --figures "$out/figures.json"

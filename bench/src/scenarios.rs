@@ -934,7 +934,12 @@ pub async fn calibrate(
         * config["recv_buffer_size"].as_f64().unwrap_or(0.0);
     let ping_interval = config["ping_interval_secs"].as_u64().unwrap_or(30);
     let rest = sample(t.pid);
-    println!("calibrate: {shards} shards, ping interval {ping_interval}s; idle {connections} connections held one interval");
+    // The idle CPU is each shard's 1 s tick plus the pings. A few connections held first
+    // give the ticks alone (their pings are negligible); the difference per ping between
+    // the two runs is the cost of a ping.
+    let few = (shards as usize * 10).min(connections);
+    println!("calibrate: {shards} shards, ping interval {ping_interval}s; {few} idle connections for the ticks, then {connections} held one interval");
+    let ticks = idle(t, few, 10, 1, 2048).await;
     let idle = idle(t, connections, ping_interval + 5, 1, 2048).await;
     let ramp = ramp(t, 10_000.min(connections), 64).await;
     let echo = echo(t, 100, 16, 32, 5).await;
@@ -952,16 +957,11 @@ pub async fn calibrate(
     )
     .await;
     let get = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(0.0);
-    let pings_per_sec = get(&idle, "pings_sent_in_hold") / get(&idle, "hold_secs").max(1.0);
-    // The idle CPU is the pings plus each shard's 1 s tick; only with pings dominating is
-    // CPU / pings the cost of a ping.
-    if pings_per_sec < 20.0 * shards {
-        println!(
-            "calibrate: only {pings_per_sec:.0} pings/s over {shards} shards: the per-ping figure \
-             includes the shards' ticks and overstates a ping; a server started with a shorter \
-             --ping-interval (connections / interval ≥ 20 × shards) measures it cleanly"
-        );
-    }
+    let pings_per_sec =
+        |v: &serde_json::Value| get(v, "pings_sent_in_hold") / get(v, "hold_secs").max(1.0);
+    let ping_cpu_us = (get(&idle, "idle_cpu_ms_per_s") - get(&ticks, "idle_cpu_ms_per_s")).max(0.0)
+        * 1000.0
+        / (pings_per_sec(&idle) - pings_per_sec(&ticks)).max(1.0);
     let machine = crate::sample::machine();
     let figures = roomcast::ops::plan::Figures {
         measured_on: format!(
@@ -977,11 +977,11 @@ pub async fn calibrate(
         kernel_bytes_per_socket: get(&idle, "kernel_slab_bytes_per_conn") / 2.0,
         process_base_bytes: PROCESS_BASE_BYTES,
         shard_base_bytes: ((rest.rss_bytes as f64 - PROCESS_BASE_BYTES) / shards - pool).max(0.0),
-        ping_cpu_us: get(&idle, "idle_cpu_ms_per_s") * 1000.0 / pings_per_sec.max(1.0),
+        ping_cpu_us,
         delivery_cpu_ns: get(&fan, "server_cpu_ns_per_delivery"),
         message_cpu_ns: get(&echo, "server_cpu_ns_per_msg"),
         handshake_cpu_us: get(&ramp, "server_cpu_us_per_conn"),
     };
-    let runs = json!({"rest_rss": rest.rss_bytes, "idle": idle, "ramp": ramp, "echo": echo, "fanout": fan});
+    let runs = json!({"rest_rss": rest.rss_bytes, "idle_ticks": ticks, "idle": idle, "ramp": ramp, "echo": echo, "fanout": fan});
     (figures, runs)
 }
