@@ -115,6 +115,11 @@ if [ "$quick" = 0 ]; then
     echo
     sed 's#](\([a-z]\)#](results/\1#' "$out/REPORT.md"
     if [ -f bench/NOTES.md ]; then echo; cat bench/NOTES.md; fi
+    # The million (scripts/million.sh) keeps its section.
+    if [ -f bench/SCALE.md ]; then
+      printf '\n<!-- scale: written by scripts/million.sh -->\n\n'
+      cat bench/SCALE.md
+    fi
   } >bench/RESULTS.md
   echo "wrote bench/RESULTS.md"
 fi
