@@ -4,7 +4,7 @@
 # a fresh server, `roomcast-bench idle` (answering pings, held past one ping interval), and
 # `roomcast plan`'s prediction for the same size next to what was measured.
 #
-#   scripts/million.sh                 calibrate, then 10k, 100k, 500k, 1M (about 30 minutes)
+#   scripts/million.sh                 calibrate, then 10k, 100k, 500k, 1M (about 25 minutes)
 #   SIZES="10000 100000" scripts/million.sh
 #   PLAN_ONLY=1 scripts/million.sh     calibrate again and redo PLAN.md against the last runs
 #
@@ -12,7 +12,7 @@
 # `roomcast check` finds anything short. Server flags, and why:
 #   --shards 64           RLIMIT_NOFILE (20,000 here, not raisable) caps each io_uring
 #                         fixed-file table; 64 rings × ~15.6k sockets. Idle shards sleep.
-#   --ping-interval 120   a ping round trip costs ~23 µs of server CPU here (kernel TCP on
+#   --ping-interval 120   a ping round trip costs ~21 µs of server CPU here (kernel TCP on
 #                         both ends of loopback); at 30 s, 1M connections would be 33k
 #                         pings/s, which with the load generator's share saturates 2 vCPUs
 #                         (`roomcast plan --ping-interval 30` says so).

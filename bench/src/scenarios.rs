@@ -912,10 +912,6 @@ async fn cycle(server: SocketAddr, src: std::net::IpAddr, i: usize) -> std::io::
 
 // ---------------------------------------------------------------------------- calibrate
 
-/// Assumed RSS of a roomcast process before its shards (binary, runtime, allocator): the
-/// part of the at-rest RSS that does not scale with shards.
-const PROCESS_BASE_BYTES: f64 = 3.0 * 1024.0 * 1024.0;
-
 /// Measures the per-unit costs `roomcast plan` predicts from, against a freshly started
 /// server (at rest: its RSS before any connection is the fixed cost): idle connections
 /// held past one ping interval (bytes per connection and socket, CPU per ping), a ramp
@@ -963,6 +959,9 @@ pub async fn calibrate(
         * 1000.0
         / (pings_per_sec(&idle) - pings_per_sec(&ticks)).max(1.0);
     let machine = crate::sample::machine();
+    // Not measured: the part of the at-rest RSS that does not scale with shards (binary,
+    // runtime, allocator) is taken from the built-in figures.
+    let process_base = roomcast::ops::plan::Figures::builtin().process_base_bytes;
     let figures = roomcast::ops::plan::Figures {
         measured_on: format!(
             "roomcast-bench calibrate: {} × {}, {:.1} GiB, kernel {}, {} shards",
@@ -975,8 +974,8 @@ pub async fn calibrate(
         user_bytes_per_conn: get(&idle, "user_bytes_per_conn_marginal"),
         // Both ends of each loopback connection are on this box.
         kernel_bytes_per_socket: get(&idle, "kernel_slab_bytes_per_conn") / 2.0,
-        process_base_bytes: PROCESS_BASE_BYTES,
-        shard_base_bytes: ((rest.rss_bytes as f64 - PROCESS_BASE_BYTES) / shards - pool).max(0.0),
+        process_base_bytes: process_base,
+        shard_base_bytes: ((rest.rss_bytes as f64 - process_base) / shards - pool).max(0.0),
         ping_cpu_us,
         delivery_cpu_ns: get(&fan, "server_cpu_ns_per_delivery"),
         message_cpu_ns: get(&echo, "server_cpu_ns_per_msg"),

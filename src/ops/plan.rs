@@ -107,6 +107,8 @@ pub struct Plan {
     pub recv_buffers: u16,
     pub recv_buffer_size: u64,
     pub out_ring: u64,
+    /// User space that does not grow with connections: process base, shards, their pools.
+    pub user_fixed_bytes: f64,
     pub user_bytes: f64,
     pub kernel_bytes: f64,
     pub pings_per_sec: f64,
@@ -211,6 +213,7 @@ pub fn plan(w: &Workload, m: &Machine, f: &Figures) -> Plan {
         recv_buffers,
         recv_buffer_size,
         out_ring,
+        user_fixed_bytes: user_fixed,
         user_bytes: user_fixed + n as f64 * f.user_bytes_per_conn + rooms_bytes,
         kernel_bytes: n as f64 * kernel_socket,
         pings_per_sec: pings,
@@ -272,13 +275,7 @@ pub fn render(w: &Workload, m: &Machine, f: &Figures, p: &Plan) -> (String, bool
         s,
         "memory    user space {:>8.1} MiB  ({:.1} MiB fixed + {:.0} B × {n} connections{})",
         p.user_bytes / MIB,
-        (f.process_base_bytes
-            + p.shards as f64
-                * (f.shard_base_bytes
-                    + f64::from(p.recv_buffers)
-                        * p.recv_buffer_size as f64
-                        * f64::from(u8::from(m.uring))))
-            / MIB,
+        p.user_fixed_bytes / MIB,
         f.user_bytes_per_conn,
         if w.rooms > 0 { " + rooms" } else { "" }
     );
