@@ -144,3 +144,74 @@ fn every_scenario_runs_and_records_its_figures() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `calibrate` against a real roomcast (a 2 s ping interval so the hold is short) writes
+/// figures that `roomcast plan --figures` accepts, each of them a measured, positive cost.
+#[test]
+fn calibrate_writes_figures_that_plan_reads() {
+    let mut server = Command::new(roomcast())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+            "--rate",
+            "0",
+            "--ping-interval",
+            "2",
+            "--pong-timeout",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split(" listening on ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let figures =
+        std::env::temp_dir().join(format!("roomcast-figures-{}.json", std::process::id()));
+    let status = Command::new(env!("CARGO_BIN_EXE_roomcast-bench"))
+        .args(["--server", &addr, "--server-pid", &server.id().to_string()])
+        .args(["calibrate", "--connections", "2000", "--figures"])
+        .arg(&figures)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(status.success());
+    let f = roomcast::ops::plan::Figures::load(&figures).unwrap();
+    for (name, v) in [
+        ("user_bytes_per_conn", f.user_bytes_per_conn),
+        ("kernel_bytes_per_socket", f.kernel_bytes_per_socket),
+        ("ping_cpu_us", f.ping_cpu_us),
+        ("delivery_cpu_ns", f.delivery_cpu_ns),
+        ("message_cpu_ns", f.message_cpu_ns),
+        ("handshake_cpu_us", f.handshake_cpu_us),
+    ] {
+        assert!(v > 0.0 && v.is_finite(), "{name} = {v}: {f:?}");
+    }
+    let out = Command::new(roomcast())
+        .args(["plan", "--connections", "100000", "--figures"])
+        .arg(&figures)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("figures: roomcast-bench calibrate:"),
+        "{text}"
+    );
+    assert!(text.contains("verdict:"), "{text}");
+    let _ = std::fs::remove_file(&figures);
+}
