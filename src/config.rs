@@ -4,15 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum BackendChoice {
-    /// io_uring where the kernel supports what roomcast uses, epoll otherwise.
-    Auto,
-    Uring,
-    Epoll,
-}
+pub use crate::reactor::BackendChoice;
 
 #[derive(Clone, Debug, Args)]
 pub struct ServeConfig {
@@ -284,6 +278,42 @@ impl ServeConfig {
     /// How long a closing connection has to finish closing.
     pub fn linger_timeout(&self) -> Duration {
         Duration::from_secs(self.close_timeout_secs)
+    }
+
+    /// What the reactor needs of these settings.
+    pub fn reactor_settings(&self) -> crate::reactor::Settings {
+        crate::reactor::Settings {
+            listen: self.listen,
+            backlog: self.backlog,
+            backend: self.backend,
+            shards: self.shards,
+            out_ring: self.out_ring,
+            recv_buffers: self.recv_buffers,
+            recv_buffer_size: self.recv_buffer_size,
+            timeouts: crate::reactor::Timeouts {
+                handshake: self.handshake_timeout(),
+                linger: self.linger_timeout(),
+                ping_interval: Duration::from_secs(self.ping_interval_secs),
+                pong_timeout: Duration::from_secs(self.pong_timeout_secs),
+            },
+            drain_window: Duration::from_secs(self.drain_window_secs),
+            peer_addresses: self.max_conns_per_ip > 0,
+        }
+    }
+
+    /// What the app needs of these settings.
+    pub fn app_settings(&self) -> crate::app::Settings {
+        crate::app::Settings {
+            limits: crate::protocol::Limits::server(self.max_message),
+            max_header_bytes: self.max_header_bytes,
+            rate: self.rate,
+            burst: self.burst,
+            idle_ms: (self.idle_timeout_secs.saturating_mul(1000)).min(u64::from(u32::MAX / 2))
+                as u32,
+            slow_policy: self.slow_policy,
+            max_rooms_per_conn: self.max_rooms_per_conn,
+            max_queued_bytes: self.max_queued_bytes,
+        }
     }
 
     /// The token checker the auth flags ask for, if any.

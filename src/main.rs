@@ -1,6 +1,6 @@
 use clap::{Parser, Subcommand};
 use roomcast::config::ServeConfig;
-use roomcast::reactor::Server;
+use roomcast::reactor::sys::Signals;
 
 // glibc kept freed memory resident after mass disconnects; mimalloc returns it.
 #[global_allocator]
@@ -154,21 +154,23 @@ fn serve(cfg: ServeConfig) -> std::process::ExitCode {
     };
     // Blocked here, before any thread starts, so every thread inherits the mask and the
     // signals are taken only by the thread that waits for them.
-    let signals = block_signals();
-    let server = match Server::start(&cfg) {
-        Ok(s) => s,
+    let signals = Signals::block(&[libc::SIGTERM, libc::SIGINT]);
+    let running = match roomcast::app::start(&cfg) {
+        Ok(r) => r,
         Err(e) => {
             eprintln!("roomcast: cannot start on {}: {e}", cfg.listen);
             return std::process::ExitCode::FAILURE;
         }
     };
-    if server.gate.auth.is_none() {
+    let server = running.server;
+    if running.gate.auth.is_none() {
         tracing::info!(
             "no --jwt-secret or --jwt-public-key: every client may join and publish to every room"
         );
     }
     if let Some(addr) = cfg.admin_listen {
-        match roomcast::ops::admin::spawn(addr, server.stats.clone(), server.gate.clone()) {
+        let (stats, gate, drain) = (server.stats.clone(), running.gate, server.drain.clone());
+        match roomcast::ops::admin::spawn(addr, stats, gate, drain) {
             Ok(local) => tracing::info!(%local, "admin endpoints (/healthz, /stats, /metrics)"),
             Err(e) => {
                 eprintln!("roomcast: cannot listen on --admin-listen {addr}: {e}");
@@ -220,29 +222,11 @@ fn check(connections: u64, shards: Option<u64>) -> std::process::ExitCode {
     }
 }
 
-/// Blocks SIGTERM and SIGINT in the calling thread (and the threads it starts).
-fn block_signals() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialize it and
-    // pthread_sigmask only reads it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    }
-}
-
 /// The first SIGTERM/SIGINT starts the drain; a second one exits at once.
-fn wait_for_signals(set: libc::sigset_t, control: roomcast::reactor::Control, window: u64) {
+fn wait_for_signals(signals: Signals, control: roomcast::reactor::Control, window: u64) {
     let mut draining = false;
     loop {
-        let mut sig = 0;
-        // SAFETY: `set` was initialized by block_signals; sigwait writes `sig`.
-        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
-            continue;
-        }
+        let sig = signals.wait();
         if draining {
             eprintln!("roomcast: second signal: exiting without finishing the drain");
             std::process::exit(1);

@@ -1,10 +1,12 @@
 //! Shard-to-shard messages: N×(N−1) bounded lock-free SPSC queues (`rtrb`), drained in
-//! batches once per loop turn.
+//! batches once per loop turn. Generic over the message type (the service's), and the mesh
+//! may have endpoints that are not shards (a backplane thread): every endpoint has a queue
+//! to and from every other.
 //!
 //! A full queue never blocks a shard: messages wait in a local backlog per destination,
-//! pushed again each turn in order. Past [`BACKLOG_LIMIT`] the backlog drops *deliveries*
-//! and publishes (counted); membership and acknowledgement messages are never dropped, since
-//! losing one would corrupt room membership.
+//! pushed again each turn in order. Past [`BACKLOG_LIMIT`] the backlog drops the messages
+//! that say they may be dropped ([`Message::droppable`]: deliveries, publishes), counted;
+//! the others (membership, acknowledgements) never are.
 //!
 //! Wake-ups: a shard about to sleep sets its `sleeping` flag and checks its queues once more;
 //! a producer that pushed to it wakes it only if the flag was set. Both sides use SeqCst so
@@ -15,11 +17,11 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::protocol::SharedFrame;
+use crate::reactor::sys::EventFd;
 
 /// Slots per queue, at most (with few shards).
 pub const QUEUE_CAPACITY: usize = 16 * 1024;
@@ -37,50 +39,11 @@ pub fn queue_capacity(shards: usize) -> usize {
 /// Messages per destination waiting outside a full queue before deliveries are dropped.
 pub const BACKLOG_LIMIT: usize = 64 * 1024;
 
-/// What shards tell each other. Room names are shared (`Arc<str>`), frames are shared
-/// (`SharedFrame`): sending one copies no payload.
-#[derive(Debug)]
-pub enum MeshMsg {
-    /// To the owner: a connection on `shard` wants to join.
-    Join {
-        room: Arc<str>,
-        shard: u16,
-        slot: u32,
-        gen: u32,
-    },
-    /// From the owner: the join took effect after message `seq`.
-    Joined {
-        room: Arc<str>,
-        slot: u32,
-        gen: u32,
-        seq: u64,
-    },
-    /// To the owner: a member on `shard` left (or closed).
-    Leave { room: Arc<str>, shard: u16 },
-    /// To the owner: publish `data` (raw JSON); acknowledge to `slot` if `id` is set.
-    Publish {
-        room: Arc<str>,
-        data: Box<str>,
-        shard: u16,
-        slot: u32,
-        gen: u32,
-        id: Option<u64>,
-    },
-    /// From the owner: this turn's frames for `room`.
-    Deliver { room: Arc<str>, frame: SharedFrame },
-    /// From the owner: the publish `id` of `slot` got sequence number `seq`.
-    Ack {
-        slot: u32,
-        gen: u32,
-        id: u64,
-        seq: u64,
-    },
-}
-
-impl MeshMsg {
-    fn droppable(&self) -> bool {
-        matches!(self, MeshMsg::Deliver { .. } | MeshMsg::Publish { .. })
-    }
+/// What the mesh carries.
+pub trait Message: Send + 'static {
+    /// Whether the message may be dropped when its destination's backlog is full (a
+    /// delivery may; a membership change may not).
+    fn droppable(&self) -> bool;
 }
 
 /// State every shard can see: one cache line per shard.
@@ -95,18 +58,20 @@ struct Doorbell {
 
 struct Shared {
     bells: Vec<Doorbell>,
-    /// One eventfd per shard, written to wake it.
-    wake: Vec<OwnedFd>,
+    /// One eventfd per endpoint, written to wake it.
+    wake: Vec<EventFd>,
 }
 
-/// One shard's end of the mesh.
-pub struct Endpoint {
+/// One endpoint of the mesh (a shard's, or another thread's).
+pub struct Endpoint<M> {
     me: usize,
-    out: Vec<Option<rtrb::Producer<MeshMsg>>>,
-    inp: Vec<Option<rtrb::Consumer<MeshMsg>>>,
-    backlog: Vec<VecDeque<MeshMsg>>,
+    /// How many of the endpoints are shards (numbered first).
+    shards: usize,
+    out: Vec<Option<rtrb::Producer<M>>>,
+    inp: Vec<Option<rtrb::Consumer<M>>>,
+    backlog: Vec<VecDeque<M>>,
     /// Messages to ourselves (a room this shard owns), handled in the same drain.
-    local: VecDeque<MeshMsg>,
+    local: VecDeque<M>,
     /// Destinations pushed to since the last wake check.
     pushed: Vec<bool>,
     /// Ring descriptors of sleeping destinations to wake with MSG_RING (io_uring callers).
@@ -119,14 +84,13 @@ pub struct Endpoint {
     capacity: usize,
 }
 
-/// Builds the mesh for `n` shards: element `i` belongs to shard `i`.
-pub fn build(n: usize) -> io::Result<Vec<Endpoint>> {
-    let mut wake = Vec::with_capacity(n);
-    for _ in 0..n {
-        let fd = crate::reactor::sys::syscall!(eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC))?;
-        // SAFETY: eventfd returned a fresh descriptor that nothing else owns.
-        wake.push(unsafe { OwnedFd::from_raw_fd(fd) });
-    }
+/// Builds the mesh for `shards` shards and `others` endpoints that are not shards:
+/// element `i` belongs to shard `i`, the others follow.
+pub fn build<M: Message>(shards: usize, others: usize) -> io::Result<Vec<Endpoint<M>>> {
+    let n = shards + others;
+    let wake = (0..n)
+        .map(|_| EventFd::new())
+        .collect::<io::Result<Vec<_>>>()?;
     let bells = (0..n)
         .map(|_| Doorbell {
             sleeping: AtomicBool::new(false),
@@ -135,9 +99,10 @@ pub fn build(n: usize) -> io::Result<Vec<Endpoint>> {
         })
         .collect();
     let shared = Arc::new(Shared { bells, wake });
-    let mut ends: Vec<Endpoint> = (0..n)
+    let mut ends: Vec<Endpoint<M>> = (0..n)
         .map(|me| Endpoint {
             me,
+            shards,
             out: (0..n).map(|_| None).collect(),
             inp: (0..n).map(|_| None).collect(),
             backlog: (0..n).map(|_| VecDeque::new()).collect(),
@@ -162,18 +127,25 @@ pub fn build(n: usize) -> io::Result<Vec<Endpoint>> {
     Ok(ends)
 }
 
-impl Endpoint {
+impl<M: Message> Endpoint<M> {
+    /// This endpoint's index (a shard's own index, for a shard).
     pub fn shard(&self) -> usize {
         self.me
     }
 
+    /// How many shards the mesh connects (not counting other endpoints).
     pub fn shards(&self) -> usize {
+        self.shards
+    }
+
+    /// How many endpoints, shards and others.
+    pub fn endpoints(&self) -> usize {
         self.out.len()
     }
 
-    /// The descriptor that becomes readable when another shard wakes this one.
+    /// The descriptor that becomes readable when another endpoint wakes this one.
     pub fn wake_fd(&self) -> RawFd {
-        self.shared.wake[self.me].as_raw_fd()
+        self.shared.wake[self.me].raw()
     }
 
     /// Messages dropped because a destination's backlog was full.
@@ -222,7 +194,7 @@ impl Endpoint {
     }
 
     /// Sends `msg` to shard `to`. Never blocks. O(1).
-    pub fn send(&mut self, to: usize, msg: MeshMsg) {
+    pub fn send(&mut self, to: usize, msg: M) {
         if to == self.me {
             self.local.push_back(msg);
             return;
@@ -243,7 +215,7 @@ impl Endpoint {
         self.hold(to, msg);
     }
 
-    fn hold(&mut self, to: usize, msg: MeshMsg) {
+    fn hold(&mut self, to: usize, msg: M) {
         if self.backlog[to].len() >= BACKLOG_LIMIT && msg.droppable() {
             self.dropped += 1;
             self.shared.bells[self.me]
@@ -281,14 +253,7 @@ impl Endpoint {
                     if self.ring_waker && ring >= 0 {
                         self.ring_wakes.push(ring);
                     } else {
-                        let one: u64 = 1;
-                        let fd = self.shared.wake[to].as_raw_fd();
-                        // A full eventfd counter (EAGAIN) means a wake-up is already pending.
-                        let _ = crate::reactor::sys::syscall!(write(
-                            fd,
-                            (&one as *const u64).cast(),
-                            8
-                        ));
+                        self.shared.wake[to].notify();
                     }
                 }
             }
@@ -297,7 +262,7 @@ impl Endpoint {
 
     /// Moves every waiting message into `into`: our own first, then each queue in turn,
     /// each in order. Returns how many. Cost: O(messages).
-    pub fn receive(&mut self, into: &mut Vec<MeshMsg>) -> usize {
+    pub fn receive(&mut self, into: &mut Vec<M>) -> usize {
         let before = into.len();
         into.extend(self.local.drain(..));
         for c in self.inp.iter_mut().flatten() {
@@ -329,9 +294,7 @@ impl Endpoint {
 
     /// Resets the eventfd after it became readable.
     pub fn consume_wake(&self) {
-        let mut buf = 0u64;
-        let _ =
-            crate::reactor::sys::syscall!(read(self.wake_fd(), (&mut buf as *mut u64).cast(), 8));
+        self.shared.wake[self.me].consume();
     }
 }
 
@@ -339,13 +302,21 @@ impl Endpoint {
 mod tests {
     use super::*;
 
-    fn deliver(n: u64) -> MeshMsg {
-        MeshMsg::Ack {
-            slot: 0,
-            gen: 0,
-            id: n,
-            seq: n,
+    /// A test message: `Keep` is never dropped, `Drop` may be.
+    #[derive(Debug)]
+    enum Msg {
+        Keep(u64),
+        Drop,
+    }
+
+    impl Message for Msg {
+        fn droppable(&self) -> bool {
+            matches!(self, Msg::Drop)
         }
+    }
+
+    fn deliver(n: u64) -> Msg {
+        Msg::Keep(n)
     }
 
     #[test]
@@ -358,7 +329,7 @@ mod tests {
 
     #[test]
     fn messages_arrive_in_order_across_a_full_queue() {
-        let mut ends = build(2).unwrap();
+        let mut ends = build::<Msg>(2, 0).unwrap();
         let total = QUEUE_CAPACITY as u64 * 2 + 10;
         for i in 0..total {
             ends[0].send(1, deliver(i));
@@ -370,27 +341,24 @@ mod tests {
             let mut inbox = Vec::new();
             ends[1].receive(&mut inbox);
             got.extend(inbox.into_iter().filter_map(|m| match m {
-                MeshMsg::Ack { id, .. } => Some(id),
-                _ => None,
+                Msg::Keep(id) => Some(id),
+                Msg::Drop => None,
             }));
         }
         assert_eq!(got, (0..total).collect::<Vec<_>>());
-        assert_eq!(ends[0].dropped(), 0, "acks are never dropped");
+        assert_eq!(
+            ends[0].dropped(),
+            0,
+            "undroppable messages are never dropped"
+        );
     }
 
     #[test]
     fn deliveries_past_the_backlog_limit_are_dropped_and_counted() {
-        let mut ends = build(2).unwrap();
-        let frame = SharedFrame::new(crate::protocol::OpCode::Text, b"x");
+        let mut ends = build::<Msg>(2, 0).unwrap();
         let total = QUEUE_CAPACITY + BACKLOG_LIMIT + 5;
         for _ in 0..total {
-            ends[0].send(
-                1,
-                MeshMsg::Deliver {
-                    room: Arc::from("r"),
-                    frame: frame.clone(),
-                },
-            );
+            ends[0].send(1, Msg::Drop);
         }
         assert_eq!(ends[0].dropped(), 5);
         assert_eq!(ends[0].backlog(), BACKLOG_LIMIT);
@@ -398,15 +366,8 @@ mod tests {
 
     #[test]
     fn a_sleeping_shard_is_woken_and_an_awake_one_is_not() {
-        let mut ends = build(2).unwrap();
-        let readable = |fd: RawFd| {
-            let mut pfd = libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            crate::reactor::sys::syscall!(poll(&mut pfd, 1, 0)).unwrap() == 1
-        };
+        let mut ends = build::<Msg>(2, 0).unwrap();
+        let readable = |fd: RawFd| crate::reactor::sys::readable(fd);
         ends[0].send(1, deliver(1));
         ends[0].flush();
         assert!(
@@ -429,12 +390,27 @@ mod tests {
 
     #[test]
     fn messages_to_self_come_first() {
-        let mut ends = build(2).unwrap();
+        let mut ends = build::<Msg>(2, 0).unwrap();
         ends[1].send(0, deliver(2));
         ends[1].flush();
         ends[0].send(0, deliver(1));
         let mut inbox = Vec::new();
         assert_eq!(ends[0].receive(&mut inbox), 2);
-        assert!(matches!(inbox[0], MeshMsg::Ack { id: 1, .. }));
+        assert!(matches!(inbox[0], Msg::Keep(1)));
+    }
+
+    #[test]
+    fn an_endpoint_that_is_not_a_shard_sends_and_receives() {
+        let mut ends = build::<Msg>(2, 1);
+        let ends = ends.as_mut().unwrap();
+        assert_eq!((ends[2].shards(), ends[2].endpoints()), (2, 3));
+        ends[2].send(1, deliver(7));
+        ends[2].flush();
+        ends[0].send(2, deliver(8));
+        ends[0].flush();
+        let mut inbox = Vec::new();
+        assert_eq!(ends[1].receive(&mut inbox), 1);
+        assert_eq!(ends[2].receive(&mut inbox), 1);
+        assert!(matches!(inbox[..], [Msg::Keep(7), Msg::Keep(8)]));
     }
 }

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::auth::Auth;
-use crate::ops::drain::Drain;
 
 #[derive(Debug, Default)]
 pub struct Gate {
@@ -22,7 +21,6 @@ pub struct Gate {
     open: AtomicUsize,
     ips: Mutex<HashMap<u32, u32>>,
     users: Mutex<HashMap<Arc<str>, u32>>,
-    pub drain: Drain,
 }
 
 /// Why a connection was not admitted.
@@ -48,7 +46,6 @@ impl Gate {
         origins: Vec<String>,
         auth: Option<Auth>,
         (max_conns, max_per_ip, max_per_user): (usize, usize, usize),
-        drain: Drain,
     ) -> Gate {
         Gate {
             origins,
@@ -56,7 +53,6 @@ impl Gate {
             max_conns,
             max_per_ip,
             max_per_user,
-            drain,
             ..Gate::default()
         }
     }

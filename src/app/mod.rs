@@ -1,15 +1,35 @@
-//! The application layer: the JSON client protocol on `/ws`, authentication, admission
-//! and per-room authorization. It glues connections to rooms; it does no I/O itself.
+//! The application: what roomcast's connections mean. It is the reactor's
+//! [`Service`](crate::reactor::Service) ([`App`], one per shard): the plain HTTP endpoints,
+//! `/echo`, and the JSON client protocol on `/ws` with authentication, admission, per-room
+//! authorization and the rooms themselves. It glues connections to [`crate::rooms`] and
+//! the mesh; it does no I/O itself.
+//!
+//! - [`conn`]: the app's part of a connection's slot (which endpoint, its state).
+//! - [`ws`]: bytes in, for one connection: the request, admission, WebSocket frames, ops.
+//! - [`service`]: the [`Service`](crate::reactor::Service) impl: intents against rooms and
+//!   mesh, encoding a room's batch once per turn, delivery.
+//! - [`wire`]: the JSON ops, parsed and encoded.
+//! - [`auth`], [`authz`], [`gate`]: tokens, room rights, admission limits.
 
 pub mod auth;
 pub mod authz;
+pub mod conn;
 pub mod gate;
-pub mod ops;
+pub mod service;
+pub mod wire;
+mod ws;
 
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 
-/// What a `/ws` connection asked for, for its shard to carry out: the shard, not the
-/// connection, has the rooms and the mesh.
+use crate::config::ServeConfig;
+use crate::protocol::{Limits, OpCode, SharedFrame};
+use crate::reactor::stats::SharedStats;
+use crate::reactor::{Drain, Server, ShardInfo};
+use crate::rooms::{Local, Owner};
+
+/// What a `/ws` connection asked for, for its shard to carry out once the connection's
+/// bytes are handled: the shard, not the connection, has the rooms and the mesh.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Intent {
     Join {
@@ -22,13 +42,61 @@ pub enum Intent {
     /// buffer; it is spliced into the delivered frame as it is.
     Pub {
         room: Arc<str>,
-        data: Box<str>,
+        data: Arc<str>,
         id: Option<u64>,
     },
     /// A token was accepted (at the handshake or in an `auth` op): record the session.
     Login(auth::Session),
     /// A `refresh` op brought a valid token: it replaces the session if the user matches.
     Refresh(auth::Session),
+}
+
+/// What shards tell each other. Room names and data are shared (`Arc<str>`), frames are
+/// shared (`SharedFrame`): sending one copies no payload.
+#[derive(Debug)]
+pub enum Msg {
+    /// To the owner: a connection on `shard` wants to join.
+    Join {
+        room: Arc<str>,
+        shard: u16,
+        slot: u32,
+        gen: u32,
+    },
+    /// From the owner: the join took effect after message `seq`.
+    Joined {
+        room: Arc<str>,
+        slot: u32,
+        gen: u32,
+        seq: u64,
+    },
+    /// To the owner: a member on `shard` left (or closed).
+    Leave { room: Arc<str>, shard: u16 },
+    /// To the owner: publish `data` (raw JSON); acknowledge to `slot` if `id` is set.
+    Publish {
+        room: Arc<str>,
+        data: Arc<str>,
+        shard: u16,
+        slot: u32,
+        gen: u32,
+        id: Option<u64>,
+    },
+    /// From the owner: this turn's frames for `room`.
+    Deliver { room: Arc<str>, frame: SharedFrame },
+    /// From the owner: the publish `id` of `slot` got sequence number `seq`.
+    Ack {
+        slot: u32,
+        gen: u32,
+        id: u64,
+        seq: u64,
+    },
+}
+
+impl crate::mesh::Message for Msg {
+    /// Deliveries and publishes may be dropped past the backlog limit (counted);
+    /// membership and acknowledgements never: losing one would corrupt a room.
+    fn droppable(&self) -> bool {
+        matches!(self, Msg::Deliver { .. } | Msg::Publish { .. })
+    }
 }
 
 /// What to do when a member's out-ring is full (`--slow-policy`).
@@ -41,3 +109,94 @@ pub enum SlowPolicy {
     /// Close the connection with 1008 "slow consumer".
     Close,
 }
+
+/// The app's settings, shared by every shard.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub limits: Limits,
+    pub max_header_bytes: usize,
+    /// `--rate` (messages per second, 0: off) and `--burst`.
+    pub rate: u32,
+    pub burst: u32,
+    /// `--idle-timeout` in ms (0: off).
+    pub idle_ms: u32,
+    pub slow_policy: SlowPolicy,
+    pub max_rooms_per_conn: usize,
+    /// Unsent bytes a member may have left over from earlier turns.
+    pub max_queued_bytes: usize,
+}
+
+/// One shard's app: its share of the rooms, its connections' sessions.
+pub struct App {
+    cfg: Arc<Settings>,
+    gate: Arc<gate::Gate>,
+    stats: Arc<SharedStats>,
+    drain: Arc<Drain>,
+    shard: usize,
+    shards: usize,
+    /// What the connection being handled asked of its shard, carried out right after.
+    intents: Vec<Intent>,
+    /// The ping every heartbeat sends: one frame shared by the whole shard.
+    ping: SharedFrame,
+    local: Local,
+    owner: Owner,
+    /// Who may join and publish where: the connections' token sessions.
+    sessions: authz::Sessions,
+    /// Token expiries, earliest first: (exp, slot, generation). A refresh pushes a new
+    /// entry; a stale one is recognized by the session's own `exp`.
+    expiries: BinaryHeap<std::cmp::Reverse<(u64, u32, u32)>>,
+    /// Publishers paused because the mesh towards an owner is backed up.
+    mesh_paused: Vec<(usize, u32)>,
+    /// Upgraded connections closed so far (open WebSockets = upgraded − this).
+    ws_closed: u64,
+    /// Where a room's batch is encoded, reused from turn to turn.
+    encoded: Vec<u8>,
+}
+
+impl App {
+    pub fn new(cfg: Arc<Settings>, gate: Arc<gate::Gate>, shard: &ShardInfo) -> App {
+        App {
+            sessions: authz::Sessions::new(gate.auth.is_some()),
+            cfg,
+            gate,
+            stats: shard.stats.clone(),
+            drain: shard.drain.clone(),
+            shard: shard.index,
+            shards: shard.shards,
+            intents: Vec::new(),
+            ping: SharedFrame::new(OpCode::Ping, b""),
+            local: Local::default(),
+            owner: Owner::new(shard.shards),
+            expiries: BinaryHeap::new(),
+            mesh_paused: Vec::new(),
+            ws_closed: 0,
+            encoded: Vec::new(),
+        }
+    }
+}
+
+/// A running roomcast: the reactor's server and the admission state the app shares.
+pub struct Running {
+    pub server: Server,
+    pub gate: Arc<gate::Gate>,
+}
+
+/// Starts the reactor with the app on every shard.
+pub fn start(cfg: &ServeConfig) -> std::io::Result<Running> {
+    let gate = Arc::new(gate::Gate::new(
+        cfg.allow_origin.clone(),
+        cfg.auth().map_err(std::io::Error::other)?,
+        (cfg.max_conns, cfg.max_conns_per_ip, cfg.max_conns_per_user),
+    ));
+    let settings = Arc::new(cfg.app_settings());
+    let mut reactor = cfg.reactor_settings();
+    // Per-address limits need each peer's address at accept.
+    reactor.peer_addresses = gate.max_per_ip > 0;
+    let server = Server::start(&reactor, |shard| {
+        App::new(settings.clone(), gate.clone(), &shard)
+    })?;
+    Ok(Running { server, gate })
+}
+
+#[cfg(test)]
+mod tests;

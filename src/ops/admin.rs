@@ -11,21 +11,25 @@ use crate::app::gate::Gate;
 use crate::protocol::handshake::{http_response, parse, Parsed};
 use crate::protocol::Status;
 use crate::reactor::stats::SharedStats;
+use crate::reactor::Drain;
 
 const TEXT: &str = "text/plain; charset=utf-8";
 
-/// The answer to a plain GET of `path`.
-pub fn answer(path: &str, stats: &SharedStats, gate: &Gate) -> (Status, &'static str, String) {
+/// The answer to a plain GET of `path` (`draining`: a drain has begun).
+pub fn answer(
+    path: &str,
+    stats: &SharedStats,
+    gate: &Gate,
+    draining: bool,
+) -> (Status, &'static str, String) {
     match path {
-        "/healthz" if gate.drain.active() => {
-            (Status::ServiceUnavailable, TEXT, "draining\n".into())
-        }
+        "/healthz" if draining => (Status::ServiceUnavailable, TEXT, "draining\n".into()),
         "/healthz" => (Status::Ok, TEXT, "ok\n".into()),
         "/stats" => (Status::Ok, "application/json", stats.to_json()),
         "/metrics" => (
             Status::Ok,
             super::metrics::CONTENT_TYPE,
-            super::metrics::render(stats, gate),
+            super::metrics::render(stats, gate, draining),
         ),
         // A WebSocket endpoint asked without `Upgrade: websocket` (DESIGN.md: 400).
         "/ws" | "/echo" => (
@@ -42,6 +46,7 @@ pub fn spawn(
     addr: SocketAddr,
     stats: Arc<SharedStats>,
     gate: Arc<Gate>,
+    drain: Arc<Drain>,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
@@ -49,7 +54,7 @@ pub fn spawn(
         .name("admin".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                if let Err(e) = serve(stream, &stats, &gate) {
+                if let Err(e) = serve(stream, &stats, &gate, &drain) {
                     tracing::debug!(error = %e, "admin request failed");
                 }
             }
@@ -57,7 +62,12 @@ pub fn spawn(
     Ok(local)
 }
 
-fn serve(mut stream: TcpStream, stats: &SharedStats, gate: &Gate) -> std::io::Result<()> {
+fn serve(
+    mut stream: TcpStream,
+    stats: &SharedStats,
+    gate: &Gate,
+    drain: &Drain,
+) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut buf = vec![0u8; 8192];
     let mut len = 0;
@@ -72,7 +82,7 @@ fn serve(mut stream: TcpStream, stats: &SharedStats, gate: &Gate) -> std::io::Re
         match parse(&buf[..len], 8192) {
             Ok(None) if !full => continue,
             Ok(Some((Parsed::Plain(req), _))) => {
-                let (status, ctype, body) = answer(req.path, stats, gate);
+                let (status, ctype, body) = answer(req.path, stats, gate, drain.active());
                 http_response(status, ctype, "", body.as_bytes(), true, &mut out);
             }
             _ => {

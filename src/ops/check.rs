@@ -51,13 +51,7 @@ pub fn meminfo(name: &str) -> u64 {
 
 /// RLIMIT_NOFILE: (soft, hard).
 pub fn nofile() -> (u64, u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we pass.
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    (lim.rlim_cur, lim.rlim_max)
+    crate::reactor::sys::nofile_limit()
 }
 
 /// Everything `check` looks at, for `n` connections over `shards` shards.

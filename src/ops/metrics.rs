@@ -9,7 +9,7 @@ use crate::reactor::stats::{Kind, SharedStats, META};
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Renders the whole exposition.
-pub fn render(stats: &SharedStats, gate: &Gate) -> String {
+pub fn render(stats: &SharedStats, gate: &Gate, draining: bool) -> String {
     let snaps: Vec<Vec<u64>> = stats.snapshots().iter().map(|s| s.values()).collect();
     let mut out = String::with_capacity(16 * 1024);
     let mut family = "";
@@ -51,7 +51,7 @@ pub fn render(stats: &SharedStats, gate: &Gate) -> String {
         (
             "roomcast_draining",
             "1 while the server drains after SIGTERM/SIGINT.",
-            u64::from(gate.drain.active()),
+            u64::from(draining),
         ),
     ];
     for (name, help, value) in process {
@@ -68,16 +68,7 @@ fn open_fds() -> u64 {
 }
 
 fn fd_limit() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we pass and nothing else.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-        lim.rlim_cur
-    } else {
-        0
-    }
+    crate::reactor::sys::nofile_limit().0
 }
 
 #[cfg(test)]
@@ -87,7 +78,7 @@ mod tests {
     #[test]
     fn every_sample_belongs_to_a_declared_family() {
         let stats = SharedStats::new(2);
-        let text = render(&stats, &Gate::default());
+        let text = render(&stats, &Gate::default(), false);
         let mut declared = std::collections::HashSet::new();
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {

@@ -1,7 +1,7 @@
-//! Operating the server: metrics, drain, the admin endpoint, `roomcast check` and `roomcast plan`.
+//! Operating the server: metrics, the admin endpoints, `roomcast check` and `roomcast plan`.
+//! It reads figures; the reactor does not call it.
 
 pub mod admin;
 pub mod check;
-pub mod drain;
 pub mod metrics;
 pub mod plan;

@@ -5,8 +5,9 @@
 //! go out in the same second, and no connection stores a timer (0 bytes each, not one
 //! kernel timer each). Every 1 s tick visits two buckets:
 //!
-//! - the ping bucket: every open connection in it gets a ping (one frame shared by the whole
-//!   shard) and is marked as awaiting a sign of life;
+//! - the ping bucket: every connection in it marked for heartbeats is ticked (the service
+//!   queues a ping, one frame shared by the whole shard, or a comment line) and, when the
+//!   service says so, marked as awaiting a sign of life;
 //! - the bucket pinged `pong_timeout + 1` ticks ago: a connection that has sent nothing
 //!   since, not even a pong, is dropped. The extra tick is the wheel's slack: a tick can
 //!   run late (a busy loop turn) while the next one runs on time, so a bucket checked only
@@ -19,8 +20,7 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use super::conn::{flag, Conn, Phase};
-use crate::protocol::{OpCode, SharedFrame};
+use super::conn::{flag, Conn};
 
 const TICK: Duration = Duration::from_secs(1);
 
@@ -30,13 +30,12 @@ pub struct Heartbeat {
     pong_timeout: u64,
     tick: u64,
     next: Instant,
-    ping: SharedFrame,
 }
 
 /// What a tick asks of the shard.
-pub trait Beat {
-    /// `conn` (in `slot`) gets the shared ping frame.
-    fn ping(&mut self, slot: usize, conn: &mut Conn, frame: &SharedFrame);
+pub trait Beat<A> {
+    /// `conn` (in `slot`) is due a ping. Returns whether it must answer.
+    fn ping(&mut self, slot: usize, conn: &mut Conn<A>) -> bool;
     /// `slot` missed its deadline: drop it.
     fn dead(&mut self, slot: usize);
 }
@@ -49,7 +48,6 @@ impl Heartbeat {
             pong_timeout: pong_timeout.as_secs().max(1),
             tick: 0,
             next: now + TICK,
-            ping: SharedFrame::new(OpCode::Ping, b""),
         }
     }
 
@@ -62,7 +60,7 @@ impl Heartbeat {
     /// does not replay the ticks it missed: it would judge connections whose pongs it had
     /// no chance to read. The missed buckets skip one ping, and a missed check only
     /// postpones that bucket's verdict by one interval.
-    pub fn run(&mut self, now: Instant, conns: &mut Slab<Conn>, beat: &mut impl Beat) {
+    pub fn run<A>(&mut self, now: Instant, conns: &mut Slab<Conn<A>>, beat: &mut impl Beat<A>) {
         if self.next > now {
             return;
         }
@@ -79,29 +77,30 @@ impl Heartbeat {
         (tick % self.interval) as usize
     }
 
-    fn slots(
+    fn slots<A>(
         &self,
         bucket: usize,
-        conns: &Slab<Conn>,
+        conns: &Slab<Conn<A>>,
     ) -> std::iter::StepBy<std::ops::Range<usize>> {
         (bucket..conns.capacity()).step_by(self.interval as usize)
     }
 
-    fn send_pings(&self, conns: &mut Slab<Conn>, beat: &mut impl Beat) {
+    fn send_pings<A>(&self, conns: &mut Slab<Conn<A>>, beat: &mut impl Beat<A>) {
         for slot in self.slots(self.bucket(self.tick), conns) {
             let Some(conn) = conns.get_mut(slot) else {
                 continue;
             };
-            if conn.phase != Phase::Open || conn.has(flag::DEAD) {
+            if !conn.has(flag::HEARTBEAT) || conn.is_closing() {
                 continue;
             }
             conn.clear(flag::SEEN);
-            conn.set(flag::AWAIT_PONG);
-            beat.ping(slot, conn, &self.ping);
+            if beat.ping(slot, conn) {
+                conn.set(flag::AWAIT_PONG);
+            }
         }
     }
 
-    fn check_pongs(&self, conns: &mut Slab<Conn>, beat: &mut impl Beat) {
+    fn check_pongs<A>(&self, conns: &mut Slab<Conn<A>>, beat: &mut impl Beat<A>) {
         let Some(pinged_at) = self.tick.checked_sub(self.pong_timeout + 1) else {
             return;
         };
@@ -113,7 +112,7 @@ impl Heartbeat {
                 continue;
             }
             conn.clear(flag::AWAIT_PONG);
-            if !conn.has(flag::SEEN) && conn.phase == Phase::Open && !conn.has(flag::DEAD) {
+            if !conn.has(flag::SEEN) && !conn.is_closing() {
                 beat.dead(slot);
             }
         }
@@ -130,20 +129,21 @@ mod tests {
         dead: Vec<usize>,
     }
 
-    impl Beat for Log {
-        fn ping(&mut self, slot: usize, _: &mut Conn, _: &SharedFrame) {
+    impl Beat<()> for Log {
+        fn ping(&mut self, slot: usize, _: &mut Conn<()>) -> bool {
             self.pings.push(slot);
+            true
         }
         fn dead(&mut self, slot: usize) {
             self.dead.push(slot);
         }
     }
 
-    fn open_conns(n: usize) -> Slab<Conn> {
+    fn open_conns(n: usize) -> Slab<Conn<()>> {
         let mut conns = Slab::new();
         for i in 0..n {
-            let mut c = Conn::new(i as u32, i as u32, 0);
-            c.phase = Phase::Open;
+            let mut c = Conn::new(i as u32, i as u32, ());
+            c.set(flag::HEARTBEAT);
             conns.insert(c);
         }
         conns

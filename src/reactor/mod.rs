@@ -1,26 +1,29 @@
 //! Thread-per-core: one shard per thread, each with its own listener (`SO_REUSEPORT`),
 //! its own slab of connections and its own event loop on io_uring or epoll.
+//!
+//! The reactor knows sockets, buffers, out-rings, timers and the close lifecycle, and
+//! nothing of what runs on it: every shard runs a [`Service`], statically dispatched.
 
 pub mod conn;
+pub mod drain;
 pub mod heartbeat;
 pub mod outring;
+pub mod service;
 pub mod shard;
 pub mod stats;
 pub mod sys;
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use crate::app::gate::Gate;
-use crate::ops::drain::Drain;
-
-use crate::config::{BackendChoice, ServeConfig};
-use crate::protocol::message::Limits;
-use conn::Ctx;
-use shard::{RoomSettings, Timeouts};
+pub use drain::Drain;
+pub use service::{Cx, Link, Service};
+use shard::CoreSetup;
+pub use shard::Timeouts;
 use stats::SharedStats;
 
 /// The event-loop implementation a server runs on.
@@ -39,18 +42,57 @@ impl std::fmt::Display for Backend {
     }
 }
 
+/// `--backend`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    /// io_uring where the kernel supports what roomcast uses, epoll otherwise.
+    Auto,
+    Uring,
+    Epoll,
+}
+
+/// What the reactor needs to know, whatever service it runs.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub backlog: i32,
+    pub backend: BackendChoice,
+    /// Event loops [default: the CPUs this process may use].
+    pub shards: Option<usize>,
+    /// Data frames a connection may have queued.
+    pub out_ring: usize,
+    /// io_uring: provided receive buffers per shard (default: [`recv_buffers_for`]) and
+    /// their size.
+    pub recv_buffers: Option<u16>,
+    pub recv_buffer_size: u32,
+    pub timeouts: Timeouts,
+    pub drain_window: Duration,
+    /// Whether the service needs each peer's address (io_uring then accepts one
+    /// connection per request, each with its own address buffer).
+    pub peer_addresses: bool,
+}
+
+/// What a shard's service is built with.
+pub struct ShardInfo {
+    pub index: usize,
+    pub shards: usize,
+    /// Every shard's figures (`/stats`, `/metrics`).
+    pub stats: Arc<SharedStats>,
+    /// Whether a drain began (`/healthz`).
+    pub drain: Arc<Drain>,
+}
+
 /// Everything one shard starts with.
-pub struct ShardSetup {
+pub struct ShardSetup<S: Service> {
     pub index: usize,
     pub listener: socket2::Socket,
-    pub ctx: Ctx,
-    pub timeouts: Timeouts,
+    pub service: S,
+    pub core: CoreSetup<S::Msg>,
     /// io_uring only: fixed-file table size, provided buffers.
     pub fixed_files: u32,
     pub recv_buffers: u16,
     pub recv_buffer_size: u32,
-    pub mesh: crate::mesh::Endpoint,
-    pub rooms: RoomSettings,
+    pub peer_addresses: bool,
 }
 
 /// A running server: its address, backend and shard threads.
@@ -59,7 +101,7 @@ pub struct Server {
     pub backend: Backend,
     pub shards: usize,
     pub stats: Arc<SharedStats>,
-    pub gate: Arc<Gate>,
+    pub drain: Arc<Drain>,
     threads: Vec<JoinHandle<io::Result<()>>>,
     control: Control,
 }
@@ -67,14 +109,19 @@ pub struct Server {
 /// What another thread (the signal handler) needs to start a drain.
 #[derive(Clone)]
 pub struct Control {
-    gate: Arc<Gate>,
+    drain: Arc<Drain>,
     /// Duplicates of the shards' listeners, to shut them down when a drain begins.
     listeners: Arc<[OwnedFd]>,
 }
 
 impl Server {
-    /// Binds every shard's listener and starts the shard threads.
-    pub fn start(cfg: &ServeConfig) -> io::Result<Server> {
+    /// Binds every shard's listener and starts the shard threads, each running the
+    /// service `make` builds for it (on this thread, before the shards start).
+    pub fn start<S, F>(cfg: &Settings, mut make: F) -> io::Result<Server>
+    where
+        S: Service + Send,
+        F: FnMut(ShardInfo) -> S,
+    {
         let backend = choose_backend(cfg.backend)?;
         let nofile = sys::raise_nofile_limit().unwrap_or(1024);
         let cpus = sys::allowed_cpus();
@@ -103,55 +150,41 @@ impl Server {
             "recv_buffers": if backend == Backend::Uring { recv_buffers } else { 0 },
             "recv_buffer_size": cfg.recv_buffer_size,
             "out_ring": cfg.out_ring,
-            "ping_interval_secs": cfg.ping_interval_secs,
-            "pong_timeout_secs": cfg.pong_timeout_secs,
+            "ping_interval_secs": cfg.timeouts.ping_interval.as_secs(),
+            "pong_timeout_secs": cfg.timeouts.pong_timeout.as_secs(),
         })
         .to_string();
-        let shared = Arc::new(stats);
-        let gate = Arc::new(Gate::new(
-            cfg.allow_origin.clone(),
-            cfg.auth().map_err(io::Error::other)?,
-            (cfg.max_conns, cfg.max_conns_per_ip, cfg.max_conns_per_user),
-            Drain::new(std::time::Duration::from_secs(cfg.drain_window_secs)),
-        ));
+        let stats = Arc::new(stats);
+        let drain = Arc::new(Drain::new(cfg.drain_window));
         let dups = listeners
             .iter()
             .map(|l| l.try_clone().map(OwnedFd::from))
             .collect::<io::Result<Vec<_>>>()?;
-        let mesh = crate::mesh::build(shards)?;
+        let mesh = crate::mesh::build(shards, 0)?;
         let mut threads = Vec::with_capacity(shards);
         for ((index, listener), mesh) in listeners.into_iter().enumerate().zip(mesh) {
+            let service = make(ShardInfo {
+                index,
+                shards,
+                stats: stats.clone(),
+                drain: drain.clone(),
+            });
             let setup = ShardSetup {
                 index,
                 listener,
-                ctx: Ctx {
-                    limits: Limits::server(cfg.max_message),
-                    max_header_bytes: cfg.max_header_bytes,
+                service,
+                core: CoreSetup {
+                    index,
+                    mesh,
+                    timeouts: cfg.timeouts,
                     out_cap: cfg.out_ring,
-                    rate: cfg.rate,
-                    burst: cfg.burst,
-                    now_ms: 0,
-                    stats: Default::default(),
-                    gate: gate.clone(),
-                    intents: Vec::new(),
-                    shared: shared.clone(),
-                },
-                timeouts: Timeouts {
-                    handshake: cfg.handshake_timeout(),
-                    linger: cfg.linger_timeout(),
-                    ping_interval: std::time::Duration::from_secs(cfg.ping_interval_secs),
-                    pong_timeout: std::time::Duration::from_secs(cfg.pong_timeout_secs),
-                    idle: std::time::Duration::from_secs(cfg.idle_timeout_secs),
+                    drain: drain.clone(),
+                    shared: stats.clone(),
                 },
                 fixed_files,
                 recv_buffers,
                 recv_buffer_size: cfg.recv_buffer_size,
-                mesh,
-                rooms: RoomSettings {
-                    slow_policy: cfg.slow_policy,
-                    max_rooms_per_conn: cfg.max_rooms_per_conn,
-                    max_queued_bytes: cfg.max_queued_bytes,
-                },
+                peer_addresses: cfg.peer_addresses,
             };
             let cpu = pin.then(|| cpus[index]);
             let thread = std::thread::Builder::new()
@@ -177,12 +210,12 @@ impl Server {
             local_addr,
             backend,
             shards,
-            stats: shared,
+            stats,
             control: Control {
-                gate: gate.clone(),
+                drain: drain.clone(),
                 listeners: dups.into(),
             },
-            gate,
+            drain,
             threads,
         })
     }
@@ -194,17 +227,15 @@ impl Server {
 }
 
 impl Control {
-    /// Begins a graceful drain: `/healthz` turns 503, the listeners close at once (their
-    /// pending connections are reset, and the shards wake), and the shards close their
-    /// connections over the drain window, then stop. Returns false if already draining.
+    /// Begins a graceful drain: the listeners close at once (their pending connections
+    /// are reset, and the shards wake), and the shards close their connections over the
+    /// drain window, then stop. Returns false if already draining.
     pub fn drain(&self) -> bool {
-        if !self.gate.drain.begin() {
+        if !self.drain.begin() {
             return false;
         }
         for fd in self.listeners.iter() {
-            // SAFETY: a plain syscall on a descriptor we own. On a listening TCP socket
-            // SHUT_RD stops listening: accept fails from then on, which wakes the shard.
-            unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RD) };
+            sys::stop_listening(fd);
         }
         true
     }

@@ -2,9 +2,10 @@
 //!
 //! Every room has one owner shard, `hash(room) % shards`. The owner assigns the room's
 //! sequence numbers and knows how many members each shard has ([`Owner`]); each shard knows
-//! its own members ([`Local`]). A message published during a loop turn is encoded once into
-//! the room's batch for that turn; at the end of the turn the batch becomes one
-//! [`SharedFrame`] that goes to every shard with members and into every member's out-ring.
+//! its own members ([`Local`]). A message published during a loop turn joins the room's
+//! batch for that turn as `(seq, data)`; at the end of the turn [`Owner::seal`] hands each
+//! batch out, and the app encodes it once per encoding (a WebSocket frame today) into one
+//! shared frame that goes to every shard with members and into every member's out-ring.
 //! One ring entry per member per turn, whatever the publish rate: a member whose ring fills
 //! has fallen that many turns behind, which is what "slow consumer" means.
 
@@ -13,9 +14,6 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use slab::Slab;
-
-use crate::app::ops;
-use crate::protocol::SharedFrame;
 
 /// The shard that owns `room`. Stable across processes and runs (SipHash with fixed keys),
 /// so every shard computes the same owner.
@@ -33,8 +31,8 @@ struct OwnedRoom {
     seq: u64,
     /// Members per shard.
     members: Vec<u32>,
-    /// Frames encoded this turn, not yet delivered.
-    batch: Vec<u8>,
+    /// Messages published this turn, not yet delivered: `(seq, data)`.
+    batch: Vec<(u64, Arc<str>)>,
 }
 
 /// The rooms this shard owns.
@@ -88,22 +86,22 @@ impl Owner {
         }
     }
 
-    /// Assigns the next sequence number and encodes the message into this turn's batch.
+    /// Assigns the next sequence number and adds the message to this turn's batch.
     /// `None`: the room has no members, so nothing is kept and nobody receives it.
-    /// Cost: one encode (one copy of `data`), O(1).
-    pub fn publish(&mut self, room: &Arc<str>, data: &str) -> Option<u64> {
+    /// Cost: O(1), no copy of `data`.
+    pub fn publish(&mut self, room: &Arc<str>, data: Arc<str>) -> Option<u64> {
         let r = self.rooms.get_mut(room)?;
         r.seq += 1;
         if r.batch.is_empty() {
             self.dirty.push(room.clone());
         }
-        ops::write_msg(room, r.seq, data, &mut r.batch);
+        r.batch.push((r.seq, data));
         Some(r.seq)
     }
 
-    /// Ends the turn: hands each room's batch, as one shared frame, to `deliver` with the
-    /// room's member count per shard. Cost: one allocation and one copy per room batch.
-    pub fn seal(&mut self, mut deliver: impl FnMut(&Arc<str>, SharedFrame, &[u32])) {
+    /// Ends the turn: hands each room's batch, in seq order, to `deliver` with the room's
+    /// member count per shard. Cost: O(rooms published to this turn).
+    pub fn seal(&mut self, mut deliver: impl FnMut(&Arc<str>, &[(u64, Arc<str>)], &[u32])) {
         for room in self.dirty.drain(..) {
             let Some(r) = self.rooms.get_mut(&room) else {
                 continue;
@@ -111,13 +109,12 @@ impl Owner {
             if r.batch.is_empty() {
                 continue;
             }
-            let frame = SharedFrame::from_encoded(Arc::from(&r.batch[..]));
+            deliver(&room, &r.batch, &r.members);
             r.batch.clear();
-            if r.batch.capacity() > 64 * 1024 {
+            if r.batch.capacity() > 1024 {
                 // A burst is over; don't keep its buffer for an idle room.
                 r.batch = Vec::new();
             }
-            deliver(&room, frame, &r.members);
         }
     }
 }
@@ -289,18 +286,17 @@ mod tests {
     fn owner_sequences_batches_and_frees_empty_rooms() {
         let mut o = Owner::new(2);
         let r = name("r");
-        assert_eq!(o.publish(&r, "1"), None, "no members: nothing kept");
+        assert_eq!(o.publish(&r, name("1")), None, "no members: nothing kept");
         assert_eq!(o.join(&r, 0), 0);
         assert_eq!(o.join(&r, 1), 0);
-        assert_eq!(o.publish(&r, "1"), Some(1));
-        assert_eq!(o.publish(&r, "\"two\""), Some(2));
+        assert_eq!(o.publish(&r, name("1")), Some(1));
+        assert_eq!(o.publish(&r, name("\"two\"")), Some(2));
         let mut got = Vec::new();
-        o.seal(|room, frame, members| got.push((room.clone(), frame, members.to_vec())));
-        assert_eq!(got.len(), 1, "one shared frame per room per turn");
-        let (_, frame, members) = &got[0];
+        o.seal(|room, batch, members| got.push((room.clone(), batch.to_vec(), members.to_vec())));
+        assert_eq!(got.len(), 1, "one batch per room per turn");
+        let (_, batch, members) = &got[0];
         assert_eq!(members, &vec![1, 1]);
-        let text = String::from_utf8_lossy(frame.as_bytes());
-        assert!(text.contains(r#""seq":1,"data":1}"#) && text.contains(r#""seq":2,"data":"two"}"#));
+        assert_eq!(batch, &vec![(1, name("1")), (2, name("\"two\""))]);
         o.seal(|_, _, _| panic!("nothing published since"));
         o.leave(&r, 0);
         assert_eq!(o.len(), 1);

@@ -6,10 +6,10 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
+use super::syscall;
 use crate::reactor::conn::flag;
 use crate::reactor::shard::{Core, DrainStatus, Next};
-use crate::reactor::sys::syscall;
-use crate::reactor::ShardSetup;
+use crate::reactor::{Service, ShardSetup};
 
 /// Token of the listener in epoll's user data; connections use `gen << 32 | slot`.
 const LISTENER: u64 = u64::MAX;
@@ -25,10 +25,10 @@ const SCRATCH: usize = 64 * 1024;
 /// The most slices one `writev` carries (well under IOV_MAX).
 const MAX_IOV: usize = 64;
 
-struct Epoll {
+struct Epoll<S: Service> {
     ep: OwnedFd,
     listener: socket2::Socket,
-    core: Core,
+    core: Core<S>,
     scratch: Box<[u8]>,
     /// A descriptor held in reserve so that at the fd limit a pending connection can
     /// still be accepted and closed, instead of waiting in the backlog (the classic
@@ -38,14 +38,14 @@ struct Epoll {
     expired: Vec<usize>,
 }
 
-pub fn run(setup: ShardSetup) -> io::Result<()> {
+pub fn run<S: Service>(setup: ShardSetup<S>) -> io::Result<()> {
     let ep = syscall!(epoll_create1(libc::EPOLL_CLOEXEC))?;
     // SAFETY: epoll_create1 returned a fresh descriptor that nothing else owns.
     let ep = unsafe { OwnedFd::from_raw_fd(ep) };
     let mut lp = Epoll {
         ep,
         listener: setup.listener,
-        core: Core::new(setup.ctx, setup.timeouts, setup.mesh, setup.rooms),
+        core: Core::new(setup.service, setup.core),
         scratch: vec![0u8; SCRATCH].into_boxed_slice(),
         reserve: open_reserve(),
         at_limit: false,
@@ -58,12 +58,12 @@ pub fn run(setup: ShardSetup) -> io::Result<()> {
         LISTENER,
         libc::EPOLLIN as u32 | libc::EPOLLET as u32,
     )?;
-    let wake = lp.core.mesh.wake_fd();
+    let wake = lp.core.mesh().wake_fd();
     lp.add(wake, WAKE, libc::EPOLLIN as u32 | libc::EPOLLET as u32)?;
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
     loop {
-        lp.core.mesh.flush();
-        let timeout = if lp.core.has_flush() || !lp.core.mesh.prepare_sleep() {
+        lp.core.mesh().flush();
+        let timeout = if lp.core.has_flush() || !lp.core.mesh().prepare_sleep() {
             0
         } else {
             lp.core
@@ -80,14 +80,14 @@ pub fn run(setup: ShardSetup) -> io::Result<()> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
             Err(e) => return Err(e),
         };
-        lp.core.mesh.awake();
+        lp.core.mesh().awake();
         lp.core.begin_turn(Instant::now());
         for ev in &events[..n] {
             let (token, bits) = (ev.u64, ev.events);
             if token == LISTENER {
                 lp.accept_all();
             } else if token == WAKE {
-                lp.core.mesh.consume_wake();
+                lp.core.mesh().consume_wake();
             } else {
                 lp.conn_event((token & 0xFFFF_FFFF) as usize, (token >> 32) as u32, bits);
             }
@@ -99,7 +99,7 @@ pub fn run(setup: ShardSetup) -> io::Result<()> {
         let status = lp.expire();
         lp.flush();
         if status == DrainStatus::Done {
-            tracing::info!(shard = lp.core.mesh.shard(), "drained");
+            tracing::info!(shard = lp.core.index(), "drained");
             return Ok(());
         }
     }
@@ -115,7 +115,7 @@ fn open_reserve() -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-impl Epoll {
+impl<S: Service> Epoll<S> {
     fn add(&self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
         let mut ev = libc::epoll_event { events, u64: token };
         syscall!(epoll_ctl(
@@ -151,7 +151,7 @@ impl Epoll {
                         continue;
                     }
                     // The listener was shut down: a drain began.
-                    _ if self.core.ctx.gate.drain.active() => return,
+                    _ if self.core.draining() => return,
                     _ => {
                         tracing::warn!(error = %e, "accept failed");
                         return;
@@ -163,7 +163,7 @@ impl Epoll {
                 tracing::info!("accepting again: descriptors available");
             }
             let _ = socket2::SockRef::from(&BorrowedRaw(fd)).set_nodelay(true);
-            let peer = super::peer_key_of(&addr, len);
+            let peer = super::peer_addr(&addr, len);
             let (slot, gen) = self.core.insert(fd as u32, peer, Instant::now());
             let token = (u64::from(gen) << 32) | slot as u64;
             let interest =
@@ -182,7 +182,7 @@ impl Epoll {
             self.at_limit = true;
             tracing::warn!(
                 limit = super::errno_name(errno),
-                open = self.core.conns.len(),
+                open = self.core.len(),
                 "out of descriptors: refusing new connections until some close"
             );
         }
@@ -219,7 +219,7 @@ impl Epoll {
     /// Reads until the socket is drained, the connection pauses, or it goes away.
     fn read(&mut self, slot: usize) {
         loop {
-            let Some(conn) = self.core.conns.get(slot) else {
+            let Some(conn) = self.core.conn(slot) else {
                 return;
             };
             if conn.has(flag::PAUSED) {
@@ -261,7 +261,7 @@ impl Epoll {
                 false
             }
             Next::ShutdownWrite => {
-                if let Some(conn) = self.core.conns.get(slot) {
+                if let Some(conn) = self.core.conn(slot) {
                     let _ = syscall!(shutdown(conn.io as RawFd, libc::SHUT_WR));
                 }
                 true
@@ -274,7 +274,7 @@ impl Epoll {
     }
 
     fn close(&mut self, slot: usize) {
-        if let Some(conn) = self.core.conns.get(slot) {
+        if let Some(conn) = self.core.conn(slot) {
             // Closing removes it from the epoll set too.
             super::close_fd(conn.io as RawFd);
             self.core.remove(slot);
@@ -309,7 +309,7 @@ impl Epoll {
     }
 
     fn flush_one(&mut self, slot: usize) {
-        let Some(conn) = self.core.conns.get(slot) else {
+        let Some(conn) = self.core.conn(slot) else {
             return;
         };
         let mut iov = [io::IoSlice::new(&[]); MAX_IOV];

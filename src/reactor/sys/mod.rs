@@ -10,9 +10,9 @@
 //!    generation identify it in every later event, and a stale generation means the event
 //!    belongs to a connection that is gone.
 //! 2. Bytes received → [`Core::receive`](super::shard::Core::receive), on memory the backend
-//!    may hand over mutably (frames are unmasked in place). The backend must stop reading a
-//!    connection whose [`flag::PAUSED`](super::conn::flag::PAUSED) is set and resume it when
-//!    `Core` says so.
+//!    may hand over mutably (the service may rewrite it: frames are unmasked in place). The
+//!    backend must stop reading a connection whose [`flag::PAUSED`](super::conn::flag::PAUSED)
+//!    is set and resume it when `Core` says so.
 //! 3. Once per loop turn, before sleeping, everything queued for each connection on
 //!    [`Core::flush`](super::shard::Core) goes out in one vectored send; a partial send is
 //!    reported with [`Core::sent`](super::shard::Core::sent) and resumed later.
@@ -23,12 +23,19 @@
 //!
 //! `epoll` is readiness-based and edge-triggered; `uring` is completion-based with
 //! multishot accept and recv. Neither lets a single connection's failure reach another.
+//! A backend uses `Core`'s API only: what the bytes mean, and which service runs, is not
+//! its business (both are generic over the [`Service`](super::Service)).
+//!
+//! Besides the backends, this module has the process-level calls the rest of the program
+//! needs (descriptor limits, CPU affinity, signals, the mesh's eventfd), so that no other
+//! module holds `unsafe` or calls libc.
 
 pub mod epoll;
 pub mod uring;
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -47,20 +54,17 @@ macro_rules! syscall {
         }
     }};
 }
-pub(crate) use syscall;
+// Private to `sys` and its backends: every libc call goes through here.
+use syscall;
 
-/// A non-blocking listener with `SO_REUSEPORT`, so that one per shard can bind the same
-/// address and the kernel balances connections across them.
-/// The address key ([`crate::app::gate::peer_key`]) of the peer accept wrote into
-/// `storage`; 0 if it wrote nothing usable.
-pub fn peer_key_of(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> u32 {
+/// The peer address accept wrote into `storage`, if it wrote a usable one.
+fn peer_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<IpAddr> {
     if len == 0 {
-        return 0;
+        return None;
     }
     // SAFETY: accept wrote a socket address of `len` bytes into `storage`.
     let addr = unsafe { socket2::SockAddr::new(*storage, len) };
-    addr.as_socket()
-        .map_or(0, |a| crate::app::gate::peer_key(a.ip()))
+    addr.as_socket().map(|a| a.ip())
 }
 
 /// Fails if something already listens on `addr`. `SO_REUSEPORT` would otherwise let a
@@ -84,6 +88,8 @@ pub fn ensure_port_free(addr: SocketAddr) -> io::Result<()> {
     })
 }
 
+/// A non-blocking listener with `SO_REUSEPORT`, so that one per shard can bind the same
+/// address and the kernel balances connections across them.
 pub fn listener(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -125,6 +131,18 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     .map(drop)
 }
 
+/// `RLIMIT_NOFILE`: (soft, hard).
+pub fn nofile_limit() -> (u64, u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    match syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut lim)) {
+        Ok(_) => (lim.rlim_cur, lim.rlim_max),
+        Err(_) => (0, 0),
+    }
+}
+
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns the new soft limit.
 pub fn raise_nofile_limit() -> io::Result<u64> {
     let mut lim = libc::rlimit {
@@ -137,6 +155,83 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
         syscall!(setrlimit(libc::RLIMIT_NOFILE, &lim))?;
     }
     Ok(lim.rlim_cur)
+}
+
+/// Stops a listening socket from accepting (a drain began): pending connections are reset
+/// and the shard waiting on it wakes.
+pub fn stop_listening(fd: &OwnedFd) {
+    // On a listening TCP socket SHUT_RD stops listening: accept fails from then on.
+    let _ = syscall!(shutdown(fd.as_raw_fd(), libc::SHUT_RD));
+}
+
+/// An eventfd, written to wake the thread that polls it (the mesh's wake-ups).
+#[derive(Debug)]
+pub struct EventFd(OwnedFd);
+
+impl EventFd {
+    pub fn new() -> io::Result<EventFd> {
+        let fd = syscall!(eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC))?;
+        // SAFETY: eventfd returned a fresh descriptor that nothing else owns.
+        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    pub fn raw(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+
+    /// Makes it readable. A full counter (EAGAIN) means a wake-up is already pending.
+    pub fn notify(&self) {
+        let one: u64 = 1;
+        let _ = syscall!(write(self.raw(), (&one as *const u64).cast(), 8));
+    }
+
+    /// Resets it after it became readable.
+    pub fn consume(&self) {
+        let mut buf = 0u64;
+        let _ = syscall!(read(self.raw(), (&mut buf as *mut u64).cast(), 8));
+    }
+}
+
+/// Whether `fd` is readable right now (a poll that does not wait).
+pub fn readable(fd: RawFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    syscall!(poll(&mut pfd, 1, 0)).is_ok_and(|n| n == 1)
+}
+
+/// A set of signals blocked in every thread and taken by one thread with [`Signals::wait`].
+pub struct Signals(libc::sigset_t);
+
+impl Signals {
+    /// Blocks `signals` in the calling thread and the threads it starts: call it before
+    /// starting any, so that only the thread calling [`Signals::wait`] takes them.
+    pub fn block(signals: &[i32]) -> Signals {
+        // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialize it and
+        // pthread_sigmask only reads it.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for &sig in signals {
+                libc::sigaddset(&mut set, sig);
+            }
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            Signals(set)
+        }
+    }
+
+    /// Waits for one of the signals and returns it.
+    pub fn wait(&self) -> i32 {
+        loop {
+            let mut sig = 0;
+            // SAFETY: the set was initialized by block(); sigwait writes `sig`.
+            if unsafe { libc::sigwait(&self.0, &mut sig) } == 0 {
+                return sig;
+            }
+        }
+    }
 }
 
 /// Closes a plain file descriptor, ignoring errors (there is nothing left to do with it).

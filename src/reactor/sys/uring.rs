@@ -24,9 +24,12 @@ use std::time::{Duration, Instant};
 use io_uring::types::{Fixed, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 
+mod bufring;
+use bufring::BufRing;
+
 use crate::reactor::conn::flag;
 use crate::reactor::shard::{Core, DrainStatus, Next, GEN_MASK};
-use crate::reactor::ShardSetup;
+use crate::reactor::{Service, ShardSetup};
 
 /// What an operation was, in the top four bits of its `user_data`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,146 +128,6 @@ fn build_ring(entries: u32) -> io::Result<IoUring> {
         .build(entries)
 }
 
-/// A provided-buffer ring: `count` buffers of `size` bytes the kernel picks from for
-/// every multishot recv of this shard.
-struct BufRing {
-    /// The ring of `io_uring_buf` entries shared with the kernel (page-aligned mmap).
-    ring: *mut io_uring::types::BufRingEntry,
-    /// Owns the page-aligned mapping `ring` points into. The kernel drops its reference
-    /// when the io_uring is torn down, which happens first (Uring's field order).
-    _ring_map: Mapping,
-    /// The buffers themselves: one mapping, populated up front so the pool is resident
-    /// from the start (a fixed per-shard cost, not something that grows with connections).
-    data: Mapping,
-    size: u32,
-    mask: u16,
-    /// Our copy of the tail: entries published to the kernel.
-    tail: u16,
-    /// Incremental consumption: the kernel fills a buffer piece by piece across recvs, and
-    /// this is where the next piece of each buffer starts.
-    incremental: bool,
-    consumed: Box<[u32]>,
-}
-
-impl BufRing {
-    fn new(ring: &IoUring, count: u16, size: u32) -> io::Result<BufRing> {
-        let ring_bytes = count as usize * std::mem::size_of::<io_uring::types::BufRingEntry>();
-        let mut ring_map = Mapping::new(ring_bytes)?;
-        let addr = ring_map.as_mut().as_mut_ptr();
-        let mut br = BufRing {
-            ring: addr.cast(),
-            _ring_map: ring_map,
-            data: Mapping::new(count as usize * size as usize)?,
-            size,
-            mask: count - 1,
-            tail: 0,
-            incremental: true,
-            consumed: vec![0u32; count as usize].into_boxed_slice(),
-        };
-        let inc = io_uring::types::IOU_PBUF_RING_INC as u16;
-        // SAFETY: the mapping is page-aligned, `count` entries long, and owned by `br`; the
-        // ring (torn down before `br`, by Uring's field order) is the only other user.
-        let registered = unsafe {
-            ring.submitter()
-                .register_buf_ring_with_flags(addr as u64, count, BUF_GROUP, inc)
-        };
-        if registered.is_err() {
-            br.incremental = false;
-            // SAFETY: as above.
-            unsafe {
-                ring.submitter()
-                    .register_buf_ring_with_flags(addr as u64, count, BUF_GROUP, 0)?
-            };
-        }
-        for bid in 0..count {
-            br.push(bid);
-        }
-        br.publish();
-        Ok(br)
-    }
-
-    /// Writes buffer `bid` into the next free ring entry (published by [`BufRing::publish`]).
-    fn push(&mut self, bid: u16) {
-        let idx = (self.tail & self.mask) as usize;
-        // SAFETY: idx < count, within the mapping; the kernel reads entries only up to the
-        // published tail, and this one is past it until publish().
-        let entry = unsafe { &mut *self.ring.add(idx) };
-        entry.set_addr(self.data.as_mut()[bid as usize * self.size as usize..].as_ptr() as u64);
-        entry.set_len(self.size);
-        entry.set_bid(bid);
-        self.tail = self.tail.wrapping_add(1);
-    }
-
-    /// Makes pushed entries visible to the kernel.
-    fn publish(&mut self) {
-        // SAFETY: the tail field overlays entry 0's reserved field (the ring ABI); the
-        // mapping is valid. A release store orders the entry writes before the tail.
-        unsafe {
-            let tail = io_uring::types::BufRingEntry::tail(self.ring)
-                as *const std::sync::atomic::AtomicU16;
-            (*tail).store(self.tail, std::sync::atomic::Ordering::Release);
-        }
-    }
-
-    /// The bytes a recv completion delivered: `len` bytes of buffer `bid`, starting where
-    /// the previous piece of that buffer ended. Returns the range in `data` and whether
-    /// the buffer is now finished (and must be recycled once the bytes are handled).
-    fn take(&mut self, bid: u16, len: usize, more: bool) -> (std::ops::Range<usize>, bool) {
-        let base = bid as usize * self.size as usize;
-        let start = base + self.consumed[bid as usize] as usize;
-        let done = !(self.incremental && more);
-        if done {
-            self.consumed[bid as usize] = 0;
-        } else {
-            self.consumed[bid as usize] += len as u32;
-        }
-        (start..start + len, done)
-    }
-}
-
-/// An anonymous, populated, page-aligned mapping.
-struct Mapping {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl Mapping {
-    fn new(len: usize) -> io::Result<Mapping> {
-        // SAFETY: an anonymous private mapping with no address hint; the result is checked.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_POPULATE,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Mapping {
-            ptr: ptr.cast(),
-            len,
-        })
-    }
-
-    fn as_mut(&mut self) -> &mut [u8] {
-        // SAFETY: the mapping is `len` bytes, readable and writable, and lives as long as
-        // self. The kernel writes only into buffers it was given and not yet returned, and
-        // the shard reads only ranges a completion handed back, so the two never overlap.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: the mapping was created in new() with this length.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
-
 /// The msghdr and iovecs of one in-flight sendmsg. Boxed so their address is stable
 /// until the completion; pooled so steady-state sending allocates nothing.
 struct SendBuf {
@@ -282,7 +145,7 @@ struct AddrSlot {
     armed: bool,
 }
 
-struct Uring {
+struct Uring<S: Service> {
     // Field order matters for Drop: the ring goes before the buffers it points into.
     ring: IoUring,
     bufs: BufRing,
@@ -290,7 +153,7 @@ struct Uring {
     /// slice, never resized, so the kernel's pointers stay valid.
     addrs: Box<[AddrSlot]>,
     listener: socket2::Socket,
-    core: Core,
+    core: Core<S>,
     /// In-flight sends by connection slot (8 bytes per slot when idle).
     sending: Vec<Option<Box<SendBuf>>>,
     // Boxed on purpose: a SendBuf moves between the pool and `sending` while the kernel
@@ -304,7 +167,7 @@ struct Uring {
     expired: Vec<usize>,
 }
 
-pub fn run(setup: ShardSetup) -> io::Result<()> {
+pub fn run<S: Service>(setup: ShardSetup<S>) -> io::Result<()> {
     let ring = build_ring(SQ_ENTRIES)?;
     ring.submitter().register_files_sparse(setup.fixed_files)?;
     let bufs = BufRing::new(&ring, setup.recv_buffers, setup.recv_buffer_size)?;
@@ -314,7 +177,7 @@ pub fn run(setup: ShardSetup) -> io::Result<()> {
         incremental = bufs.incremental,
         "io_uring shard ready"
     );
-    let want_peers = setup.ctx.gate.max_per_ip > 0;
+    let want_peers = setup.peer_addresses;
     let addrs = (0..if want_peers { ADDR_ACCEPTS } else { 0 })
         .map(|_| AddrSlot {
             // SAFETY: all-zero bytes are a valid sockaddr_storage.
@@ -328,7 +191,7 @@ pub fn run(setup: ShardSetup) -> io::Result<()> {
         bufs,
         addrs,
         listener: setup.listener,
-        core: Core::new(setup.ctx, setup.timeouts, setup.mesh, setup.rooms),
+        core: Core::new(setup.service, setup.core),
         sending: Vec::with_capacity(setup.fixed_files as usize),
         send_pool: Vec::new(),
         fixed_files: setup.fixed_files,
@@ -341,17 +204,17 @@ pub fn run(setup: ShardSetup) -> io::Result<()> {
     lp.arm_accept();
     lp.arm_wake();
     let ring_fd = lp.ring.as_raw_fd();
-    lp.core.mesh.use_ring(ring_fd);
+    lp.core.mesh().use_ring(ring_fd);
     let mut wakes = Vec::new();
     loop {
         lp.flush();
-        lp.core.mesh.flush();
-        lp.core.mesh.take_ring_wakes(&mut wakes);
+        lp.core.mesh().flush();
+        lp.core.mesh().take_ring_wakes(&mut wakes);
         for fd in wakes.drain(..) {
             lp.ring_wake(fd);
         }
         lp.wait()?;
-        lp.core.mesh.awake();
+        lp.core.mesh().awake();
         lp.core.begin_turn(Instant::now());
         lp.complete();
         lp.core.end_turn();
@@ -359,13 +222,13 @@ pub fn run(setup: ShardSetup) -> io::Result<()> {
             lp.apply(slot, next);
         }
         if lp.expire() == DrainStatus::Done {
-            tracing::info!(shard = lp.core.mesh.shard(), "drained");
+            tracing::info!(shard = lp.core.index(), "drained");
             return Ok(());
         }
     }
 }
 
-impl Uring {
+impl<S: Service> Uring<S> {
     /// Queues an SQE, submitting first if the queue is full. Cost: usually a memcpy of 64
     /// bytes; one io_uring_enter when the queue fills.
     fn push(&mut self, entry: squeue::Entry) {
@@ -423,7 +286,7 @@ impl Uring {
     }
 
     fn arm_wake(&mut self) {
-        let fd = io_uring::types::Fd(self.core.mesh.wake_fd());
+        let fd = io_uring::types::Fd(self.core.mesh().wake_fd());
         let entry = opcode::PollAdd::new(fd, libc::POLLIN as u32)
             .multi(true)
             .build()
@@ -432,7 +295,7 @@ impl Uring {
     }
 
     fn arm_recv(&mut self, slot: usize) {
-        let Some(conn) = self.core.conns.get_mut(slot) else {
+        let Some(conn) = self.core.conn(slot) else {
             return;
         };
         if conn.has(flag::RECEIVING) || conn.has(flag::DEAD) {
@@ -453,7 +316,7 @@ impl Uring {
             .core
             .next_deadline(now)
             .unwrap_or(Duration::from_secs(3600));
-        let want = if self.core.has_flush() || !self.core.mesh.prepare_sleep() {
+        let want = if self.core.has_flush() || !self.core.mesh().prepare_sleep() {
             0
         } else {
             1
@@ -505,7 +368,7 @@ impl Uring {
             x if x == Op::Shutdown as u8 => self.on_shutdown(ud),
             x if x == Op::ListenerPoll as u8 => self.on_listener_ready(),
             x if x == Op::Wake as u8 => {
-                self.core.mesh.consume_wake();
+                self.core.mesh().consume_wake();
                 if !cqueue::more(flags) {
                     self.arm_wake();
                 }
@@ -528,7 +391,7 @@ impl Uring {
             let peer = self
                 .addrs
                 .get(ud.slot())
-                .map_or(0, |a| super::peer_key_of(&a.addr, a.len));
+                .and_then(|a| super::peer_addr(&a.addr, a.len));
             let (slot, _) = self.core.insert(res as u32, peer, Instant::now());
             if self.sending.len() <= slot {
                 self.sending.resize_with(slot + 1, || None);
@@ -540,11 +403,11 @@ impl Uring {
                 libc::ENFILE | libc::EMFILE | libc::ENOMEM | libc::ENOBUFS => self.hit_limit(errno),
                 libc::ECANCELED => return,
                 // The listener was shut down: a drain began. Accept no more.
-                _ if self.core.ctx.gate.drain.active() => return,
+                _ if self.core.draining() => return,
                 _ => tracing::warn!(errno, "accept failed"),
             }
         }
-        if self.at_limit || self.core.ctx.gate.drain.active() {
+        if self.at_limit || self.core.draining() {
             return;
         }
         if single {
@@ -561,7 +424,7 @@ impl Uring {
             self.at_limit = true;
             tracing::warn!(
                 limit = super::errno_name(errno),
-                open = self.core.conns.len(),
+                open = self.core.len(),
                 table = self.fixed_files,
                 "out of descriptors: refusing new connections until some close"
             );
@@ -575,7 +438,7 @@ impl Uring {
     fn refuse_backlog(&mut self) {
         let fd = self.listener.as_raw_fd();
         let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
-        while let Ok(c) = crate::reactor::sys::syscall!(accept4(
+        while let Ok(c) = super::syscall!(accept4(
             fd,
             std::ptr::null_mut(),
             std::ptr::null_mut(),
@@ -709,7 +572,7 @@ impl Uring {
 
     /// Frees a dead connection's slot once no operation refers to it any more.
     fn maybe_free(&mut self, slot: usize) {
-        let Some(conn) = self.core.conns.get(slot) else {
+        let Some(conn) = self.core.conn(slot) else {
             return;
         };
         if conn.io == u32::MAX && !conn.has(flag::SENDING) && !conn.has(flag::RECEIVING) {
@@ -719,7 +582,7 @@ impl Uring {
     }
 
     fn apply(&mut self, slot: usize, next: Next) {
-        let Some(conn) = self.core.conns.get(slot) else {
+        let Some(conn) = self.core.conn(slot) else {
             return;
         };
         let (io, gen) = (conn.io, conn.gen);
@@ -736,7 +599,7 @@ impl Uring {
                 // up when it runs. If the descriptor were closed first, the index could
                 // already belong to a new connection, and it would be that connection's
                 // write side that got shut. So it is tracked, and close waits for it.
-                if let Some(conn) = self.core.conns.get_mut(slot) {
+                if let Some(conn) = self.core.conn(slot) {
                     conn.set(flag::SHUTTING);
                 }
                 let entry = opcode::Shutdown::new(Fixed(io), libc::SHUT_WR)
@@ -761,13 +624,19 @@ impl Uring {
     /// Cancels what is in flight on the socket (its recv, its send) and closes its direct
     /// descriptor; the slot is freed when the last completion for it has arrived.
     fn close(&mut self, slot: usize) {
-        let Some(conn) = self.core.conns.get_mut(slot) else {
+        let Some(conn) = self.core.conn(slot) else {
             return;
         };
         if conn.has(flag::DEAD) {
             return;
         }
-        tracing::debug!(slot, gen = conn.gen, phase = ?conn.phase, flags = conn.flags, queued = conn.out.len(), "closing");
+        tracing::debug!(
+            slot,
+            gen = conn.gen,
+            flags = conn.flags,
+            queued = conn.out.len(),
+            "closing"
+        );
         conn.set(flag::DEAD);
         let (io, gen) = (conn.io, conn.gen);
         let shutting = conn.has(flag::SHUTTING);
@@ -775,7 +644,6 @@ impl Uring {
             (Op::Recv, conn.has(flag::RECEIVING)),
             (Op::Send, conn.has(flag::SENDING)),
         ];
-        self.core.detach(slot);
         for (op, _) in in_flight.into_iter().filter(|(_, armed)| *armed) {
             self.cancel(op, slot, gen);
         }
@@ -831,7 +699,7 @@ impl Uring {
     }
 
     fn send(&mut self, slot: usize) {
-        let Some(conn) = self.core.conns.get_mut(slot) else {
+        let Some(conn) = self.core.conn(slot) else {
             return;
         };
         if conn.has(flag::SENDING) || conn.has(flag::DEAD) || conn.out.is_empty() {

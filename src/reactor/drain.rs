@@ -1,6 +1,7 @@
-//! Graceful drain: on SIGTERM or SIGINT the listeners close, `/healthz` answers 503, and
-//! every shard closes its connections with 1001, spread evenly over the drain window so
-//! that clients do not all reconnect in the same instant.
+//! Graceful drain: on SIGTERM or SIGINT the listeners close and every shard says goodbye
+//! to its open streams ([`Service::drain`](super::Service::drain): a WebSocket gets 1001),
+//! spread evenly over the drain window so that clients do not all reconnect in the same
+//! instant. Services read [`Drain::active`] too (`/healthz` answers 503).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

@@ -1,0 +1,113 @@
+//! The app's part of a connection's slab slot: which endpoint it speaks and that
+//! endpoint's state. The reactor's part (socket, out-ring, input tail) sits next to it.
+
+use crate::protocol::Decoder;
+use crate::reactor::conn::TRANSPORT_BYTES;
+
+/// What an upgraded WebSocket connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `/echo`: every message comes back as it was (the conformance endpoint).
+    Echo,
+    /// `/ws`: the rooms protocol (JSON ops).
+    Rooms,
+}
+
+/// A WebSocket connection's state: the frame decoder and the per-connection limits.
+#[derive(Debug)]
+pub struct Ws {
+    pub route: Route,
+    pub decoder: Decoder,
+    /// Rate-limit bucket, in thousandths of a message, as of `stamp` (shard ms).
+    pub tokens: u32,
+    pub stamp: u32,
+    /// When the last message arrived (shard ms), for `--idle-timeout`.
+    pub last_msg: u32,
+}
+
+/// Which endpoint a connection speaks. A new endpoint (an event stream) is a new variant
+/// with only the state it needs: an HTTP request carries no WebSocket decoder.
+#[derive(Debug)]
+pub enum Endpoint {
+    /// Reading a request head (or answering a plain HTTP request).
+    Http,
+    Ws(Ws),
+}
+
+/// App flags per connection.
+pub mod flag {
+    /// Upgraded without a token: waiting for `{"op":"auth"}` until the handshake deadline.
+    pub const AUTH_PENDING: u8 = 1 << 0;
+    /// Counted against `--max-conns-per-ip` / `--max-conns`: released when it closes.
+    pub const COUNTED_IP: u8 = 1 << 1;
+    pub const COUNTED_TOTAL: u8 = 1 << 2;
+    /// A close frame (ours or the echo of the peer's) was queued.
+    pub const CLOSE_SENT: u8 = 1 << 3;
+}
+
+#[derive(Debug)]
+pub struct AppConn {
+    pub ep: Endpoint,
+    /// The peer's address key ([`super::gate::peer_key`]; 0: unknown).
+    pub peer: u32,
+    /// Deliveries dropped for this connection by the slow-consumer policy (saturating).
+    pub drops: u16,
+    pub flags: u8,
+}
+
+// The whole slot stays at 128 bytes or less (an idle `/ws` connection must not cost more
+// than it did before the seam): the app's share is what the transport leaves.
+const _: () = assert!(std::mem::size_of::<AppConn>() <= 128 - TRANSPORT_BYTES);
+const _: () = assert!(std::mem::size_of::<crate::reactor::conn::Conn<AppConn>>() <= 128);
+
+impl AppConn {
+    pub fn new(peer: u32) -> AppConn {
+        AppConn {
+            ep: Endpoint::Http,
+            peer,
+            drops: 0,
+            flags: 0,
+        }
+    }
+
+    pub fn has(&self, f: u8) -> bool {
+        self.flags & f != 0
+    }
+
+    pub fn set(&mut self, f: u8) {
+        self.flags |= f;
+    }
+
+    pub fn clear(&mut self, f: u8) {
+        self.flags &= !f;
+    }
+
+    /// The WebSocket state, if upgraded.
+    pub fn ws(&mut self) -> Option<&mut Ws> {
+        match &mut self.ep {
+            Endpoint::Ws(ws) => Some(ws),
+            Endpoint::Http => None,
+        }
+    }
+
+    pub fn route(&self) -> Option<Route> {
+        match &self.ep {
+            Endpoint::Ws(ws) => Some(ws.route),
+            Endpoint::Http => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_fits_its_budget() {
+        let slot = std::mem::size_of::<crate::reactor::conn::Conn<AppConn>>();
+        assert!(slot <= 128, "{slot}");
+        // A vacant slab entry reuses a niche: no tag word on top.
+        let entry = std::mem::size_of::<Option<crate::reactor::conn::Conn<AppConn>>>();
+        assert_eq!(entry, slot);
+    }
+}

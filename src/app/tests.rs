@@ -1,0 +1,243 @@
+//! The app against the reactor's real context, fed bytes directly: no sockets.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::protocol::{encode, OpCode};
+use crate::reactor::shard::{Core, CoreSetup, Next, Timeouts};
+use crate::reactor::stats::SharedStats;
+use crate::reactor::{Drain, ShardInfo};
+
+use super::*;
+
+fn settings(out_cap_unused: ()) -> Settings {
+    let () = out_cap_unused;
+    Settings {
+        limits: crate::protocol::Limits::server(1 << 16),
+        max_header_bytes: 8192,
+        rate: 0,
+        burst: 0,
+        idle_ms: 0,
+        slow_policy: SlowPolicy::Close,
+        max_rooms_per_conn: 8,
+        max_queued_bytes: 1 << 20,
+    }
+}
+
+fn shard(out_cap: usize, gate: gate::Gate) -> Core<App> {
+    let stats = Arc::new(SharedStats::new(1));
+    let drain = Arc::new(Drain::new(Duration::from_secs(1)));
+    let info = ShardInfo {
+        index: 0,
+        shards: 1,
+        stats: stats.clone(),
+        drain: drain.clone(),
+    };
+    let app = App::new(Arc::new(settings(())), Arc::new(gate), &info);
+    let setup = CoreSetup {
+        index: 0,
+        mesh: crate::mesh::build(1, 0).unwrap().pop().unwrap(),
+        timeouts: Timeouts {
+            handshake: Duration::from_secs(5),
+            linger: Duration::from_secs(2),
+            ping_interval: Duration::from_secs(30),
+            pong_timeout: Duration::from_secs(10),
+        },
+        out_cap,
+        drain,
+        shared: stats,
+    };
+    Core::new(app, setup)
+}
+
+const UPGRADE: &[u8] = b"GET /echo HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\
+    Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+    Sec-WebSocket-Version: 13\r\n\r\n";
+
+fn upgrade(path: &str) -> Vec<u8> {
+    String::from_utf8(UPGRADE.to_vec())
+        .unwrap()
+        .replace("/echo", path)
+        .into_bytes()
+}
+
+fn masked(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode::write_client_frame(true, opcode, payload, [1, 2, 3, 4], &mut out);
+    out
+}
+
+/// Everything queued for `slot`, as if one send took it all.
+fn sent(core: &mut Core<App>, slot: usize) -> Vec<u8> {
+    let mut all = Vec::new();
+    let conn = core.conn(slot).unwrap();
+    let mut iov = [std::io::IoSlice::new(&[]); 64];
+    let n = conn.out.iovecs(&mut iov);
+    for s in &iov[..n] {
+        all.extend_from_slice(s);
+    }
+    core.sent(slot, all.len(), Instant::now());
+    all
+}
+
+fn open(core: &mut Core<App>, path: &str) -> usize {
+    let (slot, _) = core.insert(0, None, Instant::now());
+    core.receive(slot, &mut upgrade(path));
+    let resp = sent(core, slot);
+    assert!(
+        resp.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&resp)
+    );
+    slot
+}
+
+/// The text payloads of the server frames in `bytes`.
+fn texts(mut bytes: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    while bytes.len() >= 2 {
+        let (len, head) = match bytes[1] {
+            126 => (usize::from(u16::from_be_bytes([bytes[2], bytes[3]])), 4),
+            n => (usize::from(n), 2),
+        };
+        out.push(String::from_utf8_lossy(&bytes[head..head + len]).into_owned());
+        bytes = &bytes[head + len..];
+    }
+    out
+}
+
+#[test]
+fn handshake_split_byte_by_byte_then_echo() {
+    let mut core = shard(4, gate::Gate::default());
+    let (slot, _) = core.insert(0, None, Instant::now());
+    let mut stream = UPGRADE.to_vec();
+    stream.extend(masked(OpCode::Text, b"hi"));
+    for b in &stream {
+        core.receive(slot, &mut [*b]);
+    }
+    let out = sent(&mut core, slot);
+    assert!(out.starts_with(b"HTTP/1.1 101"));
+    assert!(out.ends_with(&[0x81, 2, b'h', b'i']));
+    assert_eq!(core.conn(slot).unwrap().tail_len(), 0);
+}
+
+#[test]
+fn a_full_ring_pauses_input_and_sending_resumes_it() {
+    let mut core = shard(4, gate::Gate::default());
+    let slot = open(&mut core, "/echo");
+    let mut burst = Vec::new();
+    for i in 0..10u8 {
+        burst.extend(masked(OpCode::Binary, &[i]));
+    }
+    assert_eq!(core.receive(slot, &mut burst), Next::StopReading);
+    assert_eq!(core.conn(slot).unwrap().out.len(), 4);
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.extend(sent(&mut core, slot));
+    }
+    let expect: Vec<u8> = (0..10u8).flat_map(|i| [0x82, 1, i]).collect();
+    assert_eq!(got, expect);
+}
+
+#[test]
+fn violations_queue_a_close_with_the_mapped_code() {
+    let mut core = shard(4, gate::Gate::default());
+    let slot = open(&mut core, "/echo");
+    core.receive(slot, &mut masked(OpCode::Text, &[0xFF]));
+    assert!(core.conn(slot).unwrap().is_closing());
+    assert_eq!(&sent(&mut core, slot)[..4], &[0x88, 0x0F, 0x03, 0xEF]); // 1007
+    assert_eq!(core.cx.stats.close_1007, 1);
+}
+
+#[test]
+fn plain_requests_get_healthz_or_404() {
+    let mut core = shard(4, gate::Gate::default());
+    for (path, status) in [("/healthz", "200"), ("/nope", "404"), ("/ws", "400")] {
+        let (slot, _) = core.insert(0, None, Instant::now());
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").into_bytes();
+        core.receive(slot, &mut req);
+        assert!(core.conn(slot).unwrap().is_closing());
+        let out = String::from_utf8(sent(&mut core, slot)).unwrap();
+        assert!(out.starts_with(&format!("HTTP/1.1 {status}")), "{out}");
+    }
+}
+
+#[test]
+fn unknown_upgrade_path_gets_404_before_upgrading() {
+    let mut core = shard(4, gate::Gate::default());
+    let (slot, _) = core.insert(0, None, Instant::now());
+    core.receive(slot, &mut upgrade("/nope"));
+    assert!(sent(&mut core, slot).starts_with(b"HTTP/1.1 404"));
+}
+
+#[test]
+fn a_publish_is_sequenced_encoded_once_and_delivered_to_every_member() {
+    let mut core = shard(8, gate::Gate::default());
+    let a = open(&mut core, "/ws?room=lobby");
+    let b = open(&mut core, "/ws");
+    core.receive(
+        b,
+        &mut masked(OpCode::Text, br#"{"op":"join","room":"lobby"}"#),
+    );
+    core.end_turn();
+    for slot in [a, b] {
+        assert_eq!(
+            texts(&sent(&mut core, slot)),
+            [r#"{"op":"joined","room":"lobby","seq":0}"#]
+        );
+    }
+    let publish = br#"{"op":"pub","room":"lobby","id":7,"data":{"n": 1}}"#;
+    core.receive(a, &mut masked(OpCode::Text, publish));
+    core.receive(
+        b,
+        &mut masked(OpCode::Text, br#"{"op":"pub","room":"lobby","data":2}"#),
+    );
+    core.end_turn();
+    let msgs = [
+        r#"{"op":"msg","room":"lobby","seq":1,"data":{"n": 1}}"#,
+        r#"{"op":"msg","room":"lobby","seq":2,"data":2}"#,
+    ];
+    let (to_a, to_b) = (sent(&mut core, a), sent(&mut core, b));
+    assert_eq!(texts(&to_a)[1..], msgs, "data passed through byte for byte");
+    assert_eq!(texts(&to_a)[0], r#"{"op":"ack","id":7,"seq":1}"#);
+    assert_eq!(texts(&to_b), msgs, "one batch frame holds both");
+    assert_eq!(
+        core.cx.stats.delivered, 2,
+        "one shared frame per member per turn"
+    );
+}
+
+#[test]
+fn a_closed_member_leaves_its_rooms() {
+    let mut core = shard(8, gate::Gate::default());
+    let a = open(&mut core, "/ws?room=r");
+    core.end_turn();
+    assert_eq!(core.cx.stats.members, 1);
+    core.remove(a);
+    core.end_turn();
+    core.end_turn();
+    assert_eq!((core.cx.stats.members, core.cx.stats.rooms_owned), (0, 0));
+    assert_eq!(core.cx.stats.close_none, 1, "dropped without a close frame");
+}
+
+#[test]
+fn without_a_token_in_time_an_upgraded_connection_is_closed_with_1008() {
+    let auth = auth::Auth::with_secret(b"s3cret", None);
+    let gate = gate::Gate::new(Vec::new(), Some(auth), (0, 0, 0));
+    let mut core = shard(8, gate);
+    let slot = open(&mut core, "/ws");
+    core.receive(
+        slot,
+        &mut masked(OpCode::Text, br#"{"op":"join","room":"r"}"#),
+    );
+    assert!(texts(&sent(&mut core, slot))[0].contains("unauthenticated"));
+    let mut out = Vec::new();
+    core.expired(Instant::now() + Duration::from_secs(6), &mut out);
+    let close = sent(&mut core, slot);
+    assert_eq!(
+        &close[..4],
+        &[0x88, 24, 0x03, 0xF0],
+        "1008 authentication timeout"
+    );
+    assert_eq!(core.cx.stats.auth_failures, 1);
+}

@@ -1,0 +1,417 @@
+//! A connection's bytes, as the app reads them: an HTTP request head (a plain request is
+//! answered and the connection closed; an upgrade is admitted or refused), then WebSocket
+//! frames for `/echo` and `/ws`. What a `/ws` op asks of the shard (join, leave, publish,
+//! a session) is pushed to the app's intents and carried out by [`super::service`].
+
+use std::sync::Arc;
+
+use crate::protocol::handshake::{self, Parsed, Request};
+use crate::protocol::message::{Event, MAX_TAIL};
+use crate::protocol::{
+    encode, CloseCode, Decoder, MessageKind, OpCode, ProtocolError, SharedFrame, Status,
+};
+use crate::reactor::Link;
+
+use super::conn::{flag, AppConn, Endpoint, Route, Ws};
+use super::gate::{Admitted, Refusal};
+use super::{auth, wire, App, Intent};
+
+type L<'a, 'b> = &'a mut Link<'b, AppConn>;
+
+impl App {
+    /// Bytes for one connection. Returns how many were consumed.
+    pub(super) fn receive(&mut self, link: L, buf: &mut [u8]) -> usize {
+        match link.app().ep {
+            Endpoint::Http => self.request(link, buf),
+            Endpoint::Ws(_) => self.frames(link, buf),
+        }
+    }
+
+    /// How much unconsumed input a connection may hold outside a pause.
+    pub(super) fn pending_bound(&self, conn: &AppConn) -> usize {
+        match conn.ep {
+            Endpoint::Http => self.cfg.max_header_bytes,
+            Endpoint::Ws(_) => MAX_TAIL,
+        }
+    }
+
+    fn request(&mut self, link: L, buf: &mut [u8]) -> usize {
+        let (parsed, head_len) = match handshake::parse(buf, self.cfg.max_header_bytes) {
+            Ok(None) => return 0,
+            Ok(Some(done)) => done,
+            Err(e) => {
+                refuse(link, e.status(), &e.to_string());
+                return buf.len();
+            }
+        };
+        match parsed {
+            Parsed::Plain(req) => {
+                link.stats.http_requests += 1;
+                let draining = self.drain.active();
+                let (status, content_type, body) =
+                    crate::ops::admin::answer(req.path, &self.stats, &self.gate, draining);
+                let mut out = Vec::new();
+                handshake::http_response(status, content_type, "", body.as_bytes(), true, &mut out);
+                link.finish(SharedFrame::from_encoded(Arc::from(out)));
+                buf.len()
+            }
+            Parsed::Upgrade(req) => {
+                let route = match req.path {
+                    "/echo" => Route::Echo,
+                    "/ws" => Route::Rooms,
+                    _ => {
+                        refuse(link, Status::NotFound, "no such endpoint");
+                        return buf.len();
+                    }
+                };
+                if !self.admit(link, &req, route) {
+                    return buf.len();
+                }
+                if route == Route::Rooms {
+                    // `/ws?room=a,b` joins at connect.
+                    for room in req
+                        .query_param("room")
+                        .into_iter()
+                        .flat_map(|v| v.split(','))
+                    {
+                        match wire::validate_room(room) {
+                            Ok(()) => self.intents.push(Intent::Join {
+                                room: Arc::from(room),
+                            }),
+                            Err(e) => reply(link, wire::error(e.code, &e.msg)),
+                        }
+                    }
+                }
+                // A client may send its first frames right behind the request.
+                head_len + self.frames(link, &mut buf[head_len..])
+            }
+        }
+    }
+
+    /// Everything a valid upgrade request must still pass, in order: not draining (503),
+    /// an allowed Origin (403), a valid token if auth is on (401; `/ws` may bring it
+    /// later in an `auth` op), the connection limits (429 per address or user, 503 in
+    /// total). Then the 101. Returns whether the connection was upgraded.
+    fn admit(&mut self, link: L, req: &Request<'_>, route: Route) -> bool {
+        let gate = self.gate.clone();
+        if self.drain.active() {
+            refuse(link, Status::ServiceUnavailable, "server shutting down");
+            return false;
+        }
+        if !gate.origin_allowed(req.origin) {
+            refuse(link, Status::Forbidden, "origin not allowed");
+            return false;
+        }
+        let mut session = None;
+        if let Some(auth) = &gate.auth {
+            match auth.find_token(req).map(|t| auth.verify(t)) {
+                Some(Ok(s)) => session = Some(s),
+                Some(Err(e)) => {
+                    link.stats.auth_failures += 1;
+                    refuse(link, Status::Unauthorized, e.reason());
+                    return false;
+                }
+                None if route == Route::Rooms => link.app().set(flag::AUTH_PENDING),
+                None => {
+                    link.stats.auth_failures += 1;
+                    refuse(link, Status::Unauthorized, "missing token");
+                    return false;
+                }
+            }
+        }
+        let peer = link.app().peer;
+        let admitted = match gate.admit(peer) {
+            Ok(a) => a,
+            Err(r) => {
+                let status = match r {
+                    Refusal::Full => Status::ServiceUnavailable,
+                    _ => Status::TooManyRequests,
+                };
+                refuse(link, status, r.reason());
+                return false;
+            }
+        };
+        if let Some(s) = &session {
+            if let Err(r) = gate.admit_user(&s.sub) {
+                gate.release(peer, admitted);
+                refuse(link, Status::TooManyRequests, r.reason());
+                return false;
+            }
+        }
+        if admitted.ip {
+            link.app().set(flag::COUNTED_IP);
+        }
+        if admitted.total {
+            link.app().set(flag::COUNTED_TOTAL);
+        }
+        // Offered next to a `bearer.<token>` entry, `roomcast` is the protocol selected.
+        let offers = |name: &str| {
+            req.protocols
+                .into_iter()
+                .flat_map(handshake::tokens)
+                .any(|p| p == name)
+        };
+        let protocol =
+            (route == Route::Rooms && offers(auth::SUBPROTOCOL)).then_some(auth::SUBPROTOCOL);
+        self.upgrade(link, req, route, protocol);
+        if let Some(s) = session {
+            self.intents.push(Intent::Login(s));
+        }
+        true
+    }
+
+    /// Accepts the upgrade: queues the 101 and starts speaking `route`.
+    fn upgrade(&mut self, link: L, req: &Request<'_>, route: Route, protocol: Option<&str>) {
+        let mut out = Vec::with_capacity(160);
+        handshake::accept_response(req, protocol, &mut out);
+        if link
+            .send_control(SharedFrame::from_encoded(Arc::from(out)))
+            .is_err()
+        {
+            return link.abort();
+        }
+        let now = link.now_ms;
+        link.app().ep = Endpoint::Ws(Ws {
+            route,
+            decoder: Decoder::new(),
+            tokens: self.cfg.burst.saturating_mul(1000),
+            stamp: now,
+            last_msg: now,
+        });
+        link.stats.upgraded += 1;
+        link.start_heartbeat();
+        if !link.app().has(flag::AUTH_PENDING) {
+            link.establish();
+        }
+    }
+
+    /// Takes one message's worth from the rate-limit bucket; past the burst the
+    /// connection is closed with 1008. Cost: a few integer operations.
+    fn within_rate(&self, link: L) -> bool {
+        let (rate, burst, now) = (self.cfg.rate, self.cfg.burst, link.now_ms);
+        if rate == 0 {
+            return true;
+        }
+        let Some(ws) = link.app().ws() else {
+            return false;
+        };
+        let elapsed = u64::from(now.wrapping_sub(ws.stamp));
+        let cap = u64::from(burst) * 1000;
+        // `rate` messages per second is `rate` thousandths per millisecond.
+        let tokens = (u64::from(ws.tokens) + elapsed * u64::from(rate)).min(cap);
+        ws.stamp = now;
+        if tokens < 1000 {
+            ws.tokens = tokens as u32;
+            link.stats.rate_limited += 1;
+            fail(link, CloseCode::POLICY_VIOLATION, "rate limit exceeded");
+            return false;
+        }
+        ws.tokens = (tokens - 1000) as u32;
+        true
+    }
+
+    fn frames(&mut self, link: L, buf: &mut [u8]) -> usize {
+        let (mut at, end) = (0, buf.len());
+        loop {
+            if link.is_full() {
+                // Backpressure: stop consuming until what we owe the peer has gone out.
+                link.pause();
+                return at;
+            }
+            let Some(ws) = link.app().ws() else {
+                return buf.len();
+            };
+            let (n, event) = match ws.decoder.decode(&mut buf[at..], &self.cfg.limits) {
+                Ok(step) => step,
+                Err(e) => {
+                    violation(link, &e);
+                    return buf.len();
+                }
+            };
+            at += n;
+            match event {
+                Some(event) => self.on_event(link, event),
+                None if n == 0 || at == end => return at,
+                None => {}
+            }
+            if link.is_closing() {
+                return buf.len();
+            }
+        }
+    }
+
+    fn on_event(&mut self, link: L, event: Event<'_>) {
+        match event {
+            Event::Message { kind, payload } => {
+                link.stats.messages_in += 1;
+                let now = link.now_ms;
+                let Some(ws) = link.app().ws() else {
+                    return;
+                };
+                ws.last_msg = now;
+                let route = ws.route;
+                if !self.within_rate(link) {
+                    return;
+                }
+                match route {
+                    Route::Rooms => self.on_op(link, kind, &payload),
+                    Route::Echo => {
+                        // Echo: one allocation for the reply frame, one copy of the payload.
+                        let frame = SharedFrame::new(kind.opcode(), &payload);
+                        if link.send(frame).is_ok() {
+                            link.stats.messages_out += 1;
+                        }
+                    }
+                }
+            }
+            Event::Ping(payload) => {
+                if !self.within_rate(link) {
+                    return;
+                }
+                let pong = SharedFrame::new(OpCode::Pong, payload);
+                if link.send_control(pong).is_err() {
+                    // Only a peer that pings faster than it reads gets here: it loses the
+                    // connection, nobody else notices.
+                    link.abort();
+                }
+            }
+            Event::Pong(_) => {}
+            Event::Close(_) => {
+                let mut reply = Vec::with_capacity(4);
+                event.reply(&mut reply);
+                // The echoed code, or 1005 (none given).
+                let code = match reply.get(2..4) {
+                    Some(&[hi, lo]) => u16::from_be_bytes([hi, lo]),
+                    _ => 1005,
+                };
+                finish_with_close(link, code, reply);
+            }
+        }
+    }
+
+    /// A `/ws` message: a JSON op. Anything wrong with it is answered with an error op and
+    /// the connection stays.
+    fn on_op(&mut self, link: L, kind: MessageKind, payload: &[u8]) {
+        let text = match (kind, std::str::from_utf8(payload)) {
+            (MessageKind::Text, Ok(text)) => text,
+            _ => {
+                return reply(
+                    link,
+                    wire::error("bad_json", "ops are JSON in text messages"),
+                )
+            }
+        };
+        let op = wire::parse(text);
+        let pending = link.app().has(flag::AUTH_PENDING);
+        if pending && !matches!(op, Ok(wire::ClientOp::Auth { .. })) {
+            return reply(link, wire::unauthenticated());
+        }
+        match op {
+            Ok(wire::ClientOp::Auth { token }) => self.authenticate(link, &token, false),
+            Ok(wire::ClientOp::Refresh { token }) => self.authenticate(link, &token, true),
+            Ok(wire::ClientOp::Join { room, .. }) => self.intents.push(Intent::Join { room }),
+            Ok(wire::ClientOp::Leave { room }) => self.intents.push(Intent::Leave { room }),
+            // The one copy of the data out of the read buffer; every delivery shares it.
+            Ok(wire::ClientOp::Pub { room, data, id }) => self.intents.push(Intent::Pub {
+                room,
+                data: Arc::from(data),
+                id,
+            }),
+            Err(e) => reply(link, wire::error(e.code, &e.msg)),
+        }
+    }
+
+    /// A token in an `auth` op (first-message auth) or a `refresh` op. A bad token in
+    /// `auth` closes with 1008; in `refresh` it is an error op and the current token stands.
+    fn authenticate(&mut self, link: L, token: &str, refresh: bool) {
+        let gate = self.gate.clone();
+        let Some(auth) = &gate.auth else {
+            return reply(
+                link,
+                wire::error("auth_disabled", "this server takes no tokens"),
+            );
+        };
+        let pending = link.app().has(flag::AUTH_PENDING);
+        if refresh == pending {
+            let (code, msg) = if pending {
+                ("unauthenticated", "authenticate before refreshing")
+            } else {
+                ("already_authenticated", "use refresh to replace a token")
+            };
+            return reply(link, wire::error(code, msg));
+        }
+        let session = match auth.verify(token) {
+            Ok(s) => s,
+            Err(e) => {
+                link.stats.auth_failures += 1;
+                if refresh {
+                    return reply(link, wire::error("invalid_token", e.reason()));
+                }
+                return fail(link, CloseCode::POLICY_VIOLATION, e.reason());
+            }
+        };
+        if refresh {
+            // The shard checks it is the same user and answers.
+            return self.intents.push(Intent::Refresh(session));
+        }
+        if let Err(r) = gate.admit_user(&session.sub) {
+            return fail(link, CloseCode::POLICY_VIOLATION, r.reason());
+        }
+        link.app().clear(flag::AUTH_PENDING);
+        link.establish();
+        reply(link, wire::authed(&session.sub, session.exp));
+        self.intents.push(Intent::Login(session));
+    }
+
+    /// Gives back what admission counted (the connection has closed).
+    pub(super) fn release(&self, conn: &mut AppConn) {
+        let admitted = Admitted {
+            ip: conn.has(flag::COUNTED_IP),
+            total: conn.has(flag::COUNTED_TOTAL),
+        };
+        conn.clear(flag::COUNTED_IP | flag::COUNTED_TOTAL);
+        self.gate.release(conn.peer, admitted);
+    }
+}
+
+/// Queues a reply to this connection's own request.
+pub(super) fn reply(link: L, frame: SharedFrame) {
+    if link.app().route().is_some() && link.send(frame).is_ok() {
+        link.stats.messages_out += 1;
+    }
+}
+
+/// The peer broke the protocol: close with the code the rule maps to.
+fn violation(link: L, e: &ProtocolError) {
+    link.stats.protocol_errors += 1;
+    tracing::debug!(conn = link.gen(), error = %e, "protocol violation");
+    fail(link, e.close_code(), e.reason());
+}
+
+/// Starts the closing handshake from our side with `code`.
+pub(super) fn fail(link: L, code: CloseCode, reason: &str) {
+    if link.is_closing() {
+        return;
+    }
+    let mut frame = Vec::with_capacity(4 + reason.len());
+    encode::write_close(code, reason, &mut frame);
+    finish_with_close(link, code.0, frame);
+}
+
+/// Queues a close frame with `code` as the last thing this connection gets, and counts it
+/// (a close before the upgrade is a refusal, counted by `refuse`).
+fn finish_with_close(link: L, code: u16, frame: Vec<u8>) {
+    if link.app().route().is_some() {
+        link.stats.count_close(code);
+        link.app().set(flag::CLOSE_SENT);
+    }
+    link.finish(SharedFrame::from_encoded(Arc::from(frame)));
+}
+
+/// Refuses a request with an HTTP status and a plain-text reason, then closes.
+pub(super) fn refuse(link: L, status: Status, body: &str) {
+    link.stats.count_refusal(status.code());
+    let mut out = Vec::new();
+    handshake::reject_response(status, body, &mut out);
+    link.finish(SharedFrame::from_encoded(Arc::from(out)));
+}

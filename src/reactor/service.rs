@@ -1,0 +1,324 @@
+//! The seam between the reactor and what runs on it.
+//!
+//! The reactor owns sockets, buffers, out-rings, timers, flushing and the close lifecycle;
+//! a [`Service`] owns what a connection means (a WebSocket endpoint, an HTTP request, an
+//! event stream) and what a shard shares (rooms, sessions). The reactor is generic over
+//! it, so every call below is static and inlined: no `dyn`, no per-event allocation.
+//!
+//! The service acts through a context: [`Cx`] for the shard (the other connections, the
+//! mesh, the counters), [`Link`] for one connection (send a frame, a shared frame or a
+//! control frame, pause, close). It never reaches into the reactor's fields.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+use super::conn::{flag, Conn};
+use super::outring::{Full, OutRing};
+use super::stats::Snapshot;
+use crate::mesh::Endpoint;
+use crate::protocol::SharedFrame;
+
+/// What a shard runs. Each shard has its own instance (built by the factory given to
+/// [`Server::start`](super::Server::start)); instances talk only through the mesh.
+pub trait Service: Sized + 'static {
+    /// The service's part of a connection's slab slot. Keep it small: it is paid by every
+    /// idle connection.
+    type Conn;
+    /// What shards (and non-shard mesh endpoints) send each other.
+    type Msg: crate::mesh::Message;
+
+    /// A socket was accepted (from `peer`, when the backend knows it). Its state.
+    fn open(&mut self, peer: Option<IpAddr>) -> Self::Conn;
+
+    /// Bytes arrived for `slot` (after any input held back earlier). Returns how many were
+    /// consumed; the rest is held and offered again, in front of the next bytes or when a
+    /// paused connection resumes. May unmask or otherwise rewrite `data` in place.
+    fn data(&mut self, cx: &mut Cx<Self>, slot: usize, data: &mut [u8]) -> usize;
+
+    /// How many unconsumed bytes `conn` may hold while it is not paused (a handshake head,
+    /// a frame header). Past it, [`Service::overflow`].
+    fn max_pending(&self, conn: &Self::Conn) -> usize;
+
+    /// The connection held more unconsumed input than it may: close it.
+    fn overflow(&mut self, link: &mut Link<'_, Self::Conn>);
+
+    /// A heartbeat tick reached a connection marked with [`Link::start_heartbeat`]: send a
+    /// ping (or a comment line), or close it if it has been idle too long. Returns whether
+    /// the peer must show a sign of life before the pong timeout.
+    fn tick(&mut self, link: &mut Link<'_, Self::Conn>) -> bool;
+
+    /// The handshake deadline passed and the connection has not been
+    /// [established](Link::establish). Close it (with [`Link::abort`] or a close frame).
+    fn handshake_timeout(&mut self, link: &mut Link<'_, Self::Conn>);
+
+    /// The drain schedule reached this connection (one with a heartbeat): say goodbye.
+    fn drain(&mut self, link: &mut Link<'_, Self::Conn>);
+
+    /// A message from another shard (or from this one, or a non-shard endpoint).
+    fn message(&mut self, cx: &mut Cx<Self>, msg: Self::Msg);
+
+    /// The end of a loop turn, after the mesh was drained: seal batches, publish figures.
+    fn end_turn(&mut self, cx: &mut Cx<Self>);
+
+    /// The connection in `slot` is gone (its socket closed, nothing in flight); its state
+    /// is handed back.
+    fn closed(&mut self, cx: &mut Cx<Self>, slot: usize, conn: Conn<Self::Conn>);
+}
+
+/// A closing connection's deadline.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Deadline {
+    pub at: Instant,
+    pub slot: u32,
+    pub gen: u32,
+}
+
+/// The shard as a service sees it: its connections, its mesh endpoint, its counters.
+pub struct Cx<S: Service> {
+    pub(crate) conns: Slab<Conn<S::Conn>>,
+    pub(crate) flush: Vec<usize>,
+    // Constant timeouts expire in the order they were set, so a FIFO is a timer: O(1) to
+    // add, O(expired) to check.
+    pub(crate) lingers: VecDeque<Deadline>,
+    /// Paused connections the service wants read again, handled after the turn.
+    pub(crate) resumes: Vec<(usize, u32)>,
+    /// This shard's counters, published once per turn.
+    pub stats: Snapshot,
+    pub mesh: Endpoint<S::Msg>,
+    /// The loop turn's clock, and the same in milliseconds since the shard started.
+    pub(crate) now: Instant,
+    pub now_ms: u32,
+    /// Loop turns so far (a member is slow when frames from earlier turns fill its ring).
+    pub turn: u32,
+    /// `--out-ring`: data frames a connection may have queued.
+    pub out_cap: usize,
+    pub(crate) linger: Duration,
+}
+
+impl<S: Service> Cx<S> {
+    /// The connection in `slot`, if that slot holds generation `gen` and is not being torn
+    /// down.
+    pub fn link(&mut self, slot: usize, gen: u32) -> Option<Link<'_, S::Conn>> {
+        self.link_any(slot).filter(|l| l.conn.gen == gen)
+    }
+
+    /// The connection in `slot`, whatever its generation (the service is handling one of
+    /// its events).
+    pub fn link_any(&mut self, slot: usize) -> Option<Link<'_, S::Conn>> {
+        let conn = self.conns.get_mut(slot)?;
+        Some(Link {
+            slot,
+            conn,
+            flush: &mut self.flush,
+            lingers: &mut self.lingers,
+            stats: &mut self.stats,
+            now: self.now,
+            now_ms: self.now_ms,
+            out_cap: self.out_cap,
+            linger: self.linger,
+        })
+    }
+
+    /// The service's state of the connection in `slot` (read-only, no side effects).
+    pub fn app(&self, slot: usize) -> Option<&S::Conn> {
+        self.conns.get(slot).map(|c| &c.app)
+    }
+
+    /// The generation of the connection in `slot`.
+    pub fn gen(&self, slot: usize) -> Option<u32> {
+        self.conns.get(slot).map(|c| c.gen)
+    }
+
+    /// Connections on this shard, in any phase.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Reads a connection paused with [`Link::pause`] again (after this turn), starting with
+    /// the input it held back.
+    pub fn resume(&mut self, slot: usize, gen: u32) {
+        self.resumes.push((slot, gen));
+    }
+}
+
+/// One connection, lent to the service for one event.
+pub struct Link<'a, A> {
+    slot: usize,
+    conn: &'a mut Conn<A>,
+    flush: &'a mut Vec<usize>,
+    lingers: &'a mut VecDeque<Deadline>,
+    /// The shard's counters.
+    pub stats: &'a mut Snapshot,
+    now: Instant,
+    /// The shard's coarse clock (ms since it started), set once per loop turn.
+    pub now_ms: u32,
+    /// `--out-ring`.
+    pub out_cap: usize,
+    linger: Duration,
+}
+
+impl<'a, A> Link<'a, A> {
+    pub(crate) fn new(
+        slot: usize,
+        conn: &'a mut Conn<A>,
+        flush: &'a mut Vec<usize>,
+        lingers: &'a mut VecDeque<Deadline>,
+        stats: &'a mut Snapshot,
+        (now, now_ms, out_cap, linger): (Instant, u32, usize, Duration),
+    ) -> Link<'a, A> {
+        Link {
+            slot,
+            conn,
+            flush,
+            lingers,
+            stats,
+            now,
+            now_ms,
+            out_cap,
+            linger,
+        }
+    }
+
+    pub fn slot(&self) -> usize {
+        self.slot
+    }
+
+    pub fn gen(&self) -> u32 {
+        self.conn.gen
+    }
+
+    /// The service's state of this connection.
+    pub fn app(&mut self) -> &mut A {
+        &mut self.conn.app
+    }
+
+    /// Frames queued and not sent yet.
+    pub fn queued(&self) -> &OutRing {
+        &self.conn.out
+    }
+
+    /// Whether a data frame would be refused: stop consuming input and [`Link::pause`].
+    pub fn is_full(&self) -> bool {
+        self.conn.out.is_full(self.out_cap)
+    }
+
+    /// Whether the connection is closing (its last bytes are queued): send nothing more.
+    pub fn is_closing(&self) -> bool {
+        self.conn.is_closing()
+    }
+
+    fn queue_flush(&mut self) {
+        if !self.conn.has(flag::QUEUED) {
+            self.conn.set(flag::QUEUED);
+            self.flush.push(self.slot);
+        }
+    }
+
+    /// Queues a data frame (a reply, an echo, a delivery). Refused when the ring holds
+    /// `--out-ring` frames. Cost: O(1), the caller's clone is the only refcount touched.
+    pub fn send(&mut self, frame: SharedFrame) -> Result<(), Full> {
+        self.send_up_to(frame, self.out_cap)
+    }
+
+    /// Queues a data frame as long as fewer than `cap` are queued.
+    pub fn send_up_to(&mut self, frame: SharedFrame, cap: usize) -> Result<(), Full> {
+        if self.is_closing() {
+            return Err(Full);
+        }
+        self.conn.out.push(frame, cap)?;
+        self.queue_flush();
+        Ok(())
+    }
+
+    /// Queues a room's delivery in loop turn `turn` (see [`OutRing::push_delivery`]).
+    pub fn deliver(&mut self, frame: SharedFrame, max_bytes: usize, turn: u32) -> Result<(), Full> {
+        if self.is_closing() {
+            return Err(Full);
+        }
+        let pushed = self
+            .conn
+            .out
+            .push_delivery(frame, self.out_cap, max_bytes, turn);
+        if !self.conn.out.is_empty() {
+            self.queue_flush();
+        }
+        pushed
+    }
+
+    /// Drops the oldest queued data frame no send is using (drop-oldest slow policy).
+    pub fn drop_oldest(&mut self) -> bool {
+        self.conn.out.drop_oldest_data()
+    }
+
+    /// Queues a control frame (a pong, a ping, a handshake response), which goes out even
+    /// past a full ring, up to a small slack. Refused past that: a peer that fills even the
+    /// slack is not reading.
+    pub fn send_control(&mut self, frame: SharedFrame) -> Result<(), Full> {
+        if self.is_closing() {
+            return Err(Full);
+        }
+        self.conn.out.push_control(frame, self.out_cap)?;
+        self.queue_flush();
+        Ok(())
+    }
+
+    /// Queues the last bytes this connection gets (a close frame, an HTTP response), stops
+    /// taking its input, and closes it once they are out: half-close, then the peer's EOF
+    /// or the close timeout.
+    pub fn finish(&mut self, last: SharedFrame) {
+        if self.is_closing() {
+            return;
+        }
+        if self.conn.out.push_control(last, self.out_cap).is_err() {
+            self.conn.out.clear();
+        }
+        self.closing();
+        self.queue_flush();
+    }
+
+    /// Closes the connection without sending anything more (what is queued is dropped).
+    pub fn abort(&mut self) {
+        self.conn.out.clear();
+        self.closing();
+    }
+
+    fn closing(&mut self) {
+        self.conn.set(flag::CLOSING);
+        self.conn.tail = thin_vec::ThinVec::new();
+        if !self.conn.has(flag::DEADLINE) {
+            self.conn.set(flag::DEADLINE);
+            self.lingers.push_back(Deadline {
+                at: self.now + self.linger,
+                slot: self.slot as u32,
+                gen: self.conn.gen,
+            });
+        }
+    }
+
+    /// Stops reading this connection until its out-ring drains (or [`Cx::resume`]).
+    pub fn pause(&mut self) {
+        self.conn.set(flag::PAUSED);
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.conn.has(flag::PAUSED)
+    }
+
+    /// The handshake is over: its deadline no longer applies.
+    pub fn establish(&mut self) {
+        self.conn.set(flag::ESTABLISHED);
+    }
+
+    /// The connection is an open stream: the heartbeat wheel ticks it, and a drain gives
+    /// it a moment in the drain window.
+    pub fn start_heartbeat(&mut self) {
+        self.conn.set(flag::HEARTBEAT);
+    }
+}

@@ -1,0 +1,289 @@
+//! The shard core against a toy service (lines of text, no sockets): what the reactor
+//! promises every service, whatever it speaks.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::protocol::SharedFrame;
+use crate::reactor::service::Link;
+
+/// A toy protocol: one command per line. `hello` establishes the connection (heartbeats
+/// on), `bye` closes it, anything else is echoed.
+#[derive(Default)]
+struct Lines {
+    log: Vec<String>,
+    closed: Vec<usize>,
+}
+
+#[derive(Debug)]
+struct Note(&'static str);
+
+impl crate::mesh::Message for Note {
+    fn droppable(&self) -> bool {
+        false
+    }
+}
+
+fn frame(bytes: &[u8]) -> SharedFrame {
+    SharedFrame::from_encoded(Arc::from(bytes))
+}
+
+impl Service for Lines {
+    type Conn = u32;
+    type Msg = Note;
+
+    fn open(&mut self, _: Option<std::net::IpAddr>) -> u32 {
+        0
+    }
+
+    fn data(&mut self, cx: &mut Cx<Lines>, slot: usize, data: &mut [u8]) -> usize {
+        let mut link = cx.link_any(slot).unwrap();
+        let mut at = 0;
+        while let Some(i) = data[at..].iter().position(|&b| b == b'\n') {
+            if link.is_full() {
+                link.pause();
+                break;
+            }
+            let line = &data[at..at + i];
+            *link.app() += 1;
+            match line {
+                b"hello" => {
+                    link.establish();
+                    link.start_heartbeat();
+                }
+                b"bye" => link.finish(frame(b"bye\n")),
+                _ => link.send(frame(&data[at..at + i + 1])).unwrap(),
+            }
+            at += i + 1;
+            if link.is_closing() {
+                return data.len();
+            }
+        }
+        at
+    }
+
+    fn max_pending(&self, _: &u32) -> usize {
+        16
+    }
+
+    fn overflow(&mut self, link: &mut Link<'_, u32>) {
+        self.log.push("overflow".into());
+        link.abort();
+    }
+
+    fn tick(&mut self, link: &mut Link<'_, u32>) -> bool {
+        let _ = link.send_control(frame(b"ping\n"));
+        true
+    }
+
+    fn handshake_timeout(&mut self, link: &mut Link<'_, u32>) {
+        self.log.push("handshake timeout".into());
+        link.abort();
+    }
+
+    fn drain(&mut self, link: &mut Link<'_, u32>) {
+        link.finish(frame(b"going away\n"));
+    }
+
+    fn message(&mut self, _: &mut Cx<Lines>, msg: Note) {
+        self.log.push(msg.0.into());
+    }
+
+    fn end_turn(&mut self, cx: &mut Cx<Lines>) {
+        cx.stats.members = self.log.len() as u64;
+    }
+
+    fn closed(&mut self, _: &mut Cx<Lines>, slot: usize, _: Conn<u32>) {
+        self.closed.push(slot);
+    }
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn core(out_cap: usize) -> (Core<Lines>, Arc<Drain>) {
+    let drain = Arc::new(Drain::new(Duration::from_secs(4)));
+    let setup = CoreSetup {
+        index: 0,
+        mesh: crate::mesh::build(1, 0).unwrap().pop().unwrap(),
+        timeouts: Timeouts {
+            handshake: 3 * SECOND,
+            linger: 2 * SECOND,
+            ping_interval: 2 * SECOND,
+            pong_timeout: SECOND,
+        },
+        out_cap,
+        drain: drain.clone(),
+        shared: Arc::new(SharedStats::new(1)),
+    };
+    (Core::new(Lines::default(), setup), drain)
+}
+
+/// Everything queued for `slot`, as if one send took it all.
+fn sent(core: &mut Core<Lines>, slot: usize) -> (Vec<u8>, Next) {
+    let mut all = Vec::new();
+    let conn = core.conn(slot).unwrap();
+    let mut iov = [std::io::IoSlice::new(&[]); 64];
+    let n = conn.out.iovecs(&mut iov);
+    for s in &iov[..n] {
+        all.extend_from_slice(s);
+    }
+    let next = core.sent(slot, all.len(), Instant::now());
+    (all, next)
+}
+
+#[test]
+fn partial_input_waits_in_the_tail_and_is_offered_again() {
+    let (mut core, _) = core(8);
+    let (slot, _) = core.insert(0, None, Instant::now());
+    for b in b"ab\ncd\n" {
+        assert_eq!(core.receive(slot, &mut [*b]), Next::Nothing);
+    }
+    assert_eq!(core.conn(slot).unwrap().tail_len(), 0);
+    assert_eq!(sent(&mut core, slot).0, b"ab\ncd\n");
+    assert!(core.has_flush(), "the connection was queued for flushing");
+}
+
+#[test]
+fn a_full_ring_pauses_and_draining_it_resumes_with_the_held_input() {
+    let (mut core, _) = core(2);
+    let (slot, _) = core.insert(0, None, Instant::now());
+    assert_eq!(
+        core.receive(slot, &mut b"1\n2\n3\n4\n5\n".to_vec()),
+        Next::StopReading
+    );
+    let (first, next) = sent(&mut core, slot);
+    assert_eq!(first, b"1\n2\n");
+    assert_eq!(
+        next,
+        Next::StopReading,
+        "the held input filled the ring again"
+    );
+    let (second, next) = sent(&mut core, slot);
+    assert_eq!(
+        next,
+        Next::ResumeReading,
+        "all held input handled: read again"
+    );
+    let (third, next) = sent(&mut core, slot);
+    assert_eq!(next, Next::Nothing);
+    assert_eq!([first, second, third].concat(), b"1\n2\n3\n4\n5\n");
+}
+
+#[test]
+fn finishing_sends_the_last_bytes_then_half_closes_and_drops_later_input() {
+    let (mut core, _) = core(8);
+    let (slot, gen) = core.insert(0, None, Instant::now());
+    assert_eq!(
+        core.receive(slot, &mut b"x\nbye\nlost\n".to_vec()),
+        Next::Nothing
+    );
+    assert_eq!(core.receive(slot, &mut b"more\n".to_vec()), Next::Nothing);
+    let (out, next) = sent(&mut core, slot);
+    assert_eq!(out, b"x\nbye\n");
+    assert_eq!(next, Next::ShutdownWrite);
+    assert_eq!(
+        core.get(slot, gen).unwrap().app,
+        2,
+        "nothing read after bye"
+    );
+    // The peer never closes: the close timeout does.
+    let mut out = Vec::new();
+    core.expired(Instant::now() + 3 * SECOND, &mut out);
+    assert!(out.contains(&slot));
+    core.remove(slot);
+    assert_eq!(core.service.closed, [slot]);
+    assert!(core.is_empty());
+}
+
+#[test]
+fn a_connection_not_established_in_time_is_handed_to_the_service_then_closed() {
+    let (mut core, _) = core(8);
+    let t0 = Instant::now();
+    let (slow, _) = core.insert(0, None, t0);
+    let (quick, _) = core.insert(1, None, t0);
+    core.receive(quick, &mut b"hello\n".to_vec());
+    let mut out = Vec::new();
+    core.expired(t0 + 4 * SECOND, &mut out);
+    assert_eq!(out, [slow]);
+    assert_eq!(core.service.log, ["handshake timeout"]);
+}
+
+#[test]
+fn input_past_the_services_bound_is_an_overflow() {
+    let (mut core, _) = core(8);
+    let (slot, _) = core.insert(0, None, Instant::now());
+    let next = core.receive(slot, &mut [b'a'; 17]);
+    assert_eq!(core.service.log, ["overflow"]);
+    assert_eq!(next, Next::Close, "aborted, nothing left to send");
+}
+
+#[test]
+fn heartbeats_tick_established_connections_and_drop_the_silent() {
+    let (mut core, _) = core(8);
+    let t0 = Instant::now();
+    let (talker, _) = core.insert(0, None, t0);
+    let (silent, _) = core.insert(1, None, t0);
+    let (never, _) = core.insert(2, None, t0);
+    core.receive(talker, &mut b"hello\n".to_vec());
+    core.receive(silent, &mut b"hello\n".to_vec());
+    core.take_flush();
+    let mut dead = Vec::new();
+    for s in 1..=4 {
+        core.expired(t0 + s * SECOND, &mut dead);
+        core.receive(talker, &mut b"x\n".to_vec());
+    }
+    assert_eq!(
+        dead,
+        [silent, never],
+        "the silent one dropped, the other never upgraded"
+    );
+    let (out, _) = sent(&mut core, talker);
+    let pings = out.windows(5).filter(|w| w == b"ping\n").count();
+    assert_eq!(pings, 2, "ticks 2 and 4 ping the talker's bucket");
+}
+
+#[test]
+fn a_drain_says_goodbye_to_open_streams_over_the_window_and_ends() {
+    let (mut core, drain) = core(8);
+    let t0 = Instant::now();
+    let open: Vec<usize> = (0..4)
+        .map(|i| {
+            let (slot, _) = core.insert(i, None, t0);
+            core.receive(slot, &mut b"hello\n".to_vec());
+            slot
+        })
+        .collect();
+    let (handshaking, _) = core.insert(9, None, t0);
+    assert!(drain.begin());
+    let mut out = Vec::new();
+    assert_eq!(
+        core.expired(Instant::now(), &mut out),
+        DrainStatus::Draining
+    );
+    assert_eq!(out, [handshaking], "not a stream yet: closed at once");
+    let goodbyes = |core: &mut Core<Lines>| {
+        open.iter()
+            .filter(|&&s| core.conn(s).unwrap().is_closing())
+            .count()
+    };
+    assert_eq!(goodbyes(&mut core), 1, "the first goes at once");
+    core.expired(Instant::now() + 4 * SECOND, &mut out);
+    assert_eq!(goodbyes(&mut core), 4);
+    for slot in open.into_iter().chain([handshaking]) {
+        core.remove(slot);
+    }
+    assert_eq!(
+        core.expired(Instant::now() + 4 * SECOND, &mut out),
+        DrainStatus::Done
+    );
+}
+
+#[test]
+fn mesh_messages_reach_the_service_at_the_end_of_the_turn() {
+    let (mut core, _) = core(8);
+    core.mesh().send(0, Note("to myself"));
+    core.end_turn();
+    assert_eq!(core.service.log, ["to myself"]);
+    assert_eq!(core.shared.shards[0].load().members, 1, "figures published");
+}
