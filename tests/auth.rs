@@ -117,168 +117,165 @@ fn refused(source: Source, why: &str) -> String {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_token_source_checks_signature_expiry_and_room_rights() {
-    let server = Server::start(
-        "uring",
-        &["--jwt-secret", SECRET, "--auth-cookie", "rc_token"],
-    );
-    let valid = hs256(SECRET, &claims("ann", 60));
-    let expired = hs256(SECRET, &claims("ann", -10));
-    let forged = hs256("someone-else", &claims("ann", 60));
-    for source in SOURCES {
-        // Valid: in, and allowed rooms work.
-        let mut ws = open(&server, source, &valid)
-            .await
-            .unwrap_or_else(|e| panic!("{source:?}: {e}"));
-        let v = op(&mut ws, r#"{"op":"join","room":"public-chat"}"#).await;
-        assert_eq!(v["op"], "joined", "{source:?}: {v}");
-        // Wrong room for join, then for pub: an error op each, and the connection stays.
-        let v = op(&mut ws, r#"{"op":"join","room":"private"}"#).await;
-        assert_eq!(
-            (v["op"].as_str(), v["code"].as_str()),
-            (Some("error"), Some("forbidden")),
-            "{source:?}: {v}"
+both_backends! {
+    async fn every_token_source_checks_signature_expiry_and_room_rights(backend: &str) {
+        let server = Server::start(
+            backend,
+            &["--jwt-secret", SECRET, "--auth-cookie", "rc_token"],
         );
+        let valid = hs256(SECRET, &claims("ann", 60));
+        let expired = hs256(SECRET, &claims("ann", -10));
+        let forged = hs256("someone-else", &claims("ann", 60));
+        for source in SOURCES {
+            // Valid: in, and allowed rooms work.
+            let mut ws = open(&server, source, &valid)
+                .await
+                .unwrap_or_else(|e| panic!("{source:?}: {e}"));
+            let v = op(&mut ws, r#"{"op":"join","room":"public-chat"}"#).await;
+            assert_eq!(v["op"], "joined", "{source:?}: {v}");
+            // Wrong room for join, then for pub: an error op each, and the connection stays.
+            let v = op(&mut ws, r#"{"op":"join","room":"private"}"#).await;
+            assert_eq!(
+                (v["op"].as_str(), v["code"].as_str()),
+                (Some("error"), Some("forbidden")),
+                "{source:?}: {v}"
+            );
+            let v = op(
+                &mut ws,
+                r#"{"op":"pub","room":"public-other","data":1,"id":1}"#,
+            )
+            .await;
+            assert_eq!(
+                (v["op"].as_str(), v["code"].as_str()),
+                (Some("error"), Some("forbidden")),
+                "{source:?}: {v}"
+            );
+            let v = op(&mut ws, r#"{"op":"join","room":"public-other"}"#).await;
+            assert_eq!(
+                v["op"], "joined",
+                "{source:?}: still open after refusals: {v}"
+            );
+            // Expired and wrong signature: refused.
+            assert_eq!(
+                open(&server, source, &expired).await.err(),
+                Some(refused(source, "token expired")),
+                "{source:?}"
+            );
+            assert_eq!(
+                open(&server, source, &forged).await.err(),
+                Some(refused(source, "invalid token")),
+                "{source:?}"
+            );
+        }
+        // Each valid connection was dropped at the end of its round: nothing is left over.
+        server.settles_to(0);
+    }
+
+    async fn the_subprotocol_form_selects_roomcast_and_never_echoes_the_token(backend: &str) {
+        let server = Server::start(backend, &["--jwt-secret", SECRET]);
+        let t = hs256(SECRET, &claims("ann", 60));
+        let mut req = common::upgrade_request("/ws");
+        let extra = format!("Sec-WebSocket-Protocol: roomcast, bearer.{t}\r\n\r\n");
+        req.truncate(req.len() - 2);
+        req.extend_from_slice(extra.as_bytes());
+        let answer = String::from_utf8(server.raw_exchange(&req, SECOND)).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
+        assert!(
+            answer.contains("Sec-WebSocket-Protocol: roomcast\r\n"),
+            "{answer}"
+        );
+        assert!(!answer.contains(&t), "{answer}");
+    }
+
+    async fn a_token_expiring_mid_connection_closes_1008_unless_refreshed(backend: &str) {
+        let server = Server::start(backend, &["--jwt-secret", SECRET]);
+        let short = hs256(SECRET, &claims("ann", 2));
+        let mut lapsing = open(&server, Source::Query, &short).await.unwrap();
+        let mut refreshed = open(&server, Source::Header, &short).await.unwrap();
+        // A refresh for someone else, or with a bad token, is refused; the connection stays.
         let v = op(
-            &mut ws,
-            r#"{"op":"pub","room":"public-other","data":1,"id":1}"#,
+            &mut refreshed,
+            &format!(
+                r#"{{"op":"refresh","token":"{}"}}"#,
+                hs256(SECRET, &claims("bob", 60))
+            ),
         )
         .await;
+        assert_eq!(v["code"], "wrong_user", "{v}");
+        let v = op(&mut refreshed, r#"{"op":"refresh","token":"nonsense"}"#).await;
+        assert_eq!(v["code"], "invalid_token", "{v}");
+        let fresh = hs256(SECRET, &claims("ann", 60));
+        let v = op(
+            &mut refreshed,
+            &format!(r#"{{"op":"refresh","token":"{fresh}"}}"#),
+        )
+        .await;
+        assert_eq!(v["op"], "authed", "{v}");
+        // The unrefreshed one is closed at expiry (the heartbeat tick checks every second).
         assert_eq!(
-            (v["op"].as_str(), v["code"].as_str()),
-            (Some("error"), Some("forbidden")),
-            "{source:?}: {v}"
+            closed(&mut lapsing, 6).await,
+            (1008, "token expired".into())
         );
-        let v = op(&mut ws, r#"{"op":"join","room":"public-other"}"#).await;
-        assert_eq!(
-            v["op"], "joined",
-            "{source:?}: still open after refusals: {v}"
+        // The refreshed one lives on past the first expiry.
+        let v = op(&mut refreshed, r#"{"op":"join","room":"public-a"}"#).await;
+        assert_eq!(v["op"], "joined", "{v}");
+    }
+
+    async fn first_message_auth_must_come_before_the_handshake_deadline(backend: &str) {
+        let server = Server::start(
+            backend,
+            &["--jwt-secret", SECRET, "--handshake-timeout", "1"],
         );
-        // Expired and wrong signature: refused.
+        let (mut ws, _) = tokio_tungstenite::connect_async(server.url("/ws"))
+            .await
+            .unwrap();
+        // Anything but auth is answered, not obeyed.
+        let v = op(&mut ws, r#"{"op":"join","room":"public-a"}"#).await;
+        assert_eq!(v["code"], "unauthenticated", "{v}");
         assert_eq!(
-            open(&server, source, &expired).await.err(),
-            Some(refused(source, "token expired")),
-            "{source:?}"
-        );
-        assert_eq!(
-            open(&server, source, &forged).await.err(),
-            Some(refused(source, "invalid token")),
-            "{source:?}"
+            closed(&mut ws, 4).await,
+            (1008, "authentication timeout".into())
         );
     }
-    // Each valid connection was dropped at the end of its round: nothing is left over.
-    server.settles_to(0);
-}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_subprotocol_form_selects_roomcast_and_never_echoes_the_token() {
-    let server = Server::start("uring", &["--jwt-secret", SECRET]);
-    let t = hs256(SECRET, &claims("ann", 60));
-    let mut req = common::upgrade_request("/ws");
-    let extra = format!("Sec-WebSocket-Protocol: roomcast, bearer.{t}\r\n\r\n");
-    req.truncate(req.len() - 2);
-    req.extend_from_slice(extra.as_bytes());
-    let answer = String::from_utf8(server.raw_exchange(&req, SECOND)).unwrap();
-    assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
-    assert!(
-        answer.contains("Sec-WebSocket-Protocol: roomcast\r\n"),
-        "{answer}"
-    );
-    assert!(!answer.contains(&t), "{answer}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_expiring_mid_connection_closes_1008_unless_refreshed() {
-    let server = Server::start("uring", &["--jwt-secret", SECRET]);
-    let short = hs256(SECRET, &claims("ann", 2));
-    let mut lapsing = open(&server, Source::Query, &short).await.unwrap();
-    let mut refreshed = open(&server, Source::Header, &short).await.unwrap();
-    // A refresh for someone else, or with a bad token, is refused; the connection stays.
-    let v = op(
-        &mut refreshed,
-        &format!(
-            r#"{{"op":"refresh","token":"{}"}}"#,
-            hs256(SECRET, &claims("bob", 60))
-        ),
-    )
-    .await;
-    assert_eq!(v["code"], "wrong_user", "{v}");
-    let v = op(&mut refreshed, r#"{"op":"refresh","token":"nonsense"}"#).await;
-    assert_eq!(v["code"], "invalid_token", "{v}");
-    let fresh = hs256(SECRET, &claims("ann", 60));
-    let v = op(
-        &mut refreshed,
-        &format!(r#"{{"op":"refresh","token":"{fresh}"}}"#),
-    )
-    .await;
-    assert_eq!(v["op"], "authed", "{v}");
-    // The unrefreshed one is closed at expiry (the heartbeat tick checks every second).
-    assert_eq!(
-        closed(&mut lapsing, 6).await,
-        (1008, "token expired".into())
-    );
-    // The refreshed one lives on past the first expiry.
-    let v = op(&mut refreshed, r#"{"op":"join","room":"public-a"}"#).await;
-    assert_eq!(v["op"], "joined", "{v}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn first_message_auth_must_come_before_the_handshake_deadline() {
-    let server = Server::start(
-        "uring",
-        &["--jwt-secret", SECRET, "--handshake-timeout", "1"],
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(server.url("/ws"))
-        .await
-        .unwrap();
-    // Anything but auth is answered, not obeyed.
-    let v = op(&mut ws, r#"{"op":"join","room":"public-a"}"#).await;
-    assert_eq!(v["code"], "unauthenticated", "{v}");
-    assert_eq!(
-        closed(&mut ws, 4).await,
-        (1008, "authentication timeout".into())
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn public_keys_verify_rs256_and_es256_and_refuse_algorithm_confusion() {
-    for (public, private, alg) in [
-        (
-            "rs256-public.pem",
-            "rs256-private.pem",
-            jsonwebtoken::Algorithm::RS256,
-        ),
-        (
-            "es256-public.pem",
-            "es256-private.pem",
-            jsonwebtoken::Algorithm::ES256,
-        ),
-    ] {
-        let key_path = fixture(public);
-        let server = Server::start("uring", &["--jwt-public-key", key_path.to_str().unwrap()]);
-        let pem = std::fs::read(fixture(private)).unwrap();
-        let key = match alg {
-            jsonwebtoken::Algorithm::RS256 => jsonwebtoken::EncodingKey::from_rsa_pem(&pem),
-            _ => jsonwebtoken::EncodingKey::from_ec_pem(&pem),
-        }
-        .unwrap();
-        let good = jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), &claims("ann", 60), &key)
+    async fn public_keys_verify_rs256_and_es256_and_refuse_algorithm_confusion(backend: &str) {
+        for (public, private, alg) in [
+            (
+                "rs256-public.pem",
+                "rs256-private.pem",
+                jsonwebtoken::Algorithm::RS256,
+            ),
+            (
+                "es256-public.pem",
+                "es256-private.pem",
+                jsonwebtoken::Algorithm::ES256,
+            ),
+        ] {
+            let key_path = fixture(public);
+            let server = Server::start(backend, &["--jwt-public-key", key_path.to_str().unwrap()]);
+            let pem = std::fs::read(fixture(private)).unwrap();
+            let key = match alg {
+                jsonwebtoken::Algorithm::RS256 => jsonwebtoken::EncodingKey::from_rsa_pem(&pem),
+                _ => jsonwebtoken::EncodingKey::from_ec_pem(&pem),
+            }
             .unwrap();
-        let mut ws = open(&server, Source::Header, &good)
-            .await
-            .unwrap_or_else(|e| panic!("{alg:?}: {e}"));
-        assert_eq!(
-            op(&mut ws, r#"{"op":"join","room":"public-a"}"#).await["op"],
-            "joined"
-        );
-        // HS256 "signed" with the public key itself must not pass.
-        let public_pem = std::fs::read_to_string(&key_path).unwrap();
-        let confused = hs256(&public_pem, &claims("ann", 60));
-        assert_eq!(
-            open(&server, Source::Header, &confused).await.err(),
-            Some("401 invalid token".into()),
-            "{alg:?}"
-        );
+            let good = jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), &claims("ann", 60), &key)
+                .unwrap();
+            let mut ws = open(&server, Source::Header, &good)
+                .await
+                .unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+            assert_eq!(
+                op(&mut ws, r#"{"op":"join","room":"public-a"}"#).await["op"],
+                "joined"
+            );
+            // HS256 "signed" with the public key itself must not pass.
+            let public_pem = std::fs::read_to_string(&key_path).unwrap();
+            let confused = hs256(&public_pem, &claims("ann", 60));
+            assert_eq!(
+                open(&server, Source::Header, &confused).await.err(),
+                Some("401 invalid token".into()),
+                "{alg:?}"
+            );
+        }
     }
 }
