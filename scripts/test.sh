@@ -22,6 +22,18 @@ if [ ! -f .venv-py3/.installed ] || ! cmp -s scripts/python-requirements.txt .ve
   cp scripts/python-requirements.txt .venv-py3/.installed
 fi
 
+# Node with the `ws` client (tests/closes.rs), from Debian's packages and npm.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  echo "== Node.js (Debian packages)"
+  apt-get update >/dev/null && apt-get install -y nodejs npm >/dev/null
+fi
+if [ ! -f tests/clients/node_modules/.installed ] \
+  || ! cmp -s tests/clients/package-lock.json tests/clients/node_modules/.installed; then
+  echo "== Node packages for the tests (tests/clients)"
+  (cd tests/clients && npm ci --no-audit --no-fund --loglevel=error)
+  cp tests/clients/package-lock.json tests/clients/node_modules/.installed
+fi
+
 echo "== cargo test (workspace)"
 cargo test --workspace --release --locked 2>&1
 

@@ -43,6 +43,9 @@ pub mod flag {
     pub const COUNTED_TOTAL: u8 = 1 << 2;
     /// A close frame (ours or the echo of the peer's) was queued.
     pub const CLOSE_SENT: u8 = 1 << 3;
+    /// The peer broke the framing: what it sends after our close cannot be parsed (it is
+    /// dropped unread until its EOF or the close timeout).
+    pub const BROKEN: u8 = 1 << 4;
 }
 
 #[derive(Debug)]

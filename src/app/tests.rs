@@ -10,8 +10,7 @@ use crate::reactor::{Drain, ShardInfo};
 
 use super::*;
 
-fn settings(out_cap_unused: ()) -> Settings {
-    let () = out_cap_unused;
+fn settings() -> Settings {
     Settings {
         limits: crate::protocol::Limits::server(1 << 16),
         max_header_bytes: 8192,
@@ -25,6 +24,10 @@ fn settings(out_cap_unused: ()) -> Settings {
 }
 
 fn shard(out_cap: usize, gate: gate::Gate) -> Core<App> {
+    shard_with(out_cap, gate, settings())
+}
+
+fn shard_with(out_cap: usize, gate: gate::Gate, settings: Settings) -> Core<App> {
     let stats = Arc::new(SharedStats::new(1));
     let drain = Arc::new(Drain::new(Duration::from_secs(1)));
     let info = ShardInfo {
@@ -33,7 +36,7 @@ fn shard(out_cap: usize, gate: gate::Gate) -> Core<App> {
         stats: stats.clone(),
         drain: drain.clone(),
     };
-    let app = App::new(Arc::new(settings(())), Arc::new(gate), &info);
+    let app = App::new(Arc::new(settings), Arc::new(gate), &info);
     let setup = CoreSetup {
         index: 0,
         mesh: crate::mesh::build(1, 0).unwrap().pop().unwrap(),
@@ -69,15 +72,7 @@ fn masked(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
 
 /// Everything queued for `slot`, as if one send took it all.
 fn sent(core: &mut Core<App>, slot: usize) -> Vec<u8> {
-    let mut all = Vec::new();
-    let conn = core.conn(slot).unwrap();
-    let mut iov = [std::io::IoSlice::new(&[]); 64];
-    let n = conn.out.iovecs(&mut iov);
-    for s in &iov[..n] {
-        all.extend_from_slice(s);
-    }
-    core.sent(slot, all.len(), Instant::now());
-    all
+    core.send_all(slot).0
 }
 
 fn open(core: &mut Core<App>, path: &str) -> usize {
@@ -240,4 +235,67 @@ fn without_a_token_in_time_an_upgraded_connection_is_closed_with_1008() {
         "1008 authentication timeout"
     );
     assert_eq!(core.cx.stats.auth_failures, 1);
+}
+
+#[test]
+fn after_our_close_frames_are_dropped_until_the_peers_close_ends_it() {
+    let limited = Settings {
+        rate: 1,
+        burst: 1,
+        ..settings()
+    };
+    let mut core = shard_with(4, gate::Gate::default(), limited);
+    let slot = open(&mut core, "/echo");
+    let mut burst = masked(OpCode::Text, b"a");
+    burst.extend(masked(OpCode::Text, b"b")); // past the burst: 1008
+    burst.extend(masked(OpCode::Text, b"c")); // after our close: dropped
+    core.receive(slot, &mut burst);
+    let (out, next) = core.send_all(slot);
+    assert_eq!(texts(&out)[0], "a");
+    assert_eq!(&out[3..5], &[0x88, 21], "then the close frame");
+    assert_eq!(next, Next::ShutdownWrite, "half-closed, still reading");
+    // The peer was still writing: read and dropped, the socket stays.
+    assert_eq!(
+        core.receive(slot, &mut masked(OpCode::Text, b"d")),
+        Next::Nothing
+    );
+    assert_eq!(
+        core.cx.stats.messages_out, 1,
+        "nothing echoed after the close"
+    );
+    // Its close frame answers ours: now the socket goes.
+    let mut close = masked(OpCode::Close, &[0x03, 0xF0]);
+    assert_eq!(core.receive(slot, &mut close), Next::Close);
+}
+
+#[test]
+fn a_peers_close_is_echoed_with_its_reason_and_then_the_socket_closes() {
+    let mut core = shard(4, gate::Gate::default());
+    let slot = open(&mut core, "/echo");
+    core.receive(slot, &mut masked(OpCode::Close, b"\x0f\xa1bye"));
+    let (out, next) = core.send_all(slot);
+    assert_eq!(out, b"\x88\x05\x0f\xa1bye");
+    assert_eq!(next, Next::Close, "the closing handshake is complete");
+}
+
+#[test]
+fn after_a_protocol_error_nothing_more_is_parsed() {
+    let mut core = shard(4, gate::Gate::default());
+    let slot = open(&mut core, "/echo");
+    let mut bad = client_frame_with_rsv2();
+    bad.extend(masked(OpCode::Close, &[0x03, 0xE8]));
+    core.receive(slot, &mut bad);
+    let (out, next) = core.send_all(slot);
+    assert_eq!(&out[..4], &[0x88, out[1], 0x03, 0xEA], "1002");
+    assert_eq!(
+        next,
+        Next::ShutdownWrite,
+        "the framing is lost: wait for EOF"
+    );
+}
+
+fn client_frame_with_rsv2() -> Vec<u8> {
+    let mut f = masked(OpCode::Text, b"hi");
+    f[0] |= 0x20;
+    f
 }

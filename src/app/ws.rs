@@ -21,9 +21,14 @@ type L<'a, 'b> = &'a mut Link<'b, AppConn>;
 impl App {
     /// Bytes for one connection. Returns how many were consumed.
     pub(super) fn receive(&mut self, link: L, buf: &mut [u8]) -> usize {
-        match link.app().ep {
-            Endpoint::Http => self.request(link, buf),
-            Endpoint::Ws(_) => self.frames(link, buf),
+        let (http, broken) = (link.app().route().is_none(), link.app().has(flag::BROKEN));
+        match (http, link.is_closing()) {
+            // After the response: dropped (the reactor lingers until the client's EOF).
+            (true, true) => buf.len(),
+            (true, false) => self.request(link, buf),
+            // The framing is lost: nothing more can be parsed.
+            (false, _) if broken => buf.len(),
+            (false, _) => self.frames(link, buf),
         }
     }
 
@@ -210,10 +215,12 @@ impl App {
         true
     }
 
+    /// Decodes frames. After our close frame, frames are still decoded (and dropped) until
+    /// the peer's close frame answers it (RFC 6455 §5.5.1), unless the framing broke.
     fn frames(&mut self, link: L, buf: &mut [u8]) -> usize {
         let (mut at, end) = (0, buf.len());
         loop {
-            if link.is_full() {
+            if link.is_full() && !link.is_closing() {
                 // Backpressure: stop consuming until what we owe the peer has gone out.
                 link.pause();
                 return at;
@@ -234,13 +241,20 @@ impl App {
                 None if n == 0 || at == end => return at,
                 None => {}
             }
-            if link.is_closing() {
+            if link.app().has(flag::BROKEN) {
                 return buf.len();
             }
         }
     }
 
     fn on_event(&mut self, link: L, event: Event<'_>) {
+        if link.is_closing() {
+            // Our close is out: only the peer's answer to it matters now.
+            if let Event::Close(_) = event {
+                link.goodbye();
+            }
+            return;
+        }
         match event {
             Event::Message { kind, payload } => {
                 link.stats.messages_in += 1;
@@ -285,6 +299,8 @@ impl App {
                     _ => 1005,
                 };
                 finish_with_close(link, code, reply);
+                // The closing handshake is complete once our echo is out.
+                link.goodbye();
             }
         }
     }
@@ -384,6 +400,7 @@ pub(super) fn reply(link: L, frame: SharedFrame) {
 /// The peer broke the protocol: close with the code the rule maps to.
 fn violation(link: L, e: &ProtocolError) {
     link.stats.protocol_errors += 1;
+    link.app().set(flag::BROKEN);
     tracing::debug!(conn = link.gen(), error = %e, "protocol violation");
     fail(link, e.close_code(), e.reason());
 }

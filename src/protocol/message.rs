@@ -82,7 +82,9 @@ pub enum Event<'a> {
 impl Event<'_> {
     /// The frame this event obliges the server to send, appended to `out`: a pong for a
     /// ping, the echoed close for a close (RFC 6455 §5.5.1: "typically echos the status
-    /// code it received"). Returns whether anything was written.
+    /// code it received"; the reason too, as browsers' and tungstenite's peers do: the
+    /// decoder checked it is valid UTF-8 and fits a control frame). Returns whether
+    /// anything was written.
     pub fn reply(&self, out: &mut Vec<u8>) -> bool {
         match self {
             Event::Ping(payload) => {
@@ -90,7 +92,7 @@ impl Event<'_> {
                 true
             }
             Event::Close(Some(frame)) => {
-                super::encode::write_close(frame.code, "", out);
+                super::encode::write_close(frame.code, frame.reason, out);
                 true
             }
             Event::Close(None) => {

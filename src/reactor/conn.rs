@@ -38,6 +38,9 @@ pub mod flag {
     pub const ESTABLISHED: u16 = 1 << 11;
     /// The heartbeat wheel ticks this connection ([`Service::tick`](crate::reactor::Service::tick)).
     pub const HEARTBEAT: u16 = 1 << 12;
+    /// The peer has finished closing too (its close frame came, or the service aborted):
+    /// once the last bytes are out the socket is closed without waiting for its EOF.
+    pub const GOODBYE: u16 = 1 << 13;
 }
 
 /// One slab slot: the transport's part and the service's part (`app`). Its size is part of
@@ -50,6 +53,9 @@ pub struct Conn<A> {
     /// Distinguishes this connection from earlier ones in the same slab slot.
     pub gen: u32,
     pub flags: u16,
+    /// Bytes received since the connection started closing, read and dropped (bounded by
+    /// [`LINGER_BYTES`](super::shard::LINGER_BYTES)).
+    pub(crate) lingered: u32,
     pub out: OutRing,
     /// Bytes received but not yet consumed by the service: an incomplete handshake or
     /// frame tail, or input held back while paused. Empty, with no heap storage, while
@@ -58,8 +64,8 @@ pub struct Conn<A> {
     pub app: A,
 }
 
-/// The transport's share of a slot: 56 bytes (io, gen, flags, a 32-byte out-ring, the
-/// tail pointer), so a service's per-connection state may take 72 and keep the slot at
+/// The transport's share of a slot: 56 bytes (io, gen, flags, the linger count, a 32-byte
+/// out-ring, the tail pointer), so a service's per-connection state may take 72 and keep the slot at
 /// 128 bytes.
 pub const TRANSPORT_BYTES: usize = std::mem::size_of::<Conn<()>>();
 const _: () = assert!(TRANSPORT_BYTES <= 56);
@@ -70,6 +76,7 @@ impl<A> Conn<A> {
             io,
             gen,
             flags: 0,
+            lingered: 0,
             out: OutRing::default(),
             tail: ThinVec::new(),
             app,

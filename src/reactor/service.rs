@@ -36,6 +36,11 @@ pub trait Service: Sized + 'static {
     /// Bytes arrived for `slot` (after any input held back earlier). Returns how many were
     /// consumed; the rest is held and offered again, in front of the next bytes or when a
     /// paused connection resumes. May unmask or otherwise rewrite `data` in place.
+    ///
+    /// Bytes keep arriving after the service queued its last ones ([`Link::finish`]): a
+    /// closing connection lingers, reading what the peer still sends so that the peer's
+    /// stack never answers our close with a reset. The service drops them, and calls
+    /// [`Link::goodbye`] when the peer has closed too (its close frame).
     fn data(&mut self, cx: &mut Cx<Self>, slot: usize, data: &mut [u8]) -> usize;
 
     /// How many unconsumed bytes `conn` may hold while it is not paused (a handshake head,
@@ -269,9 +274,10 @@ impl<'a, A> Link<'a, A> {
         Ok(())
     }
 
-    /// Queues the last bytes this connection gets (a close frame, an HTTP response), stops
-    /// taking its input, and closes it once they are out: half-close, then the peer's EOF
-    /// or the close timeout.
+    /// Queues the last bytes this connection gets (a close frame, an HTTP response) and
+    /// closes it once they are out, lingering: the write side is shut, what the peer still
+    /// sends is read and dropped, and the socket is closed at [`Link::goodbye`], the peer's
+    /// EOF or the close timeout, whichever comes first.
     pub fn finish(&mut self, last: SharedFrame) {
         if self.is_closing() {
             return;
@@ -286,12 +292,21 @@ impl<'a, A> Link<'a, A> {
     /// Closes the connection without sending anything more (what is queued is dropped).
     pub fn abort(&mut self) {
         self.conn.out.clear();
+        self.conn.tail = thin_vec::ThinVec::new();
         self.closing();
+        self.goodbye();
+    }
+
+    /// The peer has closed too (its close frame came after ours, or ours answered its
+    /// own): close the socket as soon as our last bytes are out.
+    pub fn goodbye(&mut self) {
+        self.conn.set(flag::GOODBYE);
     }
 
     fn closing(&mut self) {
         self.conn.set(flag::CLOSING);
-        self.conn.tail = thin_vec::ThinVec::new();
+        // A closing connection reads on (and drops) whatever the peer sends.
+        self.conn.clear(flag::PAUSED);
         if !self.conn.has(flag::DEADLINE) {
             self.conn.set(flag::DEADLINE);
             self.lingers.push_back(Deadline {

@@ -25,8 +25,8 @@ pub enum Next {
     StopReading,
     /// The out-ring drained below its limit: read again, starting with what is buffered.
     ResumeReading,
-    /// Everything owed went out; half-close and wait for the peer's EOF (or the linger
-    /// deadline) before closing.
+    /// Everything owed went out; half-close, and read on (dropping what comes) until the
+    /// peer's EOF, its goodbye or the close deadline.
     ShutdownWrite,
     /// Close the socket now.
     Close,
@@ -58,6 +58,12 @@ pub enum DrainStatus {
 /// Input a paused connection may hold back before it is closed: the backend should have
 /// stopped reading long before.
 const MAX_PAUSED_INPUT: usize = 4 << 20;
+
+/// What a closing connection may still send (read and dropped) before it is closed without
+/// waiting any longer: a client caught mid-way through a large message gets to finish it
+/// and read our close frame; one that floods does not keep a shard busy for the whole
+/// close timeout.
+pub const LINGER_BYTES: u32 = 16 << 20;
 
 pub struct Core<S: Service> {
     pub cx: Cx<S>,
@@ -228,13 +234,17 @@ impl<S: Service> Core<S> {
         // Any bytes at all count as a sign of life (RFC 6455 §5.5.2: a pong, or anything).
         conn.set(flag::SEEN);
         if conn.is_closing() {
-            // What a closing peer still sends is read and dropped.
-            return self.after_input(slot);
+            // Lingering: the service reads on (for the peer's close frame) and drops the
+            // rest; a peer that sends too much is cut off.
+            conn.lingered = conn.lingered.saturating_add(data.len() as u32);
+            if conn.lingered > LINGER_BYTES {
+                return Next::Close;
+            }
         }
         if conn.tail.is_empty() && !conn.has(flag::PAUSED) {
             let n = self.service.data(&mut self.cx, slot, data);
             let conn = &mut self.cx.conns[slot];
-            if n < data.len() && !conn.is_closing() {
+            if n < data.len() && !conn.has(flag::GOODBYE) {
                 conn.tail.extend_from_slice(&data[n..]);
             }
         } else {
@@ -252,7 +262,7 @@ impl<S: Service> Core<S> {
         let mut tail = std::mem::take(&mut self.cx.conns[slot].tail);
         let n = self.service.data(&mut self.cx, slot, &mut tail);
         let conn = &mut self.cx.conns[slot];
-        if !conn.is_closing() && n < tail.len() {
+        if !conn.has(flag::GOODBYE) && n < tail.len() {
             tail.drain(..n);
             conn.tail = tail;
         }
@@ -279,7 +289,7 @@ impl<S: Service> Core<S> {
     /// What the backend does after input was handled.
     fn after_input(&mut self, slot: usize) -> Next {
         let conn = &mut self.cx.conns[slot];
-        if conn.has(flag::CLOSING) && conn.out.is_empty() && !conn.has(flag::SENDING) {
+        if conn.has(flag::GOODBYE) && conn.out.is_empty() && !conn.has(flag::SENDING) {
             Next::Close
         } else if conn.has(flag::PAUSED) {
             Next::StopReading
@@ -336,7 +346,7 @@ impl<S: Service> Core<S> {
     }
 
     /// `n` bytes of `slot`'s queue went out.
-    pub fn sent(&mut self, slot: usize, n: usize, now: Instant) -> Next {
+    pub fn sent(&mut self, slot: usize, n: usize) -> Next {
         let Some(conn) = self.cx.conns.get_mut(slot) else {
             return Next::Nothing;
         };
@@ -349,14 +359,16 @@ impl<S: Service> Core<S> {
             return Next::Nothing;
         }
         if conn.has(flag::CLOSING) {
-            if conn.out.is_empty() && !conn.has(flag::SHUT_WR) {
+            if !conn.out.is_empty() {
+                return Next::Nothing;
+            }
+            if conn.has(flag::GOODBYE) {
+                return Next::Close;
+            }
+            if !conn.has(flag::SHUT_WR) {
+                // The close deadline set when the connection started closing still holds:
+                // a peer that never closes cannot keep its slot past the close timeout.
                 conn.set(flag::SHUT_WR);
-                let deadline = Deadline {
-                    at: now + self.timeouts.linger,
-                    slot: slot as u32,
-                    gen: conn.gen,
-                };
-                self.cx.lingers.push_back(deadline);
                 return Next::ShutdownWrite;
             }
             return Next::Nothing;
@@ -518,6 +530,21 @@ impl<S: Service> Core<S> {
         out.sort_unstable();
         out.dedup();
         status
+    }
+
+    /// Tests: everything queued for `slot`, as if one send took it all, and what the
+    /// backend would do next.
+    #[cfg(test)]
+    pub(crate) fn send_all(&mut self, slot: usize) -> (Vec<u8>, Next) {
+        let mut all = Vec::new();
+        let conn = &self.cx.conns[slot];
+        let mut iov = [std::io::IoSlice::new(&[]); 64];
+        let n = conn.out.iovecs(&mut iov);
+        for s in &iov[..n] {
+            all.extend_from_slice(s);
+        }
+        let next = self.sent(slot, all.len());
+        (all, next)
     }
 
     /// How long the loop may sleep before a deadline needs checking.

@@ -274,7 +274,7 @@ fn replies_are_a_pong_with_the_payload_and_an_echoed_close() {
         reason: "x",
     };
     assert!(Event::Close(Some(close)).reply(&mut out));
-    assert_eq!(out, [0x88, 2, 0x0F, 0xA1]);
+    assert_eq!(out, [0x88, 3, 0x0F, 0xA1, b'x'], "code and reason echoed");
     out.clear();
     assert!(Event::Close(None).reply(&mut out));
     assert_eq!(out, [0x88, 0]);

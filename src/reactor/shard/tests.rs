@@ -39,6 +39,13 @@ impl Service for Lines {
 
     fn data(&mut self, cx: &mut Cx<Lines>, slot: usize, data: &mut [u8]) -> usize {
         let mut link = cx.link_any(slot).unwrap();
+        if link.is_closing() {
+            // Lingering: `bye` from the peer ends it, the rest is dropped.
+            if data.starts_with(b"bye\n") {
+                link.goodbye();
+            }
+            return data.len();
+        }
         let mut at = 0;
         while let Some(i) = data[at..].iter().position(|&b| b == b'\n') {
             if link.is_full() {
@@ -119,17 +126,8 @@ fn core(out_cap: usize) -> (Core<Lines>, Arc<Drain>) {
     (Core::new(Lines::default(), setup), drain)
 }
 
-/// Everything queued for `slot`, as if one send took it all.
 fn sent(core: &mut Core<Lines>, slot: usize) -> (Vec<u8>, Next) {
-    let mut all = Vec::new();
-    let conn = core.conn(slot).unwrap();
-    let mut iov = [std::io::IoSlice::new(&[]); 64];
-    let n = conn.out.iovecs(&mut iov);
-    for s in &iov[..n] {
-        all.extend_from_slice(s);
-    }
-    let next = core.sent(slot, all.len(), Instant::now());
-    (all, next)
+    core.send_all(slot)
 }
 
 #[test]
@@ -286,4 +284,31 @@ fn mesh_messages_reach_the_service_at_the_end_of_the_turn() {
     core.end_turn();
     assert_eq!(core.service.log, ["to myself"]);
     assert_eq!(core.shared.shards[0].load().members, 1, "figures published");
+}
+
+#[test]
+fn a_closing_connection_lingers_until_the_peers_goodbye() {
+    let (mut core, _) = core(8);
+    let (slot, _) = core.insert(0, None, Instant::now());
+    core.receive(slot, &mut b"bye\n".to_vec());
+    assert_eq!(sent(&mut core, slot).1, Next::ShutdownWrite);
+    // The peer is still mid-way through what it was sending: read and dropped.
+    for _ in 0..100 {
+        assert_eq!(core.receive(slot, &mut [b'z'; 4096]), Next::Nothing);
+    }
+    assert_eq!(core.receive(slot, &mut b"bye\n".to_vec()), Next::Close);
+}
+
+#[test]
+fn a_closing_peer_that_floods_is_cut_off() {
+    let (mut core, _) = core(8);
+    let (slot, _) = core.insert(0, None, Instant::now());
+    core.receive(slot, &mut b"bye\n".to_vec());
+    let mut chunk = vec![b'z'; 1 << 20];
+    let cut = (0..32).position(|_| core.receive(slot, &mut chunk) == Next::Close);
+    assert_eq!(
+        cut,
+        Some(LINGER_BYTES as usize >> 20),
+        "cut past LINGER_BYTES"
+    );
 }

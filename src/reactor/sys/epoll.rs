@@ -264,7 +264,10 @@ impl<S: Service> Epoll<S> {
                 if let Some(conn) = self.core.conn(slot) {
                     let _ = syscall!(shutdown(conn.io as RawFd, libc::SHUT_WR));
                 }
-                true
+                // Linger: read (and drop) what the peer still sends, including what waited
+                // while the connection was paused; edge-triggered, nothing else would.
+                self.read(slot);
+                false
             }
             Next::Close => {
                 self.close(slot);
@@ -324,7 +327,7 @@ impl<S: Service> Epoll<S> {
         match res {
             Ok(n) => {
                 let full = n as usize == total;
-                let next = self.core.sent(slot, n as usize, Instant::now());
+                let next = self.core.sent(slot, n as usize);
                 self.apply(slot, next);
                 // More frames than one writev carries: go again next turn.
                 if full && count == MAX_IOV {

@@ -556,7 +556,7 @@ impl<S: Service> Uring<S> {
             tracing::debug!(slot, errno = -res, "send failed: closing");
             return self.close(slot);
         }
-        let next = self.core.sent(slot, res as usize, Instant::now());
+        let next = self.core.sent(slot, res as usize);
         self.core.queue_flush(slot);
         self.apply(slot, next);
     }
@@ -606,6 +606,9 @@ impl<S: Service> Uring<S> {
                     .build()
                     .user_data(UserData::new(Op::Shutdown, slot, gen).0);
                 self.push(entry);
+                // Linger: read (and drop) what the peer still sends; a recv cancelled
+                // for a pause is armed again.
+                self.arm_recv(slot);
             }
             Next::Close => self.close(slot),
         }
