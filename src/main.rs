@@ -1,5 +1,5 @@
-use clap::{Parser, Subcommand};
-use roomcast::config::ServeConfig;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use roomcast::config::{LogFormat, ServeConfig};
 use roomcast::reactor::sys::Signals;
 
 // glibc kept freed memory resident after mass disconnects; mimalloc returns it.
@@ -74,22 +74,93 @@ struct PlanArgs {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let matches = Cli::command().get_matches_from(&argv);
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     match cli.command {
-        Command::Serve(cfg) => serve(*cfg),
+        Command::Serve(cfg) => {
+            let sub = matches
+                .subcommand_matches("serve")
+                .cloned()
+                .unwrap_or_default();
+            serve(*cfg, argv, &sub)
+        }
         Command::Check {
             connections,
             shards,
-        } => check(connections, shards),
-        Command::Plan(args) => plan(&args),
+        } => {
+            init_logs(LogFormat::Text, None);
+            check(connections, shards)
+        }
+        Command::Plan(args) => {
+            init_logs(LogFormat::Text, None);
+            plan(&args)
+        }
     }
+}
+
+/// Logs to stderr, as text or one JSON object per line; `level` is a tracing filter
+/// (default: RUST_LOG, else info).
+fn init_logs(format: LogFormat, level: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::new(l),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        // timestamp, level, target, then the message and the event's fields at the top
+        // level, one object per line.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+}
+
+/// Applies `--config`: the file's settings become arguments after the command line's own
+/// (only for what no flag or environment variable set), and everything is parsed again.
+fn with_config_file(
+    cfg: ServeConfig,
+    argv: Vec<std::ffi::OsString>,
+    sub: &clap::ArgMatches,
+) -> Result<(ServeConfig, clap::ArgMatches, ConfigKeys), String> {
+    let Some(path) = cfg.config.clone() else {
+        return Ok((cfg, sub.clone(), ConfigKeys::new()));
+    };
+    let serve = serve_command();
+    let (extra, keys) = roomcast::config::file::arguments(&path, &serve, sub)?;
+    let mut all = argv;
+    all.extend(extra);
+    let matches = Cli::command().try_get_matches_from(all).map_err(|e| {
+        e.to_string()
+            .trim_start_matches("error: ")
+            .trim()
+            .to_owned()
+    })?;
+    let sub = matches
+        .subcommand_matches("serve")
+        .cloned()
+        .unwrap_or_default();
+    match Cli::from_arg_matches(&matches)
+        .map_err(|e| e.to_string())?
+        .command
+    {
+        Command::Serve(cfg) => Ok((*cfg, sub, keys)),
+        _ => Err("--config: not a serve command".into()),
+    }
+}
+
+type ConfigKeys = std::collections::BTreeMap<String, roomcast::config::file::FileKey>;
+
+fn serve_command() -> clap::Command {
+    Cli::command()
+        .find_subcommand("serve")
+        .cloned()
+        .expect("the serve subcommand")
 }
 
 fn plan(a: &PlanArgs) -> std::process::ExitCode {
@@ -144,19 +215,61 @@ fn plan(a: &PlanArgs) -> std::process::ExitCode {
     }
 }
 
-fn serve(cfg: ServeConfig) -> std::process::ExitCode {
-    let cfg = match cfg.validate() {
-        Ok(cfg) => cfg,
+fn serve(
+    cfg: ServeConfig,
+    argv: Vec<std::ffi::OsString>,
+    sub: &clap::ArgMatches,
+) -> std::process::ExitCode {
+    let (cfg, sub, keys) = match with_config_file(cfg, argv, sub) {
+        Ok(parsed) => parsed,
         Err(e) => {
             eprintln!("roomcast: {e}");
             return std::process::ExitCode::from(2);
         }
     };
+    let mut cfg = match cfg.validate() {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            // A cross-flag check that keys from the file failed: say where they are.
+            let places: Vec<String> = keys
+                .iter()
+                .filter(|(k, _)| e.contains(&format!("--{k} ")))
+                .map(|(k, fk)| format!("{k} at line {}", fk.line))
+                .collect();
+            match (
+                places.is_empty(),
+                sub.get_one::<std::path::PathBuf>("config"),
+            ) {
+                (false, Some(path)) => {
+                    eprintln!(
+                        "roomcast: {e} ({} of {})",
+                        places.join(", "),
+                        path.display()
+                    )
+                }
+                _ => eprintln!("roomcast: {e}"),
+            }
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if cfg.print_config {
+        print!(
+            "{}",
+            roomcast::config::file::render(&serve_command(), &sub, &keys)
+        );
+        return std::process::ExitCode::SUCCESS;
+    }
+    init_logs(cfg.log_format, cfg.log_level.as_deref());
+    cfg.effective = roomcast::config::file::effective(&serve_command(), &sub, &keys);
     // Blocked here, before any thread starts, so every thread inherits the mask and the
     // signals are taken only by the thread that waits for them.
     let signals = Signals::block(&[libc::SIGTERM, libc::SIGINT]);
     let running = match roomcast::app::start(&cfg) {
         Ok(r) => r,
+        Err(roomcast::app::StartError::Config(e)) => {
+            eprintln!("roomcast: {e}");
+            return std::process::ExitCode::from(2);
+        }
         Err(e) => {
             eprintln!("roomcast: cannot start on {}: {e}", cfg.listen);
             return std::process::ExitCode::FAILURE;
@@ -170,7 +283,7 @@ fn serve(cfg: ServeConfig) -> std::process::ExitCode {
     }
     if let Some(addr) = cfg.admin_listen {
         let (stats, gate, drain) = (server.stats.clone(), running.gate, server.drain.clone());
-        match roomcast::ops::admin::spawn(addr, stats, gate, drain) {
+        match roomcast::ops::admin::spawn(addr, stats, gate, drain, running.info) {
             Ok(local) => tracing::info!(%local, "admin endpoints (/healthz, /stats, /metrics)"),
             Err(e) => {
                 eprintln!("roomcast: cannot listen on --admin-listen {addr}: {e}");

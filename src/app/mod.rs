@@ -22,7 +22,9 @@ mod ws;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
-use crate::config::ServeConfig;
+use crate::config::{MaxConns, ServeConfig};
+use crate::ops::admin::Info;
+use crate::ops::capacity::{self, Capacity};
 use crate::protocol::{Limits, OpCode, SharedFrame};
 use crate::reactor::stats::SharedStats;
 use crate::reactor::{Drain, Server, ShardInfo};
@@ -132,6 +134,8 @@ pub struct App {
     gate: Arc<gate::Gate>,
     stats: Arc<SharedStats>,
     drain: Arc<Drain>,
+    /// The settings in effect and the capacity model, for `/stats` and `/metrics`.
+    info: Arc<Info>,
     shard: usize,
     shards: usize,
     /// What the connection being handled asked of its shard, carried out right after.
@@ -154,8 +158,14 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(cfg: Arc<Settings>, gate: Arc<gate::Gate>, shard: &ShardInfo) -> App {
+    pub fn new(
+        cfg: Arc<Settings>,
+        gate: Arc<gate::Gate>,
+        info: Arc<Info>,
+        shard: &ShardInfo,
+    ) -> App {
         App {
+            info,
             sessions: authz::Sessions::new(gate.auth.is_some()),
             cfg,
             gate,
@@ -175,27 +185,110 @@ impl App {
     }
 }
 
-/// A running roomcast: the reactor's server and the admission state the app shares.
+/// A running roomcast: the reactor's server and the state the app shares with the admin
+/// endpoints.
 pub struct Running {
     pub server: Server,
     pub gate: Arc<gate::Gate>,
+    pub info: Arc<Info>,
+}
+
+/// Why roomcast did not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// A setting cannot work (exit 2, like a bad flag).
+    Config(String),
+    /// The listeners or the shards could not start.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Config(e) => f.write_str(e),
+            StartError::Io(e) => e.fmt(f),
+        }
+    }
 }
 
 /// Starts the reactor with the app on every shard.
-pub fn start(cfg: &ServeConfig) -> std::io::Result<Running> {
+pub fn start(cfg: &ServeConfig) -> Result<Running, StartError> {
+    let capacity = capacity_of(cfg).map_err(StartError::Config)?;
+    let max_conns = match cfg.max_conns {
+        MaxConns::Limit(n) => n,
+        MaxConns::Auto if capacity.auto_limit == 0 => {
+            return Err(StartError::Config(format!(
+                "--max-conns auto: the memory budget ({} bytes, from {}) holds no connection \
+                 after the fixed cost of {} bytes",
+                capacity.memory_budget_bytes, capacity.memory_budget_source, capacity.fixed_bytes
+            )))
+        }
+        MaxConns::Auto => capacity.auto_limit as usize,
+    };
+    if cfg.max_conns == MaxConns::Auto {
+        tracing::info!(
+            max_conns,
+            capacity = capacity.connections,
+            memory_budget = capacity.memory_budget_bytes,
+            source = capacity.memory_budget_source,
+            "--max-conns auto: admitting up to the capacity model's count less the margin"
+        );
+    }
     let gate = Arc::new(gate::Gate::new(
         cfg.allow_origin.clone(),
-        cfg.auth().map_err(std::io::Error::other)?,
-        (cfg.max_conns, cfg.max_conns_per_ip, cfg.max_conns_per_user),
+        cfg.auth().map_err(StartError::Config)?,
+        (max_conns, cfg.max_conns_per_ip, cfg.max_conns_per_user),
     ));
+    let info = Arc::new(Info {
+        settings: Info::settings_json(&cfg.effective),
+        capacity,
+    });
     let settings = Arc::new(cfg.app_settings());
     let mut reactor = cfg.reactor_settings();
     // Per-address limits need each peer's address at accept.
     reactor.peer_addresses = gate.max_per_ip > 0;
     let server = Server::start(&reactor, |shard| {
-        App::new(settings.clone(), gate.clone(), &shard)
-    })?;
-    Ok(Running { server, gate })
+        App::new(settings.clone(), gate.clone(), info.clone(), &shard)
+    })
+    .map_err(StartError::Io)?;
+    Ok(Running { server, gate, info })
+}
+
+/// The capacity model for these settings on this machine.
+fn capacity_of(cfg: &ServeConfig) -> Result<Capacity, String> {
+    use crate::reactor::{sys, BackendChoice};
+    let figures = match &cfg.figures {
+        Some(path) => {
+            crate::ops::plan::Figures::load(path).map_err(|e| format!("--figures: {e}"))?
+        }
+        None => crate::ops::plan::Figures::builtin(),
+    };
+    let cpus = sys::allowed_cpus().len().max(1);
+    let shards = cfg.shards.unwrap_or(cpus);
+    let uring = match cfg.backend {
+        BackendChoice::Epoll => false,
+        BackendChoice::Uring => true,
+        BackendChoice::Auto => sys::uring::probe().is_ok(),
+    };
+    let recv_pool_bytes = if uring {
+        let buffers = cfg
+            .recv_buffers
+            .unwrap_or_else(|| crate::reactor::recv_buffers_for(shards, cpus));
+        u64::from(buffers) * u64::from(cfg.recv_buffer_size)
+    } else {
+        sys::epoll::SCRATCH as u64
+    };
+    let budget = cfg
+        .memory_budget
+        .map_or_else(capacity::default_budget, |b| (b, "--memory-budget"));
+    let shape = capacity::Shape {
+        shards: shards as u64,
+        recv_pool_bytes,
+        uring,
+        nofile: sys::nofile_limit().1,
+        margin_percent: cfg.capacity_margin,
+    };
+    Ok(Capacity::new(&figures, budget, &shape))
 }
 
 #[cfg(test)]

@@ -36,7 +36,12 @@ fn shard_with(out_cap: usize, gate: gate::Gate, settings: Settings) -> Core<App>
         stats: stats.clone(),
         drain: drain.clone(),
     };
-    let app = App::new(Arc::new(settings), Arc::new(gate), &info);
+    let app = App::new(
+        Arc::new(settings),
+        Arc::new(gate),
+        Arc::new(crate::ops::admin::Info::empty()),
+        &info,
+    );
     let setup = CoreSetup {
         index: 0,
         mesh: crate::mesh::build(1, 0).unwrap().pop().unwrap(),

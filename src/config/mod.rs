@@ -1,5 +1,7 @@
 //! Server configuration: command-line flags, each also settable from the environment
-//! (`ROOMCAST_*`), validated before anything starts.
+//! (`ROOMCAST_*`) and from a config file ([`file`]), validated before anything starts.
+
+pub mod file;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -8,8 +10,71 @@ use clap::Args;
 
 pub use crate::reactor::BackendChoice;
 
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    /// One JSON object per line: timestamp, level, target, message and the event's fields.
+    Json,
+}
+
+/// `--max-conns`: a number (0: no limit) or `auto` (the capacity model's count, less
+/// `--capacity-margin`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaxConns {
+    Limit(usize),
+    Auto,
+}
+
+fn parse_max_conns(s: &str) -> Result<MaxConns, String> {
+    if s == "auto" {
+        return Ok(MaxConns::Auto);
+    }
+    s.parse()
+        .map(MaxConns::Limit)
+        .map_err(|_| format!("{s:?}: give a number of connections (0: no limit) or auto"))
+}
+
 #[derive(Clone, Debug, Args)]
 pub struct ServeConfig {
+    /// A TOML file with any of these settings, each under its flag's name (see
+    /// sysctl/roomcast.toml). Flags and environment variables win over the file.
+    #[arg(long, value_name = "FILE", env = "ROOMCAST_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+
+    /// Print the configuration in effect as TOML, with where each value came from, and
+    /// exit.
+    #[arg(long = "print-config")]
+    pub print_config: bool,
+
+    /// Log lines as text or as one JSON object per line.
+    #[arg(long = "log-format", env = "ROOMCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// What to log: a level (error, warn, info, debug, trace) or tracing directives
+    /// (`info,roomcast::reactor=debug`) [default: RUST_LOG, else info].
+    #[arg(long = "log-level", value_name = "FILTER", env = "ROOMCAST_LOG_LEVEL")]
+    pub log_level: Option<String>,
+
+    /// Memory the server may use, for the capacity headroom and `--max-conns auto`
+    /// (bytes, or with K/M/G/T) [default: the cgroup's memory.max, else the machine's].
+    #[arg(long = "memory-budget", value_name = "BYTES", env = "ROOMCAST_MEMORY_BUDGET", value_parser = crate::ops::capacity::parse_bytes)]
+    pub memory_budget: Option<u64>,
+
+    /// Per-unit figures from `roomcast-bench calibrate`, for the capacity model
+    /// [default: the built-in figures `roomcast plan` uses].
+    #[arg(long, value_name = "FILE", env = "ROOMCAST_FIGURES")]
+    pub figures: Option<std::path::PathBuf>,
+
+    /// Percent of the capacity model's connections `--max-conns auto` keeps free.
+    #[arg(long = "capacity-margin", value_name = "PERCENT", env = "ROOMCAST_CAPACITY_MARGIN", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=90))]
+    pub capacity_margin: u64,
+
+    /// Every setting in effect: (flag name, values, where from), for `/stats`. Filled
+    /// after parsing.
+    #[arg(skip)]
+    pub effective: Vec<(String, Vec<String>, &'static str)>,
+
     /// Address to listen on (every shard binds it with SO_REUSEPORT).
     #[arg(long, env = "ROOMCAST_LISTEN", default_value = "127.0.0.1:9000")]
     pub listen: SocketAddr,
@@ -131,14 +196,16 @@ pub struct ServeConfig {
     pub burst: u32,
 
     /// Open WebSocket connections in total; more: 503 at the handshake. 0: no limit but
-    /// the descriptors.
+    /// the descriptors; auto: what the capacity model says fits (see --memory-budget),
+    /// less --capacity-margin.
     #[arg(
         long = "max-conns",
-        value_name = "N",
+        value_name = "N|auto",
         env = "ROOMCAST_MAX_CONNS",
-        default_value_t = 0
+        default_value = "0",
+        value_parser = parse_max_conns
     )]
-    pub max_conns: usize,
+    pub max_conns: MaxConns,
 
     /// Open WebSocket connections per client address (per /64 for IPv6); more: 429.
     /// 0: no limit (the default, since NAT puts many users behind one address).

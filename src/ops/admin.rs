@@ -13,6 +13,67 @@ use crate::protocol::Status;
 use crate::reactor::stats::SharedStats;
 use crate::reactor::Drain;
 
+use super::capacity::Capacity;
+
+/// What the endpoints say about the server beyond the shards' figures: the settings in
+/// effect and the capacity model.
+#[derive(Debug)]
+pub struct Info {
+    /// `{"<flag>":{"value":…,"source":"flag|environment|file|default"},…}`; secrets are
+    /// named, not shown.
+    pub settings: String,
+    pub capacity: Capacity,
+}
+
+impl Info {
+    /// For tests and tools that start a server without a command line.
+    pub fn empty() -> Info {
+        Info {
+            settings: "{}".into(),
+            capacity: Capacity::new(
+                &super::plan::Figures::builtin(),
+                (0, "none"),
+                &super::capacity::Shape {
+                    shards: 1,
+                    recv_pool_bytes: 0,
+                    uring: false,
+                    nofile: 0,
+                    margin_percent: 0,
+                },
+            ),
+        }
+    }
+
+    /// The settings object from (flag, values, source) triples.
+    pub fn settings_json(effective: &[(String, Vec<String>, &'static str)]) -> String {
+        let map: serde_json::Map<String, serde_json::Value> = effective
+            .iter()
+            .map(|(key, values, source)| {
+                let value = match values.as_slice() {
+                    [] => serde_json::Value::Null,
+                    _ if crate::config::file::SECRETS.contains(&key.as_str()) => {
+                        "(set, not shown)".into()
+                    }
+                    [one] => one.clone().into(),
+                    many => many.to_vec().into(),
+                };
+                (
+                    key.clone(),
+                    serde_json::json!({"value": value, "source": source}),
+                )
+            })
+            .collect();
+        serde_json::Value::Object(map).to_string()
+    }
+
+    /// `/stats`'s members beyond the shards' figures.
+    fn stats_members(&self, open: u64) -> String {
+        let mut capacity = serde_json::to_value(&self.capacity).unwrap_or_default();
+        capacity["connections_left"] = self.capacity.left(open).into();
+        format!(",\"settings\":{},\"capacity\":{capacity}", self.settings)
+    }
+}
+
 const TEXT: &str = "text/plain; charset=utf-8";
 
 /// The answer to a plain GET of `path` (`draining`: a drain has begun).
@@ -21,15 +82,20 @@ pub fn answer(
     stats: &SharedStats,
     gate: &Gate,
     draining: bool,
+    info: &Info,
 ) -> (Status, &'static str, String) {
     match path {
         "/healthz" if draining => (Status::ServiceUnavailable, TEXT, "draining\n".into()),
         "/healthz" => (Status::Ok, TEXT, "ok\n".into()),
-        "/stats" => (Status::Ok, "application/json", stats.to_json()),
+        "/stats" => {
+            let open = stats.snapshots().iter().map(|s| s.connections).sum();
+            let extra = info.stats_members(open);
+            (Status::Ok, "application/json", stats.to_json_with(&extra))
+        }
         "/metrics" => (
             Status::Ok,
             super::metrics::CONTENT_TYPE,
-            super::metrics::render(stats, gate, draining),
+            super::metrics::render(stats, gate, draining, &info.capacity),
         ),
         // A WebSocket endpoint asked without `Upgrade: websocket` (DESIGN.md: 400).
         "/ws" | "/echo" => (
@@ -47,6 +113,7 @@ pub fn spawn(
     stats: Arc<SharedStats>,
     gate: Arc<Gate>,
     drain: Arc<Drain>,
+    info: Arc<Info>,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
@@ -54,7 +121,7 @@ pub fn spawn(
         .name("admin".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                if let Err(e) = serve(stream, &stats, &gate, &drain) {
+                if let Err(e) = serve(stream, &stats, &gate, &drain, &info) {
                     tracing::debug!(error = %e, "admin request failed");
                 }
             }
@@ -67,6 +134,7 @@ fn serve(
     stats: &SharedStats,
     gate: &Gate,
     drain: &Drain,
+    info: &Info,
 ) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut buf = vec![0u8; 8192];
@@ -82,7 +150,7 @@ fn serve(
         match parse(&buf[..len], 8192) {
             Ok(None) if !full => continue,
             Ok(Some((Parsed::Plain(req), _))) => {
-                let (status, ctype, body) = answer(req.path, stats, gate, drain.active());
+                let (status, ctype, body) = answer(req.path, stats, gate, drain.active(), info);
                 http_response(status, ctype, "", body.as_bytes(), true, &mut out);
             }
             _ => {

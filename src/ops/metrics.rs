@@ -6,10 +6,13 @@ use std::fmt::Write;
 use crate::app::gate::Gate;
 use crate::reactor::stats::{Kind, SharedStats, META};
 
+use super::capacity::Capacity;
+
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Renders the whole exposition.
-pub fn render(stats: &SharedStats, gate: &Gate, draining: bool) -> String {
+pub fn render(stats: &SharedStats, gate: &Gate, draining: bool, capacity: &Capacity) -> String {
+    let open: u64 = stats.snapshots().iter().map(|s| s.connections).sum();
     let snaps: Vec<Vec<u64>> = stats.snapshots().iter().map(|s| s.values()).collect();
     let mut out = String::with_capacity(16 * 1024);
     let mut family = "";
@@ -53,6 +56,21 @@ pub fn render(stats: &SharedStats, gate: &Gate, draining: bool) -> String {
             "1 while the server drains after SIGTERM/SIGINT.",
             u64::from(draining),
         ),
+        (
+            "roomcast_capacity_connections",
+            "Connections the capacity model says this box holds (memory budget and descriptor tables).",
+            capacity.connections,
+        ),
+        (
+            "roomcast_capacity_connections_left",
+            "Connections that still fit: the capacity model's count less the sockets open.",
+            capacity.left(open),
+        ),
+        (
+            "roomcast_memory_budget_bytes",
+            "Memory the capacity model plans with (--memory-budget, the cgroup's or the machine's).",
+            capacity.memory_budget_bytes,
+        ),
     ];
     for (name, help, value) in process {
         let _ = writeln!(
@@ -78,7 +96,12 @@ mod tests {
     #[test]
     fn every_sample_belongs_to_a_declared_family() {
         let stats = SharedStats::new(2);
-        let text = render(&stats, &Gate::default(), false);
+        let text = render(
+            &stats,
+            &Gate::default(),
+            false,
+            &crate::ops::admin::Info::empty().capacity,
+        );
         let mut declared = std::collections::HashSet::new();
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {

@@ -2,6 +2,7 @@
 //! It reads figures; the reactor does not call it.
 
 pub mod admin;
+pub mod capacity;
 pub mod check;
 pub mod metrics;
 pub mod plan;

@@ -185,11 +185,16 @@ impl SharedStats {
 
     /// `/stats`: totals and one object per shard.
     pub fn to_json(&self) -> String {
+        self.to_json_with("")
+    }
+
+    /// `/stats` with more members (`,"name":value…`) before the shards.
+    pub fn to_json_with(&self, extra: &str) -> String {
         let snaps = self.snapshots();
         let sum = |f: fn(&Snapshot) -> u64| snaps.iter().map(f).sum::<u64>();
         let per: Vec<String> = snaps.iter().map(Snapshot::to_json).collect();
         format!(
-            "{{\"connections\":{},\"websockets\":{},\"rooms\":{},\"members\":{},\"config\":{},\"shards\":[{}]}}\n",
+            "{{\"connections\":{},\"websockets\":{},\"rooms\":{},\"members\":{},\"config\":{}{extra},\"shards\":[{}]}}\n",
             sum(|s| s.connections),
             sum(|s| s.upgraded_open),
             sum(|s| s.rooms_owned),

@@ -10,6 +10,8 @@ use std::time::Duration;
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
+    /// The line it printed when it started listening.
+    pub line: String,
 }
 
 impl Server {
@@ -46,16 +48,25 @@ impl Server {
         if !extra.contains(&"--ping-interval") {
             cmd.args(["--ping-interval", "3600", "--pong-timeout", "60"]);
         }
-        let mut child = cmd
-            .args(extra)
+        cmd.args(extra)
             // ROOMCAST_TEST_LOG overrides the server's log filter when chasing a failure.
             .env(
                 "RUST_LOG",
                 std::env::var("ROOMCAST_TEST_LOG").unwrap_or_else(|_| "warn,roomcast=info".into()),
-            )
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn roomcast");
+            );
+        let server = Server::launch(cmd);
+        assert!(
+            server.line.contains(&format!("backend {backend}")),
+            "{}",
+            server.line
+        );
+        server
+    }
+
+    /// Runs `cmd` (a whole `roomcast serve …` of the test's own) and waits until it
+    /// listens.
+    pub fn launch(mut cmd: Command) -> Server {
+        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawn roomcast");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -70,9 +81,7 @@ impl Server {
             panic!("unexpected first line: {line:?}");
         };
         // From here on, dropping the Server (a failed assertion too) kills the process.
-        let server = Server { child, addr };
-        assert!(line.contains(&format!("backend {backend}")), "{line}");
-        server
+        Server { child, addr, line }
     }
 
     pub fn url(&self, path: &str) -> String {

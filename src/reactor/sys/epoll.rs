@@ -20,7 +20,7 @@ const WAKE: u64 = u64::MAX - 1;
 const EVENTS: usize = 1024;
 
 /// Per-shard read buffer.
-const SCRATCH: usize = 64 * 1024;
+pub const SCRATCH: usize = 64 * 1024;
 
 /// The most slices one `writev` carries (well under IOV_MAX).
 const MAX_IOV: usize = 64;

@@ -1,0 +1,401 @@
+//! Operating roomcast: a config file (precedence, errors, `--print-config`), JSON logs,
+//! and admission from the capacity model (`--max-conns auto`).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::Server;
+
+/// `roomcast` with no `ROOMCAST_*` variables from the test's own environment.
+fn roomcast() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_roomcast"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ROOMCAST_") || k == "RUST_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn tmp() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "roomcast-config-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null()).output().unwrap()
+}
+
+/// `key = value` lines of a `--print-config` output: key → (value, source).
+fn printed(text: &str) -> BTreeMap<String, (String, String)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with('[') && l.contains(" = "))
+        .map(|l| {
+            let (kv, source) = l.rsplit_once("  # ").unwrap();
+            let (k, v) = kv.split_once(" = ").unwrap();
+            (k.to_owned(), (v.to_owned(), source.to_owned()))
+        })
+        .collect()
+}
+
+const EVERYTHING: &str = r#"
+listen = "127.0.0.1:0"
+
+[server]
+backend = "epoll"
+shards = 2
+backlog = 1000
+recv-buffer-size = 8192
+
+[limits]
+max-message = 4096
+max-header-bytes = 2048
+out-ring = 16
+max-queued-bytes = 65536
+max-rooms-per-conn = 3
+rate = 77
+burst = 9
+max-conns = 500
+max-conns-per-ip = 7
+max-conns-per-user = 5
+slow-policy = "drop-oldest"
+
+[timeouts]
+handshake-timeout = 3
+ping-interval = 20
+pong-timeout = 4
+idle-timeout = 600
+close-timeout = 3
+drain-window = 4
+
+[auth]
+allow-origin = ["https://a.example", "https://*.example.org"]
+auth-cookie = "rc"
+
+[capacity]
+memory-budget = "2G"
+capacity-margin = 20
+
+[logs]
+log-format = "json"
+log-level = "info"
+"#;
+
+#[test]
+fn a_config_file_alone_starts_a_server_with_every_setting_applied() {
+    let dir = tmp();
+    let path = write(&dir, "all.toml", EVERYTHING);
+    let mut cmd = roomcast();
+    cmd.args(["serve", "--config"]).arg(&path);
+    let server = Server::launch(cmd);
+    assert!(
+        server.line.contains("backend epoll, 2 shards"),
+        "{}",
+        server.line
+    );
+    let stats = server.stats();
+    let settings = &stats["settings"];
+    let file = roomcast::config::file::read_keys(EVERYTHING).unwrap();
+    assert!(file.len() >= 25, "the file sets {} keys", file.len());
+    for (key, fk) in &file {
+        let got = &settings[key.as_str()];
+        assert_eq!(got["source"], "file", "{key}: {got}");
+        let want: serde_json::Value = match fk.values.as_slice() {
+            [one] => one.clone().into(),
+            many => many.to_vec().into(),
+        };
+        assert_eq!(got["value"], want, "{key}");
+    }
+    // And they took effect where they show.
+    assert_eq!(stats["config"]["out_ring"], 16);
+    assert_eq!(stats["config"]["ping_interval_secs"], 20);
+    assert_eq!(stats["capacity"]["memory_budget_bytes"], 2u64 << 30);
+    let (_, metrics) = server.get("/metrics");
+    assert!(metrics.contains("\nroomcast_max_conns 500\n"), "{metrics}");
+    // An origin the file does not allow is refused.
+    let refused = server.raw_exchange(
+        &String::from_utf8(common::upgrade_request("/echo"))
+            .unwrap()
+            .replace("\r\n\r\n", "\r\nOrigin: https://evil.example\r\n\r\n")
+            .into_bytes(),
+        Duration::from_secs(2),
+    );
+    assert!(refused.starts_with(b"HTTP/1.1 403"));
+}
+
+#[test]
+fn a_flag_beats_the_environment_which_beats_the_file() {
+    let dir = tmp();
+    let path = write(&dir, "rate.toml", "[limits]\nrate = 10\n");
+    let rate = |env: Option<&str>, flag: Option<&str>, file: bool| {
+        let mut cmd = roomcast();
+        cmd.arg("serve");
+        if file {
+            cmd.arg("--config").arg(&path);
+        }
+        if let Some(e) = env {
+            cmd.env("ROOMCAST_RATE", e);
+        }
+        if let Some(f) = flag {
+            cmd.args(["--rate", f]);
+        }
+        let out = run(cmd.arg("--print-config"));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        printed(&String::from_utf8(out.stdout).unwrap())["rate"].clone()
+    };
+    let pair = |v: &str, s: &str| (v.to_owned(), s.to_owned());
+    assert_eq!(rate(Some("20"), Some("30"), true), pair("30", "flag"));
+    assert_eq!(rate(Some("20"), None, true), pair("20", "environment"));
+    assert_eq!(rate(None, None, true), pair("10", "file"));
+    assert_eq!(rate(None, None, false), pair("1000", "default"));
+    // The file may also be named by ROOMCAST_CONFIG; and a live server agrees.
+    let mut cmd = roomcast();
+    cmd.env("ROOMCAST_CONFIG", &path)
+        .env("ROOMCAST_BURST", "3")
+        .args(["serve", "--listen", "127.0.0.1:0"]);
+    let server = Server::launch(cmd);
+    let settings = &server.stats()["settings"];
+    assert_eq!(settings["rate"]["value"], "10");
+    assert_eq!(settings["rate"]["source"], "file");
+    assert_eq!(settings["burst"]["source"], "environment");
+    assert_eq!(settings["listen"]["source"], "flag");
+}
+
+#[test]
+fn bad_configs_are_refused_before_anything_starts_naming_the_key_and_line() {
+    let dir = tmp();
+    let cases = [
+        ("unknown key", "rate = 5\nspeed = 3\n", vec!["speed", ":2:"]),
+        (
+            "wrong type",
+            "[limits]\nrate = \"many\"\n",
+            vec!["rate", ":2:", "many"],
+        ),
+        (
+            "out of range",
+            "\n\n[server]\nshards = 5000\n",
+            vec!["shards", ":4:", "1..=1024"],
+        ),
+        (
+            "bad enum",
+            "slow-policy = \"sometimes\"\n",
+            vec!["slow-policy", ":1:"],
+        ),
+        (
+            "wrong table",
+            "[limits]\nlisten = \"x\"\n",
+            vec!["listen", "line 2", "[server]"],
+        ),
+        (
+            "unknown table",
+            "[extras]\nrate = 1\n",
+            vec!["[extras]", "line 1"],
+        ),
+        ("not TOML", "rate = = 1\n", vec!["line 1"]),
+        (
+            "a table for a value",
+            "rate = { per = 1 }\n",
+            vec!["rate", "line 1"],
+        ),
+        (
+            "inconsistent",
+            "[timeouts]\nping-interval = 5\npong-timeout = 9\n",
+            vec!["pong-timeout", "line 3", "ping-interval"],
+        ),
+        ("missing file", "", vec!["--config", "No such file"]),
+    ];
+    for (what, text, wants) in cases {
+        let path = if text.is_empty() {
+            dir.join("missing.toml")
+        } else {
+            write(&dir, "bad.toml", text)
+        };
+        let out = run(roomcast()
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&path));
+        assert_eq!(out.status.code(), Some(2), "{what}: should exit 2");
+        let err = String::from_utf8_lossy(&out.stderr);
+        for want in wants {
+            assert!(err.contains(want), "{what}: {want:?} not in {err:?}");
+        }
+        assert!(out.stdout.is_empty(), "{what}: nothing started");
+    }
+}
+
+#[test]
+fn print_config_round_trips() {
+    let dir = tmp();
+    let first = write(&dir, "first.toml", EVERYTHING);
+    let out = run(roomcast()
+        .args(["serve", "--rate", "33", "--config"])
+        .arg(&first)
+        .arg("--print-config"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed_once = String::from_utf8(out.stdout).unwrap();
+    let second = write(&dir, "second.toml", &printed_once);
+    let out = run(roomcast()
+        .args(["serve", "--config"])
+        .arg(&second)
+        .arg("--print-config"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed_twice = String::from_utf8(out.stdout).unwrap();
+    let values = |text: &str| -> BTreeMap<String, String> {
+        printed(text)
+            .into_iter()
+            .map(|(k, (v, _))| (k, v))
+            .collect()
+    };
+    let (a, b) = (values(&printed_once), values(&printed_twice));
+    assert!(a.len() >= 25, "{printed_once}");
+    assert_eq!(a, b, "fed back, it gives the same configuration");
+    assert_eq!(a["rate"], "33");
+    assert_eq!(printed(&printed_once)["rate"].1, "flag");
+    assert_eq!(printed(&printed_twice)["rate"].1, "file");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_with_timestamp_level_target_message_and_fields() {
+    let mut child = roomcast()
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(["--max-conns", "auto", "--memory-budget", "1G"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening on"), "{line}");
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = child.kill();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let _ = child.wait();
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    assert!(lines.len() >= 2, "{err}");
+    for l in &lines {
+        for key in ["timestamp", "level", "target", "message"] {
+            assert!(l.get(key).is_some_and(|v| v.is_string()), "{key} in {l}");
+        }
+    }
+    let capacity = lines
+        .iter()
+        .find(|l| l["message"].as_str().unwrap().contains("--max-conns auto"))
+        .expect("the admission line");
+    assert_eq!(capacity["level"], "INFO");
+    assert_eq!(capacity["target"], "roomcast::app");
+    assert!(
+        capacity["max_conns"].as_u64().unwrap() > 0,
+        "fields: {capacity}"
+    );
+    assert_eq!(capacity["source"], "--memory-budget");
+}
+
+/// Upgrades one WebSocket on a raw socket: the status line's code.
+fn upgrade(addr: std::net::SocketAddr) -> (u16, std::net::TcpStream) {
+    let mut sock = std::net::TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    sock.write_all(&common::upgrade_request("/echo")).unwrap();
+    let mut head = [0u8; 12];
+    sock.read_exact(&mut head).unwrap();
+    let code = std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap();
+    (code, sock)
+}
+
+both_backends! {
+    async fn max_conns_auto_refuses_at_the_capacity_models_count(backend: &str) {
+        let server = Server::start(
+            backend,
+            &["--max-conns", "auto", "--memory-budget", "24M", "--shards", "2"],
+        );
+        let capacity = server.stats()["capacity"].clone();
+        let (total, limit) = (
+            capacity["connections"].as_u64().unwrap(),
+            capacity["auto_limit"].as_u64().unwrap(),
+        );
+        assert_eq!(limit, total * 9 / 10, "the default margin is 10%: {capacity}");
+        assert!((1_000..20_000).contains(&limit), "{capacity}");
+        // roomcast plan (the same model, another code path) says those connections need
+        // about the budget.
+        if backend == "uring" {
+            let out = run(roomcast().args(["plan", "--shards", "2", "--json", "--connections"]).arg(total.to_string()));
+            let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let memory = plan["user_bytes"].as_f64().unwrap() + plan["kernel_bytes"].as_f64().unwrap();
+            let budget = (24u64 << 20) as f64;
+            assert!((memory / budget - 1.0).abs() < 0.10, "plan: {memory} B for {total}, budget {budget}");
+        }
+        let left = |s: &Server| {
+            let (_, m) = s.get("/metrics");
+            m.lines()
+                .find_map(|l| l.strip_prefix("roomcast_capacity_connections_left "))
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        };
+        let before = left(&server);
+        let mut held = Vec::new();
+        for _ in 0..100 {
+            let (code, sock) = upgrade(server.addr);
+            assert_eq!(code, 101);
+            held.push(sock);
+        }
+        let after = left(&server);
+        // Each figure counts every socket, the scrapes' own too (and one that is still
+        // closing): within two of the 100 added.
+        let fell = before as i64 - after as i64;
+        assert!((98..=102).contains(&fell), "connections_left falls as connections are added: {before} -> {after}");
+        let mut refused_at = None;
+        for n in 100..limit + 10 {
+            let (code, sock) = upgrade(server.addr);
+            if code != 101 {
+                assert_eq!(code, 503);
+                refused_at = Some(n);
+                break;
+            }
+            held.push(sock);
+        }
+        assert_eq!(refused_at, Some(limit), "refused past the predicted count");
+        drop(held);
+        server.settles_to(0);
+    }
+}
