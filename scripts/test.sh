@@ -34,6 +34,12 @@ if [ ! -f tests/clients/node_modules/.installed ] \
   cp tests/clients/package-lock.json tests/clients/node_modules/.installed
 fi
 
+# HAProxy for tests/deploy.rs (sysctl/haproxy.cfg in front of two nodes), from Debian.
+if ! command -v haproxy >/dev/null 2>&1; then
+  echo "== HAProxy (Debian package)"
+  apt-get update >/dev/null && apt-get install -y haproxy >/dev/null
+fi
+
 echo "== cargo test (workspace)"
 cargo test --workspace --release --locked 2>&1
 
