@@ -20,6 +20,16 @@ out=bench/results
 [ "$quick" = 1 ] && { runs=${RUNS:-1}; out=bench/results-quick; }
 
 cargo build --release --locked -p roomcast -p roomcast-bench -p roomcast-peers 2>&1 | tail -1
+# The uWebSockets.js peer (bench/peers/uws): Node from Debian when there is none, and its
+# node_modules from the committed package-lock.json when missing.
+if [ "$report_only" = 0 ]; then
+  if ! command -v node >/dev/null; then
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  [ -d bench/peers/uws/node_modules ] || (cd bench/peers/uws && npm ci --no-audit --no-fund)
+fi
 mkdir -p "$out"
 results="$out/RESULTS.jsonl"
 [ "$report_only" = 1 ] || : >"$results"
@@ -30,9 +40,15 @@ version=$(target/release/roomcast --version | awk '{print $2}')
 
 # name, command (the listen address is appended), version
 servers=(
-  "roomcast|target/release/roomcast serve --shards 1 --rate 0 --listen|$version"
+  "roomcast|target/release/roomcast serve --shards 1 --rate 0 --backend uring --listen|$version"
+  "roomcast-epoll|target/release/roomcast serve --shards 1 --rate 0 --backend epoll --listen|$version"
   "tokio-tungstenite|target/release/peer-tungstenite|0.26.2"
   "fastwebsockets|target/release/peer-fastwebsockets|0.10.0"
+  # uWS.js v20.30.0 (the npm build @trufflesuite/uws-js-unofficial 20.30.0-unofficial.0).
+  # Pinned like the others: Node runs the event loop, and uWS's sockets on it, on one
+  # thread; libuv's threadpool is unused here (no fs, dns or crypto), and V8's helper
+  # threads (GC) share CPU 0 and count in the server's CPU.
+  "uWebSockets.js|node bench/peers/uws/peer-uws.mjs|20.30.0"
 )
 
 if [ "$quick" = 1 ]; then
