@@ -104,6 +104,42 @@ fn peak_rss_kib(pid: u32) -> u64 {
 }
 
 both_backends! {
+    async fn at_a_low_rate_every_message_leaves_in_the_turn_it_was_published(backend: &str) {
+        // Slow members are kept (drop-newest, a large byte allowance) so that the stalled
+        // one below keeps getting deliveries queued behind its stuck send.
+        let server = Server::start(
+            backend,
+            &["--shards", "1", "--slow-policy", "drop-newest", "--max-queued-bytes", "100000000"],
+        );
+        let mut members = Vec::new();
+        for _ in 0..20 {
+            let mut ws = connect(&server, "/ws").await;
+            join(&mut ws, "calm").await;
+            members.push(ws);
+        }
+        let mut publisher = connect(&server, "/ws").await;
+        for i in 0..20 {
+            send(&mut publisher, json!({"op":"pub","room":"calm","data":i})).await;
+            for ws in members.iter_mut() {
+                assert_eq!(recv(ws).await["data"], i);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // No flush waited for an earlier send (io_uring) or a full socket (epoll): each
+        // message went out before the shard slept again.
+        let s = stats(&server);
+        assert_eq!(shard_sum(&s, "sends_deferred"), 0, "{s}");
+        // The counter does count: a member that stops reading while large messages pile up.
+        let mut stalled = connect(&server, "/ws").await;
+        join(&mut stalled, "busy").await;
+        let big = "x".repeat(60_000);
+        for _ in 0..200 {
+            send(&mut publisher, json!({"op":"pub","room":"busy","data":big})).await;
+        }
+        let s = stats_until(&server, |s| shard_sum(s, "sends_deferred") > 0).await;
+        assert!(shard_sum(&s, "sends_deferred") > 0, "{s}");
+    }
+
     async fn members_on_every_shard_get_every_message_in_order_and_other_rooms_nothing(backend: &str) {
         let server = Server::start(backend, &["--shards", "3"]);
         let mut members = Vec::new();

@@ -111,6 +111,7 @@ shard_figures!(
     closed_slow: Counter "roomcast_slow_closed_total" "" "Members closed by the slow-consumer policy (close).",
     mesh_backlog: Gauge "roomcast_mesh_backlog" "" "Messages waiting for room in the shard's outgoing SPSC queues.",
     mesh_dropped: Counter "roomcast_mesh_dropped_total" "" "Deliveries dropped because the mesh backlog was full.",
+    sends_deferred: Counter "roomcast_sends_deferred_total" "" "Flushes that could not send everything queued before the loop slept: an earlier send still in flight (io_uring) or a full socket (epoll). At a low rate this stays 0: a message leaves in the turn it was published.",
 );
 
 impl Snapshot {

@@ -327,6 +327,10 @@ impl<S: Service> Epoll<S> {
         match res {
             Ok(n) => {
                 let full = n as usize == total;
+                if !full {
+                    // The socket is full: the rest waits for EPOLLOUT, a later turn.
+                    self.core.cx.stats.sends_deferred += 1;
+                }
                 let next = self.core.sent(slot, n as usize);
                 self.apply(slot, next);
                 // More frames than one writev carries: go again next turn.
@@ -334,7 +338,9 @@ impl<S: Service> Epoll<S> {
                     self.core.queue_flush(slot);
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.core.cx.stats.sends_deferred += 1;
+            }
             Err(_) => self.close(slot),
         }
     }

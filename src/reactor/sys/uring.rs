@@ -705,7 +705,13 @@ impl<S: Service> Uring<S> {
         let Some(conn) = self.core.conn(slot) else {
             return;
         };
-        if conn.has(flag::SENDING) || conn.has(flag::DEAD) || conn.out.is_empty() {
+        if conn.has(flag::DEAD) || conn.out.is_empty() {
+            return;
+        }
+        if conn.has(flag::SENDING) {
+            // Gated on the send in flight: what was queued since goes out once it
+            // completes (on_send queues the connection again), in a later turn.
+            self.core.cx.stats.sends_deferred += 1;
             return;
         }
         let mut buf = self.send_pool.pop().unwrap_or_else(|| {
