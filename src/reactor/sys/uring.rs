@@ -12,7 +12,11 @@
 //! - Multishot recv from a provided buffer ring, incrementally consumed
 //!   (`IOU_PBUF_RING_INC`) where the kernel has it: an idle connection holds no buffer.
 //! - One `sendmsg` per connection per turn with iovecs pointing at the queued shared
-//!   frames; the frames stay in the out-ring until the completion says they went out.
+//!   frames; the frames stay in the out-ring until the completion says they went out. The
+//!   msghdrs and iovec arrays live in one per-shard arena ([`SendArena`]) only until the
+//!   submit that hands them to the kernel (`IORING_FEAT_SUBMIT_STABLE`: the kernel copies
+//!   them as it consumes the SQE), so a send in flight costs no user memory of its own and
+//!   an idle connection has no send state at all.
 //!
 //! Every operation's `user_data` packs the op kind, the connection's generation and its
 //! slab slot ([`UserData`]); a completion whose generation does not match is stale.
@@ -24,7 +28,9 @@ use std::time::{Duration, Instant};
 use io_uring::types::{Fixed, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 
+mod arena;
 mod bufring;
+use arena::SendArena;
 use bufring::BufRing;
 
 use crate::reactor::conn::flag;
@@ -87,10 +93,7 @@ impl UserData {
 const SQ_ENTRIES: u32 = 1024;
 const CQ_ENTRIES: u32 = 16 * 1024;
 const BUF_GROUP: u16 = 0;
-/// Slices per sendmsg.
-const MAX_IOV: usize = 32;
-/// Send buffers a shard keeps pooled between bursts.
-const SEND_POOL_KEEP: usize = 64;
+use arena::{ARENA_SENDS, MAX_IOV};
 
 /// Checks that this kernel has everything the backend uses. The error says what is not.
 pub fn probe() -> Result<(), String> {
@@ -113,6 +116,9 @@ pub fn probe() -> Result<(), String> {
             return Err(format!("opcode {name} not supported"));
         }
     }
+    if !ring.params().is_feature_submit_stable() {
+        return Err("IORING_FEAT_SUBMIT_STABLE missing (Linux 5.5)".into());
+    }
     ring.submitter()
         .register_files_sparse(4)
         .map_err(|e| format!("sparse fixed-file table: {e}"))?;
@@ -126,13 +132,6 @@ fn build_ring(entries: u32) -> io::Result<IoUring> {
         .setup_defer_taskrun()
         .setup_cqsize(CQ_ENTRIES.max(entries * 2))
         .build(entries)
-}
-
-/// The msghdr and iovecs of one in-flight sendmsg. Boxed so their address is stable
-/// until the completion; pooled so steady-state sending allocates nothing.
-struct SendBuf {
-    hdr: libc::msghdr,
-    iov: [libc::iovec; MAX_IOV],
 }
 
 /// Single-shot accepts kept armed when peer addresses are needed.
@@ -154,12 +153,8 @@ struct Uring<S: Service> {
     addrs: Box<[AddrSlot]>,
     listener: socket2::Socket,
     core: Core<S>,
-    /// In-flight sends by connection slot (8 bytes per slot when idle).
-    sending: Vec<Option<Box<SendBuf>>>,
-    // Boxed on purpose: a SendBuf moves between the pool and `sending` while the kernel
-    // may hold its address, so it must not live inline in a Vec that can reallocate.
-    #[allow(clippy::vec_box)]
-    send_pool: Vec<Box<SendBuf>>,
+    /// The msghdrs and iovecs of the sends not submitted yet.
+    arena: SendArena,
     fixed_files: u32,
     /// The fixed-file table is full: new connections are refused until a slot frees.
     at_limit: bool,
@@ -192,8 +187,7 @@ pub fn run<S: Service>(setup: ShardSetup<S>) -> io::Result<()> {
         addrs,
         listener: setup.listener,
         core: Core::new(setup.service, setup.core),
-        sending: Vec::with_capacity(setup.fixed_files as usize),
-        send_pool: Vec::new(),
+        arena: SendArena::new(),
         fixed_files: setup.fixed_files,
         at_limit: false,
         cqes: Vec::with_capacity(1024),
@@ -233,8 +227,8 @@ impl<S: Service> Uring<S> {
     /// bytes; one io_uring_enter when the queue fills.
     fn push(&mut self, entry: squeue::Entry) {
         loop {
-            // SAFETY: every entry's pointers (msghdr, iovecs) stay valid until its
-            // completion: SendBufs live in `sending` until then.
+            // SAFETY: every entry's pointers (msghdr, iovecs) stay valid until a submit
+            // consumes it: the arena is reset only once the queue is empty (SUBMIT_STABLE).
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 return;
             }
@@ -323,7 +317,9 @@ impl<S: Service> Uring<S> {
         };
         let ts = Timespec::from(timeout);
         let args = SubmitArgs::new().timespec(&ts);
-        match self.ring.submitter().submit_with_args(want, &args) {
+        let submitted = self.ring.submitter().submit_with_args(want, &args);
+        self.arena_consumed();
+        match submitted {
             Ok(_) => Ok(()),
             Err(e)
                 if matches!(
@@ -393,9 +389,6 @@ impl<S: Service> Uring<S> {
                 .get(ud.slot())
                 .and_then(|a| super::peer_addr(&a.addr, a.len));
             let (slot, _) = self.core.insert(res as u32, peer, Instant::now());
-            if self.sending.len() <= slot {
-                self.sending.resize_with(slot + 1, || None);
-            }
             self.arm_recv(slot);
         } else {
             let errno = -res;
@@ -535,14 +528,6 @@ impl<S: Service> Uring<S> {
 
     fn on_send(&mut self, ud: UserData, res: i32) {
         let slot = ud.slot();
-        if let Some(buf) = self.sending.get_mut(slot).and_then(Option::take) {
-            // Keep a few for the next sends; a heartbeat tick sends to a whole bucket at
-            // once, and keeping every one of those (568 B each) made the pool grow with
-            // connections ÷ ping interval and stay that size.
-            if self.send_pool.len() < SEND_POOL_KEEP {
-                self.send_pool.push(buf);
-            }
-        }
         let Some(conn) = self.core.get(slot, ud.gen()) else {
             return;
         };
@@ -714,36 +699,54 @@ impl<S: Service> Uring<S> {
             self.core.cx.stats.sends_deferred += 1;
             return;
         }
-        let mut buf = self.send_pool.pop().unwrap_or_else(|| {
-            Box::new(SendBuf {
-                // SAFETY: msghdr and iovec are plain C structs; all-zero is valid for both.
-                hdr: unsafe { std::mem::zeroed() },
-                iov: [libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                }; MAX_IOV],
-            })
-        });
+        if self.arena.used == ARENA_SENDS && !self.submit_arena() {
+            // The kernel did not take every queued SQE: try again next turn.
+            self.core.queue_flush(slot);
+            return;
+        }
+        let Some(conn) = self.core.conn(slot) else {
+            return;
+        };
+        let i = self.arena.used;
+        self.arena.used += 1;
+        let iovs = &mut self.arena.iovs[i * MAX_IOV..(i + 1) * MAX_IOV];
         let mut slices = [io::IoSlice::new(&[]); MAX_IOV];
         let count = conn.out.iovecs(&mut slices);
-        for (dst, src) in buf.iov.iter_mut().zip(&slices[..count]) {
+        for (dst, src) in iovs.iter_mut().zip(&slices[..count]) {
             *dst = libc::iovec {
                 iov_base: src.as_ptr() as *mut libc::c_void,
                 iov_len: src.len(),
             };
         }
-        buf.hdr.msg_iov = buf.iov.as_mut_ptr();
-        buf.hdr.msg_iovlen = count;
+        let hdr = &mut self.arena.hdrs[i];
+        hdr.msg_iov = iovs.as_mut_ptr();
+        hdr.msg_iovlen = count;
         // The kernel reads these frames until the completion: none may be dropped before.
         conn.out.pin(count);
         conn.set(flag::SENDING);
         let ud = UserData::new(Op::Send, slot, conn.gen);
-        let entry = opcode::SendMsg::new(Fixed(conn.io), &buf.hdr)
+        let entry = opcode::SendMsg::new(Fixed(conn.io), hdr)
             .flags(libc::MSG_NOSIGNAL as u32)
             .build()
             .user_data(ud.0);
-        self.sending[slot] = Some(buf);
         self.push(entry);
+    }
+
+    /// Submits what is queued so that the arena can be reused. Returns whether it can (the
+    /// kernel consumed every SQE, and with them the arena's msghdrs and iovecs).
+    fn submit_arena(&mut self) -> bool {
+        if let Err(e) = self.ring.submit() {
+            tracing::debug!(error = %e, "io_uring submit (send arena full) failed");
+        }
+        self.arena_consumed()
+    }
+
+    /// After a submit: if the kernel consumed every SQE, the arena is free again.
+    fn arena_consumed(&mut self) -> bool {
+        if self.ring.submission().is_empty() {
+            self.arena.used = 0;
+        }
+        self.arena.used < ARENA_SENDS
     }
 }
 
