@@ -108,7 +108,9 @@ for scenario in "${scenarios[@]}"; do
       start_server "$cmd"
       echo "== $name: $scenario (run $run/$runs)"
       # shellcheck disable=SC2086
-      taskset -c 1 "$bench" --server "127.0.0.1:$port" --server-pid "$pid" \
+      # --server-cpu 0: CPU 0's busy and softirq time from /proc/stat, beside the server
+      # threads' own CPU (io_uring moves work into softirq on the server's CPU).
+      taskset -c 1 "$bench" --server "127.0.0.1:$port" --server-pid "$pid" --server-cpu 0 \
         --server-name "$name" --server-version "$ver" --out "$results" $scenario
       stop_server
     done

@@ -147,6 +147,15 @@ impl Frames {
     }
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: one clock for every process on the box, so a stamp
+/// written by a publisher in one process is read by members in another.
+pub fn mono_ns() -> u64 {
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: clock_gettime writes into the struct we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// The first number inside `"data":[` in a `msg` op (bare, or in a string of digits):
 /// the bench's send timestamp. A scan, no JSON parse and no allocation.
 pub fn data_stamp(payload: &[u8]) -> Option<u64> {

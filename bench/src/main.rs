@@ -3,9 +3,14 @@
 //! The client is one single-threaded event loop per process (tokio's current-thread
 //! runtime on epoll). It speaks raw frames, pre-masked with the all-zero key (RFC 6455
 //! §5.3 allows any key; the server still unmasks), reads server frames out of one buffer
-//! per connection, and allocates nothing per message. `idle` spreads its connections over
-//! worker processes, each under its own RLIMIT_NOFILE, and every scenario spreads them over
-//! source addresses 127.0.0.2 and up (IP_BIND_ADDRESS_NO_PORT).
+//! per connection, and allocates nothing per message. With `--workers N` a scenario spreads
+//! its connections over N worker processes (`idle` also to keep each under its own
+//! RLIMIT_NOFILE), and every scenario spreads them over source addresses 127.0.0.2 and up
+//! (IP_BIND_ADDRESS_NO_PORT).
+//!
+//! Every scenario reports the load generator's own CPU over its measured window
+//! (`client_busy`, its workers included, and `client_bound` when it was saturated), and
+//! with `--server-cpu N` the server's CPU as a whole from /proc/stat, softirq included.
 //!
 //! Every run prints a summary and, with `--out`, appends one JSON object to a results
 //! file: the scenario, its parameters, the server (name, version, address), the machine
@@ -41,6 +46,10 @@ struct Cli {
     /// The server's version, for the results.
     #[arg(long, default_value = "", global = true)]
     server_version: String,
+    /// The CPU the server is pinned to (`taskset -c N`): reads its /proc/stat line around
+    /// each measured window for its busy share, softirq share and CPU-total cost per unit.
+    #[arg(long, global = true)]
+    server_cpu: Option<usize>,
     /// Source addresses to spread connections over: 127.0.0.2 … (at most 253).
     #[arg(long, default_value_t = 16, global = true)]
     sources: u8,
@@ -72,6 +81,9 @@ enum Scenario {
         connections: usize,
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        /// Load-generator processes, each opening its share.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
     },
     /// C connections × D messages of S bytes in flight for T seconds.
     Echo {
@@ -83,6 +95,9 @@ enum Scenario {
         size: usize,
         #[arg(long, default_value_t = 10)]
         secs: u64,
+        /// Load-generator processes, each driving its share of the connections.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
     },
     /// R rooms × M members, one publisher per room at a rate or closed loop.
     Fanout {
@@ -98,6 +113,9 @@ enum Scenario {
         rate: f64,
         #[arg(long, default_value_t = 10)]
         secs: u64,
+        /// Load-generator processes, each running its share of the rate.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
     },
     /// Fan-out twice, without and with a fraction of members that never read: the healthy
     /// members' latency side by side.
@@ -122,6 +140,9 @@ enum Scenario {
         connections: usize,
         #[arg(long, default_value = "figures.json")]
         figures: std::path::PathBuf,
+        /// Load-generator processes for every run.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
     },
     /// (internal) One process of `idle`'s workers.
     #[command(hide = true)]
@@ -132,6 +153,54 @@ enum Scenario {
         count: usize,
         #[arg(long)]
         concurrency: usize,
+    },
+    /// (internal) One process of `ramp --workers`.
+    #[command(hide = true)]
+    WorkerRamp {
+        #[arg(long)]
+        first: usize,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        concurrency: usize,
+    },
+    /// (internal) One process of `echo --workers`.
+    #[command(hide = true)]
+    WorkerEcho {
+        #[arg(long)]
+        first: usize,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        depth: usize,
+        #[arg(long)]
+        size: usize,
+        #[arg(long)]
+        secs: u64,
+        #[arg(long)]
+        concurrency: usize,
+    },
+    /// (internal) One process of `fanout --workers`: members `first..first+count`.
+    #[command(hide = true)]
+    WorkerFanout {
+        #[arg(long)]
+        first: usize,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        members: usize,
+        #[arg(long)]
+        slow_per_room: usize,
+    },
+    /// (internal) One process of `churn --workers`.
+    #[command(hide = true)]
+    WorkerChurn {
+        #[arg(long)]
+        first: usize,
+        #[arg(long)]
+        rate: f64,
+        #[arg(long)]
+        secs: u64,
     },
 }
 
@@ -152,6 +221,10 @@ struct FanoutArgs {
     size: usize,
     #[arg(long, default_value_t = 10)]
     secs: u64,
+    /// Load-generator processes the members are split over (the publishers stay in this
+    /// one).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
 }
 
 impl FanoutArgs {
@@ -170,10 +243,20 @@ impl FanoutArgs {
 
 fn main() {
     let cli = Cli::parse();
+    let workers = match &cli.scenario {
+        Scenario::Ramp { workers, .. }
+        | Scenario::Echo { workers, .. }
+        | Scenario::Churn { workers, .. }
+        | Scenario::Calibrate { workers, .. } => *workers,
+        Scenario::Fanout { args, .. } | Scenario::Slow { args, .. } => args.workers,
+        _ => 1,
+    };
     let t = Target {
         server: cli.server,
         pid: cli.server_pid,
         sources: cli.sources,
+        server_cpu: cli.server_cpu,
+        workers: workers.max(1),
     };
     if let Scenario::Report { results, dir } = &cli.scenario {
         if let Err(e) = report::write(results, dir) {
@@ -194,14 +277,14 @@ fn main() {
                 serde_json::json!({"connections": connections, "hold_secs": hold_secs, "workers": workers, "concurrency": concurrency}),
                 scenarios::idle(t, connections, hold_secs, workers, concurrency).await,
             ),
-            Scenario::Ramp { connections, concurrency } => (
+            Scenario::Ramp { connections, concurrency, workers } => (
                 "ramp",
-                serde_json::json!({"connections": connections, "concurrency": concurrency}),
+                with_workers(serde_json::json!({"connections": connections, "concurrency": concurrency}), workers),
                 scenarios::ramp(t, connections, concurrency).await,
             ),
-            Scenario::Echo { connections, depth, size, secs } => (
+            Scenario::Echo { connections, depth, size, secs, workers } => (
                 "echo",
-                serde_json::json!({"connections": connections, "depth": depth, "size": size, "secs": secs}),
+                with_workers(serde_json::json!({"connections": connections, "depth": depth, "size": size, "secs": secs}), workers),
                 scenarios::echo(t, connections, depth, size, secs).await,
             ),
             Scenario::Fanout { args, slow_fraction } => (
@@ -209,9 +292,9 @@ fn main() {
                 fanout_params(&args, slow_fraction),
                 scenarios::fanout(t, args.with_slow(slow_fraction)).await,
             ),
-            Scenario::Churn { rate, secs } => (
+            Scenario::Churn { rate, secs, workers } => (
                 "churn",
-                serde_json::json!({"rate": rate, "secs": secs}),
+                with_workers(serde_json::json!({"rate": rate, "secs": secs}), workers),
                 scenarios::churn(t, rate, secs).await,
             ),
             Scenario::Slow { args, fraction } => {
@@ -224,14 +307,18 @@ fn main() {
                     ratio("latency_p99_us"),
                     fraction * 100.0
                 );
+                // The load generator over both runs: its busier run, and bound if either was.
+                let busy = base["client_busy"].as_f64().unwrap_or(0.0).max(slow["client_busy"].as_f64().unwrap_or(0.0));
+                let bound = base["client_bound"].as_bool().unwrap_or(false) || slow["client_bound"].as_bool().unwrap_or(false);
                 (
                     "slow",
                     fanout_params(&args, fraction),
                     serde_json::json!({"without": base, "with": slow,
-                        "p50_ratio": ratio("latency_p50_us"), "p99_ratio": ratio("latency_p99_us")}),
+                        "p50_ratio": ratio("latency_p50_us"), "p99_ratio": ratio("latency_p99_us"),
+                        "client_busy": busy, "client_bound": bound}),
                 )
             }
-            Scenario::Calibrate { connections, figures } => {
+            Scenario::Calibrate { connections, figures, workers } => {
                 let (f, runs) = scenarios::calibrate(t, connections).await;
                 let text = serde_json::to_string_pretty(&f).expect("figures serialize");
                 if let Err(e) = std::fs::write(&figures, format!("{text}\n")) {
@@ -241,12 +328,28 @@ fn main() {
                 println!("calibrate: figures written to {} (use: roomcast plan --figures {0})\n{text}", figures.display());
                 (
                     "calibrate",
-                    serde_json::json!({"connections": connections}),
+                    with_workers(serde_json::json!({"connections": connections}), workers),
                     serde_json::json!({"figures": f, "runs": runs}),
                 )
             }
             Scenario::WorkerIdle { first, count, concurrency } => {
                 scenarios::idle_worker(t, first, count, concurrency).await;
+                std::process::exit(0);
+            }
+            Scenario::WorkerRamp { first, count, concurrency } => {
+                scenarios::ramp_worker(t, first, count, concurrency).await;
+                std::process::exit(0);
+            }
+            Scenario::WorkerEcho { first, count, depth, size, secs, concurrency } => {
+                scenarios::echo_worker(t, first, count, depth, size, secs, concurrency).await;
+                std::process::exit(0);
+            }
+            Scenario::WorkerFanout { first, count, members, slow_per_room } => {
+                scenarios::fanout_worker(t, first, count, members, slow_per_room).await;
+                std::process::exit(0);
+            }
+            Scenario::WorkerChurn { first, rate, secs } => {
+                scenarios::churn_worker(t, first, rate, secs).await;
                 std::process::exit(0);
             }
             Scenario::Report { .. } => unreachable!("handled above"),
@@ -271,8 +374,20 @@ fn main() {
 }
 
 fn fanout_params(a: &FanoutArgs, slow_fraction: f64) -> serde_json::Value {
-    serde_json::json!({
-        "rooms": a.rooms, "members": a.members, "rate": a.rate, "window": a.window,
-        "size": a.size, "secs": a.secs, "slow_fraction": slow_fraction,
-    })
+    with_workers(
+        serde_json::json!({
+            "rooms": a.rooms, "members": a.members, "rate": a.rate, "window": a.window,
+            "size": a.size, "secs": a.secs, "slow_fraction": slow_fraction,
+        }),
+        a.workers,
+    )
+}
+
+/// `params` with `workers` when there is more than one load-generator process: a run
+/// with the default keeps the parameters (and so the report's grouping) it always had.
+fn with_workers(mut params: serde_json::Value, workers: usize) -> serde_json::Value {
+    if workers > 1 {
+        params["workers"] = serde_json::json!(workers);
+    }
+    params
 }

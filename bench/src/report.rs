@@ -9,26 +9,94 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde_json::Value;
 
-/// The figures that sum up each scenario: (scenario, field, column heading).
-const HEADLINE: &[(&str, &str, &str)] = &[
-    ("idle", "user_bytes_per_conn_marginal", "user-space B/conn"),
-    ("idle", "kernel_slab_bytes_per_conn", "kernel B/conn"),
-    ("ramp", "server_cpu_us_per_conn", "server µs/conn"),
-    ("ramp", "handshakes_per_sec", "handshakes/s"),
-    ("echo", "server_cpu_ns_per_msg", "server ns/msg"),
-    ("echo", "msgs_per_sec", "msgs/s"),
-    ("echo", "rtt_p99_us", "RTT p99 µs"),
-    ("echo", "client_busy", "load gen busy"),
-    ("fanout", "deliveries_per_sec", "deliveries/s"),
-    ("fanout", "latency_p50_us", "p50 µs"),
-    ("fanout", "latency_p99_us", "p99 µs"),
-    ("fanout", "server_cpu_ns_per_delivery", "server ns/delivery"),
-    ("fanout", "completeness", "complete"),
-    ("fanout", "client_busy", "load gen busy"),
-    ("churn", "success_rate", "success"),
-    ("churn", "rss_drift_bytes", "RSS drift B"),
-    ("slow", "p99_ratio", "healthy p99 with/without"),
+/// Every column: with roomcast's ratio to the peer.
+const RATIO: u8 = 1;
+/// Shown only when some run of the table carries the field (`--server-cpu` runs).
+const OPTIONAL: u8 = 2;
+
+/// The figures that sum up each scenario: (scenario, field, column heading, flags). Every
+/// table also ends with the load generator's CPU (see [`client_cell`]).
+const HEADLINE: &[(&str, &str, &str, u8)] = &[
+    (
+        "idle",
+        "user_bytes_per_conn_marginal",
+        "user-space B/conn",
+        RATIO,
+    ),
+    ("idle", "kernel_slab_bytes_per_conn", "kernel B/conn", RATIO),
+    ("ramp", "server_cpu_us_per_conn", "server µs/conn", RATIO),
+    (
+        "ramp",
+        "server_cpu_total_us_per_conn",
+        "server CPU total µs/conn",
+        RATIO | OPTIONAL,
+    ),
+    ("ramp", "server_softirq_share", "softirq share", OPTIONAL),
+    ("ramp", "handshakes_per_sec", "handshakes/s", RATIO),
+    ("echo", "server_cpu_ns_per_msg", "server ns/msg", RATIO),
+    (
+        "echo",
+        "server_cpu_total_ns_per_msg",
+        "server CPU total ns/msg",
+        RATIO | OPTIONAL,
+    ),
+    ("echo", "server_softirq_share", "softirq share", OPTIONAL),
+    ("echo", "msgs_per_sec", "msgs/s", RATIO),
+    ("echo", "rtt_p99_us", "RTT p99 µs", RATIO),
+    ("fanout", "deliveries_per_sec", "deliveries/s", RATIO),
+    ("fanout", "latency_p50_us", "p50 µs", RATIO),
+    ("fanout", "latency_p99_us", "p99 µs", RATIO),
+    (
+        "fanout",
+        "server_cpu_ns_per_delivery",
+        "server ns/delivery",
+        RATIO,
+    ),
+    (
+        "fanout",
+        "server_cpu_total_ns_per_delivery",
+        "server CPU total ns/delivery",
+        RATIO | OPTIONAL,
+    ),
+    ("fanout", "server_softirq_share", "softirq share", OPTIONAL),
+    ("fanout", "completeness", "complete", RATIO),
+    ("churn", "success_rate", "success", RATIO),
+    ("churn", "rss_drift_bytes", "RSS drift B", RATIO),
+    ("churn", "server_softirq_share", "softirq share", OPTIONAL),
+    ("slow", "p99_ratio", "healthy p99 with/without", RATIO),
 ];
+
+/// What marks a figure measured while the load generator was saturated.
+const BOUND_MARK: &str = "†";
+
+/// Whether a run's load generator was saturated: its `client_bound`, or for runs older
+/// than that field a `client_busy` of 0.90 or more.
+fn client_bound(run: &Value) -> bool {
+    let f = &run["figures"];
+    f["client_bound"]
+        .as_bool()
+        .unwrap_or_else(|| f["client_busy"].as_f64().is_some_and(|b| b >= 0.90))
+}
+
+/// The load generator's column: its median busy share, and how many runs were
+/// client-bound.
+fn client_cell(runs: &[Value]) -> String {
+    let busy = median(
+        runs.iter()
+            .filter_map(|r| r["figures"]["client_busy"].as_f64())
+            .collect(),
+    );
+    let bound = runs.iter().filter(|r| client_bound(r)).count();
+    if bound == 0 {
+        fmt(busy)
+    } else {
+        format!(
+            "{} {BOUND_MARK} client-bound ({bound} of {} runs)",
+            fmt(busy),
+            runs.len()
+        )
+    }
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -84,7 +152,16 @@ pub fn write(results: &Path, dir: &Path) -> Result<(), String> {
         machine["kernel"].as_str().unwrap_or("?"),
     );
     for ((scenario, params), servers) in &groups {
-        let cols: Vec<_> = HEADLINE.iter().filter(|h| h.0 == scenario).collect();
+        let present = |field: &str| {
+            servers
+                .values()
+                .flatten()
+                .any(|r| !r["figures"][field].is_null())
+        };
+        let cols: Vec<_> = HEADLINE
+            .iter()
+            .filter(|h| h.0 == scenario && (h.3 & OPTIONAL == 0 || present(h.1)))
+            .collect();
         if cols.is_empty() {
             continue;
         }
@@ -95,6 +172,8 @@ pub fn write(results: &Path, dir: &Path) -> Result<(), String> {
             let _ = write!(head, " {} |", c.2);
             rule.push_str("---|");
         }
+        head.push_str(" load gen busy |");
+        rule.push_str("---|");
         let _ = writeln!(md, "{head}\n{rule}");
         let med = |runs: &Vec<Value>, field: &str| {
             median(
@@ -104,17 +183,40 @@ pub fn write(results: &Path, dir: &Path) -> Result<(), String> {
             )
         };
         let ours = servers.get("roomcast");
+        let mut any_bound = false;
         for (server, runs) in servers {
             let mut row = format!("| {server} | {} |", runs.len());
+            let bound = runs.iter().any(client_bound);
+            any_bound |= bound;
+            let mark = if bound {
+                format!(" {BOUND_MARK}")
+            } else {
+                String::new()
+            };
             for c in &cols {
                 let v = med(runs, c.1);
                 let ratio = match ours {
-                    Some(o) if server != "roomcast" => format!(" ({:.2}x)", med(o, c.1) / v),
+                    Some(o) if server != "roomcast" && c.3 & RATIO != 0 && !v.is_nan() => {
+                        format!(" ({:.2}x)", med(o, c.1) / v)
+                    }
                     _ => String::new(),
                 };
-                let _ = write!(row, " {}{ratio} |", fmt(v));
+                let _ = write!(row, " {}{mark}{ratio} |", fmt(v));
             }
+            let _ = write!(row, " {} |", client_cell(runs));
             let _ = writeln!(md, "{row}");
+        }
+        if any_bound {
+            let _ = writeln!(
+                md,
+                "\n{BOUND_MARK} client-bound: measured while the load generator was at least 90% busy, so the figure is a lower bound for that server, not its limit."
+            );
+        }
+        if cols.iter().any(|c| c.1 == "server_softirq_share") {
+            let _ = writeln!(
+                md,
+                "\nserver CPU total: all the busy time of the server's CPU (`--server-cpu`, /proc/stat: user + nice + system + irq + softirq + steal) per unit. The per-thread figure beside it (schedstat of the server's threads) leaves out what ran on that CPU outside them: softirq in ksoftirqd or on interrupts, and with CONFIG_IRQ_TIME_ACCOUNTING the softirq that interrupted them. softirq share: softirq over all of that CPU's time. Without CONFIG_IRQ_TIME_ACCOUNTING the kernel charges whole ticks to what was running at each tick, so these read true on a busy CPU over seconds, and low (even below the per-thread figure) on a mostly idle one."
+            );
         }
         let _ = writeln!(md);
     }
@@ -350,4 +452,77 @@ fn xy_plot(
         .map_err(err)?;
     root.present().map_err(err)?;
     Ok(Some(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every table shows the load generator's CPU, marks what was measured client-bound,
+    /// and has the server-CPU columns only where runs carry them.
+    #[test]
+    fn tables_show_the_load_generator_and_mark_client_bound_figures() {
+        let dir = std::env::temp_dir().join(format!("roomcast-report-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let run = |scenario: &str, server: &str, figures: Value| {
+            serde_json::json!({"scenario": scenario, "params": {"x": 1},
+                "server": {"name": server}, "machine": {"cores": 2}, "figures": figures})
+            .to_string()
+        };
+        let lines = [
+            run(
+                "echo",
+                "roomcast",
+                serde_json::json!({"server_cpu_ns_per_msg": 700.0,
+                "msgs_per_sec": 1.2e6, "rtt_p99_us": 2500.0, "client_busy": 0.97, "client_bound": true,
+                "server_cpu_total_ns_per_msg": 900.0, "server_softirq_share": 0.2, "server_cpu0_busy": 1.0}),
+            ),
+            run(
+                "echo",
+                "peer",
+                serde_json::json!({"server_cpu_ns_per_msg": 8000.0,
+                "msgs_per_sec": 1.1e5, "rtt_p99_us": 22000.0, "client_busy": 0.3, "client_bound": false,
+                "server_cpu_total_ns_per_msg": 9000.0, "server_softirq_share": 0.1, "server_cpu0_busy": 1.0}),
+            ),
+            run(
+                "churn",
+                "roomcast",
+                serde_json::json!({"success_rate": 1.0, "rss_drift_bytes": 0.0,
+                "client_busy": 0.1, "client_bound": false}),
+            ),
+        ];
+        let results = dir.join("R.jsonl");
+        std::fs::write(&results, lines.join("\n")).unwrap();
+        write(&results, &dir).unwrap();
+        let md = std::fs::read_to_string(dir.join("REPORT.md")).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let table = |name: &str| {
+            let at = md.find(&format!("### {name}")).unwrap();
+            md[at..].split("\n### ").next().unwrap().to_owned()
+        };
+        let echo = table("echo");
+        assert!(
+            echo.contains("| server CPU total ns/msg | softirq share |"),
+            "{echo}"
+        );
+        assert!(echo.contains("| 1200000 † |"), "{echo}");
+        assert!(
+            echo.contains("0.970 † client-bound (1 of 1 runs)"),
+            "{echo}"
+        );
+        assert!(
+            echo.contains("| 0.300 |") && echo.contains("9000 (0.10x)"),
+            "{echo}"
+        );
+        assert!(echo.contains("† client-bound: measured while"), "{echo}");
+        let churn = table("churn");
+        assert!(
+            churn.contains("load gen busy") && churn.contains("| 0.100 |"),
+            "{churn}"
+        );
+        assert!(
+            !churn.contains("softirq") && !churn.contains('†'),
+            "{churn}"
+        );
+    }
 }

@@ -1,5 +1,11 @@
 //! The scenarios. Each is bounded in connections and time, exits by itself, prints a
 //! human summary and returns its figures for the results file.
+//!
+//! With `--workers N` (N > 1) a scenario's connections are spread over N child processes
+//! of this binary (hidden `worker-*` subcommands): the parent coordinates them over their
+//! stdin and stdout (orders in, one report line per phase out), samples the server
+//! around the measured window, and merges what they report. Every scenario reports the
+//! load generator's own CPU over its window (its workers included) as `client_busy`.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -12,8 +18,11 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::client::{self, connect, data_stamp, source, Frames};
-use crate::sample::{cdf_us, histogram, quantiles_us, sample};
+use crate::client::{self, connect, data_stamp, mono_ns, source, Frames};
+use crate::sample::{
+    cdf_us, cpu_window, hist_add_encoded, hist_encode, histogram, quantiles_us, sample, user_hz,
+    ProcSample,
+};
 
 /// Where the load goes and how it spreads.
 #[derive(Clone, Copy, Debug)]
@@ -21,6 +30,12 @@ pub struct Target {
     pub server: SocketAddr,
     pub pid: Option<u32>,
     pub sources: u8,
+    /// The CPU the server is pinned to (`--server-cpu`): its /proc/stat line is read
+    /// around each measured window, softirq included.
+    pub server_cpu: Option<usize>,
+    /// Load-generator processes for ramp, echo, fanout, churn and slow (`--workers`); 1:
+    /// this process alone. `idle` takes its own.
+    pub workers: usize,
 }
 
 /// Connections per source address beyond which `idle` spreads over more addresses.
@@ -28,6 +43,9 @@ const SOURCE_DENSITY: usize = 8_000;
 
 /// How long the server gets to settle after a burst of handshakes before memory is read.
 const SETTLE: Duration = Duration::from_secs(3);
+
+/// The share of a CPU past which a load-generator process counts as saturated.
+const CLIENT_BOUND: f64 = 0.90;
 
 fn bar(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
@@ -38,6 +56,11 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     );
     pb.set_message(what.to_owned());
     pb
+}
+
+/// The server, its CPU and the load generator (this process and `workers`), now.
+fn probe(t: Target, workers: &[u32]) -> ProcSample {
+    sample(t.pid, t.server_cpu, workers)
 }
 
 /// Opens connections `first..first+n` to `path`, at most `concurrency` handshakes in
@@ -90,15 +113,208 @@ async fn open_many(
     (open, failed)
 }
 
-/// A warning when the load generator was the busy side (over 90% of its CPU).
-fn client_bound(busy: f64) -> String {
-    if busy > 0.9 {
+/// The CPU figures of a window `a`..`b`, and a note for the summary line:
+///
+/// - `client_busy`: the load generator's CPU (this process and its workers) as a fraction
+///   of one CPU; `client_bound`: it was saturated (≥ 90% of the CPUs it could use, or one
+///   of its processes ≥ 90% of a CPU; pinned to one CPU, as scripts/bench.sh runs it,
+///   that is `client_busy ≥ 0.90`), so the run's throughput is a lower bound for the server;
+/// - with `--server-cpu N`: `server_cpu0_busy` (user + nice + system + irq + softirq +
+///   steal over all of CPU N's ticks: the share of the server's CPU in use, whatever ran
+///   there), `server_softirq_share` (softirq over all ticks) and, with `per` = (field,
+///   units, ns per unit of the field: 1 for ns, 1000 for µs), CPU N's busy time per unit.
+///   The per-thread figures (schedstat of the server's threads) miss what the kernel ran
+///   on that CPU outside them: softirq in ksoftirqd or on interrupts (and, with
+///   CONFIG_IRQ_TIME_ACCOUNTING, the softirq that interrupted them); these keep it. They
+///   also count anything else on that CPU: pin the server alone there. /proc/stat is in
+///   ticks (USER_HZ) and, without CONFIG_IRQ_TIME_ACCOUNTING, each tick is charged whole
+///   to what ran at that instant: true on a busy CPU over seconds, low on an idle one.
+fn cpu_fields(
+    t: Target,
+    a: &ProcSample,
+    b: &ProcSample,
+    per: Option<(&str, f64, f64)>,
+) -> (serde_json::Map<String, serde_json::Value>, String) {
+    let busy = a.client_busy(b);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let usable = cpus.min(b.client_procs.len()).max(1) as f64;
+    let bound = busy >= CLIENT_BOUND * usable || a.client_busiest(b) >= CLIENT_BOUND;
+    let mut m = serde_json::Map::new();
+    m.insert("client_busy".into(), json!(busy));
+    m.insert("client_bound".into(), json!(bound));
+    let mut note = if bound {
         format!(
             " [load generator {:.0}% busy: client-bound, a lower bound for the server]",
             busy * 100.0
         )
     } else {
         format!(" (load generator {:.0}% busy)", busy * 100.0)
+    };
+    if let (Some(cpu), Some(x), Some(y)) = (t.server_cpu, &a.server_cpu, &b.server_cpu) {
+        let w = cpu_window(x, y, user_hz());
+        m.insert("server_cpu".into(), json!(cpu));
+        m.insert("server_cpu0_busy".into(), json!(w.busy));
+        m.insert("server_softirq_share".into(), json!(w.softirq_share));
+        note += &format!(
+            "; server's CPU {cpu} {:.0}% busy, {:.0}% in softirq",
+            w.busy * 100.0,
+            w.softirq_share * 100.0
+        );
+        if let Some((field, units, scale)) = per {
+            let v = w.busy_ns / units.max(1.0) / scale;
+            m.insert(field.into(), json!(v));
+            let unit = if scale == 1.0 { "ns" } else { "µs" };
+            note += &format!(", {v:.1} {unit} of it per unit");
+        }
+    }
+    (m, note)
+}
+
+/// `v` (an object) with the fields of `m` added.
+fn with(
+    mut v: serde_json::Value,
+    m: serde_json::Map<String, serde_json::Value>,
+) -> serde_json::Value {
+    v.as_object_mut().expect("figures are an object").extend(m);
+    v
+}
+
+/// Worker `w`'s share of `n` items over `workers`: (first, count).
+fn share(n: usize, w: usize, workers: usize) -> (usize, usize) {
+    let first = n * w / workers;
+    (first, n * (w + 1) / workers - first)
+}
+
+/// Child processes of this binary driving a share of the load each (see the module doc).
+struct Workers {
+    children: Vec<tokio::process::Child>,
+    pids: Vec<u32>,
+    /// Every worker's report lines, tagged with its number, as they come.
+    reports: tokio::sync::mpsc::UnboundedReceiver<(usize, String)>,
+}
+
+impl Workers {
+    /// Starts `n` workers, worker `w` with the subcommand and arguments `args(w)`.
+    fn spawn(t: Target, n: usize, args: impl Fn(usize) -> Vec<String>) -> Workers {
+        let exe = std::env::current_exe().expect("own path");
+        let (tx, reports) = tokio::sync::mpsc::unbounded_channel();
+        let mut children = Vec::new();
+        let mut pids = Vec::new();
+        for w in 0..n {
+            let mut child = tokio::process::Command::new(&exe)
+                .args([
+                    "--server",
+                    &t.server.to_string(),
+                    "--sources",
+                    &t.sources.to_string(),
+                ])
+                .args(args(w))
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("spawn a worker");
+            pids.extend(child.id());
+            let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+            let tx = tx.clone();
+            tokio::task::spawn_local(async move {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if tx.send((w, line)).is_err() {
+                        break;
+                    }
+                }
+            });
+            children.push(child);
+        }
+        Workers {
+            children,
+            pids,
+            reports,
+        }
+    }
+
+    /// Sends `line` (with its newline) to every worker.
+    async fn tell(&mut self, line: &[u8]) {
+        tell(&mut self.children, line).await;
+    }
+
+    /// Waits for a `word …` line from every worker and returns what follows the word, in
+    /// worker order; `progress K` lines advance `pb` meanwhile.
+    async fn gather(&mut self, word: &str, pb: Option<&ProgressBar>) -> Vec<String> {
+        let mut got: Vec<Option<String>> = vec![None; self.children.len()];
+        while got.iter().any(Option::is_none) {
+            let (w, line) = self.reports.recv().await.expect("a worker ended early");
+            let (first, rest) = line.split_once(' ').unwrap_or((&line, ""));
+            if first == "progress" {
+                if let Some(pb) = pb {
+                    pb.inc(rest.trim().parse().unwrap_or(0));
+                }
+            } else if first == word {
+                got[w] = Some(rest.to_owned());
+            }
+        }
+        got.into_iter().flatten().collect()
+    }
+
+    /// Closes the workers' stdin (their signal to end) and waits for them.
+    async fn finish(self, what: &str) {
+        for (w, mut c) in self.children.into_iter().enumerate() {
+            drop(c.stdin.take());
+            match c.wait().await {
+                Ok(status) if !status.success() => {
+                    eprintln!("{what} worker {w} ended with {status}")
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A command line from its words.
+fn argv(words: &[&str]) -> Vec<String> {
+    words.iter().map(|w| (*w).to_owned()).collect()
+}
+
+/// The first `N` numbers of each line, summed over the lines.
+fn sums<const N: usize>(lines: &[String]) -> [usize; N] {
+    let mut out = [0; N];
+    for l in lines {
+        let numbers = l
+            .split_whitespace()
+            .map(|v| v.parse::<usize>().unwrap_or(0));
+        for (sum, v) in out.iter_mut().zip(numbers) {
+            *sum += v;
+        }
+    }
+    out
+}
+
+/// A worker's orders from its parent: one per line on its stdin.
+struct Orders(tokio::io::Lines<tokio::io::BufReader<tokio::io::Stdin>>);
+
+impl Orders {
+    fn new() -> Orders {
+        Orders(tokio::io::BufReader::new(tokio::io::stdin()).lines())
+    }
+
+    /// The next order; None once the parent closed stdin (or reading failed).
+    async fn next(&mut self) -> Option<String> {
+        self.0.next_line().await.ok().flatten()
+    }
+
+    /// Waits for the order `word`; false if stdin closed first.
+    async fn wait_for(&mut self, word: &str) -> bool {
+        while let Some(line) = self.next().await {
+            if line == word {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Waits until the parent closes stdin.
+    async fn wait_end(&mut self) {
+        while self.next().await.is_some() {}
     }
 }
 
@@ -165,109 +381,51 @@ pub async fn idle(
     } else {
         t
     };
-    let exe = std::env::current_exe().expect("own path");
-    let before = sample(t.pid);
+    let before = probe(t, &[]);
     let started = Instant::now();
-    let mut children = Vec::new();
     let pb = bar(n as u64, "idle");
-    for w in 0..workers {
-        let (first, count) = (n * w / workers, n * (w + 1) / workers - n * w / workers);
-        let child = tokio::process::Command::new(&exe)
-            .args([
-                "--server",
-                &t.server.to_string(),
-                "--sources",
-                &t.sources.to_string(),
-            ])
-            .args([
-                "worker-idle",
-                "--first",
-                &first.to_string(),
-                "--count",
-                &count.to_string(),
-                "--concurrency",
-                &per_worker.to_string(),
-            ])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn a worker");
-        children.push(child);
-    }
-    // Every worker's report lines, as they come, on one channel.
-    let (tx, mut reports) = tokio::sync::mpsc::unbounded_channel::<String>();
-    for c in children.iter_mut() {
-        let mut lines = tokio::io::BufReader::new(c.stdout.take().expect("stdout")).lines();
-        let tx = tx.clone();
-        tokio::task::spawn_local(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    drop(tx);
-    // Waits for `word A B C` from every worker (see [`idle_worker`]), advancing the bar on
-    // `progress K`; returns the sums of A, B and C.
-    async fn phase(
-        reports: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
-        workers: usize,
-        word: &str,
-        pb: &ProgressBar,
-    ) -> [usize; 3] {
-        let mut sums = [0; 3];
-        let mut seen = 0;
-        while seen < workers {
-            let line = reports.recv().await.expect("a worker ended early");
-            let mut parts = line.split_whitespace();
-            let first = parts.next();
-            let mut numbers = parts.map(|v| v.parse::<usize>().unwrap_or(0));
-            match first {
-                Some("progress") => pb.inc(numbers.next().unwrap_or(0) as u64),
-                Some(w) if w == word => {
-                    for (sum, v) in sums.iter_mut().zip(numbers) {
-                        *sum += v;
-                    }
-                    seen += 1;
-                }
-                _ => {}
-            }
-        }
-        sums
-    }
-    let [half_open, ..] = phase(&mut reports, workers, "half", &pb).await;
+    let mut ws = Workers::spawn(t, workers, |w| {
+        let (first, count) = share(n, w, workers);
+        let (first, count, per) = (first.to_string(), count.to_string(), per_worker.to_string());
+        argv(&[
+            "worker-idle",
+            "--first",
+            &first,
+            "--count",
+            &count,
+            "--concurrency",
+            &per,
+        ])
+    });
+    // Each worker reports `half OPEN FAILED RETRIES`, then `full …` (see [`idle_worker`]).
+    let [half_open] = sums(&ws.gather("half", Some(&pb)).await);
     tokio::time::sleep(SETTLE).await;
-    let half = sample(t.pid);
-    tell(&mut children, b"go\n").await;
-    let [open, failed, retries] = phase(&mut reports, workers, "full", &pb).await;
+    let half = probe(t, &ws.pids);
+    ws.tell(b"go\n").await;
+    let [open, failed, retries] = sums(&ws.gather("full", Some(&pb)).await);
+    // The load generator's and the server CPU's share over the second half of the ramp.
+    let ramped = probe(t, &ws.pids);
     pb.finish_and_clear();
     let ramp = started.elapsed();
     tokio::time::sleep(SETTLE).await;
-    let held = sample(t.pid);
-    tell(&mut children, b"mark\n").await;
-    phase(&mut reports, workers, "marked", &pb).await;
+    let held = probe(t, &[]);
+    ws.tell(b"mark\n").await;
+    ws.gather("marked", None).await;
     let pings_before = server_stats(t.server).await;
     tokio::time::sleep(Duration::from_secs(hold_secs)).await;
-    let held_cpu = sample(t.pid);
+    let held_cpu = probe(t, &[]);
     let pings_after = server_stats(t.server).await;
     // Still open after the hold, and answering: the workers count the connections that
     // answered a ping since the mark (the server pings each once per interval, and drops
     // the ones that do not answer).
-    tell(&mut children, b"count\n").await;
-    let [still_open, answered, _] = phase(&mut reports, workers, "alive", &pb).await;
+    ws.tell(b"count\n").await;
+    let [still_open, answered] = sums(&ws.gather("alive", None).await);
     let moved = |k: &str| shard_sum(&pings_after, k).saturating_sub(shard_sum(&pings_before, k));
     let (pings_sent, pong_timeouts) = (moved("pings_sent"), moved("pong_timeouts"));
-    for (w, mut c) in children.into_iter().enumerate() {
-        drop(c.stdin.take());
-        match c.wait().await {
-            Ok(status) if !status.success() => eprintln!("idle worker {w} ended with {status}"),
-            _ => {}
-        }
-    }
+    ws.finish("idle").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = sample(t.pid);
+    let after = probe(t, &[]);
+    let (cpu, note) = cpu_fields(t, &half, &ramped, None);
     let per = |a: u64, b: u64, count: usize| b.saturating_sub(a) as f64 / count.max(1) as f64;
     let user_avg = per(before.rss_bytes, held.rss_bytes, open);
     let user_marginal = per(half.rss_bytes, held.rss_bytes, open - half_open.min(open));
@@ -276,7 +434,7 @@ pub async fn idle(
         held_cpu.cpu_ns.saturating_sub(held.cpu_ns) as f64 / hold_secs.max(1) as f64 / 1e6;
     let mib = |b: u64| b as f64 / 1048576.0;
     println!(
-        "idle: {open} connections ({failed} failed, {retries} handshakes retried) over {workers} workers in {:.2}s ({:.0}/s); {still_open} still open after {hold_secs}s, {answered} answered a ping in it ({pings_sent} pings sent, {pong_timeouts} pong timeouts)\n  server RSS {:.1} MiB -> {:.1} MiB at {half_open} -> {:.1} MiB at {open} -> {:.1} MiB after closing\n  user space per connection: {user_marginal:.0} B marginal, {user_avg:.0} B average\n  kernel slab {kernel:.0} B per connection (both ends of loopback)\n  box memory in use {:.1} GiB -> {:.1} GiB; server CPU while idle {idle_cpu:.2} ms/s",
+        "idle: {open} connections ({failed} failed, {retries} handshakes retried) over {workers} workers in {:.2}s ({:.0}/s); {still_open} still open after {hold_secs}s, {answered} answered a ping in it ({pings_sent} pings sent, {pong_timeouts} pong timeouts)\n  server RSS {:.1} MiB -> {:.1} MiB at {half_open} -> {:.1} MiB at {open} -> {:.1} MiB after closing\n  user space per connection: {user_marginal:.0} B marginal, {user_avg:.0} B average\n  kernel slab {kernel:.0} B per connection (both ends of loopback)\n  box memory in use {:.1} GiB -> {:.1} GiB; server CPU while idle {idle_cpu:.2} ms/s\n  over the ramp's second half{note}",
         ramp.as_secs_f64(),
         open as f64 / ramp.as_secs_f64(),
         mib(before.rss_bytes),
@@ -286,7 +444,7 @@ pub async fn idle(
         before.used_bytes as f64 / (1u64 << 30) as f64,
         held.used_bytes as f64 / (1u64 << 30) as f64,
     );
-    json!({
+    let figures = json!({
         "connections": open, "failed": failed, "retries": retries, "still_open_after_hold": still_open,
         "answered_ping_in_hold": answered, "hold_secs": hold_secs, "pings_sent_in_hold": pings_sent,
         "pong_timeouts_in_hold": pong_timeouts, "workers": workers,
@@ -295,7 +453,8 @@ pub async fn idle(
         "user_bytes_per_conn_marginal": user_marginal, "user_bytes_per_conn_avg": user_avg,
         "kernel_slab_bytes_per_conn": kernel, "idle_cpu_ms_per_s": idle_cpu,
         "box_used_before": before.used_bytes, "box_used_held": held.used_bytes,
-    })
+    });
+    with(figures, cpu)
 }
 
 /// The server's `/stats`, if it answers: `GET /stats` on the WebSocket port.
@@ -460,45 +619,179 @@ pub async fn idle_worker(t: Target, first: usize, count: usize, concurrency: usi
 // ---------------------------------------------------------------------------- ramp
 
 /// Opens `n` connections with `concurrency` handshakes in flight: handshakes per second,
-/// handshake latency, and server CPU per connection.
+/// handshake latency, and server CPU per connection. With workers, each opens its share
+/// with its share of the concurrency, all starting together.
 pub async fn ramp(t: Target, n: usize, concurrency: usize) -> serde_json::Value {
     let mut hist = histogram();
-    let pb = bar(n as u64, "ramp");
-    let before = sample(t.pid);
-    let started = Instant::now();
-    let (open, failed) = open_many(t, "/echo", 0, n, concurrency, Some(&mut hist), Some(&pb)).await;
-    let secs = started.elapsed().as_secs_f64();
-    let after = sample(t.pid);
-    pb.finish_and_clear();
-    let ok = open.len();
-    drop(open);
+    let (ok, failed, secs, before, after);
+    if t.workers <= 1 {
+        let pb = bar(n as u64, "ramp");
+        before = probe(t, &[]);
+        let started = Instant::now();
+        let (open, fails) =
+            open_many(t, "/echo", 0, n, concurrency, Some(&mut hist), Some(&pb)).await;
+        secs = started.elapsed().as_secs_f64();
+        after = probe(t, &[]);
+        pb.finish_and_clear();
+        (ok, failed) = (open.len(), fails);
+        drop(open);
+    } else {
+        let workers = t.workers;
+        let per = concurrency.div_ceil(workers).max(1).to_string();
+        let mut ws = Workers::spawn(t, workers, |w| {
+            let (first, count) = share(n, w, workers);
+            let (first, count) = (first.to_string(), count.to_string());
+            argv(&[
+                "worker-ramp",
+                "--first",
+                &first,
+                "--count",
+                &count,
+                "--concurrency",
+                &per,
+            ])
+        });
+        ws.gather("ready", None).await;
+        before = probe(t, &ws.pids);
+        let started = Instant::now();
+        ws.tell(b"go\n").await;
+        // `done OPEN FAILED <histogram>` from each; they hold their connections until told.
+        let done = ws.gather("done", None).await;
+        secs = started.elapsed().as_secs_f64();
+        after = probe(t, &ws.pids);
+        ws.finish("ramp").await;
+        [ok, failed] = sums(&done);
+        for d in &done {
+            hist_add_encoded(&mut hist, d.split_whitespace().skip(2));
+        }
+    }
     let cpu_us = after.cpu_ns.saturating_sub(before.cpu_ns) as f64 / ok.max(1) as f64 / 1000.0;
     let (p50, p99, p999) = quantiles_us(&hist);
-    let busy = before.client_busy(&after);
-    println!(
-        "ramp: {ok} handshakes ({failed} failed) in {secs:.2}s: {:.0}/s, latency p50 {p50:.0} µs p99 {p99:.0} µs, server {cpu_us:.1} µs CPU/connection{}",
-        ok as f64 / secs,
-        client_bound(busy)
+    let (cpu, note) = cpu_fields(
+        t,
+        &before,
+        &after,
+        Some(("server_cpu_total_us_per_conn", ok as f64, 1000.0)),
     );
-    json!({
-        "client_busy": busy,
+    println!(
+        "ramp: {ok} handshakes ({failed} failed) in {secs:.2}s: {:.0}/s, latency p50 {p50:.0} µs p99 {p99:.0} µs, server {cpu_us:.1} µs CPU/connection{note}",
+        ok as f64 / secs,
+    );
+    let figures = json!({
         "connections": ok, "failed": failed, "secs": secs, "handshakes_per_sec": ok as f64 / secs,
         "latency_p50_us": p50, "latency_p99_us": p99, "latency_p999_us": p999,
         "latency_cdf_us": cdf_us(&hist), "server_cpu_us_per_conn": cpu_us,
-    })
+    });
+    with(figures, cpu)
+}
+
+/// One ramp worker (see [`ramp`]): `ready`; on `go`, opens its connections and reports
+/// `done OPEN FAILED <histogram>`; holds them until stdin closes.
+pub async fn ramp_worker(t: Target, first: usize, count: usize, concurrency: usize) {
+    let mut orders = Orders::new();
+    println!("ready");
+    if !orders.wait_for("go").await {
+        return;
+    }
+    let mut hist = histogram();
+    let (open, failed) =
+        open_many(t, "/echo", first, count, concurrency, Some(&mut hist), None).await;
+    println!("done {} {failed} {}", open.len(), hist_encode(&hist));
+    orders.wait_end().await;
 }
 
 // ---------------------------------------------------------------------------- echo
 
-/// C connections, each keeping D messages of S bytes in flight for T seconds.
+/// C connections, each keeping D messages of S bytes in flight for T seconds. With
+/// workers, each drives its share of the connections and reports its messages and RTT
+/// histogram; the parent merges them.
 pub async fn echo(t: Target, c: usize, depth: usize, size: usize, secs: u64) -> serde_json::Value {
     let size = size.max(8);
-    let epoch = Instant::now();
-    let deadline = epoch + Duration::from_secs(secs);
-    let (streams, failed) = open_many(t, "/echo", 0, c, 256, None, None).await;
-    assert_eq!(failed, 0, "echo: {failed} connections failed");
-    let start = sample(t.pid);
-    let started = Instant::now();
+    let (start, end, hist, total, elapsed);
+    if t.workers <= 1 {
+        let epoch = Instant::now();
+        let deadline = epoch + Duration::from_secs(secs);
+        let (streams, failed) = open_many(t, "/echo", 0, c, 256, None, None).await;
+        assert_eq!(failed, 0, "echo: {failed} connections failed");
+        start = probe(t, &[]);
+        let started = Instant::now();
+        (hist, total) = echo_drive(streams, depth, size, epoch, deadline).await;
+        elapsed = started.elapsed().as_secs_f64();
+        end = probe(t, &[]);
+    } else {
+        let workers = t.workers;
+        let per = 256usize.div_ceil(workers).to_string();
+        let (depth_s, size_s, secs_s) = (depth.to_string(), size.to_string(), secs.to_string());
+        let mut ws = Workers::spawn(t, workers, |w| {
+            let (first, count) = share(c, w, workers);
+            let (first, count) = (first.to_string(), count.to_string());
+            argv(&[
+                "worker-echo",
+                "--first",
+                &first,
+                "--count",
+                &count,
+                "--depth",
+                &depth_s,
+                "--size",
+                &size_s,
+                "--secs",
+                &secs_s,
+                "--concurrency",
+                &per,
+            ])
+        });
+        // `ready OPEN FAILED` once connected, `done MESSAGES <histogram>` after the run.
+        let [_, failed] = sums(&ws.gather("ready", None).await);
+        assert_eq!(failed, 0, "echo: {failed} connections failed");
+        start = probe(t, &ws.pids);
+        let started = Instant::now();
+        ws.tell(b"go\n").await;
+        let done = ws.gather("done", None).await;
+        elapsed = started.elapsed().as_secs_f64();
+        end = probe(t, &ws.pids);
+        ws.finish("echo").await;
+        let mut merged = histogram();
+        for d in &done {
+            hist_add_encoded(&mut merged, d.split_whitespace().skip(1));
+        }
+        let [messages] = sums(&done);
+        (hist, total) = (merged, messages as u64);
+    }
+    let rate = total as f64 / elapsed;
+    let ns_per_msg = end.cpu_ns.saturating_sub(start.cpu_ns) as f64 / total.max(1) as f64;
+    let (p50, p99, p999) = quantiles_us(&hist);
+    let (cpu, note) = cpu_fields(
+        t,
+        &start,
+        &end,
+        Some(("server_cpu_total_ns_per_msg", total as f64, 1.0)),
+    );
+    let over = if t.workers > 1 {
+        format!(" over {} workers", t.workers)
+    } else {
+        String::new()
+    };
+    println!(
+        "echo: {c} conns x {depth} in flight x {size} B{over}: {rate:.0} msgs/s, RTT p50 {p50:.1} µs p99 {p99:.1} µs p999 {p999:.1} µs, server {ns_per_msg:.0} ns CPU/msg{note}",
+    );
+    let figures = json!({
+        "secs": elapsed, "messages": total, "msgs_per_sec": rate, "rtt_p50_us": p50,
+        "rtt_p99_us": p99, "rtt_p999_us": p999, "latency_cdf_us": cdf_us(&hist),
+        "server_cpu_ns_per_msg": ns_per_msg,
+    });
+    with(figures, cpu)
+}
+
+/// Drives every stream of `streams` until `deadline`: the merged RTT histogram and the
+/// messages echoed.
+async fn echo_drive(
+    streams: Vec<TcpStream>,
+    depth: usize,
+    size: usize,
+    epoch: Instant,
+    deadline: Instant,
+) -> (Histogram<u64>, u64) {
     let mut tasks = tokio::task::JoinSet::new();
     for stream in streams {
         tasks.spawn_local(echo_conn(stream, depth, size, epoch, deadline));
@@ -511,22 +804,31 @@ pub async fn echo(t: Target, c: usize, depth: usize, size: usize, secs: u64) -> 
             total += n;
         }
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    let end = sample(t.pid);
-    let rate = total as f64 / elapsed;
-    let ns_per_msg = end.cpu_ns.saturating_sub(start.cpu_ns) as f64 / total.max(1) as f64;
-    let (p50, p99, p999) = quantiles_us(&hist);
-    let busy = start.client_busy(&end);
-    println!(
-        "echo: {c} conns x {depth} in flight x {size} B: {rate:.0} msgs/s, RTT p50 {p50:.1} µs p99 {p99:.1} µs p999 {p999:.1} µs, server {ns_per_msg:.0} ns CPU/msg{}",
-        client_bound(busy)
-    );
-    json!({
-        "client_busy": busy,
-        "secs": elapsed, "messages": total, "msgs_per_sec": rate, "rtt_p50_us": p50,
-        "rtt_p99_us": p99, "rtt_p999_us": p999, "latency_cdf_us": cdf_us(&hist),
-        "server_cpu_ns_per_msg": ns_per_msg,
-    })
+    (hist, total)
+}
+
+/// One echo worker (see [`echo`]): connects its share, reports `ready OPEN FAILED`; on
+/// `go`, runs for `secs` and reports `done MESSAGES <histogram>`; ends when stdin closes.
+pub async fn echo_worker(
+    t: Target,
+    first: usize,
+    count: usize,
+    depth: usize,
+    size: usize,
+    secs: u64,
+    concurrency: usize,
+) {
+    let mut orders = Orders::new();
+    let (streams, failed) = open_many(t, "/echo", first, count, concurrency, None, None).await;
+    println!("ready {} {failed}", streams.len());
+    if !orders.wait_for("go").await {
+        return;
+    }
+    let epoch = Instant::now();
+    let deadline = epoch + Duration::from_secs(secs);
+    let (hist, total) = echo_drive(streams, depth, size.max(8), epoch, deadline).await;
+    println!("done {total} {}", hist_encode(&hist));
+    orders.wait_end().await;
 }
 
 /// Keeps `depth` messages in flight until `deadline`; each carries its send time.
@@ -603,56 +905,160 @@ struct Tally {
     hist: RefCell<Option<Histogram<u64>>>,
 }
 
-/// R rooms × M members; one publisher per room (itself a member, which is how a closed
-/// loop knows a message went round). Every `msg` carries its send time in `data`.
-pub async fn fanout(t: Target, f: Fanout) -> serde_json::Value {
-    let epoch = Instant::now();
-    let slow_per_room = (f.members as f64 * f.slow_fraction).round() as usize;
-    let healthy_per_room = f.members - slow_per_room;
-    let tally = Rc::new(Tally {
-        delivered: Cell::new(0),
-        hist: RefCell::new(Some(histogram())),
-    });
-    let stop = Rc::new(Cell::new(false));
-    let pb = bar((f.rooms * (f.members + 1)) as u64, "join");
-    let mut slow_streams = Vec::new();
-    let mut members = tokio::task::JoinSet::new();
-    let mut index = 0usize;
-    for room in 0..f.rooms {
-        let path = format!("/ws?room=fan-{room}");
-        for m in 0..f.members {
-            let mut s = connect(t.server, source(index, t.sources), &path)
+/// A fan-out's members in one process: the reading ones (tasks counting deliveries into
+/// `tally`) and the never-reading ones, held open.
+struct Members {
+    tally: Rc<Tally>,
+    stop: Rc<Cell<bool>>,
+    tasks: tokio::task::JoinSet<()>,
+    slow: Vec<TcpStream>,
+}
+
+impl Members {
+    /// Joins members `first..first+count` of R rooms × `per_room`: member g is number
+    /// g % per_room of room g / per_room, and the first `slow_per_room` of each room never
+    /// read. Member g connects from source g. `joined` is called after each join.
+    async fn join(
+        t: Target,
+        per_room: usize,
+        slow_per_room: usize,
+        first: usize,
+        count: usize,
+        joined: &mut dyn FnMut(),
+    ) -> Members {
+        let mut m = Members {
+            tally: Rc::new(Tally {
+                delivered: Cell::new(0),
+                hist: RefCell::new(Some(histogram())),
+            }),
+            stop: Rc::new(Cell::new(false)),
+            tasks: tokio::task::JoinSet::new(),
+            slow: Vec::new(),
+        };
+        for g in first..first + count {
+            let (room, n) = (g / per_room.max(1), g % per_room.max(1));
+            let path = format!("/ws?room=fan-{room}");
+            let mut s = connect(t.server, source(g, t.sources), &path)
                 .await
                 .expect("member connects");
-            index += 1;
             expect_joined(&mut s).await;
-            pb.inc(1);
-            if m < slow_per_room {
-                slow_streams.push(s);
+            joined();
+            if n < slow_per_room {
+                m.slow.push(s);
                 continue;
             }
-            let (tally, stop) = (tally.clone(), stop.clone());
-            members.spawn_local(async move { member(s, tally, stop, epoch).await });
+            let (tally, stop) = (m.tally.clone(), m.stop.clone());
+            m.tasks
+                .spawn_local(async move { member(s, tally, stop).await });
+        }
+        m
+    }
+
+    /// Stops them all: the deliveries counted and their latency histogram.
+    fn stop(mut self) -> (u64, Histogram<u64>) {
+        self.stop.set(true);
+        self.tasks.abort_all();
+        drop(self.slow);
+        let hist = self.tally.hist.borrow_mut().take().expect("histogram");
+        (self.tally.delivered.get(), hist)
+    }
+}
+
+/// Where a fan-out's members are: here, or in worker processes.
+enum MemberSide {
+    Here(Members),
+    Workers(Workers),
+}
+
+impl MemberSide {
+    fn pids(&self) -> Vec<u32> {
+        match self {
+            MemberSide::Here(_) => Vec::new(),
+            MemberSide::Workers(ws) => ws.pids.clone(),
         }
     }
+
+    /// Deliveries counted so far.
+    async fn delivered(&mut self) -> u64 {
+        match self {
+            MemberSide::Here(m) => m.tally.delivered.get(),
+            MemberSide::Workers(ws) => {
+                ws.tell(b"count\n").await;
+                let [n] = sums(&ws.gather("delivered", None).await);
+                n as u64
+            }
+        }
+    }
+
+    /// Stops every member: the deliveries and their merged latency histogram.
+    async fn stop(self) -> (u64, Histogram<u64>) {
+        match self {
+            MemberSide::Here(m) => m.stop(),
+            MemberSide::Workers(mut ws) => {
+                ws.tell(b"report\n").await;
+                let done = ws.gather("done", None).await;
+                ws.finish("fanout").await;
+                let mut hist = histogram();
+                for d in &done {
+                    hist_add_encoded(&mut hist, d.split_whitespace().skip(1));
+                }
+                let [n] = sums(&done);
+                (n as u64, hist)
+            }
+        }
+    }
+}
+
+/// R rooms × M members; one publisher per room (itself a member, which is how a closed
+/// loop knows a message went round). Every `msg` carries its send time in `data`
+/// (CLOCK_MONOTONIC, one clock for every process). With workers the members are split
+/// over them, and the publishers stay here.
+pub async fn fanout(t: Target, f: Fanout) -> serde_json::Value {
+    let slow_per_room = (f.members as f64 * f.slow_fraction).round() as usize;
+    let healthy_per_room = f.members - slow_per_room;
+    let pb = bar((f.rooms * (f.members + 1)) as u64, "join");
+    let n = f.rooms * f.members;
+    let mut side = if t.workers <= 1 {
+        MemberSide::Here(Members::join(t, f.members, slow_per_room, 0, n, &mut || pb.inc(1)).await)
+    } else {
+        let workers = t.workers;
+        let (per_room, slow) = (f.members.to_string(), slow_per_room.to_string());
+        let mut ws = Workers::spawn(t, workers, |w| {
+            let (first, count) = share(n, w, workers);
+            let (first, count) = (first.to_string(), count.to_string());
+            argv(&[
+                "worker-fanout",
+                "--first",
+                &first,
+                "--count",
+                &count,
+                "--members",
+                &per_room,
+                "--slow-per-room",
+                &slow,
+            ])
+        });
+        ws.gather("ready", Some(&pb)).await;
+        MemberSide::Workers(ws)
+    };
     let mut publishers = Vec::new();
     for room in 0..f.rooms {
         let path = format!("/ws?room=fan-{room}");
-        let mut s = connect(t.server, source(index, t.sources), &path)
+        let mut s = connect(t.server, source(n + room, t.sources), &path)
             .await
             .expect("publisher connects");
-        index += 1;
         expect_joined(&mut s).await;
         pb.inc(1);
         publishers.push(s);
     }
     pb.finish_and_clear();
-    let before = sample(t.pid);
+    let pids = side.pids();
+    let before = probe(t, &pids);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(f.secs);
     let mut pubs = tokio::task::JoinSet::new();
     for (room, s) in publishers.into_iter().enumerate() {
-        pubs.spawn_local(publisher(s, room, f, epoch, deadline));
+        pubs.spawn_local(publisher(s, room, f, deadline));
     }
     let mut published = 0u64;
     while let Some(r) = pubs.join_next().await {
@@ -662,37 +1068,77 @@ pub async fn fanout(t: Target, f: Fanout) -> serde_json::Value {
     // Let what is in flight arrive, then stop the members.
     let expected = published * healthy_per_room as u64;
     let drain_until = Instant::now() + Duration::from_secs(3);
-    while tally.delivered.get() < expected && Instant::now() < drain_until {
+    while side.delivered().await < expected && Instant::now() < drain_until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let after = sample(t.pid);
-    let busy = before.client_busy(&after);
-    stop.set(true);
-    members.abort_all();
-    drop(slow_streams);
-    let delivered = tally.delivered.get();
-    let hist = tally.hist.borrow_mut().take().expect("histogram");
+    let after = probe(t, &pids);
+    let (delivered, hist) = side.stop().await;
     let (p50, p99, p999) = quantiles_us(&hist);
     let rate = delivered as f64 / elapsed;
     let completeness = delivered as f64 / expected.max(1) as f64;
     let ns_per_delivery =
         after.cpu_ns.saturating_sub(before.cpu_ns) as f64 / delivered.max(1) as f64;
+    let (cpu, note) = cpu_fields(
+        t,
+        &before,
+        &after,
+        Some(("server_cpu_total_ns_per_delivery", delivered as f64, 1.0)),
+    );
     let mode = if f.rate > 0.0 {
         format!("{} msg/s per room", f.rate)
     } else {
         format!("closed loop, window {}", f.window)
     };
+    let over = if t.workers > 1 {
+        format!(", members over {} workers", t.workers)
+    } else {
+        String::new()
+    };
     println!(
-        "fanout: {} rooms x {} members ({slow_per_room} never reading per room), {mode}, {} B: {rate:.0} deliveries/s, publish->delivery p50 {:.2} ms p99 {:.2} ms p999 {:.2} ms, complete {:.4}, server {ns_per_delivery:.0} ns CPU/delivery{}",
-        f.rooms, f.members, f.size, p50 / 1000.0, p99 / 1000.0, p999 / 1000.0, completeness, client_bound(busy)
+        "fanout: {} rooms x {} members ({slow_per_room} never reading per room{over}), {mode}, {} B: {rate:.0} deliveries/s, publish->delivery p50 {:.2} ms p99 {:.2} ms p999 {:.2} ms, complete {:.4}, server {ns_per_delivery:.0} ns CPU/delivery{note}",
+        f.rooms, f.members, f.size, p50 / 1000.0, p99 / 1000.0, p999 / 1000.0, completeness
     );
-    json!({
-        "client_busy": busy,
+    let figures = json!({
         "secs": elapsed, "published": published, "delivered": delivered, "expected": expected,
         "completeness": completeness, "deliveries_per_sec": rate, "latency_p50_us": p50,
         "latency_p99_us": p99, "latency_p999_us": p999, "latency_cdf_us": cdf_us(&hist),
         "server_cpu_ns_per_delivery": ns_per_delivery, "slow_members_per_room": slow_per_room,
-    })
+    });
+    with(figures, cpu)
+}
+
+/// One fan-out worker (see [`fanout`]): joins its members (`progress K` on the way,
+/// `ready JOINED` at the end), answers `count` with `delivered N`; on `report`, stops them
+/// and reports `done DELIVERED <histogram>`; ends when stdin closes.
+pub async fn fanout_worker(
+    t: Target,
+    first: usize,
+    count: usize,
+    per_room: usize,
+    slow_per_room: usize,
+) {
+    let mut orders = Orders::new();
+    let mut joined = 0usize;
+    let mut step = || {
+        joined += 1;
+        if joined.is_multiple_of(100) {
+            println!("progress 100");
+        }
+    };
+    let members = Members::join(t, per_room, slow_per_room, first, count, &mut step).await;
+    println!("progress {}", count % 100);
+    println!("ready {count}");
+    loop {
+        match orders.next().await.as_deref() {
+            Some("count") => println!("delivered {}", members.tally.delivered.get()),
+            Some("report") => break,
+            Some(_) => {}
+            None => return,
+        }
+    }
+    let (delivered, hist) = members.stop();
+    println!("done {delivered} {}", hist_encode(&hist));
+    orders.wait_end().await;
 }
 
 async fn expect_joined(s: &mut TcpStream) {
@@ -714,10 +1160,10 @@ async fn expect_joined(s: &mut TcpStream) {
 }
 
 /// A member: counts deliveries and their latency, answers pings.
-async fn member(mut s: TcpStream, tally: Rc<Tally>, stop: Rc<Cell<bool>>, epoch: Instant) {
+async fn member(mut s: TcpStream, tally: Rc<Tally>, stop: Rc<Cell<bool>>) {
     let mut frames = Frames::new(64 * 1024);
     while !stop.get() && frames.fill(&mut s).await {
-        let now = epoch.elapsed().as_nanos() as u64;
+        let now = mono_ns();
         let mut n = 0;
         let mut hist = tally.hist.borrow_mut();
         let Some(hist) = hist.as_mut() else { return };
@@ -742,13 +1188,7 @@ async fn member(mut s: TcpStream, tally: Rc<Tally>, stop: Rc<Cell<bool>>, epoch:
 
 /// Publishes to room `room` until `deadline`: at a fixed rate, or keeping at most
 /// `window` of its own messages in flight (it is a member and sees them come back).
-async fn publisher(
-    mut s: TcpStream,
-    room: usize,
-    f: Fanout,
-    epoch: Instant,
-    deadline: Instant,
-) -> u64 {
+async fn publisher(mut s: TcpStream, room: usize, f: Fanout, deadline: Instant) -> u64 {
     // One frame built once; each publish copies it and writes the send time, 20 digits in
     // a string (JSON numbers cannot carry leading zeros), in place: no allocation.
     let pad = "x".repeat(f.size.saturating_sub(40));
@@ -777,7 +1217,7 @@ async fn publisher(
         while Instant::now() < deadline {
             tick.tick().await;
             scratch.clear();
-            frame(epoch.elapsed().as_nanos() as u64, &mut scratch);
+            frame(mono_ns(), &mut scratch);
             if s.write_all(&scratch).await.is_err() {
                 break;
             }
@@ -795,7 +1235,7 @@ async fn publisher(
     loop {
         scratch.clear();
         while outstanding < f.window && Instant::now() < deadline {
-            frame(epoch.elapsed().as_nanos() as u64, &mut scratch);
+            frame(mono_ns(), &mut scratch);
             outstanding += 1;
             published += 1;
         }
@@ -832,17 +1272,79 @@ fn itoa_20(mut v: u64) -> [u8; 20] {
 // ---------------------------------------------------------------------------- churn
 
 /// Connect → join → leave → close, `rate` times a second for `secs`: success rate and
-/// the server's RSS drift.
+/// the server's RSS drift. With workers, each runs its share of the rate.
 pub async fn churn(t: Target, rate: f64, secs: u64) -> serde_json::Value {
-    let before = sample(t.pid);
+    let before = probe(t, &[]);
+    let (ok, failed, elapsed, start, active);
+    if t.workers <= 1 {
+        let pb = bar((rate * secs as f64) as u64, "churn");
+        start = before.clone();
+        let started = Instant::now();
+        (ok, failed) = churn_drive(t, 0, rate, secs, &pb).await;
+        elapsed = started.elapsed().as_secs_f64();
+        active = probe(t, &[]);
+        pb.finish_and_clear();
+    } else {
+        let workers = t.workers;
+        let (each, secs_s) = ((rate / workers as f64).to_string(), secs.to_string());
+        let mut ws = Workers::spawn(t, workers, |w| {
+            // Connection numbers (their source addresses and rooms) apart per worker.
+            let first = (w * 1_000_000_000).to_string();
+            argv(&[
+                "worker-churn",
+                "--first",
+                &first,
+                "--rate",
+                &each,
+                "--secs",
+                &secs_s,
+            ])
+        });
+        ws.gather("ready", None).await;
+        start = probe(t, &ws.pids);
+        let started = Instant::now();
+        ws.tell(b"go\n").await;
+        // `done OK FAILED` from each.
+        let [o, f] = sums(&ws.gather("done", None).await);
+        elapsed = started.elapsed().as_secs_f64();
+        active = probe(t, &ws.pids);
+        ws.finish("churn").await;
+        (ok, failed) = (o as u64, f as u64);
+    }
+    let (cpu, note) = cpu_fields(t, &start, &active, None);
+    tokio::time::sleep(SETTLE).await;
+    let after = probe(t, &[]);
+    let drift = after.rss_bytes as f64 - before.rss_bytes as f64;
+    let success = ok as f64 / (ok + failed).max(1) as f64;
+    println!(
+        "churn: {ok} cycles ok, {failed} failed ({:.2}% success) at {:.0}/s; server RSS {:.1} MiB -> {:.1} MiB (drift {:+.1} MiB){note}",
+        success * 100.0,
+        (ok + failed) as f64 / elapsed,
+        before.rss_bytes as f64 / 1048576.0,
+        after.rss_bytes as f64 / 1048576.0,
+        drift / 1048576.0
+    );
+    let figures = json!({
+        "cycles_ok": ok, "cycles_failed": failed, "success_rate": success, "secs": elapsed,
+        "rss_before": before.rss_bytes, "rss_after": after.rss_bytes, "rss_drift_bytes": drift,
+    });
+    with(figures, cpu)
+}
+
+/// Runs cycles `rate` times a second for `secs`, numbered from `first`: (ok, failed).
+async fn churn_drive(
+    t: Target,
+    first: usize,
+    rate: f64,
+    secs: u64,
+    pb: &ProgressBar,
+) -> (u64, u64) {
     let ok = Rc::new(Cell::new(0u64));
     let failed = Rc::new(Cell::new(0u64));
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(secs);
-    let pb = bar((rate * secs as f64) as u64, "churn");
+    let deadline = Instant::now() + Duration::from_secs(secs);
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     let mut tasks = tokio::task::JoinSet::new();
-    let mut i = 0usize;
+    let mut i = first;
     while Instant::now() < deadline {
         tick.tick().await;
         let (ok, failed, pb) = (ok.clone(), failed.clone(), pb.clone());
@@ -859,25 +1361,20 @@ pub async fn churn(t: Target, rate: f64, secs: u64) -> serde_json::Value {
         while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}
-    pb.finish_and_clear();
-    let elapsed = started.elapsed().as_secs_f64();
-    tokio::time::sleep(SETTLE).await;
-    let after = sample(t.pid);
-    let (ok, failed) = (ok.get(), failed.get());
-    let drift = after.rss_bytes as f64 - before.rss_bytes as f64;
-    let success = ok as f64 / (ok + failed).max(1) as f64;
-    println!(
-        "churn: {ok} cycles ok, {failed} failed ({:.2}% success) at {:.0}/s; server RSS {:.1} MiB -> {:.1} MiB (drift {:+.1} MiB)",
-        success * 100.0,
-        (ok + failed) as f64 / elapsed,
-        before.rss_bytes as f64 / 1048576.0,
-        after.rss_bytes as f64 / 1048576.0,
-        drift / 1048576.0
-    );
-    json!({
-        "cycles_ok": ok, "cycles_failed": failed, "success_rate": success, "secs": elapsed,
-        "rss_before": before.rss_bytes, "rss_after": after.rss_bytes, "rss_drift_bytes": drift,
-    })
+    (ok.get(), failed.get())
+}
+
+/// One churn worker (see [`churn`]): `ready`; on `go`, runs its cycles and reports
+/// `done OK FAILED`; ends when stdin closes.
+pub async fn churn_worker(t: Target, first: usize, rate: f64, secs: u64) {
+    let mut orders = Orders::new();
+    println!("ready");
+    if !orders.wait_for("go").await {
+        return;
+    }
+    let (ok, failed) = churn_drive(t, first, rate, secs, &ProgressBar::hidden()).await;
+    println!("done {ok} {failed}");
+    orders.wait_end().await;
 }
 
 async fn cycle(server: SocketAddr, src: std::net::IpAddr, i: usize) -> std::io::Result<()> {
@@ -929,14 +1426,14 @@ pub async fn calibrate(
     let pool = config["recv_buffers"].as_f64().unwrap_or(0.0)
         * config["recv_buffer_size"].as_f64().unwrap_or(0.0);
     let ping_interval = config["ping_interval_secs"].as_u64().unwrap_or(30);
-    let rest = sample(t.pid);
+    let rest = probe(t, &[]);
     // The idle CPU is each shard's 1 s tick plus the pings. A few connections held first
     // give the ticks alone (their pings are negligible); the difference per ping between
     // the two runs is the cost of a ping.
     let few = (shards as usize * 10).min(connections);
     println!("calibrate: {shards} shards, ping interval {ping_interval}s; {few} idle connections for the ticks, then {connections} held one interval");
-    let ticks = idle(t, few, 10, 1, 2048).await;
-    let idle = idle(t, connections, ping_interval + 5, 1, 2048).await;
+    let ticks = idle(t, few, 10, t.workers, 2048).await;
+    let idle = idle(t, connections, ping_interval + 5, t.workers, 2048).await;
     let ramp = ramp(t, 10_000.min(connections), 64).await;
     let echo = echo(t, 100, 16, 32, 5).await;
     let fan = fanout(

@@ -16,18 +16,11 @@ fn roomcast() -> std::path::PathBuf {
     path
 }
 
-#[test]
-fn every_scenario_runs_and_records_its_figures() {
+/// A roomcast on a free port, with `args` after `serve`: the process and its address.
+fn serve(args: &[&str]) -> (std::process::Child, String) {
     let mut server = Command::new(roomcast())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--rate",
-            "0",
-        ])
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -44,6 +37,12 @@ fn every_scenario_runs_and_records_its_figures() {
         .next()
         .unwrap()
         .to_owned();
+    (server, addr)
+}
+
+#[test]
+fn every_scenario_runs_and_records_its_figures() {
+    let (mut server, addr) = serve(&["--shards", "1", "--rate", "0"]);
     let dir = std::env::temp_dir().join(format!("roomcast-bench-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let results = dir.join("RESULTS.jsonl");
@@ -126,6 +125,16 @@ fn every_scenario_runs_and_records_its_figures() {
     for r in &recs {
         assert_eq!(r["server"]["name"], "roomcast");
         assert!(r["machine"]["cores"].as_u64().unwrap() >= 1 && r["params"].is_object());
+        // Every scenario reports the load generator's CPU; without --server-cpu, no more.
+        let f = &r["figures"];
+        assert!(f["client_busy"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(f["client_bound"].is_boolean(), "{r}");
+        assert!(f["server_softirq_share"].is_null(), "{r}");
+        // The default --workers 1 keeps the parameters they always had.
+        assert!(
+            r["scenario"] == "idle" || r["params"]["workers"].is_null(),
+            "{r}"
+        );
     }
     // And the report renders them.
     let status = Command::new(env!("CARGO_BIN_EXE_roomcast-bench"))
@@ -149,36 +158,16 @@ fn every_scenario_runs_and_records_its_figures() {
 /// figures that `roomcast plan --figures` accepts, each of them a measured, positive cost.
 #[test]
 fn calibrate_writes_figures_that_plan_reads() {
-    let mut server = Command::new(roomcast())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "2",
-            "--rate",
-            "0",
-            "--ping-interval",
-            "2",
-            "--pong-timeout",
-            "1",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .split(" listening on ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
+    let (mut server, addr) = serve(&[
+        "--shards",
+        "2",
+        "--rate",
+        "0",
+        "--ping-interval",
+        "2",
+        "--pong-timeout",
+        "1",
+    ]);
     let figures =
         std::env::temp_dir().join(format!("roomcast-figures-{}.json", std::process::id()));
     let status = Command::new(env!("CARGO_BIN_EXE_roomcast-bench"))
@@ -214,4 +203,96 @@ fn calibrate_writes_figures_that_plan_reads() {
     );
     assert!(text.contains("verdict:"), "{text}");
     let _ = std::fs::remove_file(&figures);
+}
+
+/// With `--server-cpu 0 --workers 2`: the load is spread over two worker processes, the
+/// results stay complete, and every run carries the load generator's CPU and CPU 0's
+/// busy share, softirq share and CPU-total cost per unit, each within its range.
+#[test]
+fn workers_and_the_server_cpu_are_reported() {
+    let (mut server, addr) = serve(&["--shards", "1", "--rate", "0"]);
+    let results = std::env::temp_dir().join(format!(
+        "roomcast-bench-workers-{}.jsonl",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&results);
+    let runs: [&[&str]; 5] = [
+        &["echo", "--connections", "6", "--depth", "4", "--secs", "1"],
+        &[
+            "fanout",
+            "--rooms",
+            "2",
+            "--members",
+            "30",
+            "--rate",
+            "0",
+            "--secs",
+            "1",
+        ],
+        &[
+            "fanout",
+            "--members",
+            "41",
+            "--rate",
+            "50",
+            "--secs",
+            "1",
+            "--slow-fraction",
+            "0.1",
+        ],
+        &["ramp", "--connections", "301"],
+        &["churn", "--rate", "40", "--secs", "1"],
+    ];
+    for args in runs {
+        let status = Command::new(env!("CARGO_BIN_EXE_roomcast-bench"))
+            .args(["--server", &addr, "--server-pid", &server.id().to_string()])
+            .args(["--sources", "4", "--server-cpu", "0", "--out"])
+            .arg(&results)
+            .args(args)
+            .args(["--workers", "2"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{args:?}");
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let text = std::fs::read_to_string(&results).unwrap();
+    let _ = std::fs::remove_file(&results);
+    let recs: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs.len(), 5);
+    let fig = |i: usize, k: &str| {
+        recs[i]["figures"][k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k} in {}", recs[i]))
+    };
+    for (i, r) in recs.iter().enumerate() {
+        assert_eq!(r["params"]["workers"], 2, "{r}");
+        assert_eq!(r["figures"]["server_cpu"], 0, "{r}");
+        assert!(fig(i, "client_busy") > 0.0, "{r}");
+        assert!(r["figures"]["client_bound"].is_boolean(), "{r}");
+        let (busy, softirq) = (fig(i, "server_cpu0_busy"), fig(i, "server_softirq_share"));
+        assert!((0.0..=1.0).contains(&busy), "{r}");
+        assert!((0.0..=1.0).contains(&softirq) && softirq <= busy, "{r}");
+    }
+    // echo: every connection, in two processes, echoed and timed.
+    assert!(fig(0, "messages") > 0.0 && fig(0, "rtt_p50_us") > 0.0);
+    assert!(fig(0, "server_cpu_ns_per_msg") > 0.0);
+    assert!(fig(0, "server_cpu_total_ns_per_msg") >= 0.0);
+    // fanout: members in the workers, every delivery counted once and timed.
+    for i in [1, 2] {
+        assert_eq!(fig(i, "completeness"), 1.0, "{}", recs[i]);
+        assert_eq!(fig(i, "delivered"), fig(i, "expected"));
+        assert!(
+            fig(i, "latency_p50_us") > 0.0 && fig(i, "server_cpu_total_ns_per_delivery") >= 0.0
+        );
+    }
+    assert_eq!(fig(2, "slow_members_per_room"), 4.0);
+    // ramp and churn: the workers' counts summed.
+    assert_eq!(fig(3, "connections"), 301.0);
+    assert!(fig(3, "server_cpu_total_us_per_conn") >= 0.0 && fig(3, "latency_p50_us") > 0.0);
+    assert!(fig(4, "cycles_ok") >= 30.0 && fig(4, "cycles_failed") == 0.0);
 }
