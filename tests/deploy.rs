@@ -16,15 +16,6 @@ use tokio_tungstenite::tungstenite::Message;
 
 const SECOND: Duration = Duration::from_secs(1);
 
-/// A free port on 127.0.0.1.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn sysctl(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("sysctl")
@@ -113,7 +104,9 @@ async fn the_dashboard_uses_only_metrics_a_live_server_exports() {
     assert!(used.contains("roomcast_connections"), "{used:?}");
 
     // A live server with one WebSocket open, so every per-shard family has samples.
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
     let server = Server::start("uring", &["--admin-listen", &admin.to_string()]);
     let (mut ws, _) = tokio_tungstenite::connect_async(server.url("/ws?room=lobby"))
         .await
@@ -319,8 +312,12 @@ async fn drain_behind_haproxy(backend: &str) {
     haproxy_check(&sysctl("haproxy.cfg"));
 
     // Two nodes, each with its admin port; the drain spreads 1001s over 2 s.
-    let admin_a: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin_b: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin_a: SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
+    let admin_b: SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
     let node = |admin: SocketAddr| {
         Server::start(
             backend,
@@ -335,7 +332,7 @@ async fn drain_behind_haproxy(backend: &str) {
     let mut cfg = replace_once(
         &example,
         "bind 127.0.0.1:8080",
-        &format!("bind 127.0.0.1:{}", free_port()),
+        &format!("bind 127.0.0.1:{}", common::free_port()),
     );
     for (name, main, admin) in [("a", a.addr, admin_a), ("b", b.addr, admin_b)] {
         let port = if name == "a" { 9001 } else { 9002 };

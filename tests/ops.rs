@@ -68,18 +68,9 @@ fn total(m: &HashMap<String, f64>, name: &str, label: &str) -> f64 {
         .sum()
 }
 
-/// A free port on 127.0.0.1 for `--admin-listen`.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_as_prometheus_text_and_move_as_clients_act() {
-    let admin = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", common::free_port());
     let server = Server::start(
         "uring",
         &["--admin-listen", &admin, "--rate", "5", "--burst", "5"],
@@ -160,7 +151,7 @@ async fn sigterm_drains_1000_clients_with_1001_spread_over_the_window_then_exits
 async fn drain_1000(backend: &str) {
     const CLIENTS: usize = 1000;
     const WINDOW: Duration = Duration::from_secs(4);
-    let admin = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", common::free_port());
     let mut server = Server::start(backend, &["--drain-window", "4", "--admin-listen", &admin]);
     let mut clients = Vec::with_capacity(CLIENTS);
     for _ in 0..CLIENTS {
@@ -251,7 +242,7 @@ async fn a_second_signal_exits_at_once() {
 
 #[test]
 fn a_second_server_on_a_taken_port_refuses_to_start() {
-    let port = free_port();
+    let port = common::free_port();
     let listen = format!("127.0.0.1:{port}");
     let _first = Server::start("epoll", &["--listen", &listen]);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_roomcast"))

@@ -376,3 +376,12 @@ impl Bystander {
         );
     }
 }
+
+/// A free port on 127.0.0.1 (for `--admin-listen`, a proxy in front of the server).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
