@@ -40,9 +40,29 @@ fn serve(args: &[&str]) -> (std::process::Child, String) {
     (server, addr)
 }
 
+/// Stops the server and reads the results file: one JSON record per run.
+fn stop_and_read(
+    mut server: std::process::Child,
+    results: &std::path::Path,
+) -> Vec<serde_json::Value> {
+    let _ = server.kill();
+    let _ = server.wait();
+    let text = std::fs::read_to_string(results).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A figure of a record, which must be there.
+fn figure(rec: &serde_json::Value, k: &str) -> f64 {
+    rec["figures"][k]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{k} in {rec}"))
+}
+
 #[test]
 fn every_scenario_runs_and_records_its_figures() {
-    let (mut server, addr) = serve(&["--shards", "1", "--rate", "0"]);
+    let (server, addr) = serve(&["--shards", "1", "--rate", "0"]);
     let dir = std::env::temp_dir().join(format!("roomcast-bench-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let results = dir.join("RESULTS.jsonl");
@@ -101,19 +121,9 @@ fn every_scenario_runs_and_records_its_figures() {
             .unwrap();
         assert!(status.success(), "{args:?}");
     }
-    let _ = server.kill();
-    let _ = server.wait();
-    let text = std::fs::read_to_string(&results).unwrap();
-    let recs: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let recs = stop_and_read(server, &results);
     assert_eq!(recs.len(), 7);
-    let fig = |i: usize, k: &str| {
-        recs[i]["figures"][k]
-            .as_f64()
-            .unwrap_or_else(|| panic!("{k} in {}", recs[i]))
-    };
+    let fig = |i: usize, k: &str| figure(&recs[i], k);
     assert_eq!(fig(0, "connections"), 400.0);
     assert_eq!(fig(0, "still_open_after_hold"), 400.0);
     assert_eq!(fig(1, "connections"), 300.0);
@@ -210,7 +220,7 @@ fn calibrate_writes_figures_that_plan_reads() {
 /// busy share, softirq share and CPU-total cost per unit, each within its range.
 #[test]
 fn workers_and_the_server_cpu_are_reported() {
-    let (mut server, addr) = serve(&["--shards", "1", "--rate", "0"]);
+    let (server, addr) = serve(&["--shards", "1", "--rate", "0"]);
     let results = std::env::temp_dir().join(format!(
         "roomcast-bench-workers-{}.jsonl",
         std::process::id()
@@ -255,20 +265,10 @@ fn workers_and_the_server_cpu_are_reported() {
             .unwrap();
         assert!(status.success(), "{args:?}");
     }
-    let _ = server.kill();
-    let _ = server.wait();
-    let text = std::fs::read_to_string(&results).unwrap();
+    let recs = stop_and_read(server, &results);
     let _ = std::fs::remove_file(&results);
-    let recs: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     assert_eq!(recs.len(), 5);
-    let fig = |i: usize, k: &str| {
-        recs[i]["figures"][k]
-            .as_f64()
-            .unwrap_or_else(|| panic!("{k} in {}", recs[i]))
-    };
+    let fig = |i: usize, k: &str| figure(&recs[i], k);
     for (i, r) in recs.iter().enumerate() {
         assert_eq!(r["params"]["workers"], 2, "{r}");
         assert_eq!(r["figures"]["server_cpu"], 0, "{r}");
