@@ -48,7 +48,7 @@ impl Figures {
         Figures {
             measured_on: "built-in: 2-vCPU KVM guest, Linux 6.18, io_uring (bench/RESULTS.md)"
                 .into(),
-            user_bytes_per_conn: 138.0,
+            user_bytes_per_conn: 111.0,
             kernel_bytes_per_socket: 4_920.0,
             process_base_bytes: 3.0 * MIB,
             shard_base_bytes: 0.70 * MIB,
