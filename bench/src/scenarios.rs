@@ -234,6 +234,19 @@ impl Workers {
     }
 
     /// Sends `line` (with its newline) to every worker.
+    /// The measured window every worker scenario shares, once the workers are ready: the
+    /// processes sampled, `go`, every worker's `done` line, sampled again. Returns the
+    /// samples before and after, the `done` lines and the seconds between `go` and the last.
+    async fn window(&mut self, t: Target) -> (ProcSample, Vec<String>, f64, ProcSample) {
+        let before = probe(t, &self.pids);
+        let started = Instant::now();
+        self.tell(b"go\n").await;
+        let done = self.gather("done", None).await;
+        let secs = started.elapsed().as_secs_f64();
+        let after = probe(t, &self.pids);
+        (before, done, secs, after)
+    }
+
     async fn tell(&mut self, line: &[u8]) {
         tell(&mut self.children, line).await;
     }
@@ -652,13 +665,9 @@ pub async fn ramp(t: Target, n: usize, concurrency: usize) -> serde_json::Value 
             ])
         });
         ws.gather("ready", None).await;
-        before = probe(t, &ws.pids);
-        let started = Instant::now();
-        ws.tell(b"go\n").await;
         // `done OPEN FAILED <histogram>` from each; they hold their connections until told.
-        let done = ws.gather("done", None).await;
-        secs = started.elapsed().as_secs_f64();
-        after = probe(t, &ws.pids);
+        let done;
+        (before, done, secs, after) = ws.window(t).await;
         ws.finish("ramp").await;
         [ok, failed] = sums(&done);
         for d in &done {
@@ -744,12 +753,8 @@ pub async fn echo(t: Target, c: usize, depth: usize, size: usize, secs: u64) -> 
         // `ready OPEN FAILED` once connected, `done MESSAGES <histogram>` after the run.
         let [_, failed] = sums(&ws.gather("ready", None).await);
         assert_eq!(failed, 0, "echo: {failed} connections failed");
-        start = probe(t, &ws.pids);
-        let started = Instant::now();
-        ws.tell(b"go\n").await;
-        let done = ws.gather("done", None).await;
-        elapsed = started.elapsed().as_secs_f64();
-        end = probe(t, &ws.pids);
+        let done;
+        (start, done, elapsed, end) = ws.window(t).await;
         ws.finish("echo").await;
         let mut merged = histogram();
         for d in &done {
@@ -1301,13 +1306,10 @@ pub async fn churn(t: Target, rate: f64, secs: u64) -> serde_json::Value {
             ])
         });
         ws.gather("ready", None).await;
-        start = probe(t, &ws.pids);
-        let started = Instant::now();
-        ws.tell(b"go\n").await;
         // `done OK FAILED` from each.
-        let [o, f] = sums(&ws.gather("done", None).await);
-        elapsed = started.elapsed().as_secs_f64();
-        active = probe(t, &ws.pids);
+        let done;
+        (start, done, elapsed, active) = ws.window(t).await;
+        let [o, f] = sums(&done);
         ws.finish("churn").await;
         (ok, failed) = (o as u64, f as u64);
     }
