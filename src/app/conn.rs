@@ -32,6 +32,8 @@ pub enum Endpoint {
     /// Reading a request head (or answering a plain HTTP request).
     Http,
     Ws(Ws),
+    /// `GET /sse`: an event stream (no decoder: the client sends nothing more).
+    Sse(super::sse::Sse),
 }
 
 /// App flags per connection.
@@ -89,14 +91,30 @@ impl AppConn {
     pub fn ws(&mut self) -> Option<&mut Ws> {
         match &mut self.ep {
             Endpoint::Ws(ws) => Some(ws),
-            Endpoint::Http => None,
+            _ => None,
+        }
+    }
+
+    /// The event stream's state, if this is one.
+    pub fn sse(&mut self) -> Option<&mut super::sse::Sse> {
+        match &mut self.ep {
+            Endpoint::Sse(s) => Some(s),
+            _ => None,
         }
     }
 
     pub fn route(&self) -> Option<Route> {
         match &self.ep {
             Endpoint::Ws(ws) => Some(ws.route),
-            Endpoint::Http => None,
+            _ => None,
+        }
+    }
+
+    /// How this connection's deliveries are encoded ([`super::sse::ENC_WS`]…).
+    pub fn encoding(&self) -> usize {
+        match &self.ep {
+            Endpoint::Sse(s) => s.encoding(),
+            _ => super::sse::ENC_WS,
         }
     }
 }

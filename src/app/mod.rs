@@ -6,6 +6,7 @@
 //!
 //! - [`conn`]: the app's part of a connection's slot (which endpoint, its state).
 //! - [`ws`]: bytes in, for one connection: the request, admission, WebSocket frames, ops.
+//! - [`sse`]: `GET /sse`, the rooms as a server-sent event stream.
 //! - [`service`]: the [`Service`](crate::reactor::Service) impl: intents against rooms and
 //!   mesh, encoding a room's batch once per turn, delivery.
 //! - [`wire`]: the JSON ops, parsed and encoded.
@@ -16,6 +17,7 @@ pub mod authz;
 pub mod conn;
 pub mod gate;
 pub mod service;
+pub mod sse;
 pub mod wire;
 mod ws;
 
@@ -36,6 +38,8 @@ use crate::rooms::{Local, Owner};
 pub enum Intent {
     Join {
         room: Arc<str>,
+        /// Resume after `(seq, epoch)`.
+        since: Option<(u64, u32)>,
     },
     Leave {
         room: Arc<str>,
@@ -57,22 +61,30 @@ pub enum Intent {
 /// shared (`SharedFrame`): sending one copies no payload.
 #[derive(Debug)]
 pub enum Msg {
-    /// To the owner: a connection on `shard` wants to join.
+    /// To the owner: a connection on `shard` wants to join, with its deliveries in
+    /// `encoding` ([`sse::ENC_WS`]…), resuming after `since = (seq, epoch)` if given.
     Join {
         room: Arc<str>,
         shard: u16,
         slot: u32,
         gen: u32,
+        encoding: u8,
+        since: Option<(u64, u32)>,
     },
-    /// From the owner: the join took effect after message `seq`.
+    /// From the owner: the join took effect after message `joined.seq`; `joined.replay` is
+    /// what the member missed, if it resumed.
     Joined {
         room: Arc<str>,
         slot: u32,
         gen: u32,
-        seq: u64,
+        joined: crate::rooms::Joined,
     },
     /// To the owner: a member on `shard` left (or closed).
-    Leave { room: Arc<str>, shard: u16 },
+    Leave {
+        room: Arc<str>,
+        shard: u16,
+        encoding: u8,
+    },
     /// To the owner: publish `data` (raw JSON); acknowledge to `slot` if `id` is set.
     Publish {
         room: Arc<str>,
@@ -82,8 +94,14 @@ pub enum Msg {
         gen: u32,
         id: Option<u64>,
     },
-    /// From the owner: this turn's frames for `room`.
-    Deliver { room: Arc<str>, frame: SharedFrame },
+    /// From the owner: this turn's batch for `room`, messages `first..=last`, encoded once
+    /// per encoding some member uses (indexed by encoding).
+    Deliver {
+        room: Arc<str>,
+        first: u64,
+        last: u64,
+        frames: Arc<[Option<SharedFrame>; crate::rooms::ENCODINGS]>,
+    },
     /// From the owner: the publish `id` of `slot` got sequence number `seq`.
     Ack {
         slot: u32,
@@ -104,10 +122,13 @@ impl crate::mesh::Message for Msg {
 /// What to do when a member's out-ring is full (`--slow-policy`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum SlowPolicy {
-    /// Drop the oldest queued delivery to make room (the member sees a gap in `seq`).
+    /// Drop the oldest queued delivery to make room (the member gets a `gap` notice).
     DropOldest,
-    /// Drop the new delivery (the member sees a gap in `seq`).
+    /// Drop the new delivery (the member gets a `gap` notice).
     DropNewest,
+    /// Keep only the newest queued batch per room: the older ones queued for that room
+    /// are dropped (the member gets a `gap` notice for what it skipped).
+    Conflate,
     /// Close the connection with 1008 "slow consumer".
     Close,
 }
@@ -126,6 +147,9 @@ pub struct Settings {
     pub max_rooms_per_conn: usize,
     /// Unsent bytes a member may have left over from earlier turns.
     pub max_queued_bytes: usize,
+    /// How much history each room keeps (`--history-size`, `--history-bytes`,
+    /// `--history-ttl`).
+    pub history: crate::rooms::Retention,
 }
 
 /// One shard's app: its share of the rooms, its connections' sessions.
@@ -153,6 +177,19 @@ pub struct App {
     mesh_paused: Vec<(usize, u32)>,
     /// Upgraded connections closed so far (open WebSockets = upgraded − this).
     ws_closed: u64,
+    /// Event streams closed so far (open streams = opened − this).
+    sse_closed: u64,
+    /// Gap notices owed to members whose slow-consumer policy skipped messages, merged
+    /// while they wait for room in the member's ring.
+    gaps: Vec<service::Gap>,
+    /// The event stream heartbeat, shared by the shard.
+    sse_beat: SharedFrame,
+    /// When the shard started, and ms since then as of this turn's end: the owner's clock
+    /// for `--history-ttl` (read once per turn).
+    born: std::time::Instant,
+    clock_ms: u64,
+    /// When the history gauge was last computed (it walks the rooms: once a second).
+    gauge_ms: u64,
     /// Where a room's batch is encoded, reused from turn to turn.
     encoded: Vec<u8>,
 }
@@ -164,6 +201,7 @@ impl App {
         info: Arc<Info>,
         shard: &ShardInfo,
     ) -> App {
+        let history = cfg.history;
         App {
             info,
             sessions: authz::Sessions::new(gate.auth.is_some()),
@@ -176,13 +214,28 @@ impl App {
             intents: Vec::new(),
             ping: SharedFrame::new(OpCode::Ping, b""),
             local: Local::default(),
-            owner: Owner::new(shard.shards),
+            owner: Owner::new(shard.shards, history, epoch_seed(shard.index)),
             expiries: BinaryHeap::new(),
             mesh_paused: Vec::new(),
             ws_closed: 0,
+            sse_closed: 0,
+            gaps: Vec::new(),
+            sse_beat: sse::heartbeat(),
+            born: std::time::Instant::now(),
+            clock_ms: 0,
+            gauge_ms: 0,
             encoded: Vec::new(),
         }
     }
+}
+
+/// A seed for a shard's epochs that differs between runs, processes and shards: a
+/// restarted server must not hand out an epoch its previous run used for the same room.
+fn epoch_seed(shard: usize) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 32) ^ (shard as u64).wrapping_mul(0x9E37_79B9)
 }
 
 /// A running roomcast: the reactor's server and the state the app shares with the admin
@@ -293,3 +346,5 @@ fn capacity_of(cfg: &ServeConfig) -> Result<Capacity, String> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_history;

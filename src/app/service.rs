@@ -13,15 +13,27 @@ use std::cmp::Reverse;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::protocol::{CloseCode, SharedFrame};
+use crate::protocol::{CloseCode, OpCode, SharedFrame};
 use crate::reactor::conn::Conn;
+use crate::reactor::outring::Kind;
 use crate::reactor::{Cx, Link, Service};
-use crate::rooms::{owner_of, JoinRefused};
+use crate::rooms::{owner_of, JoinRefused, ENCODINGS};
 
 use super::auth::{unix_now, Session};
 use super::conn::{flag, AppConn, Endpoint};
+use super::sse::{self, ENC_MANY, ENC_ONE, ENC_WS};
 use super::ws::{fail, reply};
-use super::{gate, wire, App, Intent, Msg, SlowPolicy};
+use super::{gate, wire, App, Intent, Msg, Settings, SlowPolicy};
+
+/// A gap notice owed to a member: its slow-consumer policy skipped `from..=to` of `room`.
+#[derive(Debug)]
+pub struct Gap {
+    slot: u32,
+    gen: u32,
+    room: Arc<str>,
+    from: u64,
+    to: u64,
+}
 
 /// A publishing connection stops being read when the mesh queue towards the room's owner
 /// is fuller than capacity / PAUSE, and paused publishers are read again once every queue
@@ -58,11 +70,17 @@ impl Service for App {
                 "request head too large",
             ),
             Endpoint::Ws(_) => fail(link, CloseCode::POLICY_VIOLATION, "input backlog"),
+            Endpoint::Sse(_) => link.abort(),
         }
     }
 
     fn tick(&mut self, link: &mut Link<'_, AppConn>) -> bool {
         let (idle_ms, now) = (self.cfg.idle_ms, link.now_ms);
+        if link.app().sse().is_some() {
+            // A comment line keeps proxies from timing the stream out; nothing comes back.
+            let _ = link.send_control(self.sse_beat.clone());
+            return false;
+        }
         let Some(ws) = link.app().ws() else {
             return false;
         };
@@ -90,6 +108,9 @@ impl Service for App {
     }
 
     fn drain(&mut self, link: &mut Link<'_, AppConn>) {
+        if link.app().sse().is_some() {
+            return link.finish(sse::goodbye());
+        }
         fail(link, CloseCode::GOING_AWAY, "server shutting down");
     }
 
@@ -98,23 +119,42 @@ impl Service for App {
     }
 
     fn end_turn(&mut self, cx: &mut Cx<App>) {
+        self.clock_ms = self.born.elapsed().as_millis() as u64;
         self.seal(cx);
+        self.flush_gaps(cx);
+        self.owner.expire(self.clock_ms);
         self.resume_publishers(cx);
         self.expire_tokens(cx);
         let s = &mut cx.stats;
+        if self.clock_ms >= self.gauge_ms + 1000 {
+            self.gauge_ms = self.clock_ms;
+            s.history_bytes = self.owner.history_bytes() as u64;
+        }
         s.upgraded_open = s.upgraded - self.ws_closed;
+        s.sse_open = s.sse_opened - self.sse_closed;
         s.rooms_owned = self.owner.len() as u64;
         s.rooms_local = self.local.rooms() as u64;
         s.members = self.local.memberships() as u64;
     }
 
     fn closed(&mut self, cx: &mut Cx<App>, slot: usize, conn: Conn<AppConn>) {
+        let encoding = conn.app.encoding() as u8;
         for room in self.local.leave_all(slot as u32) {
             let owner = owner_of(&room, self.shards);
             let shard = self.shard as u16;
-            cx.mesh.send(owner, Msg::Leave { room, shard });
+            cx.mesh.send(
+                owner,
+                Msg::Leave {
+                    room,
+                    shard,
+                    encoding,
+                },
+            );
         }
         let mut app = conn.app;
+        if app.sse().is_some() {
+            self.sse_closed += 1;
+        }
         if app.route().is_some() {
             self.ws_closed += 1;
             if !app.has(flag::CLOSE_SENT) {
@@ -162,7 +202,7 @@ impl App {
                 {
                     reply_to(cx, slot, wire::unauthenticated());
                 }
-                Intent::Join { room } if !self.sessions.may_join(who, &room) => {
+                Intent::Join { room, .. } if !self.sessions.may_join(who, &room) => {
                     cx.stats.forbidden += 1;
                     let e = wire::error("forbidden", "not allowed to join that room");
                     reply_to(cx, slot, e);
@@ -172,16 +212,19 @@ impl App {
                     let e = wire::error("forbidden", "not allowed to publish to that room");
                     reply_to(cx, slot, e);
                 }
-                Intent::Join { room } => {
+                Intent::Join { room, since } => {
                     let max = self.cfg.max_rooms_per_conn;
                     match self.local.request_join(&room, who, max) {
                         Ok(()) => {
                             let owner = owner_of(&room, shards);
+                            let encoding = cx.app(slot).map_or(ENC_WS, AppConn::encoding) as u8;
                             let msg = Msg::Join {
                                 room,
                                 shard: me,
                                 slot: who,
                                 gen,
+                                encoding,
+                                since,
                             };
                             cx.mesh.send(owner, msg);
                         }
@@ -201,7 +244,16 @@ impl App {
                     if self.local.leave(&room, who) {
                         reply_to(cx, slot, wire::left(&room));
                         let owner = owner_of(&room, shards);
-                        cx.mesh.send(owner, Msg::Leave { room, shard: me });
+                        let encoding = ENC_WS as u8;
+                        let shard = me;
+                        cx.mesh.send(
+                            owner,
+                            Msg::Leave {
+                                room,
+                                shard,
+                                encoding,
+                            },
+                        );
                     } else {
                         let e = wire::error("not_joined", "not a member of that room");
                         reply_to(cx, slot, e);
@@ -281,27 +333,37 @@ impl App {
         }
     }
 
-    /// Hands each room's batch of this turn to the shards with members: encoded once
-    /// into one shared frame. Cost: one encode and one allocation per room with traffic,
-    /// one mesh message per shard with members (ours included, through the local queue).
+    /// Hands each room's batch of this turn to the shards with members: encoded once per
+    /// encoding some member uses (WebSocket frames, event-stream events) into shared
+    /// frames. Cost: one encode and one allocation per room with traffic and encoding in
+    /// use, one mesh message per shard with members (ours included, through the local
+    /// queue).
     fn seal(&mut self, cx: &mut Cx<App>) {
         let (owner, mesh, buf) = (&mut self.owner, &mut cx.mesh, &mut self.encoded);
-        owner.seal(|room, batch, members| {
-            buf.clear();
-            for (seq, data) in batch {
-                wire::write_msg(room, *seq, data, buf);
+        owner.seal(|s| {
+            if s.members.iter().all(|&n| n == 0) {
+                // Kept for its history only: nobody to deliver to.
+                return;
             }
-            let frame = SharedFrame::from_encoded(Arc::from(&buf[..]));
-            for (shard, &n) in members.iter().enumerate() {
+            let mut frames: [Option<SharedFrame>; ENCODINGS] = Default::default();
+            for (encoding, frame) in frames.iter_mut().enumerate() {
+                if s.encodings[encoding] == 0 {
+                    continue;
+                }
+                buf.clear();
+                encode(s.room, s.epoch, s.batch.clone(), encoding, buf);
+                *frame = Some(SharedFrame::from_encoded(Arc::from(&buf[..])));
+            }
+            let frames = Arc::new(frames);
+            for (shard, &n) in s.members.iter().enumerate() {
                 if n > 0 {
-                    let room = room.clone();
-                    mesh.send(
-                        shard,
-                        Msg::Deliver {
-                            room,
-                            frame: frame.clone(),
-                        },
-                    );
+                    let msg = Msg::Deliver {
+                        room: s.room.clone(),
+                        first: s.first,
+                        last: s.last,
+                        frames: frames.clone(),
+                    };
+                    mesh.send(shard, msg);
                 }
             }
         });
@@ -309,6 +371,19 @@ impl App {
             // A burst is over; don't keep its buffer.
             *buf = Vec::new();
         }
+    }
+
+    /// Queues the gap notices owed, where the members' rings have room again.
+    fn flush_gaps(&mut self, cx: &mut Cx<App>) {
+        if self.gaps.is_empty() {
+            return;
+        }
+        let cap = cx.out_cap * 4;
+        self.gaps
+            .retain_mut(|g| match cx.link(g.slot as usize, g.gen) {
+                Some(mut link) => !send_gap(&mut link, g, cap),
+                None => false,
+            });
     }
 
     /// Reads paused publishers again once the mesh has drained.
@@ -330,17 +405,25 @@ impl App {
                 shard,
                 slot,
                 gen,
+                encoding,
+                since,
             } => {
-                let seq = self.owner.join(&room, shard.into());
+                let joined = self.owner.join(&room, shard.into(), encoding.into(), since);
                 let joined = Msg::Joined {
                     room,
                     slot,
                     gen,
-                    seq,
+                    joined,
                 };
                 cx.mesh.send(shard.into(), joined);
             }
-            Msg::Leave { room, shard } => self.owner.leave(&room, shard.into()),
+            Msg::Leave {
+                room,
+                shard,
+                encoding,
+            } => self
+                .owner
+                .leave(&room, shard.into(), encoding.into(), self.clock_ms),
             Msg::Publish {
                 room,
                 data,
@@ -350,7 +433,7 @@ impl App {
                 id,
             } => {
                 // No members anywhere: nothing is kept, and the ack says seq 0.
-                let seq = self.owner.publish(&room, data).unwrap_or(0);
+                let seq = self.owner.publish(&room, data, self.clock_ms).unwrap_or(0);
                 if let Some(id) = id {
                     cx.mesh.send(shard.into(), Msg::Ack { slot, gen, id, seq });
                 }
@@ -359,10 +442,10 @@ impl App {
                 room,
                 slot,
                 gen,
-                seq,
+                joined,
             } => {
                 if cx.gen(slot as usize) == Some(gen) && self.local.joined(&room, slot) {
-                    reply_to(cx, slot as usize, wire::joined(&room, seq));
+                    self.on_joined(cx, slot as usize, &room, joined);
                 }
             }
             Msg::Ack { slot, gen, id, seq } => {
@@ -370,15 +453,82 @@ impl App {
                     reply(&mut link, wire::ack(id, seq));
                 }
             }
-            Msg::Deliver { room, frame } => self.deliver(cx, &room, &frame),
+            Msg::Deliver {
+                room,
+                first,
+                last,
+                frames,
+            } => self.deliver(cx, &room, (first, last), &frames),
         }
     }
 
-    /// Puts `frame` in the out-ring of every member of `room` on this shard.
-    /// Cost: O(members on this shard), one refcount increment each; no copy.
-    fn deliver(&mut self, cx: &mut Cx<App>, room: &str, frame: &SharedFrame) {
+    /// The owner answered a join: the `joined` op, then what the member missed (through
+    /// its ring and slow-consumer policy like any delivery), then live deliveries follow.
+    fn on_joined(
+        &mut self,
+        cx: &mut Cx<App>,
+        slot: usize,
+        room: &Arc<str>,
+        j: crate::rooms::Joined,
+    ) {
         let (turn, out_cap) = (cx.turn, cx.out_cap);
-        let (policy, max_bytes) = (self.cfg.slow_policy, self.cfg.max_queued_bytes);
+        let Some(mut link) = cx.link_any(slot) else {
+            return;
+        };
+        match j.recovered {
+            Some(true) => link.stats.resumed += 1,
+            Some(false) => link.stats.resume_failed += 1,
+            None => {}
+        }
+        link.stats.replayed += j.replay.len() as u64;
+        let encoding = link.app().encoding();
+        let json = wire::joined_json(room, j.seq, j.epoch, j.recovered);
+        if encoding == ENC_WS {
+            reply(&mut link, SharedFrame::new(OpCode::Text, &json));
+        } else if let Some(stream) = link.app().sse() {
+            // The stream's position is what it has been given: where it resumes from
+            // until the replay is out.
+            let given = j.replay.first().map_or(j.seq, |&(seq, _)| seq - 1);
+            if let Some(pos) = stream.pos(room) {
+                (pos.epoch, pos.seq, pos.joined) = (j.epoch, given, true);
+            }
+            let cursor = stream.cursor();
+            let _ = link.send_up_to(sse::event("joined", Some(&cursor), &json), out_cap * 4);
+            if j.recovered == Some(false) {
+                let lost = sse::event("gap", None, &wire::lost_json(room));
+                let _ = link.send_up_to(lost, out_cap * 4);
+            }
+        }
+        let (Some(&(first, _)), Some(&(last, _))) = (j.replay.first(), j.replay.last()) else {
+            return;
+        };
+        let mut buf = Vec::new();
+        encode(room, j.epoch, j.replay.iter(), encoding, &mut buf);
+        let frame = SharedFrame::from_encoded(Arc::from(buf));
+        let span = (first, last);
+        offer(
+            &self.cfg,
+            &mut self.gaps,
+            &mut link,
+            room,
+            span,
+            frame,
+            (turn, out_cap),
+        );
+    }
+
+    /// Puts this turn's batch of `room` in the out-ring of every member on this shard, in
+    /// the member's encoding. Cost: O(members on this shard), one refcount increment each;
+    /// no copy (a stream on several rooms adds its few bytes of position).
+    fn deliver(
+        &mut self,
+        cx: &mut Cx<App>,
+        room: &Arc<str>,
+        span: (u64, u64),
+        frames: &[Option<SharedFrame>; ENCODINGS],
+    ) {
+        let how = (cx.turn, cx.out_cap);
+        let (cfg, gaps) = (&self.cfg, &mut self.gaps);
         for &slot in self.local.members(room) {
             let Some(mut link) = cx.link_any(slot as usize) else {
                 continue;
@@ -386,28 +536,184 @@ impl App {
             if link.is_closing() {
                 continue;
             }
-            let mut ok = link.deliver(frame.clone(), max_bytes, turn).is_ok();
-            if !ok {
-                match policy {
-                    SlowPolicy::DropNewest => {
-                        link.stats.dropped_newest += 1;
-                        link.app().drops = link.app().drops.saturating_add(1);
-                    }
-                    SlowPolicy::DropOldest => {
-                        link.stats.dropped_oldest += 1;
-                        link.app().drops = link.app().drops.saturating_add(1);
-                        ok = link.drop_oldest()
-                            && link.send_up_to(frame.clone(), out_cap * 4).is_ok();
-                    }
-                    SlowPolicy::Close => {
-                        link.stats.closed_slow += 1;
-                        fail(&mut link, CloseCode::POLICY_VIOLATION, "slow consumer");
-                    }
-                }
+            let encoding = link.app().encoding();
+            let Some(frame) = &frames[encoding] else {
+                continue;
+            };
+            let ok = offer(cfg, gaps, &mut link, room, span, frame.clone(), how);
+            if encoding == ENC_WS {
+                continue;
             }
-            if ok {
-                link.stats.delivered += 1;
+            let Some(stream) = link.app().sse() else {
+                continue;
+            };
+            if let Some(pos) = stream.pos(room) {
+                pos.seq = span.1;
+            }
+            if ok && encoding == ENC_MANY {
+                let block = sse::id_block(&stream.cursor());
+                let _ = link.send_up_to(block, how.1 * 4);
             }
         }
     }
+}
+
+/// Encodes a batch of `room` for members with `encoding`.
+fn encode<'a>(
+    room: &str,
+    epoch: u32,
+    batch: impl Iterator<Item = &'a (u64, Arc<str>)>,
+    encoding: usize,
+    out: &mut Vec<u8>,
+) {
+    for (seq, data) in batch {
+        match encoding {
+            ENC_WS => wire::write_msg(room, *seq, data, out),
+            _ => sse::write_msg(room, epoch, *seq, data, encoding == ENC_ONE, out),
+        }
+    }
+}
+
+/// Offers a batch (`span` = its first and last seq) to one member, applying the
+/// slow-consumer policy when its ring is full. Whatever a policy skips is owed to the
+/// member as a gap notice, queued before its next delivery from the room (or at the end of
+/// the turn). Returns whether the batch was queued.
+fn offer(
+    cfg: &Settings,
+    gaps: &mut Vec<Gap>,
+    link: &mut Link<'_, AppConn>,
+    room: &Arc<str>,
+    span: (u64, u64),
+    frame: SharedFrame,
+    (turn, out_cap): (u32, usize),
+) -> bool {
+    let cap = out_cap * 4;
+    if !gaps.is_empty() {
+        // What was skipped goes out before what comes after it.
+        pay(gaps, link, room, cap);
+    }
+    if link
+        .deliver(frame.clone(), cfg.max_queued_bytes, turn)
+        .is_ok()
+    {
+        link.stats.delivered += 1;
+        return true;
+    }
+    let queued = match cfg.slow_policy {
+        SlowPolicy::Close => {
+            link.stats.closed_slow += 1;
+            end(link, CloseCode::POLICY_VIOLATION, "slow consumer");
+            return false;
+        }
+        SlowPolicy::DropNewest => {
+            link.stats.dropped_newest += 1;
+            false
+        }
+        SlowPolicy::DropOldest => match link.drop_oldest() {
+            Some(old) => {
+                link.stats.dropped_oldest += 1;
+                if let Some((r, from, to)) = wire::span(old.as_bytes()) {
+                    let r = if r == &**room {
+                        room.clone()
+                    } else {
+                        Arc::from(r)
+                    };
+                    owe(gaps, link, r, from, to);
+                }
+                link.deliver_up_to(frame, cap).is_ok()
+            }
+            None => false,
+        },
+        SlowPolicy::Conflate => {
+            // The room's queued batches give way to this one, with one notice for all.
+            let mut skipped = Vec::new();
+            link.remove_queued(|f, kind| match wire::span(f.as_bytes()) {
+                Some((r, from, to)) if kind == Kind::Delivery && r == &**room => {
+                    skipped.push((from, to));
+                    true
+                }
+                _ => false,
+            });
+            link.stats.dropped_conflated += skipped.len() as u64;
+            for (from, to) in skipped {
+                owe(gaps, link, room.clone(), from, to);
+            }
+            pay(gaps, link, room, cap);
+            link.deliver_up_to(frame, cap).is_ok()
+        }
+    };
+    if queued {
+        link.stats.delivered += 1;
+    } else {
+        owe(gaps, link, room.clone(), span.0, span.1);
+    }
+    let drops = &mut link.app().drops;
+    *drops = drops.saturating_add(1);
+    queued
+}
+
+/// Records that `from..=to` of `room` was skipped for this member, merged with what is
+/// already owed when it continues it.
+fn owe(gaps: &mut Vec<Gap>, link: &mut Link<'_, AppConn>, room: Arc<str>, from: u64, to: u64) {
+    let (slot, gen) = (link.slot() as u32, link.gen());
+    let open = gaps
+        .iter_mut()
+        .find(|g| g.slot == slot && g.gen == gen && g.room == room && g.to + 1 == from);
+    match open {
+        Some(g) => g.to = to,
+        None => gaps.push(Gap {
+            slot,
+            gen,
+            room,
+            from,
+            to,
+        }),
+    }
+}
+
+/// Queues the notices this member is owed for `room`.
+fn pay(gaps: &mut Vec<Gap>, link: &mut Link<'_, AppConn>, room: &Arc<str>, cap: usize) {
+    let me = (link.slot() as u32, link.gen());
+    gaps.retain_mut(|g| (g.slot, g.gen) != me || g.room != *room || !send_gap(link, g, cap));
+}
+
+/// Queues one gap notice in the member's encoding, in place of the unsent notices for the
+/// room it continues (so a member that stays slow holds one notice per room, not one per
+/// turn). False if the ring has no room (the gap stays owed).
+fn send_gap(link: &mut Link<'_, AppConn>, g: &mut Gap, cap: usize) -> bool {
+    let (room, mut from, mut to) = (g.room.clone(), g.from, g.to);
+    link.remove_queued(|f, kind| match wire::span(f.as_bytes()) {
+        Some((r, a, b))
+            if kind == Kind::Notice && r == &*room && (b + 1 == from || to + 1 == a) =>
+        {
+            (from, to) = (from.min(a), to.max(b));
+            true
+        }
+        _ => false,
+    });
+    let json = wire::gap_json(&room, from, to);
+    let frame = match link.app().encoding() {
+        ENC_WS => SharedFrame::new(OpCode::Text, &json),
+        _ => sse::event("gap", None, &json),
+    };
+    let sent = link.send_notice(frame, cap).is_ok();
+    if sent {
+        link.stats.gap_notices += 1;
+    } else {
+        (g.from, g.to) = (from, to);
+    }
+    sent
+}
+
+/// Ends a connection from our side: a close frame with `code` on a WebSocket, a `close`
+/// event on a stream.
+fn end(link: &mut Link<'_, AppConn>, code: CloseCode, reason: &str) {
+    if link.app().sse().is_none() {
+        return fail(link, code, reason);
+    }
+    let json = format!(
+        "{{\"op\":\"close\",\"reason\":{}}}",
+        serde_json::to_string(reason).unwrap_or_default()
+    );
+    link.finish(sse::event("close", None, json.as_bytes()));
 }

@@ -10,7 +10,7 @@ use crate::reactor::{Drain, ShardInfo};
 
 use super::*;
 
-fn settings() -> Settings {
+pub(super) fn settings() -> Settings {
     Settings {
         limits: crate::protocol::Limits::server(1 << 16),
         max_header_bytes: 8192,
@@ -20,6 +20,11 @@ fn settings() -> Settings {
         slow_policy: SlowPolicy::Close,
         max_rooms_per_conn: 8,
         max_queued_bytes: 1 << 20,
+        history: crate::rooms::Retention {
+            size: 64,
+            bytes: 1 << 20,
+            ttl_ms: 300_000,
+        },
     }
 }
 
@@ -27,7 +32,7 @@ fn shard(out_cap: usize, gate: gate::Gate) -> Core<App> {
     shard_with(out_cap, gate, settings())
 }
 
-fn shard_with(out_cap: usize, gate: gate::Gate, settings: Settings) -> Core<App> {
+pub(super) fn shard_with(out_cap: usize, gate: gate::Gate, settings: Settings) -> Core<App> {
     let stats = Arc::new(SharedStats::new(1));
     let drain = Arc::new(Drain::new(Duration::from_secs(1)));
     let info = ShardInfo {
@@ -69,18 +74,18 @@ fn upgrade(path: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-fn masked(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+pub(super) fn masked(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     encode::write_client_frame(true, opcode, payload, [1, 2, 3, 4], &mut out);
     out
 }
 
 /// Everything queued for `slot`, as if one send took it all.
-fn sent(core: &mut Core<App>, slot: usize) -> Vec<u8> {
+pub(super) fn sent(core: &mut Core<App>, slot: usize) -> Vec<u8> {
     core.send_all(slot).0
 }
 
-fn open(core: &mut Core<App>, path: &str) -> usize {
+pub(super) fn open(core: &mut Core<App>, path: &str) -> usize {
     let (slot, _) = core.insert(0, None, Instant::now());
     core.receive(slot, &mut upgrade(path));
     let resp = sent(core, slot);
@@ -93,7 +98,7 @@ fn open(core: &mut Core<App>, path: &str) -> usize {
 }
 
 /// The text payloads of the server frames in `bytes`.
-fn texts(mut bytes: &[u8]) -> Vec<String> {
+pub(super) fn texts(mut bytes: &[u8]) -> Vec<String> {
     let mut out = Vec::new();
     while bytes.len() >= 2 {
         let (len, head) = match bytes[1] {
@@ -117,7 +122,11 @@ fn handshake_split_byte_by_byte_then_echo() {
     }
     let out = sent(&mut core, slot);
     assert!(out.starts_with(b"HTTP/1.1 101"));
-    assert!(out.ends_with(&[0x81, 2, b'h', b'i']));
+    assert!(
+        out.ends_with(&[0x81, 2, b'h', b'i']),
+        "{:?}",
+        String::from_utf8_lossy(&out)
+    );
     assert_eq!(core.conn(slot).unwrap().tail_len(), 0);
 }
 
@@ -181,10 +190,14 @@ fn a_publish_is_sequenced_encoded_once_and_delivered_to_every_member() {
     );
     core.end_turn();
     for slot in [a, b] {
+        let joined = texts(&sent(&mut core, slot));
+        assert_eq!(joined.len(), 1);
+        let v: serde_json::Value = serde_json::from_str(&joined[0]).unwrap();
         assert_eq!(
-            texts(&sent(&mut core, slot)),
-            [r#"{"op":"joined","room":"lobby","seq":0}"#]
+            (&v["op"], &v["room"], &v["seq"]),
+            (&"joined".into(), &"lobby".into(), &0.into())
         );
+        assert_eq!(v["epoch"].as_str().map(str::len), Some(6));
     }
     let publish = br#"{"op":"pub","room":"lobby","id":7,"data":{"n": 1}}"#;
     core.receive(a, &mut masked(OpCode::Text, publish));
@@ -216,7 +229,8 @@ fn a_closed_member_leaves_its_rooms() {
     core.remove(a);
     core.end_turn();
     core.end_turn();
-    assert_eq!((core.cx.stats.members, core.cx.stats.rooms_owned), (0, 0));
+    assert_eq!(core.cx.stats.members, 0);
+    assert_eq!(core.cx.stats.rooms_owned, 1, "kept for --history-ttl");
     assert_eq!(core.cx.stats.close_none, 1, "dropped without a close frame");
 }
 

@@ -18,7 +18,9 @@ pub const MAX_ROOM_NAME: usize = 128;
 pub enum ClientOp<'a> {
     Join {
         room: Arc<str>,
+        /// Resume: the last seq seen and the epoch it belongs to (`None`: not given).
         since: Option<u64>,
+        epoch: Option<std::borrow::Cow<'a, str>>,
     },
     Leave {
         room: Arc<str>,
@@ -65,6 +67,8 @@ struct Raw<'a> {
     id: Option<u64>,
     since: Option<u64>,
     #[serde(borrow)]
+    epoch: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
     token: Option<std::borrow::Cow<'a, str>>,
 }
 
@@ -88,6 +92,7 @@ pub fn parse(text: &str) -> Result<ClientOp<'_>, OpError> {
         "join" => Ok(ClientOp::Join {
             room: room()?,
             since: raw.since,
+            epoch: raw.epoch,
         }),
         "leave" => Ok(ClientOp::Leave { room: room()? }),
         "pub" => {
@@ -169,17 +174,158 @@ pub fn write_msg(room: &str, seq: u64, data: &str, out: &mut Vec<u8>) {
     }
 }
 
-/// `{"op":"joined","room":…,"seq":…}`
-pub fn joined(room: &str, seq: u64) -> SharedFrame {
+/// An epoch as clients see it: six characters of `0-9a-v` (30 bits).
+pub fn format_epoch(epoch: u32) -> [u8; 6] {
+    const DIGITS: &[u8; 32] = b"0123456789abcdefghijklmnopqrstuv";
+    let mut out = [0u8; 6];
+    for (i, c) in out.iter_mut().enumerate() {
+        *c = DIGITS[((epoch >> (25 - 5 * i)) & 31) as usize];
+    }
+    out
+}
+
+/// The epoch a client sent back. Anything that is not one of ours becomes a value no room
+/// has (`u32::MAX`): the resume is refused as for another epoch, not as bad input.
+pub fn parse_epoch(text: &str) -> u32 {
+    if text.len() != 6 {
+        return u32::MAX;
+    }
+    text.bytes()
+        .try_fold(0u32, |acc, c| {
+            let d = match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'v' => c - b'a' + 10,
+                _ => return None,
+            };
+            Some(acc << 5 | u32::from(d))
+        })
+        .unwrap_or(u32::MAX)
+}
+
+/// `{"op":"joined","room":…,"seq":…,"epoch":…}`, with `"recovered":…` when the join
+/// asked to resume.
+pub fn joined_json(room: &str, seq: u64, epoch: u32, recovered: Option<bool>) -> Vec<u8> {
     let mut seq_buf = itoa::Buffer::new();
-    let parts: [&[u8]; 5] = [
+    let recovered: &[u8] = match recovered {
+        None => b"}",
+        Some(true) => b",\"recovered\":true}",
+        Some(false) => b",\"recovered\":false}",
+    };
+    [
         b"{\"op\":\"joined\",\"room\":\"",
         room.as_bytes(),
         b"\",\"seq\":",
         seq_buf.format(seq).as_bytes(),
+        b",\"epoch\":\"",
+        &format_epoch(epoch),
+        b"\"",
+        recovered,
+    ]
+    .concat()
+}
+
+/// The `joined` op as a WebSocket frame.
+pub fn joined(room: &str, seq: u64, epoch: u32, recovered: Option<bool>) -> SharedFrame {
+    SharedFrame::new(OpCode::Text, &joined_json(room, seq, epoch, recovered))
+}
+
+/// `{"op":"gap","room":…,"from":…,"to":…}`: the slow-consumer policy skipped `from..=to`.
+pub fn gap_json(room: &str, from: u64, to: u64) -> Vec<u8> {
+    let (mut a, mut b) = (itoa::Buffer::new(), itoa::Buffer::new());
+    [
+        b"{\"op\":\"gap\",\"room\":\"",
+        room.as_bytes(),
+        b"\",\"from\":",
+        a.format(from).as_bytes(),
+        b",\"to\":",
+        b.format(to).as_bytes(),
         b"}",
-    ];
-    SharedFrame::from_parts(OpCode::Text, &parts)
+    ]
+    .concat()
+}
+
+/// `{"op":"gap","room":…,"recovered":false}`: what was missed before a resume is gone.
+pub fn lost_json(room: &str) -> Vec<u8> {
+    [
+        b"{\"op\":\"gap\",\"room\":\"",
+        room.as_bytes(),
+        b"\",\"recovered\":false}",
+    ]
+    .concat()
+}
+
+/// The room and the first and last seq of a batch this module encoded (a delivery that a
+/// slow-consumer policy is about to drop), or of a `gap` notice: WebSocket frames, or the
+/// event stream's `data:` lines. Cost: a walk over the frame headers or lines, nothing is copied.
+pub fn span(bytes: &[u8]) -> Option<(&str, u64, u64)> {
+    fn note<'a>(found: &mut Option<(&'a str, u64, u64)>, payload: &'a [u8]) {
+        let seen = match envelope(payload) {
+            Some((room, seq)) => Some((room, seq, seq)),
+            None => gap_envelope(payload),
+        };
+        if let Some((room, from, to)) = seen {
+            match found {
+                None => *found = Some((room, from, to)),
+                Some(f) => f.2 = to,
+            }
+        }
+    }
+    let mut found = None;
+    if bytes.first() == Some(&0x81) {
+        let mut at = 0;
+        while at + 2 <= bytes.len() {
+            let (len, head) = match bytes[at + 1] & 0x7F {
+                126 => (
+                    usize::from(u16::from_be_bytes([
+                        *bytes.get(at + 2)?,
+                        *bytes.get(at + 3)?,
+                    ])),
+                    4,
+                ),
+                127 => (
+                    u64::from_be_bytes(bytes.get(at + 2..at + 10)?.try_into().ok()?) as usize,
+                    10,
+                ),
+                n => (usize::from(n), 2),
+            };
+            note(&mut found, bytes.get(at + head..at + head + len)?);
+            at += head + len;
+        }
+    } else {
+        for line in bytes.split(|&b| b == b'\n') {
+            if let Some(payload) = line.strip_prefix(b"data: ") {
+                note(&mut found, payload);
+            }
+        }
+    }
+    found
+}
+
+/// The room and range of a `gap` op.
+fn gap_envelope(payload: &[u8]) -> Option<(&str, u64, u64)> {
+    let rest = payload.strip_prefix(b"{\"op\":\"gap\",\"room\":\"")?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    let room = std::str::from_utf8(&rest[..end]).ok()?;
+    let (from, rest) = number(rest[end..].strip_prefix(b"\",\"from\":")?)?;
+    let (to, _) = number(rest.strip_prefix(b",\"to\":")?)?;
+    Some((room, from, to))
+}
+
+fn number(digits: &[u8]) -> Option<(u64, &[u8])> {
+    let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+    let value = std::str::from_utf8(&digits[..n]).ok()?.parse().ok()?;
+    Some((value, &digits[n..]))
+}
+
+/// The room and seq at the start of a `msg` op.
+fn envelope(payload: &[u8]) -> Option<(&str, u64)> {
+    let rest = payload.strip_prefix(b"{\"op\":\"msg\",\"room\":\"")?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    let room = std::str::from_utf8(&rest[..end]).ok()?;
+    let digits = rest[end..].strip_prefix(b"\",\"seq\":")?;
+    let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+    let seq = std::str::from_utf8(&digits[..n]).ok()?.parse().ok()?;
+    Some((room, seq))
 }
 
 /// `{"op":"left","room":…}`
@@ -254,7 +400,8 @@ mod tests {
             parse(r#"{"op":"join","room":"lobby","since":4}"#),
             Ok(ClientOp::Join {
                 room: "lobby".into(),
-                since: Some(4)
+                since: Some(4),
+                epoch: None,
             })
         );
         assert_eq!(
@@ -313,8 +460,17 @@ mod tests {
     #[test]
     fn server_ops_are_valid_json() {
         assert_eq!(
-            payload(&joined("a", 3)),
-            serde_json::json!({"op":"joined","room":"a","seq":3})
+            payload(&joined("a", 3, 5, None)),
+            serde_json::json!({"op":"joined","room":"a","seq":3,"epoch":"000005"})
+        );
+        assert_eq!(
+            payload(&joined("a", 3, 5, Some(false))),
+            serde_json::json!({"op":"joined","room":"a","seq":3,"epoch":"000005","recovered":false})
+        );
+        let gap: serde_json::Value = serde_json::from_slice(&gap_json("r", 50, 57)).unwrap();
+        assert_eq!(
+            gap,
+            serde_json::json!({"op":"gap","room":"r","from":50,"to":57})
         );
         assert_eq!(
             payload(&ack(7, 9)),
@@ -329,5 +485,40 @@ mod tests {
             e,
             serde_json::json!({"op":"error","code":"bad_json","msg":"say \"hi\"\n"})
         );
+    }
+
+    #[test]
+    fn epochs_round_trip_and_strangers_match_nothing() {
+        for e in [
+            0,
+            1,
+            31,
+            32,
+            crate::rooms::EPOCH_MASK,
+            0x1234_5678 & crate::rooms::EPOCH_MASK,
+        ] {
+            let text = format_epoch(e);
+            assert_eq!(parse_epoch(std::str::from_utf8(&text).unwrap()), e);
+        }
+        for bad in ["", "00000", "0000000", "00000w", "ABCDEF", "00 000"] {
+            assert_eq!(parse_epoch(bad), u32::MAX, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn span_reads_back_a_batch_in_both_encodings() {
+        let mut ws = Vec::new();
+        write_msg("r/1", 41, "{\"seq\":1}", &mut ws);
+        write_msg("r/1", 42, &"x".repeat(300).replace('x', "1"), &mut ws);
+        assert_eq!(span(&ws), Some(("r/1", 41, 42)));
+        let mut sse = Vec::new();
+        super::super::sse::write_msg("r/1", 7, 9, "\"data: {\\\"op\"", true, &mut sse);
+        super::super::sse::write_msg("r/1", 7, 10, "1", true, &mut sse);
+        assert_eq!(span(&sse), Some(("r/1", 9, 10)));
+        assert_eq!(span(joined("r", 1, 1, None).as_bytes()), None);
+        let gap = SharedFrame::new(OpCode::Text, &gap_json("r", 3, 9));
+        assert_eq!(span(gap.as_bytes()), Some(("r", 3, 9)));
+        let gap = super::super::sse::event("gap", None, &gap_json("r", 3, 9));
+        assert_eq!(span(gap.as_bytes()), Some(("r", 3, 9)));
     }
 }

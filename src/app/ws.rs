@@ -21,21 +21,23 @@ type L<'a, 'b> = &'a mut Link<'b, AppConn>;
 impl App {
     /// Bytes for one connection. Returns how many were consumed.
     pub(super) fn receive(&mut self, link: L, buf: &mut [u8]) -> usize {
-        let (http, broken) = (link.app().route().is_none(), link.app().has(flag::BROKEN));
-        match (http, link.is_closing()) {
+        let (closing, broken) = (link.is_closing(), link.app().has(flag::BROKEN));
+        match &link.app().ep {
             // After the response: dropped (the reactor lingers until the client's EOF).
-            (true, true) => buf.len(),
-            (true, false) => self.request(link, buf),
+            Endpoint::Http if closing => buf.len(),
+            Endpoint::Http => self.request(link, buf),
+            // An event stream's client has nothing more to say.
+            Endpoint::Sse(_) => buf.len(),
             // The framing is lost: nothing more can be parsed.
-            (false, _) if broken => buf.len(),
-            (false, _) => self.frames(link, buf),
+            Endpoint::Ws(_) if broken => buf.len(),
+            Endpoint::Ws(_) => self.frames(link, buf),
         }
     }
 
     /// How much unconsumed input a connection may hold outside a pause.
     pub(super) fn pending_bound(&self, conn: &AppConn) -> usize {
         match conn.ep {
-            Endpoint::Http => self.cfg.max_header_bytes,
+            Endpoint::Http | Endpoint::Sse(_) => self.cfg.max_header_bytes,
             Endpoint::Ws(_) => MAX_TAIL,
         }
     }
@@ -50,6 +52,10 @@ impl App {
             }
         };
         match parsed {
+            Parsed::Plain(req) if req.path == "/sse" => {
+                self.open_stream(link, &req);
+                buf.len()
+            }
             Parsed::Plain(req) => {
                 link.stats.http_requests += 1;
                 let draining = self.drain.active();
@@ -74,8 +80,22 @@ impl App {
                         return buf.len();
                     }
                 };
-                if !self.admit(link, &req, route) {
+                let Some(session) = self.admit(link, &req, route == Route::Rooms) else {
                     return buf.len();
+                };
+                // Offered next to a `bearer.<token>` entry, `roomcast` is the protocol
+                // selected.
+                let offers = |name: &str| {
+                    req.protocols
+                        .into_iter()
+                        .flat_map(handshake::tokens)
+                        .any(|p| p == name)
+                };
+                let protocol = (route == Route::Rooms && offers(auth::SUBPROTOCOL))
+                    .then_some(auth::SUBPROTOCOL);
+                self.upgrade(link, &req, route, protocol);
+                if let Some(s) = session {
+                    self.intents.push(Intent::Login(s));
                 }
                 if route == Route::Rooms {
                     // `/ws?room=a,b` joins at connect.
@@ -87,6 +107,7 @@ impl App {
                         match wire::validate_room(room) {
                             Ok(()) => self.intents.push(Intent::Join {
                                 room: Arc::from(room),
+                                since: None,
                             }),
                             Err(e) => reply(link, wire::error(e.code, &e.msg)),
                         }
@@ -98,19 +119,25 @@ impl App {
         }
     }
 
-    /// Everything a valid upgrade request must still pass, in order: not draining (503),
-    /// an allowed Origin (403), a valid token if auth is on (401; `/ws` may bring it
-    /// later in an `auth` op), the connection limits (429 per address or user, 503 in
-    /// total). Then the 101. Returns whether the connection was upgraded.
-    fn admit(&mut self, link: L, req: &Request<'_>, route: Route) -> bool {
+    /// Everything a request for `/ws`, `/echo` or `/sse` must pass, in order: not
+    /// draining (503), an allowed Origin (403), a valid token if auth is on (401; with
+    /// `late_auth`, `/ws` may bring it later in an `auth` op), the connection limits (429
+    /// per address or user, 503 in total). Returns the token's session (`Some(None)`: no
+    /// token), or `None` when the request was refused.
+    pub(super) fn admit(
+        &mut self,
+        link: L,
+        req: &Request<'_>,
+        late_auth: bool,
+    ) -> Option<Option<auth::Session>> {
         let gate = self.gate.clone();
         if self.drain.active() {
             refuse(link, Status::ServiceUnavailable, "server shutting down");
-            return false;
+            return None;
         }
         if !gate.origin_allowed(req.origin) {
             refuse(link, Status::Forbidden, "origin not allowed");
-            return false;
+            return None;
         }
         let mut session = None;
         if let Some(auth) = &gate.auth {
@@ -119,13 +146,13 @@ impl App {
                 Some(Err(e)) => {
                     link.stats.auth_failures += 1;
                     refuse(link, Status::Unauthorized, e.reason());
-                    return false;
+                    return None;
                 }
-                None if route == Route::Rooms => link.app().set(flag::AUTH_PENDING),
+                None if late_auth => link.app().set(flag::AUTH_PENDING),
                 None => {
                     link.stats.auth_failures += 1;
                     refuse(link, Status::Unauthorized, "missing token");
-                    return false;
+                    return None;
                 }
             }
         }
@@ -138,14 +165,14 @@ impl App {
                     _ => Status::TooManyRequests,
                 };
                 refuse(link, status, r.reason());
-                return false;
+                return None;
             }
         };
         if let Some(s) = &session {
             if let Err(r) = gate.admit_user(&s.sub) {
                 gate.release(peer, admitted);
                 refuse(link, Status::TooManyRequests, r.reason());
-                return false;
+                return None;
             }
         }
         if admitted.ip {
@@ -154,20 +181,7 @@ impl App {
         if admitted.total {
             link.app().set(flag::COUNTED_TOTAL);
         }
-        // Offered next to a `bearer.<token>` entry, `roomcast` is the protocol selected.
-        let offers = |name: &str| {
-            req.protocols
-                .into_iter()
-                .flat_map(handshake::tokens)
-                .any(|p| p == name)
-        };
-        let protocol =
-            (route == Route::Rooms && offers(auth::SUBPROTOCOL)).then_some(auth::SUBPROTOCOL);
-        self.upgrade(link, req, route, protocol);
-        if let Some(s) = session {
-            self.intents.push(Intent::Login(s));
-        }
-        true
+        Some(session)
     }
 
     /// Accepts the upgrade: queues the 101 and starts speaking `route`.
@@ -330,7 +344,12 @@ impl App {
         match op {
             Ok(wire::ClientOp::Auth { token }) => self.authenticate(link, &token, false),
             Ok(wire::ClientOp::Refresh { token }) => self.authenticate(link, &token, true),
-            Ok(wire::ClientOp::Join { room, .. }) => self.intents.push(Intent::Join { room }),
+            Ok(wire::ClientOp::Join { room, since, epoch }) => {
+                // `since` without the epoch it counts in cannot be honoured.
+                let epoch = epoch.as_deref().map_or(u32::MAX, wire::parse_epoch);
+                let since = since.map(|seq| (seq, epoch));
+                self.intents.push(Intent::Join { room, since })
+            }
             Ok(wire::ClientOp::Leave { room }) => self.intents.push(Intent::Leave { room }),
             // The one copy of the data out of the read buffer; every delivery shares it.
             Ok(wire::ClientOp::Pub { room, data, id }) => self.intents.push(Intent::Pub {

@@ -65,6 +65,7 @@ pub const GROUPS: &[(&str, &[&str])] = &[
             "auth-cookie",
         ],
     ),
+    ("history", &["history-size", "history-bytes", "history-ttl"]),
     ("capacity", &["memory-budget", "figures", "capacity-margin"]),
     ("logs", &["log-format", "log-level"]),
 ];

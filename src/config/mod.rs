@@ -138,7 +138,8 @@ pub struct ServeConfig {
     pub backlog: i32,
 
     /// What happens to a room member whose out-ring is full of undelivered turns:
-    /// close (1008 "slow consumer"), drop-oldest or drop-newest.
+    /// close (1008 "slow consumer"), drop-oldest, drop-newest, or conflate (keep only the
+    /// newest queued batch per room). A member that loses messages gets a `gap` notice.
     #[arg(long, env = "ROOMCAST_SLOW_POLICY", value_enum, default_value_t = crate::app::SlowPolicy::Close)]
     pub slow_policy: crate::app::SlowPolicy,
 
@@ -146,6 +147,36 @@ pub struct ServeConfig {
     /// policy applies (alongside --out-ring frames).
     #[arg(long = "max-queued-bytes", env = "ROOMCAST_MAX_QUEUED_BYTES", default_value_t = 1 << 20)]
     pub max_queued_bytes: usize,
+
+    /// Messages each room keeps for members that come back (`join` with `since`, an
+    /// event stream's Last-Event-ID). 0: no history.
+    #[arg(
+        long = "history-size",
+        env = "ROOMCAST_HISTORY_SIZE",
+        default_value_t = 64
+    )]
+    pub history_size: usize,
+
+    /// Data bytes each room's history may hold (the oldest messages go first), e.g.
+    /// 256KiB.
+    #[arg(
+        long = "history-bytes",
+        env = "ROOMCAST_HISTORY_BYTES",
+        default_value = "256KiB",
+        value_parser = crate::ops::capacity::parse_bytes
+    )]
+    pub history_bytes: u64,
+
+    /// Seconds a room with no members keeps its history and epoch (publishes to it are
+    /// still recorded), so members that all dropped at once can still resume. 0: a room
+    /// is freed with its last member.
+    #[arg(
+        long = "history-ttl",
+        value_name = "SECS",
+        env = "ROOMCAST_HISTORY_TTL",
+        default_value_t = 300
+    )]
+    pub history_ttl_secs: u64,
 
     /// Rooms one connection may be in at once.
     #[arg(
@@ -380,6 +411,11 @@ impl ServeConfig {
             slow_policy: self.slow_policy,
             max_rooms_per_conn: self.max_rooms_per_conn,
             max_queued_bytes: self.max_queued_bytes,
+            history: crate::rooms::Retention {
+                size: self.history_size,
+                bytes: self.history_bytes.min(usize::MAX as u64) as usize,
+                ttl_ms: self.history_ttl_secs.saturating_mul(1000),
+            },
         }
     }
 

@@ -27,6 +27,8 @@ pub struct Request<'a> {
     pub protocols: Option<&'a str>,
     /// `Sec-WebSocket-Extensions` as sent: a comma-separated list; see [`tokens`].
     pub extensions: Option<&'a str>,
+    /// `Last-Event-ID`: where a reconnecting event stream left off.
+    pub last_event_id: Option<&'a str>,
     /// The `Sec-WebSocket-Accept` value for this request's key (upgrades only).
     pub accept: Option<[u8; 28]>,
 }
@@ -98,7 +100,7 @@ fn validate<'a>(req: &httparse::Request<'_, 'a>) -> Result<Parsed<'a>, Handshake
     // One pass over the fields, matched without allocating. Repeated fields form one
     // comma-separated list (RFC 9110 §5.3); the first occurrence is kept, which is what
     // matters for every field read here.
-    const NAMES: [&str; 10] = [
+    const NAMES: [&str; 11] = [
         "host",
         "origin",
         "cookie",
@@ -109,8 +111,9 @@ fn validate<'a>(req: &httparse::Request<'_, 'a>) -> Result<Parsed<'a>, Handshake
         "connection",
         "sec-websocket-key",
         "sec-websocket-version",
+        "last-event-id",
     ];
-    let mut fields: [Option<&'a str>; 10] = [None; 10];
+    let mut fields: [Option<&'a str>; 11] = [None; 11];
     for h in req.headers.iter() {
         let Some(i) = NAMES.iter().position(|n| n.eq_ignore_ascii_case(h.name)) else {
             continue;
@@ -119,7 +122,7 @@ fn validate<'a>(req: &httparse::Request<'_, 'a>) -> Result<Parsed<'a>, Handshake
             fields[i].get_or_insert(value.trim());
         }
     }
-    let [host, origin, cookie, authorization, protocols, extensions, upgrade, connection, key, version] =
+    let [host, origin, cookie, authorization, protocols, extensions, upgrade, connection, key, version, last_event_id] =
         fields;
     let mut request = Request {
         path,
@@ -130,6 +133,7 @@ fn validate<'a>(req: &httparse::Request<'_, 'a>) -> Result<Parsed<'a>, Handshake
         authorization,
         protocols,
         extensions,
+        last_event_id,
         accept: None,
     };
     // RFC 6455 §4.2.1 (2): a Host header field.

@@ -2,7 +2,9 @@
 //!
 //! Entries are [`SharedFrame`]s: a broadcast puts the same bytes in every member's ring, a
 //! reply puts its own. The ring holds at most `cap` data frames; control frames (pong,
-//! close) may go past that by [`CONTROL_SLACK`] so they always get out. Storage is
+//! close) may go past that by [`CONTROL_SLACK`] so they always get out. Each entry is
+//! marked with its [`Kind`]: a slow-consumer policy may drop deliveries, may take notices
+//! back to merge them into a newer one, and never touches anything else. Storage is
 //! allocated on the first push and released when the ring drains, so an idle connection
 //! holds no heap memory for it.
 //!
@@ -23,7 +25,7 @@ pub const CONTROL_SLACK: usize = 4;
 #[derive(Debug, Default)]
 pub struct OutRing {
     /// `frames[head..]` are queued; the slots before `head` were sent and are empty.
-    frames: ThinVec<Option<SharedFrame>>,
+    frames: ThinVec<Option<Queued>>,
     head: u16,
     /// Bytes of the front frame already sent.
     sent: u32,
@@ -37,6 +39,24 @@ pub struct OutRing {
     /// Unsent bytes queued, and how many of them were queued before this turn.
     bytes: u32,
     bytes_before_turn: u32,
+}
+
+/// What a queued frame is, for the slow-consumer policies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A control frame, a reply, a handshake: never dropped.
+    Fixed,
+    /// A room's delivery: a policy may drop it.
+    Delivery,
+    /// A notice about deliveries (what a policy skipped): a policy may take it back to
+    /// send a merged one instead.
+    Notice,
+}
+
+#[derive(Debug)]
+struct Queued {
+    frame: SharedFrame,
+    kind: Kind,
 }
 
 /// Frame slots a ring allocates on its first push (it grows by doubling from there).
@@ -62,12 +82,20 @@ impl OutRing {
     }
 
     fn queued(&self) -> impl Iterator<Item = &SharedFrame> {
-        self.frames[usize::from(self.head)..].iter().flatten()
+        self.frames[usize::from(self.head)..]
+            .iter()
+            .flatten()
+            .map(|q| &q.frame)
     }
 
     /// Queues a data frame. Cost: O(1) amortized (a compaction moves the queued frames'
     /// pointers, not their bytes), one refcount increment by the caller's clone.
     pub fn push(&mut self, frame: SharedFrame, cap: usize) -> Result<(), Full> {
+        self.push_marked(frame, cap, Kind::Fixed)
+    }
+
+    /// Queues a frame, marked droppable or not, as long as fewer than `cap` are queued.
+    pub fn push_marked(&mut self, frame: SharedFrame, cap: usize, kind: Kind) -> Result<(), Full> {
         let len = self.len();
         if len >= cap || len >= usize::from(u16::MAX) {
             return Err(Full);
@@ -84,7 +112,7 @@ impl OutRing {
             self.head = 0;
         }
         self.bytes = self.bytes.saturating_add(frame.len() as u32);
-        self.frames.push(Some(frame));
+        self.frames.push(Some(Queued { frame, kind }));
         Ok(())
     }
 
@@ -106,7 +134,7 @@ impl OutRing {
         if self.before_turn as usize >= cap || self.bytes_before_turn as usize >= max_bytes {
             return Err(Full);
         }
-        self.push(frame, cap * 4)
+        self.push_marked(frame, cap * 4, Kind::Delivery)
     }
 
     /// Unsent bytes queued.
@@ -114,20 +142,47 @@ impl OutRing {
         self.bytes as usize
     }
 
-    /// Drops the oldest data frame that no send is using (not a control frame, not one
-    /// partly sent or pinned by an in-flight send). Returns whether one was dropped.
-    pub fn drop_oldest_data(&mut self) -> bool {
-        let first_free = usize::from(self.pinned).max(usize::from(self.sent > 0));
-        let is_data = |f: &SharedFrame| matches!(f.as_bytes().first(), Some(0x81 | 0x82));
-        let Some(i) = self.queued().skip(first_free).position(is_data) else {
-            return false;
-        };
-        if let Some(f) = self.frames.remove(usize::from(self.head) + first_free + i) {
-            self.bytes = self.bytes.saturating_sub(f.len() as u32);
-            self.bytes_before_turn = self.bytes_before_turn.min(self.bytes);
-        }
+    /// The first queued entry a slow-consumer policy may touch: not partly sent, not
+    /// pinned by an in-flight send.
+    fn first_free(&self) -> usize {
+        usize::from(self.head) + usize::from(self.pinned).max(usize::from(self.sent > 0))
+    }
+
+    fn forget(&mut self, f: &SharedFrame) {
+        self.bytes = self.bytes.saturating_sub(f.len() as u32);
+        self.bytes_before_turn = self.bytes_before_turn.min(self.bytes);
         self.before_turn = self.before_turn.saturating_sub(1);
-        true
+    }
+
+    /// Drops the oldest delivery that no send is using (not a control frame or a reply,
+    /// not one partly sent or pinned by an in-flight send) and returns it.
+    pub fn drop_oldest_data(&mut self) -> Option<SharedFrame> {
+        let from = self.first_free().min(self.frames.len());
+        let i = self.frames[from..]
+            .iter()
+            .position(|q| q.as_ref().is_some_and(|q| q.kind == Kind::Delivery))?;
+        let q = self.frames.remove(from + i)?;
+        self.forget(&q.frame);
+        Some(q.frame)
+    }
+
+    /// Removes every delivery and notice no send is using for which `doomed` says so,
+    /// oldest first. Cost: O(queued frames).
+    pub fn remove_data(&mut self, mut doomed: impl FnMut(&SharedFrame, Kind) -> bool) {
+        let from = self.first_free().min(self.frames.len());
+        let mut i = from;
+        while i < self.frames.len() {
+            let hit = self.frames[i]
+                .as_ref()
+                .is_some_and(|q| q.kind != Kind::Fixed && doomed(&q.frame, q.kind));
+            if hit {
+                if let Some(q) = self.frames.remove(i) {
+                    self.forget(&q.frame);
+                }
+            } else {
+                i += 1;
+            }
+        }
     }
 
     /// An in-flight send points into the first `n` frames.
@@ -162,7 +217,7 @@ impl OutRing {
         self.bytes = self.bytes.saturating_sub(n as u32);
         self.bytes_before_turn = self.bytes_before_turn.min(self.bytes);
         while let Some(slot) = self.frames.get_mut(usize::from(self.head)) {
-            let left = slot.as_ref().map_or(0, |f| f.len()) - self.sent as usize;
+            let left = slot.as_ref().map_or(0, |q| q.frame.len()) - self.sent as usize;
             if n < left {
                 self.sent += n as u32;
                 return;
@@ -284,23 +339,48 @@ mod tests {
     #[test]
     fn drop_oldest_skips_control_partly_sent_and_pinned_frames() {
         let mut ring = OutRing::default();
-        ring.push(frame(b"a"), 8).unwrap();
+        ring.push_delivery(frame(b"a"), 8, 1 << 20, 1).unwrap();
         ring.push_control(SharedFrame::new(OpCode::Pong, b""), 8)
             .unwrap();
-        ring.push(frame(b"b"), 8).unwrap();
-        ring.push(frame(b"c"), 8).unwrap();
+        ring.push(frame(b"r"), 8).unwrap();
+        ring.push_delivery(frame(b"b"), 8, 1 << 20, 1).unwrap();
+        ring.push_delivery(frame(b"c"), 8, 1 << 20, 1).unwrap();
         ring.pin(1);
-        assert!(ring.drop_oldest_data());
+        let gone = ring.drop_oldest_data().unwrap();
+        assert_eq!(gone.as_bytes().last(), Some(&b'b'));
         let left: Vec<_> = pending(&ring).into_iter().map(|f| f[f.len() - 1]).collect();
         assert_eq!(
             left,
-            vec![b'a', 0, b'c'],
-            "a is pinned, the pong is control: b goes"
+            vec![b'a', 0, b'r', b'c'],
+            "a is pinned, the pong is control, r a reply: b goes"
         );
         ring.unpin();
         ring.advance(1);
-        assert!(ring.drop_oldest_data());
-        assert_eq!(ring.len(), 2, "a was partly sent and stays; c goes");
+        assert!(ring.drop_oldest_data().is_some());
+        assert_eq!(ring.len(), 3, "a was partly sent and stays; c goes");
+        assert!(
+            ring.drop_oldest_data().is_none(),
+            "only control and replies left"
+        );
+    }
+
+    #[test]
+    fn remove_data_takes_only_unsent_deliveries() {
+        let mut ring = OutRing::default();
+        for b in [b"x", b"y", b"x", b"z"] {
+            ring.push_delivery(frame(b), 8, 1 << 20, 1).unwrap();
+        }
+        ring.push(frame(b"x"), 8).unwrap();
+        ring.advance(1);
+        ring.push_marked(frame(b"n"), 8, Kind::Notice).unwrap();
+        ring.remove_data(|f, kind| f.as_bytes().last() == Some(&b'x') || kind == Kind::Notice);
+        let left: Vec<_> = pending(&ring).into_iter().map(|f| f[f.len() - 1]).collect();
+        assert_eq!(
+            left,
+            vec![b'x', b'y', b'z', b'x'],
+            "partly sent and the reply stay"
+        );
+        assert_eq!(ring.bytes(), 2 + 3 * 3);
     }
 
     #[test]

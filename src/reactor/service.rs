@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use super::conn::{flag, Conn};
-use super::outring::{Full, OutRing};
+use super::outring::{Full, Kind, OutRing};
 use super::stats::Snapshot;
 use crate::mesh::Endpoint;
 use crate::protocol::SharedFrame;
@@ -257,9 +257,38 @@ impl<'a, A> Link<'a, A> {
         pushed
     }
 
-    /// Drops the oldest queued data frame no send is using (drop-oldest slow policy).
-    pub fn drop_oldest(&mut self) -> bool {
+    /// Queues a delivery as long as fewer than `cap` frames are queued, whatever the turn
+    /// (after a slow-consumer policy made room).
+    pub fn deliver_up_to(&mut self, frame: SharedFrame, cap: usize) -> Result<(), Full> {
+        if self.is_closing() {
+            return Err(Full);
+        }
+        self.conn.out.push_marked(frame, cap, Kind::Delivery)?;
+        self.queue_flush();
+        Ok(())
+    }
+
+    /// Queues a notice about deliveries (see [`Kind::Notice`]) as long as fewer than `cap`
+    /// frames are queued.
+    pub fn send_notice(&mut self, frame: SharedFrame, cap: usize) -> Result<(), Full> {
+        if self.is_closing() {
+            return Err(Full);
+        }
+        self.conn.out.push_marked(frame, cap, Kind::Notice)?;
+        self.queue_flush();
+        Ok(())
+    }
+
+    /// Drops the oldest queued delivery no send is using (drop-oldest slow policy), and
+    /// returns it.
+    pub fn drop_oldest(&mut self) -> Option<SharedFrame> {
         self.conn.out.drop_oldest_data()
+    }
+
+    /// Removes the queued deliveries and notices no send is using that `doomed` picks
+    /// (conflation, merging notices).
+    pub fn remove_queued(&mut self, doomed: impl FnMut(&SharedFrame, Kind) -> bool) {
+        self.conn.out.remove_data(doomed)
     }
 
     /// Queues a control frame (a pong, a ping, a handshake response), which goes out even

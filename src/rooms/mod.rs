@@ -9,11 +9,17 @@
 //! One ring entry per member per turn, whatever the publish rate: a member whose ring fills
 //! has fallen that many turns behind, which is what "slow consumer" means.
 
-use std::collections::HashMap;
+mod history;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use slab::Slab;
+
+use history::Log;
+pub use history::{Retention, ENTRY_OVERHEAD};
 
 /// The shard that owns `room`. Stable across processes and runs (SipHash with fixed keys),
 /// so every shard computes the same owner.
@@ -24,36 +30,97 @@ pub fn owner_of(room: &str, shards: usize) -> usize {
     (h.finish() % shards.max(1) as u64) as usize
 }
 
+/// How many ways a member may want its deliveries encoded; the owner counts members per
+/// encoding so that an encoding nobody in a room uses is not made (the app numbers them).
+pub const ENCODINGS: usize = 3;
+
 /// A room as its owner sees it.
 #[derive(Debug)]
 struct OwnedRoom {
     /// The last sequence number assigned.
     seq: u64,
-    /// Members per shard.
+    /// The last sequence number handed out by [`Owner::seal`]: `sealed + 1 ..= seq` is this
+    /// turn's batch.
+    sealed: u64,
+    /// Changes whenever the room's sequence starts over (see [`Owner::join`]).
+    epoch: u32,
+    /// Members per shard, and per encoding over all shards.
     members: Vec<u32>,
-    /// Messages published this turn, not yet delivered: `(seq, data)`.
-    batch: Vec<(u64, Arc<str>)>,
+    encodings: [u32; ENCODINGS],
+    /// Recent messages and this turn's batch, in seq order.
+    log: Log,
+    /// When the room was last left or published to (ms): an empty room is freed
+    /// `ttl` after that.
+    active_ms: u64,
+    /// Whether the room has an entry in [`Owner::idle`].
+    idle: bool,
+}
+
+impl OwnedRoom {
+    fn is_empty(&self) -> bool {
+        self.members.iter().all(|&m| m == 0)
+    }
+}
+
+/// What a join found.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Joined {
+    /// The member receives everything after this seq (the replay, then live).
+    pub seq: u64,
+    pub epoch: u32,
+    /// Whether the `since` asked for could be honoured (`None`: none was asked for).
+    pub recovered: Option<bool>,
+    /// The messages after `since` up to `seq`, when recovered.
+    pub replay: Vec<(u64, Arc<str>)>,
+}
+
+/// A batch's messages, oldest first (cheap to clone: iterate as often as there are
+/// encodings to make).
+pub type Batch<'a> = std::collections::vec_deque::Iter<'a, (u64, Arc<str>)>;
+
+/// A room's batch for this turn, as [`Owner::seal`] hands it out.
+pub struct Sealed<'a> {
+    pub room: &'a Arc<str>,
+    pub epoch: u32,
+    /// `(seq, data)`, in seq order, never empty.
+    pub batch: Batch<'a>,
+    pub first: u64,
+    pub last: u64,
+    /// Members per shard, and per encoding over all shards.
+    pub members: &'a [u32],
+    pub encodings: [u32; ENCODINGS],
 }
 
 /// The rooms this shard owns.
 #[derive(Debug)]
 pub struct Owner {
     shards: usize,
+    keep: Retention,
     rooms: HashMap<Arc<str>, OwnedRoom>,
     /// Rooms with a non-empty batch.
     dirty: Vec<Arc<str>>,
+    /// Rooms with no members, kept for their history: (earliest expiry, name).
+    idle: BinaryHeap<Reverse<(u64, Arc<str>)>>,
+    /// Epochs: a per-process seed and a counter, mixed.
+    seed: u64,
+    epochs: u64,
 }
 
 impl Owner {
-    pub fn new(shards: usize) -> Owner {
+    /// `seed` must differ between processes (and shards) so that epochs do.
+    pub fn new(shards: usize, keep: Retention, seed: u64) -> Owner {
         Owner {
             shards,
+            keep,
             rooms: HashMap::new(),
             dirty: Vec::new(),
+            idle: BinaryHeap::new(),
+            seed,
+            epochs: 0,
         }
     }
 
-    /// Rooms owned here with at least one member anywhere.
+    /// Rooms owned here: with a member anywhere, or kept for their history.
     pub fn len(&self) -> usize {
         self.rooms.len()
     }
@@ -62,62 +129,165 @@ impl Owner {
         self.rooms.is_empty()
     }
 
-    /// A member on `shard` joined `room`; returns the room's current sequence number
-    /// (the member receives everything after it). O(1).
-    pub fn join(&mut self, room: &Arc<str>, shard: usize) -> u64 {
-        let shards = self.shards;
-        let r = self.rooms.entry(room.clone()).or_insert_with(|| OwnedRoom {
-            seq: 0,
-            members: vec![0; shards],
-            batch: Vec::new(),
-        });
-        r.members[shard] += 1;
-        r.seq
+    /// Heap bytes held by history, over every room owned here. O(rooms).
+    pub fn history_bytes(&self) -> usize {
+        self.rooms.values().map(|r| r.log.footprint()).sum()
     }
 
-    /// A member on `shard` left `room`. A room with no members anywhere is freed. O(shards).
-    pub fn leave(&mut self, room: &str, shard: usize) {
+    fn next_epoch(&mut self) -> u32 {
+        self.epochs += 1;
+        // splitmix64: distinct counters give unrelated epochs.
+        let mut z = self
+            .seed
+            .wrapping_add(self.epochs.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) as u32) & EPOCH_MASK
+    }
+
+    /// A member on `shard` that wants `encoding` joins `room`, having seen everything up to
+    /// `since = (seq, epoch)` if given. It receives what [`Joined`] says, then every batch
+    /// sealed after this call. Cost: O(1), plus O(replayed messages).
+    pub fn join(
+        &mut self,
+        room: &Arc<str>,
+        shard: usize,
+        encoding: usize,
+        since: Option<(u64, u32)>,
+    ) -> Joined {
+        if !self.rooms.contains_key(room) {
+            let epoch = self.next_epoch();
+            self.rooms.insert(
+                room.clone(),
+                OwnedRoom {
+                    seq: 0,
+                    sealed: 0,
+                    epoch,
+                    members: vec![0; self.shards],
+                    encodings: [0; ENCODINGS],
+                    log: Log::default(),
+                    active_ms: 0,
+                    idle: false,
+                },
+            );
+        }
+        let r = self.rooms.get_mut(room).expect("inserted above");
+        r.members[shard] += 1;
+        r.encodings[encoding.min(ENCODINGS - 1)] += 1;
+        // This turn's batch is not sealed yet: the member gets it with everyone else.
+        let seq = r.sealed;
+        let mut joined = Joined {
+            seq,
+            epoch: r.epoch,
+            recovered: None,
+            replay: Vec::new(),
+        };
+        if let Some((since, epoch)) = since {
+            let ok = epoch == r.epoch && since <= seq && r.log.covers_after(since, seq);
+            joined.recovered = Some(ok);
+            if ok {
+                joined.replay = r
+                    .log
+                    .after(since)
+                    .take_while(|e| e.0 <= seq)
+                    .cloned()
+                    .collect();
+            }
+        }
+        joined
+    }
+
+    /// A member on `shard` that wanted `encoding` left `room`. A room with no members
+    /// anywhere is freed, or kept for `--history-ttl` if it keeps history. O(shards).
+    pub fn leave(&mut self, room: &Arc<str>, shard: usize, encoding: usize, now_ms: u64) {
         let Some(r) = self.rooms.get_mut(room) else {
             return;
         };
         r.members[shard] = r.members[shard].saturating_sub(1);
-        if r.members.iter().all(|&m| m == 0) {
+        let e = &mut r.encodings[encoding.min(ENCODINGS - 1)];
+        *e = e.saturating_sub(1);
+        if !r.is_empty() {
+            return;
+        }
+        if self.keep.keeps_empty_rooms() {
+            r.active_ms = now_ms;
+            if !r.idle {
+                r.idle = true;
+                let due = now_ms + self.keep.ttl_ms;
+                self.idle.push(Reverse((due, room.clone())));
+            }
+        } else {
             self.rooms.remove(room);
         }
     }
 
-    /// Assigns the next sequence number and adds the message to this turn's batch.
-    /// `None`: the room has no members, so nothing is kept and nobody receives it.
-    /// Cost: O(1), no copy of `data`.
-    pub fn publish(&mut self, room: &Arc<str>, data: Arc<str>) -> Option<u64> {
+    /// Frees the rooms that have had no members and no publishes for `--history-ttl`.
+    /// Cost: O(log rooms) per room looked at; nothing when none is due.
+    pub fn expire(&mut self, now_ms: u64) {
+        while let Some(Reverse((due, _))) = self.idle.peek() {
+            if *due > now_ms {
+                return;
+            }
+            let Some(Reverse((_, room))) = self.idle.pop() else {
+                return;
+            };
+            let Some(r) = self.rooms.get_mut(&room) else {
+                continue;
+            };
+            let due = r.active_ms + self.keep.ttl_ms;
+            if !r.is_empty() {
+                r.idle = false;
+            } else if due > now_ms {
+                self.idle.push(Reverse((due, room)));
+            } else {
+                self.rooms.remove(&room);
+            }
+        }
+    }
+
+    /// Assigns the next sequence number and adds the message to this turn's batch (and to
+    /// the room's history). `None`: the room does not exist (no members, no history), so
+    /// nothing is kept and nobody receives it. Cost: O(1), no copy of `data`.
+    pub fn publish(&mut self, room: &Arc<str>, data: Arc<str>, now_ms: u64) -> Option<u64> {
         let r = self.rooms.get_mut(room)?;
         r.seq += 1;
-        if r.batch.is_empty() {
+        if r.seq == r.sealed + 1 {
             self.dirty.push(room.clone());
         }
-        r.batch.push((r.seq, data));
+        r.log.push(r.seq, data);
+        r.active_ms = now_ms;
         Some(r.seq)
     }
 
-    /// Ends the turn: hands each room's batch, in seq order, to `deliver` with the room's
-    /// member count per shard. Cost: O(rooms published to this turn).
-    pub fn seal(&mut self, mut deliver: impl FnMut(&Arc<str>, &[(u64, Arc<str>)], &[u32])) {
+    /// Ends the turn: hands each room's batch, in seq order, to `deliver`, then trims the
+    /// room's history to its limits. Cost: O(rooms published to this turn + messages).
+    pub fn seal(&mut self, mut deliver: impl FnMut(Sealed<'_>)) {
+        let keep = self.keep;
         for room in self.dirty.drain(..) {
             let Some(r) = self.rooms.get_mut(&room) else {
                 continue;
             };
-            if r.batch.is_empty() {
+            if r.seq == r.sealed {
                 continue;
             }
-            deliver(&room, &r.batch, &r.members);
-            r.batch.clear();
-            if r.batch.capacity() > 1024 {
-                // A burst is over; don't keep its buffer for an idle room.
-                r.batch = Vec::new();
-            }
+            let (first, last) = (r.sealed + 1, r.seq);
+            deliver(Sealed {
+                room: &room,
+                epoch: r.epoch,
+                batch: r.log.after(r.sealed),
+                first,
+                last,
+                members: &r.members,
+                encodings: r.encodings,
+            });
+            r.sealed = last;
+            r.log.trim(last, &keep);
         }
     }
 }
+
+/// Epochs are 30 bits: six base-32 characters.
+pub const EPOCH_MASK: u32 = (1 << 30) - 1;
 
 /// Why a join was refused locally.
 #[derive(Debug, PartialEq, Eq)]
@@ -282,27 +452,114 @@ mod tests {
         assert!(seen.iter().all(|&n| n > 150), "{seen:?}");
     }
 
+    type Handed = (Arc<str>, Vec<(u64, Arc<str>)>, Vec<u32>, (u64, u64));
+
+    fn sealed(o: &mut Owner) -> Vec<Handed> {
+        let mut got = Vec::new();
+        o.seal(|s| {
+            let batch = s.batch.cloned().collect();
+            got.push((s.room.clone(), batch, s.members.to_vec(), (s.first, s.last)));
+        });
+        got
+    }
+
     #[test]
     fn owner_sequences_batches_and_frees_empty_rooms() {
-        let mut o = Owner::new(2);
+        let mut o = Owner::new(2, Retention::NONE, 1);
         let r = name("r");
-        assert_eq!(o.publish(&r, name("1")), None, "no members: nothing kept");
-        assert_eq!(o.join(&r, 0), 0);
-        assert_eq!(o.join(&r, 1), 0);
-        assert_eq!(o.publish(&r, name("1")), Some(1));
-        assert_eq!(o.publish(&r, name("\"two\"")), Some(2));
-        let mut got = Vec::new();
-        o.seal(|room, batch, members| got.push((room.clone(), batch.to_vec(), members.to_vec())));
+        assert_eq!(
+            o.publish(&r, name("1"), 0),
+            None,
+            "no members: nothing kept"
+        );
+        assert_eq!(o.join(&r, 0, 0, None).seq, 0);
+        assert_eq!(o.join(&r, 1, 0, None).seq, 0);
+        assert_eq!(o.publish(&r, name("1"), 0), Some(1));
+        assert_eq!(o.publish(&r, name("\"two\""), 0), Some(2));
+        let got = sealed(&mut o);
         assert_eq!(got.len(), 1, "one batch per room per turn");
-        let (_, batch, members) = &got[0];
+        let (_, batch, members, span) = &got[0];
         assert_eq!(members, &vec![1, 1]);
+        assert_eq!(*span, (1, 2));
         assert_eq!(batch, &vec![(1, name("1")), (2, name("\"two\""))]);
-        o.seal(|_, _, _| panic!("nothing published since"));
-        o.leave(&r, 0);
+        assert!(sealed(&mut o).is_empty(), "nothing published since");
+        o.leave(&r, 0, 0, 0);
         assert_eq!(o.len(), 1);
-        o.leave(&r, 1);
-        assert!(o.is_empty(), "no members anywhere: freed");
-        assert_eq!(o.join(&r, 1), 0, "a new room starts over");
+        o.leave(&r, 1, 0, 0);
+        assert!(o.is_empty(), "no members anywhere, no history: freed");
+        assert_eq!(o.join(&r, 1, 0, None).seq, 0, "a new room starts over");
+    }
+
+    fn keep(size: usize) -> Retention {
+        Retention {
+            size,
+            bytes: 1 << 20,
+            ttl_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn a_join_mid_turn_gets_the_batch_live_and_history_before_it() {
+        let mut o = Owner::new(1, keep(4), 7);
+        let r = name("r");
+        let first = o.join(&r, 0, 0, None);
+        for i in 1..=6 {
+            o.publish(&r, name(&i.to_string()), 0);
+        }
+        sealed(&mut o);
+        o.publish(&r, name("7"), 0);
+        // 7 is in this turn's batch: it arrives live, not in the replay.
+        let j = o.join(&r, 0, 0, Some((3, first.epoch)));
+        assert_eq!((j.seq, j.epoch, j.recovered), (6, first.epoch, Some(true)));
+        let seqs: Vec<u64> = j.replay.iter().map(|e| e.0).collect();
+        assert_eq!(seqs, vec![4, 5, 6]);
+        let j = o.join(&r, 0, 0, Some((1, first.epoch)));
+        assert_eq!(
+            j.recovered,
+            Some(false),
+            "2 fell out of a 4-message history"
+        );
+        assert!(j.replay.is_empty());
+        let j = o.join(&r, 0, 0, Some((3, first.epoch ^ 1)));
+        assert_eq!(j.recovered, Some(false), "another epoch");
+        let j = o.join(&r, 0, 0, Some((9, first.epoch)));
+        assert_eq!(j.recovered, Some(false), "from the future");
+        let j = o.join(&r, 0, 0, Some((6, first.epoch)));
+        assert_eq!((j.recovered, j.replay.len()), (Some(true), 0), "up to date");
+        assert_eq!(sealed(&mut o)[0].3, (7, 7));
+    }
+
+    #[test]
+    fn an_empty_room_keeps_its_history_and_epoch_for_the_ttl() {
+        let mut o = Owner::new(1, keep(8), 7);
+        let r = name("r");
+        let e = o.join(&r, 0, 1, None).epoch;
+        o.publish(&r, name("1"), 10);
+        sealed(&mut o);
+        o.leave(&r, 0, 1, 100);
+        assert_eq!(o.publish(&r, name("2"), 500), Some(2), "still recorded");
+        sealed(&mut o);
+        o.expire(1099);
+        let j = o.join(&r, 0, 0, Some((0, e)));
+        assert_eq!((j.epoch, j.recovered, j.replay.len()), (e, Some(true), 2));
+        o.leave(&r, 0, 0, 1200);
+        o.expire(1500);
+        assert_eq!(o.len(), 1, "left at 1200: kept until 2200");
+        o.expire(2200);
+        assert!(o.is_empty());
+        let j = o.join(&r, 0, 0, Some((2, e)));
+        assert_ne!(j.epoch, e, "a new room, a new epoch");
+        assert_eq!((j.seq, j.recovered), (0, Some(false)));
+        assert!(o.history_bytes() == 0);
+    }
+
+    #[test]
+    fn epochs_differ_between_rooms_and_processes() {
+        let (mut a, mut b) = (Owner::new(1, keep(1), 1), Owner::new(1, keep(1), 2));
+        let ea = a.join(&name("x"), 0, 0, None).epoch;
+        let ea2 = a.join(&name("y"), 0, 0, None).epoch;
+        let eb = b.join(&name("x"), 0, 0, None).epoch;
+        assert!(ea != ea2 && ea != eb && ea <= EPOCH_MASK);
     }
 
     #[test]
