@@ -288,8 +288,8 @@ both_backends! {
         drop(stalled);
     }
 
-    async fn drop_policies_keep_the_stalled_member_connected(backend: &str) {
-        for policy in ["drop-oldest", "drop-newest"] {
+    async fn slow_policies_keep_the_stalled_member_connected_and_account_for_every_seq(backend: &str) {
+        for policy in ["drop-oldest", "drop-newest", "conflate"] {
             let server = Server::start(backend, &["--shards", "2", "--slow-policy", policy, "--max-queued-bytes", "4194304", "--rate", "0"]);
             let mut healthy = connect(&server, "/ws?room=r").await;
             assert_eq!(recv(&mut healthy).await["op"], "joined");
@@ -316,27 +316,38 @@ both_backends! {
             publisher.flush().await.unwrap();
             reader.await.unwrap();
             let s = stats_until(&server, |s| {
-                shard_sum(s, "dropped_oldest") + shard_sum(s, "dropped_newest") > 0
+                shard_sum(s, "dropped_oldest") + shard_sum(s, "dropped_newest") + shard_sum(s, "dropped_conflated") > 0
             })
             .await;
             let closed: u64 = shard_sum(&s, "closed_slow");
             assert_eq!(closed, 0, "{policy}: {s}");
             // The stalled member now reads: it is still connected, gets an increasing
-            // (gapped) sequence, and under drop-oldest ends with the latest message.
-            let mut last = 0;
+            // sequence, and every seq it did not get is in exactly one gap notice; under
+            // drop-oldest it ends with the latest message.
+            let (mut last, mut seen, mut gaps) = (0, vec![0u8; N as usize + 1], 0);
             loop {
                 let v = match tokio::time::timeout(Duration::from_secs(2), stalled.next()).await {
                     Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<Value>(&t).unwrap(),
                     Ok(Some(Ok(Message::Ping(_)))) => continue,
                     _ => break,
                 };
+                if v["op"] == "gap" {
+                    gaps += 1;
+                    for s in v["from"].as_u64().unwrap()..=v["to"].as_u64().unwrap() {
+                        seen[s as usize] += 1;
+                    }
+                    continue;
+                }
                 let seq = v["seq"].as_u64().unwrap();
                 assert!(seq > last, "{policy}: {seq} after {last}");
+                seen[seq as usize] += 1;
                 last = seq;
             }
-            assert!(last > 0, "{policy}: the stalled member got some messages");
-            if policy == "drop-oldest" {
-                assert_eq!(last, N, "drop-oldest keeps the newest");
+            assert!(last > 0 && gaps > 0, "{policy}: the stalled member got messages and notices");
+            let wrong = (1..=N as usize).filter(|&s| seen[s] != 1).count();
+            assert_eq!(wrong, 0, "{policy}: every seq arrived or was in one gap notice");
+            if policy != "drop-newest" {
+                assert_eq!(last, N, "{policy} keeps the newest");
             }
         }
     }
@@ -366,9 +377,10 @@ both_backends! {
                 // The rest just drop their sockets.
             }
         }
-        // The /stats request itself is the one connection left.
-        let s = stats_until(&server, |s| s["members"] == 0 && s["rooms"] == 0 && s["connections"] == 1).await;
-        assert_eq!((s["members"].as_u64(), s["rooms"].as_u64(), s["connections"].as_u64()), (Some(0), Some(0), Some(1)), "{s}");
+        // The /stats request itself is the one connection left. The 13 rooms (a0-a6, b0-b4,
+        // shared) keep their history for --history-ttl with no members.
+        let s = stats_until(&server, |s| s["members"] == 0 && s["connections"] == 1).await;
+        assert_eq!((s["members"].as_u64(), s["rooms"].as_u64(), s["connections"].as_u64()), (Some(0), Some(13), Some(1)), "{s}");
         let local: u64 = shard_sum(&s, "rooms_local");
         assert_eq!(local, 0, "{s}");
     }
