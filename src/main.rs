@@ -48,6 +48,12 @@ struct PlanArgs {
     /// Bytes of `data` per message.
     #[arg(long, default_value_t = 64)]
     msg_size: u64,
+    /// The server's --history-size (messages kept per room).
+    #[arg(long, default_value_t = 64)]
+    history_size: u64,
+    /// The server's --history-bytes (data bytes kept per room).
+    #[arg(long, default_value = "256KiB", value_parser = roomcast::ops::capacity::parse_bytes)]
+    history_bytes: u64,
     /// The server's --ping-interval.
     #[arg(long, default_value_t = 30)]
     ping_interval: u64,
@@ -190,6 +196,8 @@ fn plan(a: &PlanArgs) -> std::process::ExitCode {
         rooms: a.rooms,
         msg_rate: a.msg_rate,
         msg_size: a.msg_size,
+        history_size: a.history_size,
+        history_bytes: a.history_bytes,
         ping_interval_secs: a.ping_interval,
         shards: a.shards,
     };

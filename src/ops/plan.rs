@@ -86,6 +86,9 @@ pub struct Workload {
     /// Messages published per second to each room.
     pub msg_rate: f64,
     pub msg_size: u64,
+    /// The server's `--history-size` and `--history-bytes` (per room).
+    pub history_size: u64,
+    pub history_bytes: u64,
     pub ping_interval_secs: u64,
     /// Shards to plan with (None: as many as the CPUs and the fixed-file tables need).
     pub shards: Option<u64>,
@@ -110,6 +113,8 @@ pub struct Plan {
     /// User space that does not grow with connections: process base, shards, their pools.
     pub user_fixed_bytes: f64,
     pub user_bytes: f64,
+    /// Of `user_bytes`: the rooms' history.
+    pub history_bytes: f64,
     pub kernel_bytes: f64,
     pub pings_per_sec: f64,
     pub heartbeat_cpus: f64,
@@ -130,6 +135,22 @@ impl Plan {
     pub fn memory(&self) -> f64 {
         self.user_bytes + self.kernel_bytes
     }
+}
+
+/// Heap bytes one room's full history takes: the messages kept (by count, or fewer when
+/// `--history-bytes` binds), each an `Arc<str>` (16 B header, rounded up to the
+/// allocator's 16 B) in a ring slot of seq and pointer, the ring grown by doubling.
+pub fn history_per_room(w: &Workload) -> f64 {
+    let kept = match w.history_bytes.checked_div(w.msg_size) {
+        Some(by_bytes) => w.history_size.min(by_bytes),
+        None => w.history_size,
+    };
+    if kept == 0 {
+        return 0.0;
+    }
+    let slot = std::mem::size_of::<(u64, std::sync::Arc<str>)>() as u64;
+    let data = (16 + w.msg_size).div_ceil(16) * 16;
+    (kept.next_power_of_two() * slot + kept * data) as f64
 }
 
 pub fn plan(w: &Workload, m: &Machine, f: &Figures) -> Plan {
@@ -157,6 +178,7 @@ pub fn plan(w: &Workload, m: &Machine, f: &Figures) -> Plan {
     // One frame per room in flight per member, shared: membership and the frames' bytes.
     let rooms_bytes =
         w.rooms as f64 * (256.0 + w.msg_size as f64) + (members_per_room * w.rooms) as f64 * 16.0;
+    let history = w.rooms as f64 * history_per_room(w);
     let pings = n as f64 / w.ping_interval_secs.max(1) as f64;
     let heartbeat_cpus = pings * f.ping_cpu_us / 1e6;
     let budget = HEARTBEAT_SHARE * m.cpus.max(1) as f64 * 1e6;
@@ -214,7 +236,8 @@ pub fn plan(w: &Workload, m: &Machine, f: &Figures) -> Plan {
         recv_buffer_size,
         out_ring,
         user_fixed_bytes: user_fixed,
-        user_bytes: user_fixed + n as f64 * f.user_bytes_per_conn + rooms_bytes,
+        user_bytes: user_fixed + n as f64 * f.user_bytes_per_conn + rooms_bytes + history,
+        history_bytes: history,
         kernel_bytes: n as f64 * kernel_socket,
         pings_per_sec: pings,
         heartbeat_cpus,
@@ -279,6 +302,17 @@ pub fn render(w: &Workload, m: &Machine, f: &Figures, p: &Plan) -> (String, bool
         f.user_bytes_per_conn,
         if w.rooms > 0 { " + rooms" } else { "" }
     );
+    if p.history_bytes > 0.0 {
+        let _ = writeln!(
+            s,
+            "          of which   {:>8.1} MiB  history: {} rooms × {:.0} B (--history-size {}, --history-bytes {})",
+            p.history_bytes / MIB,
+            w.rooms,
+            history_per_room(w),
+            w.history_size,
+            w.history_bytes
+        );
+    }
     let _ = writeln!(
         s,
         "          kernel     {:>8.1} MiB  ({:.0} B × {n} sockets)",
@@ -387,6 +421,8 @@ mod tests {
             rooms: 0,
             msg_rate: 0.0,
             msg_size: 0,
+            history_size: 64,
+            history_bytes: 256 << 10,
             ping_interval_secs: 120,
             shards: None,
         }
@@ -445,6 +481,8 @@ mod tests {
             rooms: 10,
             msg_rate: 100.0,
             msg_size: 100,
+            history_size: 64,
+            history_bytes: 256 << 10,
             ping_interval_secs: 30,
             shards: None,
         };
@@ -454,6 +492,40 @@ mod tests {
         let (text, fits) = render(&w, &machine(), &f, &p);
         assert!(!fits, "10M deliveries/s cannot fit in 2 CPUs: {text}");
         assert!(text.contains("does not fit"));
+    }
+
+    #[test]
+    fn history_is_counted_per_room_by_count_or_bytes() {
+        let w = |size, bytes, msg| Workload {
+            rooms: 1000,
+            msg_size: msg,
+            history_size: size,
+            history_bytes: bytes,
+            ..idle(10_000)
+        };
+        // 64 messages of 100 B: 64 slots of 24 B + 64 × (16 + 100 → 128 B).
+        assert_eq!(
+            history_per_room(&w(64, 1 << 20, 100)),
+            (64 * 24 + 64 * 128) as f64
+        );
+        // 1000 B messages under a 10,000 B cap: 10 kept, in 16 slots.
+        assert_eq!(
+            history_per_room(&w(64, 10_000, 1000)),
+            (16 * 24 + 10 * 1024) as f64
+        );
+        assert_eq!(history_per_room(&w(0, 1 << 20, 100)), 0.0);
+        let f = Figures::builtin();
+        let (with, without) = (
+            plan(&w(64, 1 << 20, 100), &machine(), &f),
+            plan(&w(0, 0, 100), &machine(), &f),
+        );
+        let grew = with.user_bytes - without.user_bytes;
+        assert!(
+            (grew - 1000.0 * (64 * 24 + 64 * 128) as f64).abs() < 1.0,
+            "{grew}"
+        );
+        let (text, _) = render(&w(64, 1 << 20, 100), &machine(), &f, &with);
+        assert!(text.contains("history: 1000 rooms"), "{text}");
     }
 
     #[test]
