@@ -18,6 +18,7 @@
 
 mod client;
 mod report;
+mod resume;
 mod sample;
 mod scenarios;
 
@@ -125,6 +126,14 @@ enum Scenario {
         #[arg(long, default_value_t = 0.1)]
         fraction: f64,
     },
+    /// Every member of one room cut at once (RST, no close frame) under a steady publish
+    /// rate; each reconnects after a random jitter and resumes with since/epoch: messages
+    /// lost, duplicates, members not recovered, gap notices, reconnection spread, time
+    /// until every member resumed.
+    Resume {
+        #[command(flatten)]
+        args: resume::Resume,
+    },
     /// Markdown tables and SVG plots from a results file.
     Report {
         results: std::path::PathBuf,
@@ -192,6 +201,20 @@ enum Scenario {
         #[arg(long)]
         slow_per_room: usize,
     },
+    /// (internal) One process of `resume --workers`: members `first..first+count`.
+    #[command(hide = true)]
+    WorkerResume {
+        #[arg(long)]
+        first: usize,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        room: String,
+        #[arg(long)]
+        jitter_ms: u64,
+        #[arg(long)]
+        seed: u64,
+    },
     /// (internal) One process of `churn --workers`.
     #[command(hide = true)]
     WorkerChurn {
@@ -249,6 +272,7 @@ fn main() {
         | Scenario::Churn { workers, .. }
         | Scenario::Calibrate { workers, .. } => *workers,
         Scenario::Fanout { args, .. } | Scenario::Slow { args, .. } => args.workers,
+        Scenario::Resume { args } => args.workers,
         _ => 1,
     };
     let t = Target {
@@ -318,6 +342,7 @@ fn main() {
                         "client_busy": busy, "client_bound": bound}),
                 )
             }
+            Scenario::Resume { args } => ("resume", args.params(), resume::resume(t, &args).await),
             Scenario::Calibrate { connections, figures, workers } => {
                 let (f, runs) = scenarios::calibrate(t, connections).await;
                 let text = serde_json::to_string_pretty(&f).expect("figures serialize");
@@ -346,6 +371,10 @@ fn main() {
             }
             Scenario::WorkerFanout { first, count, members, slow_per_room } => {
                 scenarios::fanout_worker(t, first, count, members, slow_per_room).await;
+                std::process::exit(0);
+            }
+            Scenario::WorkerResume { first, count, room, jitter_ms, seed } => {
+                resume::resume_worker(t, first, count, &room, jitter_ms, seed).await;
                 std::process::exit(0);
             }
             Scenario::WorkerChurn { first, rate, secs } => {

@@ -64,6 +64,24 @@ const HEADLINE: &[(&str, &str, &str, u8)] = &[
     ("churn", "rss_drift_bytes", "RSS drift B", RATIO),
     ("churn", "server_softirq_share", "softirq share", OPTIONAL),
     ("slow", "p99_ratio", "healthy p99 with/without", RATIO),
+    ("resume", "lost", "lost", 0),
+    ("resume", "duplicates", "duplicates", 0),
+    (
+        "resume",
+        "members_not_recovered",
+        "members recovered:false",
+        0,
+    ),
+    ("resume", "gap_notices", "gap notices", 0),
+    ("resume", "resume_p50_ms", "resumed p50 ms", RATIO),
+    ("resume", "resume_max_ms", "all resumed ms", RATIO),
+    ("resume", "catchup_p99_ms", "catch-up p99 ms", RATIO),
+    (
+        "resume",
+        "server_cpu_total_us_per_resume",
+        "server CPU total µs/resume",
+        RATIO | OPTIONAL,
+    ),
 ];
 
 /// What marks a figure measured while the load generator was saturated.

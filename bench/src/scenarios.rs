@@ -33,7 +33,7 @@ pub struct Target {
     /// The CPU the server is pinned to (`--server-cpu`): its /proc/stat line is read
     /// around each measured window, softirq included.
     pub server_cpu: Option<usize>,
-    /// Load-generator processes for ramp, echo, fanout, churn and slow (`--workers`); 1:
+    /// Load-generator processes for ramp, echo, fanout, churn, slow and resume (`--workers`); 1:
     /// this process alone. `idle` takes its own.
     pub workers: usize,
 }
@@ -47,7 +47,7 @@ const SETTLE: Duration = Duration::from_secs(3);
 /// The share of a CPU past which a load-generator process counts as saturated.
 const CLIENT_BOUND: f64 = 0.90;
 
-fn bar(len: u64, what: &str) -> ProgressBar {
+pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     pb.set_style(
         ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
@@ -59,7 +59,7 @@ fn bar(len: u64, what: &str) -> ProgressBar {
 }
 
 /// The server, its CPU and the load generator (this process and `workers`), now.
-fn probe(t: Target, workers: &[u32]) -> ProcSample {
+pub(crate) fn probe(t: Target, workers: &[u32]) -> ProcSample {
     sample(t.pid, t.server_cpu, workers)
 }
 
@@ -129,7 +129,7 @@ async fn open_many(
 ///   also count anything else on that CPU: pin the server alone there. /proc/stat is in
 ///   ticks (USER_HZ) and, without CONFIG_IRQ_TIME_ACCOUNTING, each tick is charged whole
 ///   to what ran at that instant: true on a busy CPU over seconds, low on an idle one.
-fn cpu_fields(
+pub(crate) fn cpu_fields(
     t: Target,
     a: &ProcSample,
     b: &ProcSample,
@@ -171,7 +171,7 @@ fn cpu_fields(
 }
 
 /// `v` (an object) with the fields of `m` added.
-fn with(
+pub(crate) fn with(
     mut v: serde_json::Value,
     m: serde_json::Map<String, serde_json::Value>,
 ) -> serde_json::Value {
@@ -180,22 +180,22 @@ fn with(
 }
 
 /// Worker `w`'s share of `n` items over `workers`: (first, count).
-fn share(n: usize, w: usize, workers: usize) -> (usize, usize) {
+pub(crate) fn share(n: usize, w: usize, workers: usize) -> (usize, usize) {
     let first = n * w / workers;
     (first, n * (w + 1) / workers - first)
 }
 
 /// Child processes of this binary driving a share of the load each (see the module doc).
-struct Workers {
+pub(crate) struct Workers {
     children: Vec<tokio::process::Child>,
-    pids: Vec<u32>,
+    pub(crate) pids: Vec<u32>,
     /// Every worker's report lines, tagged with its number, as they come.
     reports: tokio::sync::mpsc::UnboundedReceiver<(usize, String)>,
 }
 
 impl Workers {
     /// Starts `n` workers, worker `w` with the subcommand and arguments `args(w)`.
-    fn spawn(t: Target, n: usize, args: impl Fn(usize) -> Vec<String>) -> Workers {
+    pub(crate) fn spawn(t: Target, n: usize, args: impl Fn(usize) -> Vec<String>) -> Workers {
         let exe = std::env::current_exe().expect("own path");
         let (tx, reports) = tokio::sync::mpsc::unbounded_channel();
         let mut children = Vec::new();
@@ -247,13 +247,13 @@ impl Workers {
         (before, done, secs, after)
     }
 
-    async fn tell(&mut self, line: &[u8]) {
+    pub(crate) async fn tell(&mut self, line: &[u8]) {
         tell(&mut self.children, line).await;
     }
 
     /// Waits for a `word …` line from every worker and returns what follows the word, in
     /// worker order; `progress K` lines advance `pb` meanwhile.
-    async fn gather(&mut self, word: &str, pb: Option<&ProgressBar>) -> Vec<String> {
+    pub(crate) async fn gather(&mut self, word: &str, pb: Option<&ProgressBar>) -> Vec<String> {
         let mut got: Vec<Option<String>> = vec![None; self.children.len()];
         while got.iter().any(Option::is_none) {
             let (w, line) = self.reports.recv().await.expect("a worker ended early");
@@ -270,7 +270,7 @@ impl Workers {
     }
 
     /// Closes the workers' stdin (their signal to end) and waits for them.
-    async fn finish(self, what: &str) {
+    pub(crate) async fn finish(self, what: &str) {
         for (w, mut c) in self.children.into_iter().enumerate() {
             drop(c.stdin.take());
             match c.wait().await {
@@ -284,12 +284,12 @@ impl Workers {
 }
 
 /// A command line from its words.
-fn argv(words: &[&str]) -> Vec<String> {
+pub(crate) fn argv(words: &[&str]) -> Vec<String> {
     words.iter().map(|w| (*w).to_owned()).collect()
 }
 
 /// The first `N` numbers of each line, summed over the lines.
-fn sums<const N: usize>(lines: &[String]) -> [usize; N] {
+pub(crate) fn sums<const N: usize>(lines: &[String]) -> [usize; N] {
     let mut out = [0; N];
     for l in lines {
         let numbers = l
@@ -303,15 +303,15 @@ fn sums<const N: usize>(lines: &[String]) -> [usize; N] {
 }
 
 /// A worker's orders from its parent: one per line on its stdin.
-struct Orders(tokio::io::Lines<tokio::io::BufReader<tokio::io::Stdin>>);
+pub(crate) struct Orders(tokio::io::Lines<tokio::io::BufReader<tokio::io::Stdin>>);
 
 impl Orders {
-    fn new() -> Orders {
+    pub(crate) fn new() -> Orders {
         Orders(tokio::io::BufReader::new(tokio::io::stdin()).lines())
     }
 
     /// The next order; None once the parent closed stdin (or reading failed).
-    async fn next(&mut self) -> Option<String> {
+    pub(crate) async fn next(&mut self) -> Option<String> {
         self.0.next_line().await.ok().flatten()
     }
 
