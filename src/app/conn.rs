@@ -48,6 +48,8 @@ pub mod flag {
     /// The peer broke the framing: what it sends after our close cannot be parsed (it is
     /// dropped unread until its EOF or the close timeout).
     pub const BROKEN: u8 = 1 << 4;
+    /// Gap notices are owed to this member (see [`crate::app::service::Gap`]).
+    pub const OWED: u8 = 1 << 5;
 }
 
 #[derive(Debug)]

@@ -484,7 +484,12 @@ impl App {
         let encoding = link.app().encoding();
         let json = wire::joined_json(room, j.seq, j.epoch, j.recovered);
         if encoding == ENC_WS {
-            reply(&mut link, SharedFrame::new(OpCode::Text, &json));
+            // Past a full ring like a notice: the replay and live messages behind it
+            // mean nothing without it.
+            let joined = SharedFrame::new(OpCode::Text, &json);
+            if link.send_up_to(joined, out_cap * 4).is_ok() {
+                link.stats.messages_out += 1;
+            }
         } else if let Some(stream) = link.app().sse() {
             // The stream's position is what it has been given: where it resumes from
             // until the replay is out.
@@ -588,7 +593,7 @@ fn offer(
     (turn, out_cap): (u32, usize),
 ) -> bool {
     let cap = out_cap * 4;
-    if !gaps.is_empty() {
+    if link.app().has(flag::OWED) {
         // What was skipped goes out before what comes after it.
         pay(gaps, link, room, cap);
     }
@@ -656,6 +661,7 @@ fn offer(
 /// already owed when it continues it.
 fn owe(gaps: &mut Vec<Gap>, link: &mut Link<'_, AppConn>, room: Arc<str>, from: u64, to: u64) {
     let (slot, gen) = (link.slot() as u32, link.gen());
+    link.app().set(flag::OWED);
     let open = gaps
         .iter_mut()
         .find(|g| g.slot == slot && g.gen == gen && g.room == room && g.to + 1 == from);
@@ -675,6 +681,9 @@ fn owe(gaps: &mut Vec<Gap>, link: &mut Link<'_, AppConn>, room: Arc<str>, from: 
 fn pay(gaps: &mut Vec<Gap>, link: &mut Link<'_, AppConn>, room: &Arc<str>, cap: usize) {
     let me = (link.slot() as u32, link.gen());
     gaps.retain_mut(|g| (g.slot, g.gen) != me || g.room != *room || !send_gap(link, g, cap));
+    if !gaps.iter().any(|g| (g.slot, g.gen) == me) {
+        link.app().clear(flag::OWED);
+    }
 }
 
 /// Queues one gap notice in the member's encoding, in place of the unsent notices for the
