@@ -164,6 +164,8 @@ pub struct App {
     shards: usize,
     /// What the connection being handled asked of its shard, carried out right after.
     intents: Vec<Intent>,
+    /// Of those, publishes that will be acknowledged: they count against the ring.
+    acks_owed: usize,
     /// The ping every heartbeat sends: one frame shared by the whole shard.
     ping: SharedFrame,
     local: Local,
@@ -212,6 +214,7 @@ impl App {
             shard: shard.index,
             shards: shard.shards,
             intents: Vec::new(),
+            acks_owed: 0,
             ping: SharedFrame::new(OpCode::Ping, b""),
             local: Local::default(),
             owner: Owner::new(shard.shards, history, epoch_seed(shard.index)),

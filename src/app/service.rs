@@ -55,6 +55,7 @@ impl Service for App {
             None => data.len(),
         };
         self.apply_intents(cx, slot);
+        self.acks_owed = 0;
         n
     }
 
@@ -511,15 +512,9 @@ impl App {
         encode(room, j.epoch, j.replay.iter(), encoding, &mut buf);
         let frame = SharedFrame::from_encoded(Arc::from(buf));
         let span = (first, last);
-        offer(
-            &self.cfg,
-            &mut self.gaps,
-            &mut link,
-            room,
-            span,
-            frame,
-            (turn, out_cap),
-        );
+        let (cfg, gaps) = (&self.cfg, &mut self.gaps);
+        let ok = offer(cfg, gaps, &mut link, room, span, frame, (turn, out_cap));
+        advance_stream(&mut link, room, last, ok, out_cap);
     }
 
     /// Puts this turn's batch of `room` in the out-ring of every member on this shard, in
@@ -546,20 +541,32 @@ impl App {
                 continue;
             };
             let ok = offer(cfg, gaps, &mut link, room, span, frame.clone(), how);
-            if encoding == ENC_WS {
-                continue;
-            }
-            let Some(stream) = link.app().sse() else {
-                continue;
-            };
-            if let Some(pos) = stream.pos(room) {
-                pos.seq = span.1;
-            }
-            if ok && encoding == ENC_MANY {
-                let block = sse::id_block(&stream.cursor());
-                let _ = link.send_up_to(block, how.1 * 4);
+            if encoding != ENC_WS {
+                advance_stream(&mut link, room, span.1, ok, how.1);
             }
         }
+    }
+}
+
+/// An event stream was given `room` up to `seq` (or skipped it, with a gap notice owed):
+/// its position moves there, and a stream on several rooms gets its id block (one on a
+/// single room had the id on every event).
+fn advance_stream(
+    link: &mut Link<'_, AppConn>,
+    room: &str,
+    seq: u64,
+    queued: bool,
+    out_cap: usize,
+) {
+    let Some(stream) = link.app().sse() else {
+        return;
+    };
+    if let Some(pos) = stream.pos(room) {
+        pos.seq = seq;
+    }
+    if queued && stream.encoding() == ENC_MANY {
+        let block = sse::id_block(&stream.cursor());
+        let _ = link.send_up_to(block, out_cap * 4);
     }
 }
 

@@ -27,7 +27,7 @@ fn op(core: &mut Core<App>, slot: usize, json: &str) {
 fn json(core: &mut Core<App>, slot: usize) -> Vec<Value> {
     texts(&sent(core, slot))
         .iter()
-        .map(|t| serde_json::from_str(t).unwrap())
+        .map(|t| serde_json::from_str(t).unwrap_or_else(|e| panic!("{e}: {t:?}")))
         .collect()
 }
 
@@ -354,4 +354,35 @@ fn a_stream_without_a_room_is_a_400_and_a_drain_ends_streams_with_a_close_event(
     let ev = events(&sent(&mut core, s));
     assert_eq!(ev[0].0, "close");
     assert!(core.conn(s).unwrap().is_closing());
+}
+
+#[test]
+fn every_publish_of_a_pipelined_burst_is_acknowledged() {
+    let mut core = core(4, SlowPolicy::Close);
+    let publisher = open(&mut core, "/ws?room=r");
+    core.end_turn();
+    json(&mut core, publisher);
+    let mut burst = Vec::new();
+    for i in 0..100 {
+        let op = format!(r#"{{"op":"pub","room":"r","data":{i},"id":{i}}}"#);
+        burst.extend(masked(OpCode::Text, op.as_bytes()));
+    }
+    core.receive(publisher, &mut burst);
+    let (mut acks, mut msgs) = (Vec::new(), 0);
+    for _ in 0..200 {
+        core.end_turn();
+        for m in json(&mut core, publisher) {
+            match m["op"].as_str() {
+                Some("ack") => acks.push(m["id"].as_u64().unwrap()),
+                Some("msg") => msgs += 1,
+                _ => panic!("{m}"),
+            }
+        }
+    }
+    assert_eq!(
+        acks,
+        (0..100).collect::<Vec<_>>(),
+        "one ack per publish, in order"
+    );
+    assert_eq!(msgs, 100);
 }

@@ -239,8 +239,10 @@ impl App {
     fn frames(&mut self, link: L, buf: &mut [u8]) -> usize {
         let (mut at, end) = (0, buf.len());
         loop {
-            if link.is_full() && !link.is_closing() {
-                // Backpressure: stop consuming until what we owe the peer has gone out.
+            let owed = link.queued().len() + self.acks_owed;
+            if (link.is_full() || owed >= link.out_cap) && !link.is_closing() {
+                // Backpressure: stop consuming until what we owe the peer has gone out
+                // (acknowledgements count: they come back from the room's owner).
                 link.pause();
                 return at;
             }
@@ -352,11 +354,14 @@ impl App {
             }
             Ok(wire::ClientOp::Leave { room }) => self.intents.push(Intent::Leave { room }),
             // The one copy of the data out of the read buffer; every delivery shares it.
-            Ok(wire::ClientOp::Pub { room, data, id }) => self.intents.push(Intent::Pub {
-                room,
-                data: Arc::from(data),
-                id,
-            }),
+            Ok(wire::ClientOp::Pub { room, data, id }) => {
+                self.acks_owed += usize::from(id.is_some());
+                self.intents.push(Intent::Pub {
+                    room,
+                    data: Arc::from(data),
+                    id,
+                })
+            }
             Err(e) => reply(link, wire::error(e.code, &e.msg)),
         }
     }
@@ -414,9 +419,11 @@ impl App {
     }
 }
 
-/// Queues a reply to this connection's own request.
+/// Queues a reply to this connection's own request: past a full ring, up to 4 × its
+/// size (a connection that owes this many replies is not being read).
 pub(super) fn reply(link: L, frame: SharedFrame) {
-    if link.app().route().is_some() && link.send(frame).is_ok() {
+    let cap = link.out_cap * 4;
+    if link.app().route().is_some() && link.send_up_to(frame, cap).is_ok() {
         link.stats.messages_out += 1;
     }
 }

@@ -126,15 +126,22 @@ impl OutRing {
         max_bytes: usize,
         turn: u32,
     ) -> Result<(), Full> {
+        self.mark_turn(turn);
+        if self.before_turn as usize >= cap || self.bytes_before_turn as usize >= max_bytes {
+            return Err(Full);
+        }
+        self.push_marked(frame, cap * 4, Kind::Delivery)
+    }
+
+    /// Notes that loop turn `turn` has begun for this ring, if it had not: what is queued
+    /// now was queued in earlier turns. Called before every push, so replies queued early
+    /// in a turn never count as left over from an earlier one.
+    pub fn mark_turn(&mut self, turn: u32) {
         if self.turn != turn {
             self.turn = turn;
             self.before_turn = self.len().min(u16::MAX as usize) as u16;
             self.bytes_before_turn = self.bytes;
         }
-        if self.before_turn as usize >= cap || self.bytes_before_turn as usize >= max_bytes {
-            return Err(Full);
-        }
-        self.push_marked(frame, cap * 4, Kind::Delivery)
     }
 
     /// Unsent bytes queued.

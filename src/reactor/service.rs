@@ -124,6 +124,7 @@ impl<S: Service> Cx<S> {
             now_ms: self.now_ms,
             out_cap: self.out_cap,
             linger: self.linger,
+            turn: self.turn,
         })
     }
 
@@ -167,6 +168,8 @@ pub struct Link<'a, A> {
     /// `--out-ring`.
     pub out_cap: usize,
     linger: Duration,
+    /// The loop turn: what a ring holds from earlier turns is what makes a member slow.
+    turn: u32,
 }
 
 impl<'a, A> Link<'a, A> {
@@ -176,7 +179,7 @@ impl<'a, A> Link<'a, A> {
         flush: &'a mut Vec<usize>,
         lingers: &'a mut VecDeque<Deadline>,
         stats: &'a mut Snapshot,
-        (now, now_ms, out_cap, linger): (Instant, u32, usize, Duration),
+        (now, now_ms, out_cap, linger, turn): (Instant, u32, usize, Duration, u32),
     ) -> Link<'a, A> {
         Link {
             slot,
@@ -188,6 +191,7 @@ impl<'a, A> Link<'a, A> {
             now_ms,
             out_cap,
             linger,
+            turn,
         }
     }
 
@@ -237,6 +241,7 @@ impl<'a, A> Link<'a, A> {
         if self.is_closing() {
             return Err(Full);
         }
+        self.conn.out.mark_turn(self.turn);
         self.conn.out.push(frame, cap)?;
         self.queue_flush();
         Ok(())
@@ -263,6 +268,7 @@ impl<'a, A> Link<'a, A> {
         if self.is_closing() {
             return Err(Full);
         }
+        self.conn.out.mark_turn(self.turn);
         self.conn.out.push_marked(frame, cap, Kind::Delivery)?;
         self.queue_flush();
         Ok(())
@@ -274,6 +280,7 @@ impl<'a, A> Link<'a, A> {
         if self.is_closing() {
             return Err(Full);
         }
+        self.conn.out.mark_turn(self.turn);
         self.conn.out.push_marked(frame, cap, Kind::Notice)?;
         self.queue_flush();
         Ok(())
@@ -298,6 +305,7 @@ impl<'a, A> Link<'a, A> {
         if self.is_closing() {
             return Err(Full);
         }
+        self.conn.out.mark_turn(self.turn);
         self.conn.out.push_control(frame, self.out_cap)?;
         self.queue_flush();
         Ok(())

@@ -96,7 +96,7 @@ struct Beats<'a, S: Service> {
     flush: &'a mut Vec<usize>,
     lingers: &'a mut VecDeque<Deadline>,
     stats: &'a mut super::stats::Snapshot,
-    clock: (Instant, u32, usize, Duration),
+    clock: (Instant, u32, usize, Duration, u32),
     dead: &'a mut Vec<usize>,
 }
 
@@ -491,7 +491,7 @@ impl<S: Service> Core<S> {
             flush: &mut cx.flush,
             lingers: &mut cx.lingers,
             stats: &mut cx.stats,
-            clock: (cx.now, cx.now_ms, cx.out_cap, cx.linger),
+            clock: (cx.now, cx.now_ms, cx.out_cap, cx.linger, cx.turn),
             dead: out,
         };
         self.heartbeat.run(now, &mut cx.conns, &mut beats);

@@ -70,7 +70,29 @@ fn peer_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<I
 /// Fails if something already listens on `addr`. `SO_REUSEPORT` would otherwise let a
 /// second server (a stale instance, say) silently share the port and take half of the
 /// connections: a socket bound without it is refused while any listener holds the port.
+///
+/// A listener that is going away holds the port a little longer than its process: a killed
+/// process's io_uring rings are torn down by a kernel worker some 10 ms after it is reaped.
+/// So a taken port is probed again for up to [`PORT_WAIT`] before it counts as in use: a
+/// supervisor that restarts a crashed server at once must not see it fail.
 pub fn ensure_port_free(addr: SocketAddr) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + PORT_WAIT;
+    loop {
+        match probe_port(addr) {
+            Err(e)
+                if e.kind() == io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            done => return done,
+        }
+    }
+}
+
+/// How long [`ensure_port_free`] waits for a listener on its way out.
+pub const PORT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn probe_port(addr: SocketAddr) -> io::Result<()> {
     if addr.port() == 0 {
         return Ok(());
     }
