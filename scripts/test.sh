@@ -40,6 +40,12 @@ if ! command -v haproxy >/dev/null 2>&1; then
   apt-get update >/dev/null && apt-get install -y haproxy >/dev/null
 fi
 
+# Debian's Chromium for tests/resume.rs (an EventSource in a headless browser).
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "== Chromium (Debian package)"
+  apt-get update >/dev/null && apt-get install -y chromium >/dev/null
+fi
+
 echo "== cargo test (workspace)"
 cargo test --workspace --release --locked 2>&1
 
