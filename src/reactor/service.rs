@@ -319,8 +319,12 @@ impl<'a, A> Link<'a, A> {
         if self.is_closing() {
             return;
         }
-        if self.conn.out.push_control(last, self.out_cap).is_err() {
+        self.conn.out.mark_turn(self.turn);
+        if let Err(Full) = self.conn.out.push_control(last.clone(), self.out_cap) {
+            // Past even the control slack: what is queued goes (the peer is not reading
+            // it), the last bytes still do.
             self.conn.out.clear();
+            let _ = self.conn.out.push_control(last, self.out_cap);
         }
         self.closing();
         self.queue_flush();

@@ -99,8 +99,9 @@ impl Log {
         self.entries.is_empty()
     }
 
-    /// Heap bytes this history holds: ring slots, `Arc` headers and data (the data is
-    /// shared with deliveries in flight, which end).
+    /// Heap bytes this history asked for: ring slots, `Arc` headers and data (the data is
+    /// shared with deliveries in flight, which end). The allocator rounds each message up
+    /// to 16 B on top, which `roomcast plan` counts and this does not.
     pub fn footprint(&self) -> usize {
         self.entries.capacity() * std::mem::size_of::<(u64, Arc<str>)>()
             + self.entries.len() * 16

@@ -195,6 +195,23 @@ fn finishing_sends_the_last_bytes_then_half_closes_and_drops_later_input() {
 }
 
 #[test]
+fn the_last_bytes_get_out_even_past_a_full_ring() {
+    let (mut core, _) = core(2);
+    let (slot, gen) = core.insert(0, None, Instant::now());
+    let mut link = core.cx.link(slot, gen).unwrap();
+    for i in 0..8u8 {
+        link.send_up_to(frame(&[b'0' + i, b'\n']), 8).unwrap();
+    }
+    link.finish(frame(b"bye\n"));
+    let (out, next) = sent(&mut core, slot);
+    assert_eq!(
+        out, b"bye\n",
+        "what was queued went, the last bytes did not"
+    );
+    assert_eq!(next, Next::ShutdownWrite);
+}
+
+#[test]
 fn a_connection_not_established_in_time_is_handed_to_the_service_then_closed() {
     let (mut core, _) = core(8);
     let t0 = Instant::now();
