@@ -48,7 +48,7 @@ pub mod flag {
     /// The peer broke the framing: what it sends after our close cannot be parsed (it is
     /// dropped unread until its EOF or the close timeout).
     pub const BROKEN: u8 = 1 << 4;
-    /// Gap notices are owed to this member (see [`crate::app::service::Gap`]).
+    /// Gap notices are owed to this member (see [`crate::app::slow::Gap`]).
     pub const OWED: u8 = 1 << 5;
 }
 

@@ -9,6 +9,7 @@
 //! - [`sse`]: `GET /sse`, the rooms as a server-sent event stream.
 //! - [`service`]: the [`Service`](crate::reactor::Service) impl: intents against rooms and
 //!   mesh, encoding a room's batch once per turn, delivery.
+//! - [`slow`]: slow-consumer policies and the `gap` notices they owe.
 //! - [`wire`]: the JSON ops, parsed and encoded.
 //! - [`auth`], [`authz`], [`gate`]: tokens, room rights, admission limits.
 
@@ -17,6 +18,7 @@ pub mod authz;
 pub mod conn;
 pub mod gate;
 pub mod service;
+pub mod slow;
 pub mod sse;
 pub mod wire;
 mod ws;
@@ -183,7 +185,7 @@ pub struct App {
     sse_closed: u64,
     /// Gap notices owed to members whose slow-consumer policy skipped messages, merged
     /// while they wait for room in the member's ring.
-    gaps: Vec<service::Gap>,
+    gaps: Vec<slow::Gap>,
     /// The event stream heartbeat, shared by the shard.
     sse_beat: SharedFrame,
     /// When the shard started, and ms since then as of this turn's end: the owner's clock

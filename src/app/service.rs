@@ -15,25 +15,15 @@ use std::sync::Arc;
 
 use crate::protocol::{CloseCode, OpCode, SharedFrame};
 use crate::reactor::conn::Conn;
-use crate::reactor::outring::Kind;
 use crate::reactor::{Cx, Link, Service};
 use crate::rooms::{owner_of, JoinRefused, ENCODINGS};
 
 use super::auth::{unix_now, Session};
 use super::conn::{flag, AppConn, Endpoint};
+use super::slow::{offer, send_gap};
 use super::sse::{self, ENC_MANY, ENC_ONE, ENC_WS};
 use super::ws::{fail, reply};
-use super::{gate, wire, App, Intent, Msg, Settings, SlowPolicy};
-
-/// A gap notice owed to a member: its slow-consumer policy skipped `from..=to` of `room`.
-#[derive(Debug)]
-pub struct Gap {
-    slot: u32,
-    gen: u32,
-    room: Arc<str>,
-    from: u64,
-    to: u64,
-}
+use super::{gate, wire, App, Intent, Msg};
 
 /// A publishing connection stops being read when the mesh queue towards the room's owner
 /// is fuller than capacity / PAUSE, and paused publishers are read again once every queue
@@ -584,152 +574,4 @@ fn encode<'a>(
             _ => sse::write_msg(room, epoch, *seq, data, encoding == ENC_ONE, out),
         }
     }
-}
-
-/// Offers a batch (`span` = its first and last seq) to one member, applying the
-/// slow-consumer policy when its ring is full. Whatever a policy skips is owed to the
-/// member as a gap notice, queued before its next delivery from the room (or at the end of
-/// the turn). Returns whether the batch was queued.
-fn offer(
-    cfg: &Settings,
-    gaps: &mut Vec<Gap>,
-    link: &mut Link<'_, AppConn>,
-    room: &Arc<str>,
-    span: (u64, u64),
-    frame: SharedFrame,
-    (turn, out_cap): (u32, usize),
-) -> bool {
-    let cap = out_cap * 4;
-    if link.app().has(flag::OWED) {
-        // What was skipped goes out before what comes after it.
-        pay(gaps, link, room, cap);
-    }
-    if link
-        .deliver(frame.clone(), cfg.max_queued_bytes, turn)
-        .is_ok()
-    {
-        link.stats.delivered += 1;
-        return true;
-    }
-    let queued = match cfg.slow_policy {
-        SlowPolicy::Close => {
-            link.stats.closed_slow += 1;
-            end(link, CloseCode::POLICY_VIOLATION, "slow consumer");
-            return false;
-        }
-        SlowPolicy::DropNewest => {
-            link.stats.dropped_newest += 1;
-            false
-        }
-        SlowPolicy::DropOldest => match link.drop_oldest() {
-            Some(old) => {
-                link.stats.dropped_oldest += 1;
-                if let Some((r, from, to)) = wire::span(old.as_bytes()) {
-                    let r = if r == &**room {
-                        room.clone()
-                    } else {
-                        Arc::from(r)
-                    };
-                    owe(gaps, link, r, from, to);
-                }
-                link.deliver_up_to(frame, cap).is_ok()
-            }
-            None => false,
-        },
-        SlowPolicy::Conflate => {
-            // The room's queued batches give way to this one, with one notice for all.
-            let mut skipped = Vec::new();
-            link.remove_queued(|f, kind| match wire::span(f.as_bytes()) {
-                Some((r, from, to)) if kind == Kind::Delivery && r == &**room => {
-                    skipped.push((from, to));
-                    true
-                }
-                _ => false,
-            });
-            link.stats.dropped_conflated += skipped.len() as u64;
-            for (from, to) in skipped {
-                owe(gaps, link, room.clone(), from, to);
-            }
-            pay(gaps, link, room, cap);
-            link.deliver_up_to(frame, cap).is_ok()
-        }
-    };
-    if queued {
-        link.stats.delivered += 1;
-    } else {
-        owe(gaps, link, room.clone(), span.0, span.1);
-    }
-    let drops = &mut link.app().drops;
-    *drops = drops.saturating_add(1);
-    queued
-}
-
-/// Records that `from..=to` of `room` was skipped for this member, merged with what is
-/// already owed when it continues it.
-fn owe(gaps: &mut Vec<Gap>, link: &mut Link<'_, AppConn>, room: Arc<str>, from: u64, to: u64) {
-    let (slot, gen) = (link.slot() as u32, link.gen());
-    link.app().set(flag::OWED);
-    let open = gaps
-        .iter_mut()
-        .find(|g| g.slot == slot && g.gen == gen && g.room == room && g.to + 1 == from);
-    match open {
-        Some(g) => g.to = to,
-        None => gaps.push(Gap {
-            slot,
-            gen,
-            room,
-            from,
-            to,
-        }),
-    }
-}
-
-/// Queues the notices this member is owed for `room`.
-fn pay(gaps: &mut Vec<Gap>, link: &mut Link<'_, AppConn>, room: &Arc<str>, cap: usize) {
-    let me = (link.slot() as u32, link.gen());
-    gaps.retain_mut(|g| (g.slot, g.gen) != me || g.room != *room || !send_gap(link, g, cap));
-    if !gaps.iter().any(|g| (g.slot, g.gen) == me) {
-        link.app().clear(flag::OWED);
-    }
-}
-
-/// Queues one gap notice in the member's encoding, in place of the unsent notices for the
-/// room it continues (so a member that stays slow holds one notice per room, not one per
-/// turn). False if the ring has no room (the gap stays owed).
-fn send_gap(link: &mut Link<'_, AppConn>, g: &mut Gap, cap: usize) -> bool {
-    let (room, mut from, mut to) = (g.room.clone(), g.from, g.to);
-    link.remove_queued(|f, kind| match wire::span(f.as_bytes()) {
-        Some((r, a, b))
-            if kind == Kind::Notice && r == &*room && (b + 1 == from || to + 1 == a) =>
-        {
-            (from, to) = (from.min(a), to.max(b));
-            true
-        }
-        _ => false,
-    });
-    let json = wire::gap_json(&room, from, to);
-    let frame = match link.app().encoding() {
-        ENC_WS => SharedFrame::new(OpCode::Text, &json),
-        _ => sse::event("gap", None, &json),
-    };
-    let sent = link.send_notice(frame, cap).is_ok();
-    if sent {
-        link.stats.gap_notices += 1;
-    } else {
-        (g.from, g.to) = (from, to);
-    }
-    sent
-}
-
-/// Ends a connection from our side: a close frame with `code` on a WebSocket, a `close`
-/// event on a stream.
-fn end(link: &mut Link<'_, AppConn>, code: CloseCode, reason: &str) {
-    if link.app().sse().is_none() {
-        return fail(link, code, reason);
-    }
-    let json = format!(
-        "{{\"op\":\"close\",\"reason\":{}}}",
-        serde_json::to_string(reason).unwrap_or_default()
-    );
-    link.finish(sse::event("close", None, json.as_bytes()));
 }
