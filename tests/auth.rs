@@ -1,6 +1,7 @@
 //! JWT auth over real sockets: every way a token can come (header, query, cookie,
 //! subprotocol, first message) × valid, expired, wrong signature, wrong room for join,
-//! wrong room for pub; expiry mid-connection and refresh; RS256 and ES256 keys.
+//! wrong room for pub; expiry mid-connection and refresh; RS256 and ES256 keys; the same
+//! checks (and Origin, and the per-user limit) on `/sse`.
 
 mod common;
 
@@ -117,7 +118,89 @@ fn refused(source: Source, why: &str) -> String {
     }
 }
 
+/// Opens `GET /sse?{query}` with `headers`; returns the status code, the response head and
+/// the stream (open on a 200) once the head and, on a 200, the first `joined` event are in.
+fn sse(
+    server: &Server,
+    query: &str,
+    headers: &[(&str, String)],
+) -> (u16, String, std::net::TcpStream) {
+    use std::io::{Read, Write};
+    let addr = server
+        .url("")
+        .trim_start_matches("ws://")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(5 * SECOND)).unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    write!(s, "GET /sse?{query} HTTP/1.1\r\nHost: t\r\n{extra}\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        let ok = text.starts_with("HTTP/1.1 200");
+        if (!ok && text.contains("\r\n\r\n"))
+            || text.contains("event: joined") && text.ends_with("\n\n")
+        {
+            let code = text[9..12].parse().unwrap();
+            return (code, text, s);
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => panic!("/sse?{query}: the stream ended after {text:?}"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
 both_backends! {
+    async fn event_streams_check_tokens_rights_origin_and_the_user_limit(backend: &str) {
+        let server = Server::start(
+            backend,
+            &[
+                "--jwt-secret", SECRET, "--auth-cookie", "rc_token",
+                "--allow-origin", "https://good.example", "--max-conns-per-user", "2",
+            ],
+        );
+        let (valid, bob) = (hs256(SECRET, &claims("ann", 60)), hs256(SECRET, &claims("bob", 60)));
+        let expired = hs256(SECRET, &claims("ann", -10));
+        let origin = ("Origin", "https://good.example".to_owned());
+        let ways: [(&str, Vec<(&str, String)>); 3] = [
+            ("room=public-chat&token=", vec![]),
+            ("room=public-chat", vec![("Authorization", format!("Bearer {bob}"))]),
+            ("room=public-chat", vec![("Cookie", format!("theme=dark; rc_token={bob}"))]),
+        ];
+        let mut open = Vec::new();
+        for (i, (query, headers)) in ways.iter().enumerate() {
+            let query = if i == 0 { format!("{query}{valid}") } else { query.to_string() };
+            let mut headers = headers.clone();
+            headers.push(origin.clone());
+            let (code, text, stream) = sse(&server, &query, &headers);
+            assert_eq!(code, 200, "{query} {headers:?}: {text}");
+            assert!(text.contains("Content-Type: text/event-stream"), "{text}");
+            assert!(text.contains("Access-Control-Allow-Origin: https://good.example"), "{text}");
+            open.push(stream);
+        }
+        let refused = |query: &str, headers: &[(&str, String)]| {
+            let (code, text, _) = sse(&server, query, headers);
+            (code, text.rsplit("\r\n\r\n").next().unwrap_or("").trim().to_owned())
+        };
+        let with_origin = std::slice::from_ref(&origin);
+        assert_eq!(refused("room=public-chat", with_origin).0, 401, "no token");
+        assert_eq!(refused(&format!("room=public-chat&token={expired}"), with_origin), (401, "token expired".into()));
+        assert_eq!(refused(&format!("room=private&token={valid}"), with_origin).0, 403, "no right to the room");
+        let evil = [("Origin", "https://evil.example".to_owned())];
+        assert_eq!(refused(&format!("room=public-chat&token={valid}"), &evil).0, 403, "origin");
+        // bob has two streams open: a third is over --max-conns-per-user.
+        let auth = [("Authorization", format!("Bearer {bob}")), origin.clone()];
+        assert_eq!(refused("room=public-chat", &auth).0, 429);
+        drop(open);
+        server.settles_to(0);
+    }
+
     async fn every_token_source_checks_signature_expiry_and_room_rights(backend: &str) {
         let server = Server::start(
             backend,
