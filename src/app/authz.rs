@@ -50,6 +50,12 @@ impl Sessions {
         self.by_slot.insert(slot, session)
     }
 
+    /// The slots of `user`'s connections. O(sessions).
+    pub fn slots_of(&self, user: &str) -> Vec<u32> {
+        let mine = self.by_slot.iter().filter(|(_, s)| &*s.sub == user);
+        mine.map(|(&slot, _)| slot).collect()
+    }
+
     pub fn remove(&mut self, slot: u32) -> Option<Session> {
         self.by_slot.remove(&slot)
     }

@@ -50,6 +50,10 @@ pub mod flag {
     pub const BROKEN: u8 = 1 << 4;
     /// Gap notices are owed to this member (see [`crate::app::slow::Gap`]).
     pub const OWED: u8 = 1 << 5;
+    /// An authorized API request whose body is still coming: it may hold that much input.
+    pub const API_BODY: u8 = 1 << 6;
+    /// An API request waits for the shards' answers: further input is dropped.
+    pub const API_WAIT: u8 = 1 << 7;
 }
 
 #[derive(Debug)]

@@ -11,8 +11,10 @@
 //!   mesh, encoding a room's batch once per turn, delivery.
 //! - [`slow`]: slow-consumer policies and the `gap` notices they owe.
 //! - [`wire`]: the JSON ops, parsed and encoded.
+//! - [`api`]: `/api/…`, the server API for backends.
 //! - [`auth`], [`authz`], [`gate`]: tokens, room rights, admission limits.
 
+pub mod api;
 pub mod auth;
 pub mod authz;
 pub mod conn;
@@ -87,14 +89,27 @@ pub enum Msg {
         shard: u16,
         encoding: u8,
     },
-    /// To the owner: publish `data` (raw JSON); acknowledge to `slot` if `id` is set.
+    /// To the owner: publish `data` (raw JSON); answer `slot` as `reply` says.
     Publish {
         room: Arc<str>,
         data: Arc<str>,
         shard: u16,
         slot: u32,
         gen: u32,
-        id: Option<u64>,
+        reply: Reply,
+    },
+    /// An API request on `shard` asks this shard something ([`api::Ask`]).
+    Ask {
+        shard: u16,
+        slot: u32,
+        gen: u32,
+        ask: api::Ask,
+    },
+    /// The answer, back to the requesting shard.
+    Answer {
+        slot: u32,
+        gen: u32,
+        answer: api::Answer,
     },
     /// From the owner: this turn's batch for `room`, messages `first..=last`, encoded once
     /// per encoding some member uses (indexed by encoding).
@@ -113,11 +128,27 @@ pub enum Msg {
     },
 }
 
+/// What the owner answers a publish with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// Nothing (a `pub` without `id`).
+    None,
+    /// `{"op":"ack","id":…}` to the publisher's WebSocket.
+    Ack(u64),
+    /// The `index`-th publish of an API request.
+    Api(u16),
+}
+
 impl crate::mesh::Message for Msg {
-    /// Deliveries and publishes may be dropped past the backlog limit (counted);
-    /// membership and acknowledgements never: losing one would corrupt a room.
+    /// Deliveries and WebSocket publishes may be dropped past the backlog limit (counted);
+    /// membership, acknowledgements and the API's requests never: losing one would
+    /// corrupt a room or leave a request unanswered.
     fn droppable(&self) -> bool {
-        matches!(self, Msg::Deliver { .. } | Msg::Publish { .. })
+        match self {
+            Msg::Deliver { .. } => true,
+            Msg::Publish { reply, .. } => !matches!(reply, Reply::Api(_)),
+            _ => false,
+        }
     }
 }
 
@@ -152,6 +183,9 @@ pub struct Settings {
     /// How much history each room keeps (`--history-size`, `--history-bytes`,
     /// `--history-ttl`).
     pub history: crate::rooms::Retention,
+    /// `--api-key` (None: the server API is off) and `--api-max-body`.
+    pub api_key: Option<Arc<str>>,
+    pub api_max_body: usize,
 }
 
 /// One shard's app: its share of the rooms, its connections' sessions.
@@ -168,6 +202,11 @@ pub struct App {
     intents: Vec<Intent>,
     /// Of those, publishes that will be acknowledged: they count against the ring.
     acks_owed: usize,
+    /// What an API request of the connection being handled asks of the shards, sent
+    /// right after; and the requests waiting for their answers.
+    api_sends: Vec<Msg>,
+    api_asks: Vec<(usize, api::Ask)>,
+    api_waits: Vec<api::Wait>,
     /// The ping every heartbeat sends: one frame shared by the whole shard.
     ping: SharedFrame,
     local: Local,
@@ -217,6 +256,9 @@ impl App {
             shards: shard.shards,
             intents: Vec::new(),
             acks_owed: 0,
+            api_sends: Vec::new(),
+            api_asks: Vec::new(),
+            api_waits: Vec::new(),
             ping: SharedFrame::new(OpCode::Ping, b""),
             local: Local::default(),
             owner: Owner::new(shard.shards, history, epoch_seed(shard.index)),

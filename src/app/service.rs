@@ -23,7 +23,7 @@ use super::conn::{flag, AppConn, Endpoint};
 use super::slow::{offer, send_gap};
 use super::sse::{self, ENC_MANY, ENC_ONE, ENC_WS};
 use super::ws::{fail, reply};
-use super::{gate, wire, App, Intent, Msg};
+use super::{api, gate, wire, App, Intent, Msg, Reply};
 
 /// A publishing connection stops being read when the mesh queue towards the room's owner
 /// is fuller than capacity / PAUSE, and paused publishers are read again once every queue
@@ -46,6 +46,9 @@ impl Service for App {
         };
         self.apply_intents(cx, slot);
         self.acks_owed = 0;
+        if !self.api_sends.is_empty() || !self.api_asks.is_empty() {
+            self.send_api(cx, slot);
+        }
         n
     }
 
@@ -259,7 +262,7 @@ impl App {
                         shard: me,
                         slot: who,
                         gen,
-                        id,
+                        reply: id.map_or(Reply::None, Reply::Ack),
                     };
                     cx.mesh.send(owner, msg);
                     // Flow control: a publisher faster than the owner can take stops being
@@ -421,14 +424,33 @@ impl App {
                 shard,
                 slot,
                 gen,
-                id,
+                reply,
             } => {
                 // No members anywhere: nothing is kept, and the ack says seq 0.
-                let seq = self.owner.publish(&room, data, self.clock_ms).unwrap_or(0);
-                if let Some(id) = id {
-                    cx.mesh.send(shard.into(), Msg::Ack { slot, gen, id, seq });
+                let published = self.owner.publish(&room, data, self.clock_ms);
+                let seq = published.map_or(0, |p| p.0);
+                let to = shard.into();
+                match reply {
+                    Reply::None => {}
+                    Reply::Ack(id) => cx.mesh.send(to, Msg::Ack { slot, gen, id, seq }),
+                    Reply::Api(index) => {
+                        let epoch = published.map(|p| p.1);
+                        let answer = api::Answer::Published { index, seq, epoch };
+                        cx.mesh.send(to, Msg::Answer { slot, gen, answer });
+                    }
                 }
             }
+            Msg::Ask {
+                shard,
+                slot,
+                gen,
+                ask,
+            } => {
+                let answer = self.on_ask(cx, ask);
+                cx.mesh
+                    .send(shard.into(), Msg::Answer { slot, gen, answer });
+            }
+            Msg::Answer { slot, gen, answer } => self.on_answer(cx, slot, gen, answer),
             Msg::Joined {
                 room,
                 slot,

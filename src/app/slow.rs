@@ -165,7 +165,7 @@ pub(super) fn send_gap(link: &mut Link<'_, AppConn>, g: &mut Gap, cap: usize) ->
 
 /// Ends a connection from our side: a close frame with `code` on a WebSocket, a `close`
 /// event on a stream.
-fn end(link: &mut Link<'_, AppConn>, code: CloseCode, reason: &str) {
+pub(super) fn end(link: &mut Link<'_, AppConn>, code: CloseCode, reason: &str) {
     if link.app().sse().is_none() {
         return fail(link, code, reason);
     }

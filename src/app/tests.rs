@@ -25,6 +25,8 @@ pub(super) fn settings() -> Settings {
             bytes: 1 << 20,
             ttl_ms: 300_000,
         },
+        api_key: Some("k3y".into()),
+        api_max_body: 1 << 16,
     }
 }
 

@@ -22,9 +22,10 @@ impl App {
     /// Bytes for one connection. Returns how many were consumed.
     pub(super) fn receive(&mut self, link: L, buf: &mut [u8]) -> usize {
         let (closing, broken) = (link.is_closing(), link.app().has(flag::BROKEN));
+        let waiting = link.app().has(flag::API_WAIT);
         match &link.app().ep {
             // After the response: dropped (the reactor lingers until the client's EOF).
-            Endpoint::Http if closing => buf.len(),
+            Endpoint::Http if closing || waiting => buf.len(),
             Endpoint::Http => self.request(link, buf),
             // An event stream's client has nothing more to say.
             Endpoint::Sse(_) => buf.len(),
@@ -37,6 +38,9 @@ impl App {
     /// How much unconsumed input a connection may hold outside a pause.
     pub(super) fn pending_bound(&self, conn: &AppConn) -> usize {
         match conn.ep {
+            Endpoint::Http if conn.has(flag::API_BODY) => {
+                self.cfg.max_header_bytes + self.cfg.api_max_body
+            }
             Endpoint::Http | Endpoint::Sse(_) => self.cfg.max_header_bytes,
             Endpoint::Ws(_) => MAX_TAIL,
         }
@@ -52,6 +56,13 @@ impl App {
             }
         };
         match parsed {
+            Parsed::Plain(req) if req.path.starts_with("/api/") => {
+                self.api(link, &req, head_len, buf)
+            }
+            Parsed::Plain(req) if req.method != "GET" => {
+                refuse(link, Status::MethodNotAllowed, "use GET");
+                buf.len()
+            }
             Parsed::Plain(req) if req.path == "/sse" => {
                 self.open_stream(link, &req);
                 buf.len()

@@ -63,6 +63,8 @@ pub const GROUPS: &[(&str, &[&str])] = &[
             "jwt-secret",
             "jwt-public-key",
             "auth-cookie",
+            "api-key",
+            "api-max-body",
         ],
     ),
     ("history", &["history-size", "history-bytes", "history-ttl"]),
@@ -74,7 +76,7 @@ pub const GROUPS: &[(&str, &[&str])] = &[
 const NOT_IN_FILES: &[&str] = &["config", "print-config", "help"];
 
 /// Settings whose value is a secret: `--print-config` does not print it.
-pub const SECRETS: &[&str] = &["jwt-secret"];
+pub const SECRETS: &[&str] = &["jwt-secret", "api-key"];
 
 /// The group of `key`.
 pub fn group_of(key: &str) -> &'static str {

@@ -293,6 +293,21 @@ pub struct ServeConfig {
     )]
     pub auth_cookie: Option<String>,
 
+    /// Turns the server API (`/api/…`) on: requests must send `Authorization: apikey
+    /// <KEY>`. Off when unset: every `/api/` request is a 404.
+    #[arg(long = "api-key", value_name = "KEY", env = "ROOMCAST_API_KEY")]
+    pub api_key: Option<String>,
+
+    /// The largest body an API request may send (bytes, or with K/M/G).
+    #[arg(
+        long = "api-max-body",
+        value_name = "BYTES",
+        env = "ROOMCAST_API_MAX_BODY",
+        default_value = "1MiB",
+        value_parser = crate::ops::capacity::parse_bytes
+    )]
+    pub api_max_body: u64,
+
     /// Seconds over which a drain (SIGTERM/SIGINT) spreads its 1001 closes.
     #[arg(
         long = "drain-window",
@@ -411,6 +426,12 @@ impl ServeConfig {
             slow_policy: self.slow_policy,
             max_rooms_per_conn: self.max_rooms_per_conn,
             max_queued_bytes: self.max_queued_bytes,
+            api_key: self
+                .api_key
+                .as_deref()
+                .filter(|k| !k.is_empty())
+                .map(Into::into),
+            api_max_body: self.api_max_body.min(u32::MAX as u64) as usize,
             history: crate::rooms::Retention {
                 size: self.history_size,
                 bytes: self.history_bytes.min(usize::MAX as u64) as usize,

@@ -17,6 +17,11 @@ pub const MAX_HEADERS: usize = 48;
 /// What a request carried that policy code decides on. Borrowed from the read buffer.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Request<'a> {
+    /// `GET`, or `POST` (plain requests only).
+    pub method: &'a str,
+    /// `Content-Length` and `Transfer-Encoding` as sent (a POST's body).
+    pub content_length: Option<&'a str>,
+    pub transfer_encoding: Option<&'a str>,
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub host: Option<&'a str>,
@@ -85,8 +90,10 @@ pub fn parse(
 }
 
 fn validate<'a>(req: &httparse::Request<'_, 'a>) -> Result<Parsed<'a>, HandshakeError> {
-    // RFC 6455 §4.2.1 (1): "An HTTP/1.1 or higher GET request".
-    if req.method != Some("GET") {
+    // RFC 6455 §4.2.1 (1): "An HTTP/1.1 or higher GET request". A plain request may also
+    // be a POST (the server API); anything else is refused here.
+    let method = req.method.unwrap_or("");
+    if method != "GET" && method != "POST" {
         return Err(HandshakeError::MethodNotGet);
     }
     if req.version != Some(1) {
@@ -100,7 +107,7 @@ fn validate<'a>(req: &httparse::Request<'_, 'a>) -> Result<Parsed<'a>, Handshake
     // One pass over the fields, matched without allocating. Repeated fields form one
     // comma-separated list (RFC 9110 §5.3); the first occurrence is kept, which is what
     // matters for every field read here.
-    const NAMES: [&str; 11] = [
+    const NAMES: [&str; 13] = [
         "host",
         "origin",
         "cookie",
@@ -112,8 +119,10 @@ fn validate<'a>(req: &httparse::Request<'_, 'a>) -> Result<Parsed<'a>, Handshake
         "sec-websocket-key",
         "sec-websocket-version",
         "last-event-id",
+        "content-length",
+        "transfer-encoding",
     ];
-    let mut fields: [Option<&'a str>; 11] = [None; 11];
+    let mut fields: [Option<&'a str>; 13] = [None; 13];
     for h in req.headers.iter() {
         let Some(i) = NAMES.iter().position(|n| n.eq_ignore_ascii_case(h.name)) else {
             continue;
@@ -122,9 +131,12 @@ fn validate<'a>(req: &httparse::Request<'_, 'a>) -> Result<Parsed<'a>, Handshake
             fields[i].get_or_insert(value.trim());
         }
     }
-    let [host, origin, cookie, authorization, protocols, extensions, upgrade, connection, key, version, last_event_id] =
+    let [host, origin, cookie, authorization, protocols, extensions, upgrade, connection, key, version, last_event_id, content_length, transfer_encoding] =
         fields;
     let mut request = Request {
+        method,
+        content_length,
+        transfer_encoding,
         path,
         query,
         host,
@@ -143,6 +155,9 @@ fn validate<'a>(req: &httparse::Request<'_, 'a>) -> Result<Parsed<'a>, Handshake
     let Some(upgrade) = upgrade else {
         return Ok(Parsed::Plain(request));
     };
+    if method != "GET" {
+        return Err(HandshakeError::MethodNotGet);
+    }
     // §4.2.1 (3), (4): token lists, compared case-insensitively.
     if !tokens(upgrade).any(|t| t.eq_ignore_ascii_case("websocket")) {
         return Err(HandshakeError::UpgradeNotWebsocket);

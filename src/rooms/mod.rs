@@ -78,6 +78,18 @@ pub struct Joined {
 /// encodings to make).
 pub type Batch<'a> = std::collections::vec_deque::Iter<'a, (u64, Arc<str>)>;
 
+/// A stretch of a room's history ([`Owner::page`]).
+#[derive(Debug)]
+pub struct Page {
+    pub room: Arc<str>,
+    pub epoch: u32,
+    /// The room's last seq.
+    pub seq: u64,
+    /// Whether the history reaches back to the `since` asked for.
+    pub complete: bool,
+    pub messages: Vec<(u64, Arc<str>)>,
+}
+
 /// A room's batch for this turn, as [`Owner::seal`] hands it out.
 pub struct Sealed<'a> {
     pub room: &'a Arc<str>,
@@ -248,7 +260,7 @@ impl Owner {
     /// Assigns the next sequence number and adds the message to this turn's batch (and to
     /// the room's history). `None`: the room does not exist (no members, no history), so
     /// nothing is kept and nobody receives it. Cost: O(1), no copy of `data`.
-    pub fn publish(&mut self, room: &Arc<str>, data: Arc<str>, now_ms: u64) -> Option<u64> {
+    pub fn publish(&mut self, room: &Arc<str>, data: Arc<str>, now_ms: u64) -> Option<(u64, u32)> {
         let r = self.rooms.get_mut(room)?;
         r.seq += 1;
         if r.seq == r.sealed + 1 {
@@ -256,7 +268,29 @@ impl Owner {
         }
         r.log.push(r.seq, data);
         r.active_ms = now_ms;
-        Some(r.seq)
+        Some((r.seq, r.epoch))
+    }
+
+    /// Up to `limit` of `room`'s messages after `since` (`None`: no such room). Cost:
+    /// O(limit).
+    pub fn page(&self, room: &Arc<str>, since: u64, limit: usize) -> Option<Page> {
+        let r = self.rooms.get(room)?;
+        Some(Page {
+            room: room.clone(),
+            epoch: r.epoch,
+            seq: r.seq,
+            complete: r.log.covers_after(since.min(r.seq), r.seq),
+            messages: r.log.after(since).take(limit).cloned().collect(),
+        })
+    }
+
+    /// Every room owned here, with its members on all shards. O(rooms).
+    pub fn rooms(&self) -> Vec<(Arc<str>, u64)> {
+        let total = |r: &OwnedRoom| r.members.iter().map(|&m| u64::from(m)).sum();
+        self.rooms
+            .iter()
+            .map(|(name, r)| (name.clone(), total(r)))
+            .collect()
     }
 
     /// Ends the turn: hands each room's batch, in seq order, to `deliver`, then trims the
@@ -474,8 +508,8 @@ mod tests {
         );
         assert_eq!(o.join(&r, 0, 0, None).seq, 0);
         assert_eq!(o.join(&r, 1, 0, None).seq, 0);
-        assert_eq!(o.publish(&r, name("1"), 0), Some(1));
-        assert_eq!(o.publish(&r, name("\"two\""), 0), Some(2));
+        assert_eq!(o.publish(&r, name("1"), 0).map(|p| p.0), Some(1));
+        assert_eq!(o.publish(&r, name("\"two\""), 0).map(|p| p.0), Some(2));
         let got = sealed(&mut o);
         assert_eq!(got.len(), 1, "one batch per room per turn");
         let (_, batch, members, span) = &got[0];
@@ -537,7 +571,11 @@ mod tests {
         o.publish(&r, name("1"), 10);
         sealed(&mut o);
         o.leave(&r, 0, 1, 100);
-        assert_eq!(o.publish(&r, name("2"), 500), Some(2), "still recorded");
+        assert_eq!(
+            o.publish(&r, name("2"), 500).map(|p| p.0),
+            Some(2),
+            "still recorded"
+        );
         sealed(&mut o);
         o.expire(1099);
         let j = o.join(&r, 0, 0, Some((0, e)));

@@ -1,0 +1,592 @@
+//! The server API: `/api/…`, JSON over plain HTTP, for backends that publish, read history
+//! and manage users without holding a WebSocket. Off unless `--api-key` is set (every
+//! `/api/` request is then a 404); the key comes as `Authorization: apikey <key>`.
+//!
+//! A request is answered by its connection's shard once the shards concerned have: a
+//! publish goes to the room's owner like a `/ws` `pub` and its seq comes back; history
+//! asks the owner; presence, rooms and disconnect ask every shard and add up the answers.
+//! One request per connection: the response closes it.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::protocol::handshake::{self, Request};
+use crate::protocol::{CloseCode, SharedFrame, Status};
+use crate::reactor::{Cx, Link};
+use crate::rooms::owner_of;
+
+use super::conn::{flag, AppConn};
+use super::slow::end;
+use super::{wire, App, Msg, Reply};
+
+/// The most messages one history request returns.
+pub const MAX_HISTORY_LIMIT: usize = 1000;
+
+/// What a shard is asked on behalf of an API request elsewhere.
+#[derive(Debug)]
+pub enum Ask {
+    /// To the owner: `room`'s messages after `since`, at most `limit`.
+    History {
+        room: Arc<str>,
+        since: u64,
+        limit: usize,
+    },
+    /// To every shard: its members of `room` and their users.
+    Presence { room: Arc<str> },
+    /// To every shard: the rooms it owns, with their members.
+    Rooms,
+    /// To every shard: close `user`'s connections with `code` and `reason`.
+    Disconnect {
+        user: Arc<str>,
+        code: u16,
+        reason: Arc<str>,
+    },
+}
+
+/// A shard's answer to an [`Ask`].
+#[derive(Debug)]
+pub enum Answer {
+    History(Option<crate::rooms::Page>),
+    Presence {
+        members: u64,
+        users: Vec<Arc<str>>,
+    },
+    Rooms(Vec<(Arc<str>, u64)>),
+    Closed(u64),
+    /// A publish of a broadcast (or a publish) got `seq` in `epoch` (0, `None`: the room
+    /// does not exist).
+    Published {
+        index: u16,
+        seq: u64,
+        epoch: Option<u32>,
+    },
+}
+
+/// An API request waiting for its answers.
+#[derive(Debug)]
+pub struct Wait {
+    slot: u32,
+    gen: u32,
+    /// Answers still to come.
+    left: usize,
+    acc: Acc,
+}
+
+#[derive(Debug)]
+enum Acc {
+    Publish {
+        rooms: Vec<Arc<str>>,
+        results: Vec<(u64, Option<u32>)>,
+        broadcast: bool,
+    },
+    History,
+    Presence {
+        room: Arc<str>,
+        members: u64,
+        users: BTreeSet<Arc<str>>,
+    },
+    Rooms(Vec<(Arc<str>, u64)>),
+    Closed(u64),
+}
+
+#[derive(Deserialize)]
+struct PublishBody<'a> {
+    #[serde(borrow)]
+    room: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    rooms: Option<Vec<std::borrow::Cow<'a, str>>>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct DisconnectBody {
+    user: Option<String>,
+    code: Option<u16>,
+    reason: Option<String>,
+}
+
+type L<'a, 'b> = &'a mut Link<'b, AppConn>;
+
+/// Answers with `status` and a JSON body, then closes.
+fn respond(link: L, status: Status, body: &str) {
+    let mut out = Vec::with_capacity(128 + body.len());
+    let json = "application/json";
+    handshake::http_response(status, json, "", body.as_bytes(), true, &mut out);
+    link.finish(SharedFrame::from_encoded(Arc::from(out)));
+}
+
+/// `{"error":<code>,"msg":<msg>}` with `status`.
+fn error(link: L, status: Status, code: &str, msg: &str) {
+    let body = serde_json::json!({"error": code, "msg": msg}).to_string();
+    respond(link, status, &body);
+}
+
+impl App {
+    /// An `/api/` request whose head is in `buf[..head_len]`. Returns how many bytes were
+    /// consumed: 0 while the body is still coming.
+    pub(super) fn api(&mut self, link: L, req: &Request<'_>, head_len: usize, buf: &[u8]) -> usize {
+        let Some(key) = self.cfg.api_key.clone() else {
+            error(
+                link,
+                Status::NotFound,
+                "not_found",
+                "the server API is off (--api-key)",
+            );
+            return buf.len();
+        };
+        let given = req
+            .authorization
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("apikey"))
+            .map(|(_, k)| k.trim());
+        if !given.is_some_and(|k| same(k.as_bytes(), key.as_bytes())) {
+            link.stats.auth_failures += 1;
+            error(
+                link,
+                Status::Unauthorized,
+                "unauthorized",
+                "send Authorization: apikey <key>",
+            );
+            return buf.len();
+        }
+        let post = req.method == "POST";
+        let known = [
+            ("/api/publish", true),
+            ("/api/broadcast", true),
+            ("/api/disconnect", true),
+            ("/api/history", false),
+            ("/api/presence", false),
+            ("/api/rooms", false),
+        ];
+        let Some(&(_, wants_post)) = known.iter().find(|(p, _)| *p == req.path) else {
+            error(link, Status::NotFound, "not_found", "no such API endpoint");
+            return buf.len();
+        };
+        if post != wants_post {
+            let allowed = if wants_post { "POST" } else { "GET" };
+            error(
+                link,
+                Status::MethodNotAllowed,
+                "method_not_allowed",
+                &format!("use {allowed}"),
+            );
+            return buf.len();
+        }
+        let mut body: &[u8] = &[];
+        if post {
+            if req.transfer_encoding.is_some() {
+                let msg = "send the body with Content-Length, not chunked";
+                error(link, Status::LengthRequired, "length_required", msg);
+                return buf.len();
+            }
+            let Some(len) = req.content_length.and_then(|v| v.parse::<usize>().ok()) else {
+                error(
+                    link,
+                    Status::LengthRequired,
+                    "length_required",
+                    "Content-Length is required",
+                );
+                return buf.len();
+            };
+            if len > self.cfg.api_max_body {
+                let msg = format!(
+                    "bodies are at most {} bytes (--api-max-body)",
+                    self.cfg.api_max_body
+                );
+                error(link, Status::PayloadTooLarge, "too_large", &msg);
+                return buf.len();
+            }
+            if buf.len() < head_len + len {
+                // Authorized and within the cap: the connection may hold the whole body.
+                link.app().set(flag::API_BODY);
+                return 0;
+            }
+            body = &buf[head_len..head_len + len];
+        }
+        link.app().set(flag::API_WAIT);
+        match req.path {
+            "/api/publish" | "/api/broadcast" => {
+                self.api_publish(link, body, req.path == "/api/broadcast")
+            }
+            "/api/disconnect" => self.api_disconnect(link, body),
+            "/api/history" => self.api_history(link, req),
+            "/api/presence" => match req.query_param("room").map(wire::validate_room) {
+                Some(Ok(())) => {
+                    let room: Arc<str> = Arc::from(req.query_param("room").unwrap_or(""));
+                    let acc = Acc::Presence {
+                        room: room.clone(),
+                        members: 0,
+                        users: BTreeSet::new(),
+                    };
+                    self.ask_all(link, Ask::Presence { room }, acc);
+                }
+                Some(Err(e)) => error(link, Status::BadRequest, e.code, &e.msg),
+                None => error(
+                    link,
+                    Status::BadRequest,
+                    "missing_field",
+                    "?room= is required",
+                ),
+            },
+            _ => self.ask_all(link, Ask::Rooms, Acc::Rooms(Vec::new())),
+        }
+        buf.len()
+    }
+
+    fn api_publish(&mut self, link: L, body: &[u8], broadcast: bool) {
+        let parsed: PublishBody<'_> = match serde_json::from_slice(body) {
+            Ok(p) => p,
+            Err(e) => return error(link, Status::BadRequest, "bad_json", &e.to_string()),
+        };
+        let rooms: Vec<std::borrow::Cow<'_, str>> = match (broadcast, parsed.room, parsed.rooms) {
+            (false, Some(room), _) => vec![room],
+            (true, _, Some(rooms)) if !rooms.is_empty() => rooms,
+            (false, ..) => {
+                return error(
+                    link,
+                    Status::BadRequest,
+                    "missing_field",
+                    "\"room\" is required",
+                )
+            }
+            (true, ..) => {
+                return error(
+                    link,
+                    Status::BadRequest,
+                    "missing_field",
+                    "\"rooms\" must list rooms",
+                )
+            }
+        };
+        if rooms.len() > usize::from(u16::MAX) {
+            return error(link, Status::PayloadTooLarge, "too_large", "too many rooms");
+        }
+        for room in &rooms {
+            if let Err(e) = wire::validate_room(room) {
+                return error(link, Status::BadRequest, e.code, &e.msg);
+            }
+        }
+        let Some(data) = parsed.data else {
+            return error(
+                link,
+                Status::BadRequest,
+                "missing_field",
+                "\"data\" is required",
+            );
+        };
+        // One copy out of the request, shared by every room's history and delivery.
+        let data: Arc<str> = Arc::from(data.get());
+        let rooms: Vec<Arc<str>> = rooms.iter().map(|r| Arc::from(&**r)).collect();
+        for (index, room) in rooms.iter().enumerate() {
+            link.stats.published += 1;
+            self.api_sends.push(Msg::Publish {
+                room: room.clone(),
+                data: data.clone(),
+                shard: self.shard as u16,
+                slot: link.slot() as u32,
+                gen: link.gen(),
+                reply: Reply::Api(index as u16),
+            });
+        }
+        let results = vec![(0, None); rooms.len()];
+        self.wait(
+            link,
+            rooms.len(),
+            Acc::Publish {
+                rooms,
+                results,
+                broadcast,
+            },
+        );
+    }
+
+    fn api_history(&mut self, link: L, req: &Request<'_>) {
+        let room = match req.query_param("room") {
+            Some(r) => r,
+            None => {
+                return error(
+                    link,
+                    Status::BadRequest,
+                    "missing_field",
+                    "?room= is required",
+                )
+            }
+        };
+        if let Err(e) = wire::validate_room(room) {
+            return error(link, Status::BadRequest, e.code, &e.msg);
+        }
+        let number = |name: &str, default: u64| match req.query_param(name) {
+            None => Some(default),
+            Some(v) => v.parse::<u64>().ok(),
+        };
+        let (Some(since), Some(limit)) = (number("since", 0), number("limit", 100)) else {
+            return error(
+                link,
+                Status::BadRequest,
+                "bad_number",
+                "since and limit are whole numbers",
+            );
+        };
+        let limit = (limit as usize).min(MAX_HISTORY_LIMIT);
+        let room: Arc<str> = Arc::from(room);
+        let owner = owner_of(&room, self.shards);
+        let ask = Ask::History { room, since, limit };
+        self.api_asks.push((owner, ask));
+        self.wait(link, 1, Acc::History);
+    }
+
+    fn api_disconnect(&mut self, link: L, body: &[u8]) {
+        let parsed: DisconnectBody = match serde_json::from_slice(body) {
+            Ok(p) => p,
+            Err(e) => return error(link, Status::BadRequest, "bad_json", &e.to_string()),
+        };
+        let Some(user) = parsed.user.filter(|u| !u.is_empty()) else {
+            return error(
+                link,
+                Status::BadRequest,
+                "missing_field",
+                "\"user\" is required",
+            );
+        };
+        let code = parsed.code.unwrap_or(4000);
+        if !(code == 1000 || (3000..=4999).contains(&code)) {
+            let msg = "code is 1000 or 3000-4999";
+            return error(link, Status::BadRequest, "invalid_code", msg);
+        }
+        let reason = parsed
+            .reason
+            .unwrap_or_else(|| "disconnected by the server".into());
+        if reason.len() > 123 {
+            let msg = "a close reason is at most 123 bytes";
+            return error(link, Status::BadRequest, "invalid_reason", msg);
+        }
+        let ask = Ask::Disconnect {
+            user: Arc::from(user),
+            code,
+            reason: Arc::from(reason),
+        };
+        self.ask_all(link, ask, Acc::Closed(0));
+    }
+
+    /// Asks every shard (ours included) and waits for all the answers.
+    fn ask_all(&mut self, link: L, ask: Ask, acc: Acc) {
+        for shard in 1..self.shards {
+            let copy = match &ask {
+                Ask::Presence { room } => Ask::Presence { room: room.clone() },
+                Ask::Rooms => Ask::Rooms,
+                Ask::Disconnect { user, code, reason } => Ask::Disconnect {
+                    user: user.clone(),
+                    code: *code,
+                    reason: reason.clone(),
+                },
+                Ask::History { .. } => unreachable!("history asks the owner only"),
+            };
+            self.api_asks
+                .push(((self.shard + shard) % self.shards, copy));
+        }
+        self.api_asks.push((self.shard, ask));
+        self.wait(link, self.shards, acc);
+    }
+
+    fn wait(&mut self, link: L, left: usize, acc: Acc) {
+        self.api_waits.push(Wait {
+            slot: link.slot() as u32,
+            gen: link.gen(),
+            left,
+            acc,
+        });
+    }
+
+    /// Sends what API requests of this connection's input asked of the shards.
+    pub(super) fn send_api(&mut self, cx: &mut Cx<App>, slot: usize) {
+        let gen = cx.gen(slot).unwrap_or(0);
+        for msg in self.api_sends.drain(..) {
+            let Msg::Publish { room, .. } = &msg else {
+                continue;
+            };
+            cx.mesh.send(owner_of(room, self.shards), msg);
+        }
+        let me = self.shard as u16;
+        for (shard, ask) in self.api_asks.drain(..) {
+            let msg = Msg::Ask {
+                shard: me,
+                slot: slot as u32,
+                gen,
+                ask,
+            };
+            cx.mesh.send(shard, msg);
+        }
+    }
+
+    /// This shard's answer to an API request on `shard`.
+    pub(super) fn on_ask(&mut self, cx: &mut Cx<App>, ask: Ask) -> Answer {
+        match ask {
+            Ask::History { room, since, limit } => {
+                Answer::History(self.owner.page(&room, since, limit))
+            }
+            Ask::Presence { room } => {
+                // Members on their way out (closing) no longer count.
+                let mut present = Vec::new();
+                for &slot in self.local.members(&room) {
+                    if cx.link_any(slot as usize).is_some_and(|l| !l.is_closing()) {
+                        present.push(slot);
+                    }
+                }
+                let users = present
+                    .iter()
+                    .filter_map(|&slot| self.sessions.get(slot).map(|s| Arc::from(&*s.sub)))
+                    .collect();
+                Answer::Presence {
+                    members: present.len() as u64,
+                    users,
+                }
+            }
+            Ask::Rooms => Answer::Rooms(self.owner.rooms()),
+            Ask::Disconnect { user, code, reason } => {
+                let slots = self.sessions.slots_of(&user);
+                let mut closed = 0;
+                for slot in slots {
+                    if let Some(mut link) = cx.link_any(slot as usize) {
+                        if !link.is_closing() {
+                            closed += 1;
+                            end(&mut link, CloseCode(code), &reason);
+                        }
+                    }
+                }
+                Answer::Closed(closed)
+            }
+        }
+    }
+
+    /// An answer for the API request of `(slot, gen)`: once all are in, the response.
+    pub(super) fn on_answer(&mut self, cx: &mut Cx<App>, slot: u32, gen: u32, answer: Answer) {
+        let Some(i) = self
+            .api_waits
+            .iter()
+            .position(|w| w.slot == slot && w.gen == gen)
+        else {
+            return;
+        };
+        let w = &mut self.api_waits[i];
+        w.left = w.left.saturating_sub(1);
+        match (&mut w.acc, answer) {
+            (Acc::Publish { results, .. }, Answer::Published { index, seq, epoch }) => {
+                if let Some(r) = results.get_mut(usize::from(index)) {
+                    *r = (seq, epoch);
+                }
+            }
+            (
+                Acc::Presence { members, users, .. },
+                Answer::Presence {
+                    members: m,
+                    users: u,
+                },
+            ) => {
+                *members += m;
+                users.extend(u);
+            }
+            (Acc::Rooms(all), Answer::Rooms(mut r)) => all.append(&mut r),
+            (Acc::Closed(n), Answer::Closed(m)) => *n += m,
+            (Acc::History, Answer::History(page)) => {
+                let w = self.api_waits.swap_remove(i);
+                if let Some(mut link) = cx.link(slot as usize, gen) {
+                    match page {
+                        Some(p) => respond(&mut link, Status::Ok, &page_json(&p)),
+                        None => error(
+                            &mut link,
+                            Status::NotFound,
+                            "unknown_room",
+                            "no such room: no members and no history",
+                        ),
+                    }
+                }
+                drop(w);
+                return;
+            }
+            _ => {}
+        }
+        if w.left > 0 {
+            return;
+        }
+        let w = self.api_waits.swap_remove(i);
+        let Some(mut link) = cx.link(slot as usize, gen) else {
+            return;
+        };
+        let body = match w.acc {
+            Acc::Publish {
+                rooms,
+                results,
+                broadcast,
+            } => {
+                let one = |room: &str, (seq, epoch): (u64, Option<u32>)| {
+                    let epoch =
+                        epoch.map(|e| String::from_utf8_lossy(&wire::format_epoch(e)).into_owned());
+                    serde_json::json!({"room": room, "seq": seq, "epoch": epoch})
+                };
+                if broadcast {
+                    let all: Vec<_> = rooms.iter().zip(results).map(|(r, x)| one(r, x)).collect();
+                    serde_json::json!({ "results": all })
+                } else {
+                    let mut v = one(&rooms[0], results[0]);
+                    v.as_object_mut().map(|o| o.remove("room"));
+                    v
+                }
+            }
+            Acc::Presence {
+                room,
+                members,
+                users,
+            } => {
+                let mut v = serde_json::json!({"room": &*room, "members": members});
+                if self.sessions.required {
+                    v["users"] = users
+                        .iter()
+                        .map(|u| serde_json::Value::from(&**u))
+                        .collect();
+                }
+                v
+            }
+            Acc::Rooms(mut all) => {
+                all.sort();
+                let rooms: Vec<_> = all
+                    .iter()
+                    .map(|(r, n)| serde_json::json!({"room": &**r, "members": n}))
+                    .collect();
+                serde_json::json!({ "rooms": rooms })
+            }
+            Acc::Closed(n) => serde_json::json!({ "closed": n }),
+            Acc::History => return,
+        };
+        respond(&mut link, Status::Ok, &body.to_string());
+    }
+}
+
+/// `{"room":…,"epoch":…,"seq":…,"complete":…,"messages":[{"seq":…,"data":<as sent>},…]}`,
+/// each `data` spliced in as it was published.
+fn page_json(p: &crate::rooms::Page) -> String {
+    let epoch = wire::format_epoch(p.epoch);
+    let mut out = format!(
+        "{{\"room\":\"{}\",\"epoch\":\"{}\",\"seq\":{},\"complete\":{},\"messages\":[",
+        p.room,
+        String::from_utf8_lossy(&epoch),
+        p.seq,
+        p.complete
+    );
+    for (i, (seq, data)) in p.messages.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!("{{\"seq\":{seq},\"data\":{data}}}"));
+    }
+    out.push_str("]}");
+    out
+}
+
+/// Compares a key without stopping at the first difference.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
