@@ -87,6 +87,8 @@ enum Acc {
         room: Arc<str>,
         members: u64,
         users: BTreeSet<Arc<str>>,
+        /// Asked by a WebSocket's `presence` op, not an API request.
+        ws: bool,
     },
     Rooms(Vec<(Arc<str>, u64)>),
     Closed(u64),
@@ -217,12 +219,7 @@ impl App {
             "/api/presence" => match req.query_param("room").map(wire::validate_room) {
                 Some(Ok(())) => {
                     let room: Arc<str> = Arc::from(req.query_param("room").unwrap_or(""));
-                    let acc = Acc::Presence {
-                        room: room.clone(),
-                        members: 0,
-                        users: BTreeSet::new(),
-                    };
-                    self.ask_all(link, Ask::Presence { room }, acc);
+                    self.ask_presence(link, room, false);
                 }
                 Some(Err(e)) => error(link, Status::BadRequest, e.code, &e.msg),
                 None => error(
@@ -235,6 +232,18 @@ impl App {
             _ => self.ask_all(link, Ask::Rooms, Acc::Rooms(Vec::new())),
         }
         buf.len()
+    }
+
+    /// Counts `room`'s members on every shard, for `/api/presence` or, `ws`, the
+    /// `presence` op of a WebSocket (answered with `{"op":"presence",…}`).
+    pub(super) fn ask_presence(&mut self, link: L, room: Arc<str>, ws: bool) {
+        let acc = Acc::Presence {
+            room: room.clone(),
+            members: 0,
+            users: BTreeSet::new(),
+            ws,
+        };
+        self.ask_all(link, Ask::Presence { room }, acc);
     }
 
     fn api_publish(&mut self, link: L, body: &[u8], broadcast: bool) {
@@ -540,6 +549,7 @@ impl App {
                 room,
                 members,
                 users,
+                ws,
             } => {
                 let mut v = serde_json::json!({"room": &*room, "members": members});
                 if self.sessions.required {
@@ -547,6 +557,11 @@ impl App {
                         .iter()
                         .map(|u| serde_json::Value::from(&**u))
                         .collect();
+                }
+                if ws {
+                    let text = format!("{{\"op\":\"presence\",{}", &v.to_string()[1..]);
+                    let frame = SharedFrame::new(crate::protocol::OpCode::Text, text.as_bytes());
+                    return super::ws::reply(&mut link, frame);
                 }
                 v
             }

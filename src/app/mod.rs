@@ -48,6 +48,9 @@ pub enum Intent {
     Leave {
         room: Arc<str>,
     },
+    Presence {
+        room: Arc<str>,
+    },
     /// `data` is the raw JSON text of the message's `data`, copied once out of the read
     /// buffer; it is spliced into the delivered frame as it is.
     Pub {

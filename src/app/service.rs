@@ -191,10 +191,20 @@ impl App {
             match intent {
                 Intent::Login(session) => self.login(slot, gen, session),
                 Intent::Refresh(session) => self.refresh(cx, slot, gen, session),
-                Intent::Join { .. } | Intent::Pub { .. }
+                Intent::Join { .. } | Intent::Pub { .. } | Intent::Presence { .. }
                     if self.sessions.required && self.sessions.get(who).is_none() =>
                 {
                     reply_to(cx, slot, wire::unauthenticated());
+                }
+                Intent::Presence { room } if !self.sessions.may_join(who, &room) => {
+                    cx.stats.forbidden += 1;
+                    let e = wire::error("forbidden", "not allowed to see that room");
+                    reply_to(cx, slot, e);
+                }
+                Intent::Presence { room } => {
+                    if let Some(mut link) = cx.link_any(slot) {
+                        self.ask_presence(&mut link, room, true);
+                    }
                 }
                 Intent::Join { room, .. } if !self.sessions.may_join(who, &room) => {
                     cx.stats.forbidden += 1;

@@ -25,6 +25,10 @@ pub enum ClientOp<'a> {
     Leave {
         room: Arc<str>,
     },
+    /// Who is in a room (members, and users when auth is on).
+    Presence {
+        room: Arc<str>,
+    },
     Pub {
         room: Arc<str>,
         data: &'a str,
@@ -95,6 +99,7 @@ pub fn parse(text: &str) -> Result<ClientOp<'_>, OpError> {
             epoch: raw.epoch,
         }),
         "leave" => Ok(ClientOp::Leave { room: room()? }),
+        "presence" => Ok(ClientOp::Presence { room: room()? }),
         "pub" => {
             let data = raw
                 .data

@@ -364,6 +364,7 @@ impl App {
                 self.intents.push(Intent::Join { room, since })
             }
             Ok(wire::ClientOp::Leave { room }) => self.intents.push(Intent::Leave { room }),
+            Ok(wire::ClientOp::Presence { room }) => self.intents.push(Intent::Presence { room }),
             // The one copy of the data out of the read buffer; every delivery shares it.
             Ok(wire::ClientOp::Pub { room, data, id }) => {
                 self.acks_owed += usize::from(id.is_some());
