@@ -20,7 +20,7 @@ use crate::rooms::{owner_of, JoinRefused, ENCODINGS};
 
 use super::auth::{unix_now, Session};
 use super::conn::{flag, AppConn, Endpoint};
-use super::slow::{offer, send_gap};
+use super::slow::{offer, owe, send_gap};
 use super::sse::{self, ENC_MANY, ENC_ONE, ENC_WS};
 use super::ws::{fail, reply};
 use super::{api, gate, wire, App, Intent, Msg, Reply};
@@ -467,6 +467,7 @@ impl App {
                 gen,
                 joined,
             } => {
+                self.local.expect(&room, joined.seq);
                 if cx.gen(slot as usize) == Some(gen) && self.local.joined(&room, slot) {
                     self.on_joined(cx, slot as usize, &room, joined);
                 }
@@ -550,6 +551,7 @@ impl App {
         frames: &[Option<SharedFrame>; ENCODINGS],
     ) {
         let how = (cx.turn, cx.out_cap);
+        let missed = self.local.arrived(room, span.0, span.1);
         let (cfg, gaps) = (&self.cfg, &mut self.gaps);
         for &slot in self.local.members(room) {
             let Some(mut link) = cx.link_any(slot as usize) else {
@@ -557,6 +559,10 @@ impl App {
             };
             if link.is_closing() {
                 continue;
+            }
+            if let Some((from, to)) = missed {
+                // The mesh dropped a batch on its way here: said, not silent.
+                owe(gaps, &mut link, room.clone(), from, to);
             }
             let encoding = link.app().encoding();
             let Some(frame) = &frames[encoding] else {

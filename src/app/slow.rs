@@ -108,7 +108,13 @@ pub(super) fn offer(
 
 /// Records that `from..=to` of `room` was skipped for this member, merged with what is
 /// already owed when it continues it.
-fn owe(gaps: &mut Vec<Gap>, link: &mut Link<'_, AppConn>, room: Arc<str>, from: u64, to: u64) {
+pub(super) fn owe(
+    gaps: &mut Vec<Gap>,
+    link: &mut Link<'_, AppConn>,
+    room: Arc<str>,
+    from: u64,
+    to: u64,
+) {
     let (slot, gen) = (link.slot() as u32, link.gen());
     link.app().set(flag::OWED);
     let open = gaps

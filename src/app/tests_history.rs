@@ -386,3 +386,32 @@ fn every_publish_of_a_pipelined_burst_is_acknowledged() {
     );
     assert_eq!(msgs, 100);
 }
+
+#[test]
+fn a_batch_the_mesh_dropped_becomes_a_gap_notice() {
+    let mut core = core(64, SlowPolicy::Close);
+    let publisher = open(&mut core, "/ws");
+    let member = open(&mut core, "/ws?room=r");
+    core.end_turn();
+    json(&mut core, member);
+    publish(&mut core, publisher, "r", 1, 2);
+    assert_eq!(json(&mut core, member).len(), 2);
+    // Batch 3 is lost on its way (the mesh drops deliveries past its backlog); 4 comes.
+    let mut buf = Vec::new();
+    wire::write_msg("r", 4, "4", &mut buf);
+    let frame = SharedFrame::from_encoded(std::sync::Arc::from(buf));
+    let deliver = Msg::Deliver {
+        room: "r".into(),
+        first: 4,
+        last: 4,
+        frames: std::sync::Arc::new([Some(frame), None, None]),
+    };
+    crate::reactor::Service::message(&mut core.service, &mut core.cx, deliver);
+    core.end_turn();
+    let got = json(&mut core, member);
+    assert_eq!(
+        got[0],
+        serde_json::json!({"op":"gap","room":"r","from":3,"to":3})
+    );
+    assert_eq!((&got[1]["op"], &got[1]["seq"]), (&"msg".into(), &4.into()));
+}

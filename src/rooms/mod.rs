@@ -336,6 +336,10 @@ struct LocalRoom {
     members: Vec<u32>,
     /// Joins sent to the owner and not yet answered.
     pending: Vec<u32>,
+    /// The first seq of the next batch due from the owner (0: none answered yet). The
+    /// owner's messages to a shard arrive in order, so a batch that starts later means the
+    /// mesh dropped one under overload.
+    next: u64,
 }
 
 /// This shard's members, by room, and each connection's rooms.
@@ -385,6 +389,7 @@ impl Local {
                     name: room.clone(),
                     members: Vec::new(),
                     pending: Vec::new(),
+                    next: 0,
                 });
                 self.ids.insert(room.clone(), id);
                 id
@@ -409,6 +414,27 @@ impl Local {
         r.members.push(slot);
         self.memberships += 1;
         true
+    }
+
+    /// The owner answered a join of `room` on this shard after message `seq`: batches from
+    /// `seq + 1` on follow, unless some already do.
+    pub fn expect(&mut self, room: &str, seq: u64) {
+        if let Some(&id) = self.ids.get(room) {
+            let r = &mut self.rooms[id];
+            if r.next == 0 {
+                r.next = seq + 1;
+            }
+        }
+    }
+
+    /// A batch `first..=last` of `room` arrived: returns the seqs this shard's members
+    /// were due before it and never got (a batch the mesh dropped). O(1).
+    pub fn arrived(&mut self, room: &str, first: u64, last: u64) -> Option<(u64, u64)> {
+        let &id = self.ids.get(room)?;
+        let r = &mut self.rooms[id];
+        let missed = (r.next != 0 && first > r.next).then(|| (r.next, first - 1));
+        r.next = r.next.max(last + 1);
+        missed
     }
 
     /// Removes `slot` from `room` (joined or pending). Returns whether it was there, in
@@ -620,6 +646,28 @@ mod tests {
         assert!(l.leave("a", 9));
         assert!(!l.leave("a", 9));
         assert_eq!((l.rooms(), l.memberships()), (0, 0));
+    }
+
+    #[test]
+    fn a_batch_that_starts_late_reports_what_was_missed() {
+        let mut l = Local::default();
+        let a = name("a");
+        l.request_join(&a, 1, 8).unwrap();
+        l.expect("a", 10);
+        assert!(l.joined("a", 1));
+        assert_eq!(l.arrived("a", 11, 12), None);
+        assert_eq!(
+            l.arrived("a", 15, 15),
+            Some((13, 14)),
+            "13 and 14 never came"
+        );
+        l.expect("a", 20);
+        assert_eq!(
+            l.arrived("a", 16, 16),
+            None,
+            "a later join does not move the stream"
+        );
+        assert_eq!(l.arrived("b", 1, 1), None, "no members here");
     }
 
     #[test]
