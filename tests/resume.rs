@@ -273,12 +273,25 @@ both_backends! {
         server.settles_to(0);
     }
 
-    async fn an_event_source_in_chromium_reconnects_after_a_cut_and_misses_nothing(backend: &str) {
-        let server = Server::start(backend, HISTORY);
+    async fn an_event_source_in_chromium_reconnects_after_a_cut_and_a_server_drop_and_misses_nothing(backend: &str) {
+        const KEY: &str = "resume-test-key";
+        const SECRET: &str = "resume-test-secret";
+        let mut args = HISTORY.to_vec();
+        args.extend(["--api-key", KEY, "--jwt-secret", SECRET]);
+        let server = Server::start(backend, &args);
+        let token = |sub: &str| {
+            let exp = roomcast::app::auth::unix_now() + 600;
+            let claims = serde_json::json!({"sub": sub, "exp": exp, "join": ["*"], "pub": ["*"]});
+            let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+            jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+        };
         let mut cmd = Command::new("node");
         cmd.arg(clients_dir().join("sse_browser.mjs"))
             .arg(http_base(&server))
-            .arg(chromium());
+            .arg(chromium())
+            .arg(KEY)
+            .arg(token("viewer"))
+            .arg(token("publisher"));
         let mut client = Client::spawn(cmd);
         let r = client.next(Duration::from_secs(60));
         client.finish(Duration::from_secs(10));
@@ -286,7 +299,12 @@ both_backends! {
         // The cut hit the live stream after the browser had been receiving on it.
         assert_eq!(r["cut"]["sse"], 1, "one /sse connection was cut: {}", r["cut"]);
         assert!(u64_of(&r["cut"]["before"]) >= 20, "cut too early: {}", r["cut"]);
-        assert!(u64_of(&r["opens"]) >= 2, "the browser never reconnected: {} opens", r["opens"]);
+        // Then the server itself dropped the stream (the API's disconnect of its user), after
+        // `event: close`; the browser reconnected again by itself.
+        assert_eq!(r["dropped"]["status"], 200, "{}", r["dropped"]);
+        assert_eq!(r["dropped"]["body"]["closed"], 1, "{}", r["dropped"]);
+        assert_eq!(r["closes"], 1, "the close event before the drop");
+        assert!(u64_of(&r["opens"]) >= 3, "the browser did not reconnect twice: {} opens", r["opens"]);
 
         let joined = r["joined"].as_array().unwrap();
         let epoch = assert_epoch(&joined[0]["data"]["epoch"]).to_owned();

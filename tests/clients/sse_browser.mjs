@@ -24,11 +24,14 @@ import os from "node:os";
 import path from "node:path";
 import WebSocket from "ws";
 
-const [base, chromiumPath] = process.argv.slice(2);
+// With an API key and a token, the server also drops the stream itself, mid-way: the
+// server API's disconnect closes the token's user (the stream ends with `event: close`).
+const [base, chromiumPath, apiKey, token, pubToken] = process.argv.slice(2);
 const serverUrl = new URL(base);
 const ROOM = "r";
 const TOTAL = 400; // messages, one every 5 ms: 2 s of publishing
 const CUT_AT = 150; // published before the cut, about 0.75 s in
+const DROP_AT = 300; // published before the server drops the stream (with a key and token)
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -155,13 +158,14 @@ function cdp(url) {
 // What the page runs: an EventSource on the page's own origin, recording what it sees.
 const PAGE_SETUP = `
   window.__sse = { msgs: [], joined: [], gaps: [], opens: 0, errors: 0 };
-  const es = new EventSource('/sse?room=${ROOM}');
+  const es = new EventSource('/sse?room=${ROOM}${token ? `&token=${token}` : ""}');
   es.onopen = () => { __sse.opens++; };
   es.onerror = () => { __sse.errors++; };
   es.addEventListener('joined', (e) => {
     __sse.joined.push({ data: JSON.parse(e.data), id: e.lastEventId, open: __sse.opens });
   });
   es.addEventListener('gap', (e) => { __sse.gaps.push(JSON.parse(e.data)); });
+  es.addEventListener('close', (e) => { __sse.closes = (__sse.closes || 0) + 1; });
   es.addEventListener('msg', (e) => {
     const m = JSON.parse(e.data);
     __sse.msgs.push({ seq: m.seq, room: m.room, n: m.data.n, id: e.lastEventId, open: __sse.opens });
@@ -194,7 +198,7 @@ async function main() {
     await until("the first joined event", async () => (await state()).joined.length >= 1, 10_000);
 
     // The publisher, straight to the server: n = 0 … TOTAL-1, one every 5 ms.
-    const pubWs = new WebSocket(`ws://${serverUrl.host}/ws`);
+    const pubWs = new WebSocket(`ws://${serverUrl.host}/ws${pubToken ? `?token=${pubToken}` : ""}`);
     await new Promise((res, rej) => pubWs.on("open", res).on("error", rej));
     const acks = new Map(); // n → seq (id = n)
     pubWs.on("message", (raw) => {
@@ -202,12 +206,24 @@ async function main() {
       if (m.op === "ack") acks.set(m.id, m.seq);
     });
     let cut = null;
+    let dropped = null;
     for (let n = 0; n < TOTAL; n++) {
       pubWs.send(JSON.stringify({ op: "pub", room: ROOM, data: { n }, id: n }));
       if (n === CUT_AT) {
         // Mid-stream: the browser has been receiving on its first connection.
         const before = (await state()).msgs.length;
         cut = { sse: proxy.cut(), before };
+      }
+      if (n === DROP_AT && apiKey) {
+        // Once the browser is back from the cut (retry: 1000 ms), the server drops it.
+        await until("the reconnect after the cut", async () => (await state()).opens >= 2, 10_000);
+        await sleep(100);
+        const r = await fetch(`http://${serverUrl.host}/api/disconnect`, {
+          method: "POST",
+          headers: { authorization: `apikey ${apiKey}`, "content-type": "application/json" },
+          body: JSON.stringify({ user: "viewer", reason: "dropped by the test" }),
+        });
+        dropped = { status: r.status, body: await r.json(), before: (await state()).msgs.length };
       }
       await sleep(5);
     }
@@ -227,6 +243,7 @@ async function main() {
       JSON.stringify({
         acks: [...acks.entries()].sort((a, b) => a[0] - b[0]),
         cut,
+        dropped,
         ...seen,
       }),
     );
