@@ -104,6 +104,32 @@ fn peak_rss_kib(pid: u32) -> u64 {
 }
 
 both_backends! {
+    async fn an_emptied_room_keeps_its_history_for_the_ttl_even_after_an_idle_spell(backend: &str) {
+        let server = Server::start(backend, &["--history-ttl", "2"]);
+        let mut a = connect(&server, "/ws?room=t").await;
+        let epoch = recv(&mut a).await["epoch"].as_str().unwrap().to_owned();
+        send(&mut a, json!({"op":"pub","room":"t","data":1})).await;
+        assert_eq!(recv(&mut a).await["seq"], 1);
+        // Longer than the TTL with nothing to do (the shard sleeps), then the last member
+        // leaves: the TTL runs from the leave, not from before the sleep.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        drop(a);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut b = connect(&server, "/ws").await;
+        send(&mut b, json!({"op":"join","room":"t","since":0,"epoch":epoch})).await;
+        let j = recv(&mut b).await;
+        assert_eq!((&j["recovered"], &j["epoch"]), (&json!(true), &json!(epoch)), "{j}");
+        assert_eq!(recv(&mut b).await["data"], 1, "the replay");
+        drop(b);
+        // Past the TTL after the last leave: the room, its history and its epoch are gone.
+        tokio::time::sleep(Duration::from_millis(2600)).await;
+        let mut c = connect(&server, "/ws").await;
+        send(&mut c, json!({"op":"join","room":"t","since":1,"epoch":epoch})).await;
+        let j = recv(&mut c).await;
+        assert_eq!(j["recovered"], false, "{j}");
+        assert_ne!(j["epoch"], json!(epoch), "a new room, a new epoch");
+    }
+
     async fn at_a_low_rate_every_message_leaves_in_the_turn_it_was_published(backend: &str) {
         // Slow members are kept (drop-newest, a large byte allowance) so that the stalled
         // one below keeps getting deliveries queued behind its stuck send.

@@ -230,9 +230,10 @@ pub struct App {
     gaps: Vec<slow::Gap>,
     /// The event stream heartbeat, shared by the shard.
     sse_beat: SharedFrame,
-    /// When the shard started, and ms since then as of this turn's end: the owner's clock
-    /// for `--history-ttl` (read once per turn).
-    born: std::time::Instant,
+    /// The owner's clock for `--history-ttl`: the shard's coarse clock (set when a loop
+    /// turn starts, so it is fresh even after a long sleep) as last seen, and its ms
+    /// extended past the u32's wrap.
+    shard_ms: u32,
     clock_ms: u64,
     /// When the history gauge was last computed (it walks the rooms: once a second).
     gauge_ms: u64,
@@ -271,11 +272,20 @@ impl App {
             sse_closed: 0,
             gaps: Vec::new(),
             sse_beat: sse::heartbeat(),
-            born: std::time::Instant::now(),
+            shard_ms: 0,
             clock_ms: 0,
             gauge_ms: 0,
             encoded: Vec::new(),
         }
+    }
+}
+
+impl App {
+    /// The owner's clock, advanced to the shard's clock of this turn.
+    fn clock(&mut self, now_ms: u32) -> u64 {
+        self.clock_ms += u64::from(now_ms.wrapping_sub(self.shard_ms));
+        self.shard_ms = now_ms;
+        self.clock_ms
     }
 }
 
