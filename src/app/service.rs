@@ -471,7 +471,15 @@ impl App {
                 gen,
                 joined,
             } => {
-                self.local.expect(&room, joined.seq);
+                if let Some((from, to)) = self.local.expect(&room, joined.seq) {
+                    // Batches the mesh dropped before this answer: owed to the members.
+                    let members = self.local.members(&room).to_vec();
+                    for member in members {
+                        if let Some(mut link) = cx.link_any(member as usize) {
+                            owe(&mut self.gaps, &mut link, room.clone(), from, to);
+                        }
+                    }
+                }
                 if cx.gen(slot as usize) == Some(gen) && self.local.joined(&room, slot) {
                     self.on_joined(cx, slot as usize, &room, joined);
                 }

@@ -243,13 +243,15 @@ impl OutRing {
 
     /// Drops everything queued that no send is using (the connection is going away).
     pub fn clear(&mut self) {
-        if self.pinned == 0 {
+        // A frame partly sent stays, or the next bytes on the wire would land in the
+        // middle of it.
+        let keep = self.first_free() - usize::from(self.head);
+        if keep == 0 {
             self.frames = ThinVec::new();
             self.head = 0;
             self.sent = 0;
         } else {
-            self.frames
-                .truncate(usize::from(self.head) + usize::from(self.pinned));
+            self.frames.truncate(usize::from(self.head) + keep);
         }
         self.bytes = self.queued().map(|f| f.len() as u32).sum::<u32>() - self.sent;
         self.before_turn = 0;
@@ -388,6 +390,25 @@ mod tests {
             "partly sent and the reply stay"
         );
         assert_eq!(ring.bytes(), 2 + 3 * 3);
+    }
+
+    #[test]
+    fn clearing_keeps_a_frame_partly_sent() {
+        let mut ring = OutRing::default();
+        for b in [b"a", b"b", b"c"] {
+            ring.push(frame(b), 8).unwrap();
+        }
+        ring.advance(1);
+        ring.clear();
+        assert_eq!(
+            pending(&ring),
+            vec![vec![1, b'a']],
+            "the rest of a's frame, nothing else"
+        );
+        assert_eq!(ring.bytes(), 2);
+        ring.advance(2);
+        ring.clear();
+        assert!(ring.is_empty());
     }
 
     #[test]

@@ -225,7 +225,7 @@ impl Owner {
             r.active_ms = now_ms;
             if !r.idle {
                 r.idle = true;
-                let due = now_ms + self.keep.ttl_ms;
+                let due = now_ms.saturating_add(self.keep.ttl_ms);
                 self.idle.push(Reverse((due, room.clone())));
             }
         } else {
@@ -246,7 +246,7 @@ impl Owner {
             let Some(r) = self.rooms.get_mut(&room) else {
                 continue;
             };
-            let due = r.active_ms + self.keep.ttl_ms;
+            let due = r.active_ms.saturating_add(self.keep.ttl_ms);
             if !r.is_empty() {
                 r.idle = false;
             } else if due > now_ms {
@@ -417,14 +417,17 @@ impl Local {
     }
 
     /// The owner answered a join of `room` on this shard after message `seq`: batches from
-    /// `seq + 1` on follow, unless some already do.
-    pub fn expect(&mut self, room: &str, seq: u64) {
-        if let Some(&id) = self.ids.get(room) {
-            let r = &mut self.rooms[id];
-            if r.next == 0 {
-                r.next = seq + 1;
-            }
+    /// `seq + 1` on follow. Returns the seqs the current members were due up to `seq` and
+    /// never got (batches the mesh dropped before the answer).
+    pub fn expect(&mut self, room: &str, seq: u64) -> Option<(u64, u64)> {
+        let &id = self.ids.get(room)?;
+        let r = &mut self.rooms[id];
+        let present = !r.members.is_empty();
+        let missed = (present && r.next != 0 && r.next <= seq).then(|| (r.next, seq));
+        if !present || r.next <= seq {
+            r.next = seq + 1;
         }
+        missed
     }
 
     /// A batch `first..=last` of `room` arrived: returns the seqs this shard's members
@@ -432,8 +435,12 @@ impl Local {
     pub fn arrived(&mut self, room: &str, first: u64, last: u64) -> Option<(u64, u64)> {
         let &id = self.ids.get(room)?;
         let r = &mut self.rooms[id];
+        if r.next != 0 && last < r.next {
+            // Sealed before this shard's current members joined.
+            return None;
+        }
         let missed = (r.next != 0 && first > r.next).then(|| (r.next, first - 1));
-        r.next = r.next.max(last + 1);
+        r.next = last + 1;
         missed
     }
 
@@ -653,20 +660,28 @@ mod tests {
         let mut l = Local::default();
         let a = name("a");
         l.request_join(&a, 1, 8).unwrap();
-        l.expect("a", 10);
-        assert!(l.joined("a", 1));
-        assert_eq!(l.arrived("a", 11, 12), None);
         assert_eq!(
-            l.arrived("a", 15, 15),
-            Some((13, 14)),
-            "13 and 14 never came"
-        );
-        l.expect("a", 20);
-        assert_eq!(
-            l.arrived("a", 16, 16),
+            l.arrived("a", 4, 5),
             None,
-            "a later join does not move the stream"
+            "before any answer: nothing expected"
         );
+        assert_eq!(l.expect("a", 10), None);
+        assert!(l.joined("a", 1));
+        assert_eq!(
+            l.arrived("a", 8, 10),
+            None,
+            "sealed before the join: ignored"
+        );
+        assert_eq!(l.arrived("a", 11, 12), None);
+        let late = l.arrived("a", 15, 15);
+        assert_eq!(late, Some((13, 14)), "13 and 14 never came");
+        assert_eq!(l.expect("a", 15), None, "a later join, all caught up");
+        assert_eq!(
+            l.expect("a", 18),
+            Some((16, 18)),
+            "16 to 18 were dropped before it"
+        );
+        assert_eq!(l.arrived("a", 19, 19), None);
         assert_eq!(l.arrived("b", 1, 1), None, "no members here");
     }
 
