@@ -423,7 +423,7 @@ impl Local {
         let &id = self.ids.get(room)?;
         let r = &mut self.rooms[id];
         let present = !r.members.is_empty();
-        let missed = (present && r.next != 0 && r.next <= seq).then(|| (r.next, seq));
+        let missed = (present && r.next != 0 && r.next <= seq).then_some((r.next, seq));
         if !present || r.next <= seq {
             r.next = seq + 1;
         }
