@@ -248,7 +248,8 @@ impl App {
         info: Arc<Info>,
         shard: &ShardInfo,
     ) -> App {
-        let history = cfg.history;
+        let mut history = cfg.history;
+        history.idle_bytes /= shard.shards.max(1);
         App {
             info,
             sessions: authz::Sessions::new(gate.auth.is_some()),

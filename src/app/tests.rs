@@ -24,6 +24,7 @@ pub(super) fn settings() -> Settings {
             size: 64,
             bytes: 1 << 20,
             ttl_ms: 300_000,
+            idle_bytes: 1 << 20,
         },
         api_key: Some("k3y".into()),
         api_max_body: 1 << 16,

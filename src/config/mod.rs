@@ -178,6 +178,16 @@ pub struct ServeConfig {
     )]
     pub history_ttl_secs: u64,
 
+    /// Data bytes the history of rooms with no members may hold in all (e.g. 64MiB): past
+    /// it the longest idle rooms are freed first, whatever their TTL.
+    #[arg(
+        long = "history-idle-bytes",
+        env = "ROOMCAST_HISTORY_IDLE_BYTES",
+        default_value = "64MiB",
+        value_parser = crate::ops::capacity::parse_bytes
+    )]
+    pub history_idle_bytes: u64,
+
     /// Rooms one connection may be in at once.
     #[arg(
         long = "max-rooms-per-conn",
@@ -436,6 +446,8 @@ impl ServeConfig {
                 size: self.history_size,
                 bytes: self.history_bytes.min(usize::MAX as u64) as usize,
                 ttl_ms: self.history_ttl_secs.saturating_mul(1000),
+                // The whole process's; each shard's owner gets its share (`App::new`).
+                idle_bytes: self.history_idle_bytes.min(usize::MAX as u64) as usize,
             },
         }
     }

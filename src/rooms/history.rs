@@ -18,6 +18,9 @@ pub struct Retention {
     pub bytes: usize,
     /// How long a room with no members keeps its history and epoch, in ms (0: freed at once).
     pub ttl_ms: u64,
+    /// Data bytes the rooms with no members may keep in all, per owner shard: past it the
+    /// longest idle go first, whatever their TTL (`--history-idle-bytes` / shards).
+    pub idle_bytes: usize,
 }
 
 impl Retention {
@@ -26,6 +29,7 @@ impl Retention {
         size: 0,
         bytes: 0,
         ttl_ms: 0,
+        idle_bytes: 0,
     };
 
     /// Whether a room with no members is kept at all.
@@ -89,6 +93,11 @@ impl Log {
         }
     }
 
+    /// Data bytes kept.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -140,6 +149,7 @@ mod tests {
             size: 3,
             bytes: 1 << 20,
             ttl_ms: 1,
+            idle_bytes: 1 << 20,
         };
         let mut l = log(1..=6);
         l.trim(4, &keep);

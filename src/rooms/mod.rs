@@ -54,6 +54,8 @@ struct OwnedRoom {
     active_ms: u64,
     /// Whether the room has an entry in [`Owner::idle`].
     idle: bool,
+    /// Data bytes counted against the idle budget while the room has no members.
+    counted: usize,
 }
 
 impl OwnedRoom {
@@ -113,6 +115,8 @@ pub struct Owner {
     dirty: Vec<Arc<str>>,
     /// Rooms with no members, kept for their history: (earliest expiry, name).
     idle: BinaryHeap<Reverse<(u64, Arc<str>)>>,
+    /// Data bytes the rooms with no members keep, against `keep.idle_bytes`.
+    idle_total: usize,
     /// Epochs: a per-process seed and a counter, mixed.
     seed: u64,
     epochs: u64,
@@ -127,6 +131,7 @@ impl Owner {
             rooms: HashMap::new(),
             dirty: Vec::new(),
             idle: BinaryHeap::new(),
+            idle_total: 0,
             seed,
             epochs: 0,
         }
@@ -180,10 +185,12 @@ impl Owner {
                     log: Log::default(),
                     active_ms: 0,
                     idle: false,
+                    counted: 0,
                 },
             );
         }
         let r = self.rooms.get_mut(room).expect("inserted above");
+        self.idle_total -= std::mem::take(&mut r.counted);
         r.members[shard] += 1;
         r.encodings[encoding.min(ENCODINGS - 1)] += 1;
         // This turn's batch is not sealed yet: the member gets it with everyone else.
@@ -223,13 +230,34 @@ impl Owner {
         }
         if self.keep.keeps_empty_rooms() {
             r.active_ms = now_ms;
+            r.counted = r.log.bytes();
+            self.idle_total += r.counted;
             if !r.idle {
                 r.idle = true;
                 let due = now_ms.saturating_add(self.keep.ttl_ms);
                 self.idle.push(Reverse((due, room.clone())));
             }
+            self.evict();
         } else {
             self.rooms.remove(room);
+        }
+    }
+
+    /// Frees the longest idle rooms while the idle ones keep more than their budget.
+    fn evict(&mut self) {
+        while self.idle_total > self.keep.idle_bytes {
+            let Some(Reverse((_, room))) = self.idle.pop() else {
+                return;
+            };
+            let Some(r) = self.rooms.get_mut(&room) else {
+                continue;
+            };
+            if r.is_empty() {
+                self.idle_total -= r.counted;
+                self.rooms.remove(&room);
+            } else {
+                r.idle = false;
+            }
         }
     }
 
@@ -252,6 +280,7 @@ impl Owner {
             } else if due > now_ms {
                 self.idle.push(Reverse((due, room)));
             } else {
+                self.idle_total -= r.counted;
                 self.rooms.remove(&room);
             }
         }
@@ -266,9 +295,16 @@ impl Owner {
         if r.seq == r.sealed + 1 {
             self.dirty.push(room.clone());
         }
+        if r.is_empty() {
+            // Recorded for members to come back to: counted against the idle budget.
+            r.counted += data.len();
+            self.idle_total += data.len();
+        }
         r.log.push(r.seq, data);
         r.active_ms = now_ms;
-        Some((r.seq, r.epoch))
+        let done = Some((r.seq, r.epoch));
+        self.evict();
+        done
     }
 
     /// Up to `limit` of `room`'s messages after `since` (`None`: no such room). Cost:
@@ -562,7 +598,35 @@ mod tests {
             size,
             bytes: 1 << 20,
             ttl_ms: 1000,
+            idle_bytes: 1 << 20,
         }
+    }
+
+    #[test]
+    fn rooms_with_no_members_keep_at_most_their_budget_longest_idle_first() {
+        let mut o = Owner::new(
+            1,
+            Retention {
+                idle_bytes: 25,
+                ..keep(64)
+            },
+            7,
+        );
+        for (i, room) in ["a", "b", "c"].iter().enumerate() {
+            let r = name(room);
+            o.join(&r, 0, 0, None);
+            o.publish(&r, name(&"x".repeat(10)), 0);
+            sealed(&mut o);
+            o.leave(&r, 0, 0, i as u64);
+        }
+        assert_eq!(o.len(), 2, "30 bytes idle > 25: the longest idle (a) went");
+        let j = o.join(&name("a"), 0, 0, None);
+        assert_eq!(j.seq, 0, "a starts over");
+        // b and c are kept; publishing to an idle room counts too.
+        o.publish(&name("c"), name(&"y".repeat(10)), 5);
+        assert_eq!(o.len(), 2, "b went for c's new message");
+        sealed(&mut o);
+        assert_eq!(o.join(&name("c"), 0, 0, None).seq, 2, "c kept both");
     }
 
     #[test]
