@@ -68,6 +68,8 @@ pub enum Answer {
 /// An API request waiting for its answers.
 #[derive(Debug)]
 pub struct Wait {
+    /// The request's number on this shard: answers find it by that.
+    req: u32,
     slot: u32,
     gen: u32,
     /// Answers still to come.
@@ -290,6 +292,7 @@ impl App {
         // One copy out of the request, shared by every room's history and delivery.
         let data: Arc<str> = Arc::from(data.get());
         let rooms: Vec<Arc<str>> = rooms.iter().map(|r| Arc::from(&**r)).collect();
+        let req = self.next_req;
         for (index, room) in rooms.iter().enumerate() {
             link.stats.published += 1;
             self.api_sends.push(Msg::Publish {
@@ -298,7 +301,7 @@ impl App {
                 shard: self.shard as u16,
                 slot: link.slot() as u32,
                 gen: link.gen(),
-                reply: Reply::Api(index as u16),
+                reply: Reply::Api(req, index as u16),
             });
         }
         let results = vec![(0, None); rooms.len()];
@@ -344,7 +347,7 @@ impl App {
         let room: Arc<str> = Arc::from(room);
         let owner = owner_of(&room, self.shards);
         let ask = Ask::History { room, since, limit };
-        self.api_asks.push((owner, ask));
+        self.api_asks.push((owner, self.next_req, ask));
         self.wait(link, 1, Acc::History);
     }
 
@@ -395,14 +398,19 @@ impl App {
                 Ask::History { .. } => unreachable!("history asks the owner only"),
             };
             self.api_asks
-                .push(((self.shard + shard) % self.shards, copy));
+                .push(((self.shard + shard) % self.shards, self.next_req, copy));
         }
-        self.api_asks.push((self.shard, ask));
+        self.api_asks.push((self.shard, self.next_req, ask));
         self.wait(link, self.shards, acc);
     }
 
+    /// Records a request whose `left` answers are coming, under the next request number
+    /// (the one its messages were sent with).
     fn wait(&mut self, link: L, left: usize, acc: Acc) {
+        let req = self.next_req;
+        self.next_req = self.next_req.wrapping_add(1);
         self.api_waits.push(Wait {
+            req,
             slot: link.slot() as u32,
             gen: link.gen(),
             left,
@@ -411,8 +419,7 @@ impl App {
     }
 
     /// Sends what API requests of this connection's input asked of the shards.
-    pub(super) fn send_api(&mut self, cx: &mut Cx<App>, slot: usize) {
-        let gen = cx.gen(slot).unwrap_or(0);
+    pub(super) fn send_api(&mut self, cx: &mut Cx<App>) {
         for msg in self.api_sends.drain(..) {
             let Msg::Publish { room, .. } = &msg else {
                 continue;
@@ -420,14 +427,15 @@ impl App {
             cx.mesh.send(owner_of(room, self.shards), msg);
         }
         let me = self.shard as u16;
-        for (shard, ask) in self.api_asks.drain(..) {
-            let msg = Msg::Ask {
-                shard: me,
-                slot: slot as u32,
-                gen,
-                ask,
-            };
-            cx.mesh.send(shard, msg);
+        for (shard, req, ask) in self.api_asks.drain(..) {
+            cx.mesh.send(
+                shard,
+                Msg::Ask {
+                    shard: me,
+                    req,
+                    ask,
+                },
+            );
         }
     }
 
@@ -471,16 +479,13 @@ impl App {
         }
     }
 
-    /// An answer for the API request of `(slot, gen)`: once all are in, the response.
-    pub(super) fn on_answer(&mut self, cx: &mut Cx<App>, slot: u32, gen: u32, answer: Answer) {
-        let Some(i) = self
-            .api_waits
-            .iter()
-            .position(|w| w.slot == slot && w.gen == gen)
-        else {
+    /// An answer for API request `req`: once all are in, the response.
+    pub(super) fn on_answer(&mut self, cx: &mut Cx<App>, req: u32, answer: Answer) {
+        let Some(i) = self.api_waits.iter().position(|w| w.req == req) else {
             return;
         };
         let w = &mut self.api_waits[i];
+        let (slot, gen) = (w.slot, w.gen);
         w.left = w.left.saturating_sub(1);
         match (&mut w.acc, answer) {
             (Acc::Publish { results, .. }, Answer::Published { index, seq, epoch }) => {

@@ -101,19 +101,10 @@ pub enum Msg {
         gen: u32,
         reply: Reply,
     },
-    /// An API request on `shard` asks this shard something ([`api::Ask`]).
-    Ask {
-        shard: u16,
-        slot: u32,
-        gen: u32,
-        ask: api::Ask,
-    },
+    /// API request `req` on `shard` asks this shard something ([`api::Ask`]).
+    Ask { shard: u16, req: u32, ask: api::Ask },
     /// The answer, back to the requesting shard.
-    Answer {
-        slot: u32,
-        gen: u32,
-        answer: api::Answer,
-    },
+    Answer { req: u32, answer: api::Answer },
     /// From the owner: this turn's batch for `room`, messages `first..=last`, encoded once
     /// per encoding some member uses (indexed by encoding).
     Deliver {
@@ -138,8 +129,8 @@ pub enum Reply {
     None,
     /// `{"op":"ack","id":…}` to the publisher's WebSocket.
     Ack(u64),
-    /// The `index`-th publish of an API request.
-    Api(u16),
+    /// The `index`-th publish of API request `req` (its number on the publisher's shard).
+    Api(u32, u16),
 }
 
 impl crate::mesh::Message for Msg {
@@ -149,7 +140,7 @@ impl crate::mesh::Message for Msg {
     fn droppable(&self) -> bool {
         match self {
             Msg::Deliver { .. } => true,
-            Msg::Publish { reply, .. } => !matches!(reply, Reply::Api(_)),
+            Msg::Publish { reply, .. } => !matches!(reply, Reply::Api(..)),
             _ => false,
         }
     }
@@ -208,8 +199,10 @@ pub struct App {
     /// What an API request of the connection being handled asks of the shards, sent
     /// right after; and the requests waiting for their answers.
     api_sends: Vec<Msg>,
-    api_asks: Vec<(usize, api::Ask)>,
+    api_asks: Vec<(usize, u32, api::Ask)>,
     api_waits: Vec<api::Wait>,
+    /// The number of the next API request on this shard.
+    next_req: u32,
     /// The ping every heartbeat sends: one frame shared by the whole shard.
     ping: SharedFrame,
     local: Local,
@@ -264,6 +257,7 @@ impl App {
             api_sends: Vec::new(),
             api_asks: Vec::new(),
             api_waits: Vec::new(),
+            next_req: 0,
             ping: SharedFrame::new(OpCode::Ping, b""),
             local: Local::default(),
             owner: Owner::new(shard.shards, history, epoch_seed(shard.index)),

@@ -47,7 +47,7 @@ impl Service for App {
         self.apply_intents(cx, slot);
         self.acks_owed = 0;
         if !self.api_sends.is_empty() || !self.api_asks.is_empty() {
-            self.send_api(cx, slot);
+            self.send_api(cx);
         }
         n
     }
@@ -447,24 +447,18 @@ impl App {
                 match reply {
                     Reply::None => {}
                     Reply::Ack(id) => cx.mesh.send(to, Msg::Ack { slot, gen, id, seq }),
-                    Reply::Api(index) => {
+                    Reply::Api(req, index) => {
                         let epoch = published.map(|p| p.1);
                         let answer = api::Answer::Published { index, seq, epoch };
-                        cx.mesh.send(to, Msg::Answer { slot, gen, answer });
+                        cx.mesh.send(to, Msg::Answer { req, answer });
                     }
                 }
             }
-            Msg::Ask {
-                shard,
-                slot,
-                gen,
-                ask,
-            } => {
+            Msg::Ask { shard, req, ask } => {
                 let answer = self.on_ask(cx, ask);
-                cx.mesh
-                    .send(shard.into(), Msg::Answer { slot, gen, answer });
+                cx.mesh.send(shard.into(), Msg::Answer { req, answer });
             }
-            Msg::Answer { slot, gen, answer } => self.on_answer(cx, slot, gen, answer),
+            Msg::Answer { req, answer } => self.on_answer(cx, req, answer),
             Msg::Joined {
                 room,
                 slot,
