@@ -206,7 +206,7 @@ both_backends! {
         bob1.feed(Message::Text(r#"{"op":"presence","room":"lobby"}"#.into())).await.unwrap();
         bob1.feed(Message::Text(r#"{"op":"presence","room":"elsewhere"}"#.into())).await.unwrap();
         bob1.flush().await.unwrap();
-        let mut answers = vec![recv(&mut bob1).await, recv(&mut bob1).await];
+        let mut answers = [recv(&mut bob1).await, recv(&mut bob1).await];
         answers.sort_by_key(|v| v["room"].to_string());
         assert_eq!(answers[0], json!({"op": "presence", "room": "elsewhere", "members": 0, "users": []}));
         assert_eq!(answers[1], json!({"op": "presence", "room": "lobby", "members": 4, "users": ["ann", "bob"]}));
