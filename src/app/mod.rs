@@ -220,7 +220,7 @@ pub struct App {
     sse_closed: u64,
     /// Gap notices owed to members whose slow-consumer policy skipped messages, merged
     /// while they wait for room in the member's ring.
-    gaps: Vec<slow::Gap>,
+    gaps: slow::Owed,
     /// The event stream heartbeat, shared by the shard.
     sse_beat: SharedFrame,
     /// The owner's clock for `--history-ttl`: the shard's coarse clock (set when a loop
@@ -265,7 +265,7 @@ impl App {
             mesh_paused: Vec::new(),
             ws_closed: 0,
             sse_closed: 0,
-            gaps: Vec::new(),
+            gaps: slow::Owed::new(),
             sse_beat: sse::heartbeat(),
             shard_ms: 0,
             clock_ms: 0,

@@ -387,11 +387,21 @@ impl App {
             return;
         }
         let cap = cx.out_cap * 4;
-        self.gaps
-            .retain_mut(|g| match cx.link(g.slot as usize, g.gen) {
-                Some(mut link) => !send_gap(&mut link, g, cap),
-                None => false,
-            });
+        self.gaps.retain(|&(slot, gen), mine| {
+            let Some(mut link) = cx.link(slot as usize, gen) else {
+                // Closed: nothing is owed any more.
+                return false;
+            };
+            if link.queued().len() >= cap {
+                // Still no room: no ring scan this turn.
+                return true;
+            }
+            mine.retain_mut(|g| !send_gap(&mut link, g, cap));
+            if mine.is_empty() {
+                link.app().clear(flag::OWED);
+            }
+            !mine.is_empty()
+        });
     }
 
     /// Reads paused publishers again once the mesh has drained.

@@ -7,6 +7,7 @@
 //! here until the member's ring has room, merged per room, and go out before the room's
 //! next message to the member.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::protocol::{CloseCode, OpCode, SharedFrame};
@@ -21,12 +22,14 @@ use super::{wire, Settings, SlowPolicy};
 /// A gap notice owed to a member: its slow-consumer policy skipped `from..=to` of `room`.
 #[derive(Debug)]
 pub struct Gap {
-    pub slot: u32,
-    pub gen: u32,
     room: Arc<str>,
     from: u64,
     to: u64,
 }
+
+/// The gap notices owed on a shard, by member `(slot, generation)`: finding a member's is
+/// O(1), whatever the number of slow members.
+pub type Owed = HashMap<(u32, u32), Vec<Gap>>;
 
 /// Offers a batch (`span` = its first and last seq) to one member, applying the
 /// slow-consumer policy when its ring is full. Whatever a policy skips is owed to the
@@ -34,7 +37,7 @@ pub struct Gap {
 /// the turn). Returns whether the batch was queued.
 pub(super) fn offer(
     cfg: &Settings,
-    gaps: &mut Vec<Gap>,
+    gaps: &mut Owed,
     link: &mut Link<'_, AppConn>,
     room: &Arc<str>,
     span: (u64, u64),
@@ -81,12 +84,18 @@ pub(super) fn offer(
         SlowPolicy::Conflate => {
             // The room's queued batches give way to this one, with one notice for all.
             let mut skipped = Vec::new();
-            link.remove_queued(|f, kind| match wire::span(f.as_bytes()) {
-                Some((r, from, to)) if kind == Kind::Delivery && r == &**room => {
-                    skipped.push((from, to));
-                    true
+            let of_room = |f: &SharedFrame| match wire::span(f.as_bytes()) {
+                Some((r, from, to)) if r == &**room => Some((from, to)),
+                _ => None,
+            };
+            link.remove_queued(|f, kind| {
+                match (kind == Kind::Delivery).then(|| of_room(f)).flatten() {
+                    Some((from, to)) => {
+                        skipped.push((from, to));
+                        true
+                    }
+                    _ => false,
                 }
-                _ => false,
             });
             link.stats.dropped_conflated += skipped.len() as u64;
             for (from, to) in skipped {
@@ -109,36 +118,32 @@ pub(super) fn offer(
 /// Records that `from..=to` of `room` was skipped for this member, merged with what is
 /// already owed when it continues it.
 pub(super) fn owe(
-    gaps: &mut Vec<Gap>,
+    gaps: &mut Owed,
     link: &mut Link<'_, AppConn>,
     room: Arc<str>,
     from: u64,
     to: u64,
 ) {
-    let (slot, gen) = (link.slot() as u32, link.gen());
+    let key = (link.slot() as u32, link.gen());
     link.app().set(flag::OWED);
-    let open = gaps
-        .iter_mut()
-        .find(|g| g.slot == slot && g.gen == gen && g.room == room && g.to + 1 == from);
-    match open {
+    let mine = gaps.entry(key).or_default();
+    match mine.iter_mut().find(|g| g.room == room && g.to + 1 == from) {
         Some(g) => g.to = to,
-        None => gaps.push(Gap {
-            slot,
-            gen,
-            room,
-            from,
-            to,
-        }),
+        None => mine.push(Gap { room, from, to }),
     }
 }
 
 /// Queues the notices this member is owed for `room`.
-fn pay(gaps: &mut Vec<Gap>, link: &mut Link<'_, AppConn>, room: &Arc<str>, cap: usize) {
-    let me = (link.slot() as u32, link.gen());
-    gaps.retain_mut(|g| (g.slot, g.gen) != me || g.room != *room || !send_gap(link, g, cap));
-    if !gaps.iter().any(|g| (g.slot, g.gen) == me) {
-        link.app().clear(flag::OWED);
+fn pay(gaps: &mut Owed, link: &mut Link<'_, AppConn>, room: &Arc<str>, cap: usize) {
+    let key = (link.slot() as u32, link.gen());
+    if let Some(mine) = gaps.get_mut(&key) {
+        mine.retain_mut(|g| g.room != *room || !send_gap(link, g, cap));
+        if !mine.is_empty() {
+            return;
+        }
+        gaps.remove(&key);
     }
+    link.app().clear(flag::OWED);
 }
 
 /// Queues one gap notice in the member's encoding, in place of the unsent notices for the
@@ -146,14 +151,17 @@ fn pay(gaps: &mut Vec<Gap>, link: &mut Link<'_, AppConn>, room: &Arc<str>, cap: 
 /// turn). False if the ring has no room (the gap stays owed).
 pub(super) fn send_gap(link: &mut Link<'_, AppConn>, g: &mut Gap, cap: usize) -> bool {
     let (room, mut from, mut to) = (g.room.clone(), g.from, g.to);
-    link.remove_queued(|f, kind| match wire::span(f.as_bytes()) {
-        Some((r, a, b))
-            if kind == Kind::Notice && r == &*room && (b + 1 == from || to + 1 == a) =>
+    link.remove_queued(|f, kind| {
+        match (kind == Kind::Notice)
+            .then(|| wire::span(f.as_bytes()))
+            .flatten()
         {
-            (from, to) = (from.min(a), to.max(b));
-            true
+            Some((r, a, b)) if r == &*room && (b + 1 == from || to + 1 == a) => {
+                (from, to) = (from.min(a), to.max(b));
+                true
+            }
+            _ => false,
         }
-        _ => false,
     });
     let json = wire::gap_json(&room, from, to);
     let frame = match link.app().encoding() {
