@@ -218,9 +218,11 @@ impl App {
             }
             "/api/disconnect" => self.api_disconnect(link, body),
             "/api/history" => self.api_history(link, req),
-            "/api/presence" => match req.query_param("room").map(wire::validate_room) {
-                Some(Ok(())) => {
-                    let room: Arc<str> = Arc::from(req.query_param("room").unwrap_or(""));
+            "/api/presence" => match req
+                .query_value("room")
+                .map(|r| wire::validate_room(&r).map(|()| Arc::from(&*r)))
+            {
+                Some(Ok(room)) => {
                     self.ask_presence(link, room, false);
                 }
                 Some(Err(e)) => error(link, Status::BadRequest, e.code, &e.msg),
@@ -317,7 +319,7 @@ impl App {
     }
 
     fn api_history(&mut self, link: L, req: &Request<'_>) {
-        let room = match req.query_param("room") {
+        let room = match req.query_value("room") {
             Some(r) => r,
             None => {
                 return error(
@@ -328,7 +330,7 @@ impl App {
                 )
             }
         };
-        if let Err(e) = wire::validate_room(room) {
+        if let Err(e) = wire::validate_room(&room) {
             return error(link, Status::BadRequest, e.code, &e.msg);
         }
         let number = |name: &str, default: u64| match req.query_param(name) {
@@ -344,7 +346,7 @@ impl App {
             );
         };
         let limit = (limit as usize).min(MAX_HISTORY_LIMIT);
-        let room: Arc<str> = Arc::from(room);
+        let room: Arc<str> = Arc::from(&*room);
         let owner = owner_of(&room, self.shards);
         let ask = Ask::History { room, since, limit };
         self.api_asks.push((owner, self.next_req, ask));

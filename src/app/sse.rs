@@ -167,11 +167,8 @@ impl App {
     /// resuming each from `Last-Event-ID` when the client sent one.
     pub(super) fn open_stream(&mut self, link: &mut Link<'_, AppConn>, req: &Request<'_>) {
         let mut rooms: Vec<Arc<str>> = Vec::new();
-        for room in req
-            .query_param("room")
-            .into_iter()
-            .flat_map(|v| v.split(','))
-        {
+        let asked = req.query_value("room");
+        for room in asked.iter().flat_map(|v| v.split(',')) {
             if let Err(e) = wire::validate_room(room) {
                 return refuse(link, Status::BadRequest, &e.msg);
             }
@@ -200,10 +197,8 @@ impl App {
                 return refuse(link, Status::Forbidden, "not allowed to join that room");
             }
         }
-        let last = req
-            .last_event_id
-            .or_else(|| req.query_param("lastEventId"))
-            .unwrap_or("");
+        let query_id = req.query_value("lastEventId");
+        let last = req.last_event_id.or(query_id.as_deref()).unwrap_or("");
         let resume = parse_cursor(last);
         let mut head = String::from(
             "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\

@@ -110,11 +110,8 @@ impl App {
                 }
                 if route == Route::Rooms {
                     // `/ws?room=a,b` joins at connect.
-                    for room in req
-                        .query_param("room")
-                        .into_iter()
-                        .flat_map(|v| v.split(','))
-                    {
+                    let asked = req.query_value("room");
+                    for room in asked.iter().flat_map(|v| v.split(',')) {
                         match wire::validate_room(room) {
                             Ok(()) => self.intents.push(Intent::Join {
                                 room: Arc::from(room),

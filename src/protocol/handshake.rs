@@ -39,6 +39,36 @@ pub struct Request<'a> {
 }
 
 impl Request<'_> {
+    /// The value of one `name=value` pair of the query string, percent-decoded (`%2C` is
+    /// a `,`; a `%` not followed by two hex digits stays as it is).
+    pub fn query_value(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        let raw = self.query_param(name)?;
+        if !raw.contains('%') {
+            return Some(std::borrow::Cow::Borrowed(raw));
+        }
+        let (b, mut out, mut i) = (raw.as_bytes(), Vec::with_capacity(raw.len()), 0);
+        while i < b.len() {
+            let hex = |c: u8| (c as char).to_digit(16);
+            match (
+                b[i],
+                b.get(i + 1).and_then(|&c| hex(c)),
+                b.get(i + 2).and_then(|&c| hex(c)),
+            ) {
+                (b'%', Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                }
+                (c, ..) => {
+                    out.push(c);
+                    i += 1;
+                }
+            }
+        }
+        Some(std::borrow::Cow::Owned(
+            String::from_utf8_lossy(&out).into_owned(),
+        ))
+    }
+
     /// The value of one `name=value` pair of the query string, undecoded.
     pub fn query_param(&self, name: &str) -> Option<&str> {
         self.query?.split('&').find_map(|pair| {
@@ -349,6 +379,17 @@ mod tests {
         let err = parse(request(&many).as_bytes(), 8192).unwrap_err();
         assert_eq!(err, HandshakeError::TooManyHeaders);
         assert_eq!(err.status(), Status::HeadersTooLarge);
+    }
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        let req = "GET /sse?room=a%2Cb%23c&x=100%&y=%zz HTTP/1.1\r\nHost: h\r\n\r\n";
+        let (parsed, _) = parse(req.as_bytes(), 8192).unwrap().unwrap();
+        let Parsed::Plain(r) = parsed else { panic!() };
+        assert_eq!(r.query_value("room").as_deref(), Some("a,b#c"));
+        assert_eq!(r.query_value("x").as_deref(), Some("100%"));
+        assert_eq!(r.query_value("y").as_deref(), Some("%zz"));
+        assert_eq!(r.query_param("room"), Some("a%2Cb%23c"));
     }
 
     #[test]
