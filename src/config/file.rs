@@ -67,7 +67,15 @@ pub const GROUPS: &[(&str, &[&str])] = &[
             "api-max-body",
         ],
     ),
-    ("history", &["history-size", "history-bytes", "history-ttl"]),
+    (
+        "history",
+        &[
+            "history-size",
+            "history-bytes",
+            "history-ttl",
+            "history-idle-bytes",
+        ],
+    ),
     ("capacity", &["memory-budget", "figures", "capacity-margin"]),
     ("logs", &["log-format", "log-level"]),
 ];
