@@ -71,16 +71,7 @@ async fn connect(server: &Server, path: &str) -> Ws {
 }
 
 async fn recv(ws: &mut Ws) -> Value {
-    loop {
-        match tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("timed out waiting for a message")
-        {
-            Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).unwrap(),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            other => panic!("expected a text message, got {other:?}"),
-        }
-    }
+    common::recv_json(ws, WAIT).await
 }
 
 async fn closed(ws: &mut Ws) -> (u16, String) {

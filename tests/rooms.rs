@@ -29,16 +29,7 @@ async fn send(ws: &mut Ws, v: Value) {
 
 /// The next text message as JSON (pings and pongs skipped).
 async fn recv(ws: &mut Ws) -> Value {
-    loop {
-        match tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("timed out waiting for a message")
-        {
-            Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).unwrap(),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            other => panic!("expected a text message, got {other:?}"),
-        }
-    }
+    common::recv_json(ws, WAIT).await
 }
 
 /// The raw text of the next message (to check `data` byte for byte).

@@ -26,7 +26,7 @@ use super::{wire, App, Msg, Reply};
 pub const MAX_HISTORY_LIMIT: usize = 1000;
 
 /// What a shard is asked on behalf of an API request elsewhere.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum Ask {
     /// To the owner: `room`'s messages after `since`, at most `limit`.
     History {
@@ -389,18 +389,8 @@ impl App {
     /// Asks every shard (ours included) and waits for all the answers.
     fn ask_all(&mut self, link: L, ask: Ask, acc: Acc) {
         for shard in 1..self.shards {
-            let copy = match &ask {
-                Ask::Presence { room } => Ask::Presence { room: room.clone() },
-                Ask::Rooms => Ask::Rooms,
-                Ask::Disconnect { user, code, reason } => Ask::Disconnect {
-                    user: user.clone(),
-                    code: *code,
-                    reason: reason.clone(),
-                },
-                Ask::History { .. } => unreachable!("history asks the owner only"),
-            };
-            self.api_asks
-                .push(((self.shard + shard) % self.shards, self.next_req, copy));
+            let to = (self.shard + shard) % self.shards;
+            self.api_asks.push((to, self.next_req, ask.clone()));
         }
         self.api_asks.push((self.shard, self.next_req, ask));
         self.wait(link, self.shards, acc);

@@ -13,7 +13,7 @@ use std::cmp::Reverse;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::protocol::{CloseCode, OpCode, SharedFrame};
+use crate::protocol::{CloseCode, SharedFrame};
 use crate::reactor::conn::Conn;
 use crate::reactor::{Cx, Link, Service};
 use crate::rooms::{owner_of, JoinRefused, ENCODINGS};
@@ -136,18 +136,9 @@ impl Service for App {
     }
 
     fn closed(&mut self, cx: &mut Cx<App>, slot: usize, conn: Conn<AppConn>) {
-        let encoding = conn.app.encoding() as u8;
+        let encoding = conn.app.encoding();
         for room in self.local.leave_all(slot as u32) {
-            let owner = owner_of(&room, self.shards);
-            let shard = self.shard as u16;
-            cx.mesh.send(
-                owner,
-                Msg::Leave {
-                    room,
-                    shard,
-                    encoding,
-                },
-            );
+            self.tell_owner_left(cx, room, encoding);
         }
         let mut app = conn.app;
         if app.sse().is_some() {
@@ -251,17 +242,7 @@ impl App {
                 Intent::Leave { room } => {
                     if self.local.leave(&room, who) {
                         reply_to(cx, slot, wire::left(&room));
-                        let owner = owner_of(&room, shards);
-                        let encoding = ENC_WS as u8;
-                        let shard = me;
-                        cx.mesh.send(
-                            owner,
-                            Msg::Leave {
-                                room,
-                                shard,
-                                encoding,
-                            },
-                        );
+                        self.tell_owner_left(cx, room, ENC_WS);
                     } else {
                         let e = wire::error("not_joined", "not a member of that room");
                         reply_to(cx, slot, e);
@@ -293,6 +274,20 @@ impl App {
             }
         }
         self.intents = intents;
+    }
+
+    /// Tells `room`'s owner that a member here, with its deliveries in `encoding`, left.
+    fn tell_owner_left(&mut self, cx: &mut Cx<App>, room: Arc<str>, encoding: usize) {
+        let owner = owner_of(&room, self.shards);
+        let (shard, encoding) = (self.shard as u16, encoding as u8);
+        cx.mesh.send(
+            owner,
+            Msg::Leave {
+                room,
+                shard,
+                encoding,
+            },
+        );
     }
 
     /// Records the session of a connection whose token was accepted.
@@ -522,11 +517,10 @@ impl App {
         }
         link.stats.replayed += j.replay.len() as u64;
         let encoding = link.app().encoding();
-        let json = wire::joined_json(room, j.seq, j.epoch, j.recovered);
         if encoding == ENC_WS {
             // Past a full ring like a notice: the replay and live messages behind it
             // mean nothing without it.
-            let joined = SharedFrame::new(OpCode::Text, &json);
+            let joined = wire::joined(room, j.seq, j.epoch, j.recovered);
             if link.send_up_to(joined, out_cap * 4).is_ok() {
                 link.stats.messages_out += 1;
             }
@@ -538,6 +532,7 @@ impl App {
                 (pos.epoch, pos.seq, pos.joined) = (j.epoch, given, true);
             }
             let cursor = stream.cursor();
+            let json = wire::joined_json(room, j.seq, j.epoch, j.recovered);
             let _ = link.send_up_to(sse::event("joined", Some(&cursor), &json), out_cap * 4);
             if j.recovered == Some(false) {
                 let lost = sse::event("gap", None, &wire::lost_json(room));

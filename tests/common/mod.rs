@@ -187,6 +187,16 @@ where
     }
 }
 
+/// The next text message as JSON, within `wait` (pings and pongs skipped).
+pub async fn recv_json(ws: &mut Ws, wait: Duration) -> serde_json::Value {
+    use tokio_tungstenite::tungstenite::Message;
+    let next = tokio::time::timeout(wait, next_data(ws)).await;
+    match next.expect("timed out waiting for a message") {
+        Some(Ok(Message::Text(t))) => serde_json::from_str(&t).unwrap(),
+        other => panic!("expected a text message, got {other:?}"),
+    }
+}
+
 impl Server {
     /// `GET path` on the main port: (status code, body).
     pub fn get(&self, path: &str) -> (u16, String) {
