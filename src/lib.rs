@@ -6,6 +6,7 @@
 //! client protocol; [`config`] holds the validated settings.
 
 pub mod app;
+pub mod backplane;
 pub mod config;
 pub mod mesh;
 pub mod ops;

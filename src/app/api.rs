@@ -63,6 +63,11 @@ pub enum Answer {
         seq: u64,
         epoch: Option<u32>,
     },
+    /// The backplane cannot reach Redis: publish `index` was not made (or the history
+    /// cannot be read).
+    Unavailable {
+        index: u16,
+    },
 }
 
 /// An API request waiting for its answers.
@@ -81,7 +86,8 @@ pub struct Wait {
 enum Acc {
     Publish {
         rooms: Vec<Arc<str>>,
-        results: Vec<(u64, Option<u32>)>,
+        /// `None`: not made (the backplane cannot reach Redis).
+        results: Vec<Option<(u64, Option<u32>)>>,
         broadcast: bool,
     },
     History,
@@ -306,7 +312,7 @@ impl App {
                 reply: Reply::Api(req, index as u16),
             });
         }
-        let results = vec![(0, None); rooms.len()];
+        let results = vec![Some((0, None)); rooms.len()];
         self.wait(
             link,
             rooms.len(),
@@ -347,7 +353,12 @@ impl App {
         };
         let limit = (limit as usize).min(MAX_HISTORY_LIMIT);
         let room: Arc<str> = Arc::from(&*room);
-        let owner = owner_of(&room, self.shards);
+        // With a backplane the history is Redis's; else the owner's.
+        let owner = if self.cfg.backplane {
+            self.shards
+        } else {
+            owner_of(&room, self.shards)
+        };
         let ask = Ask::History { room, since, limit };
         self.api_asks.push((owner, self.next_req, ask));
         self.wait(link, 1, Acc::History);
@@ -386,14 +397,16 @@ impl App {
         self.ask_all(link, ask, Acc::Closed(0));
     }
 
-    /// Asks every shard (ours included) and waits for all the answers.
+    /// Asks every shard (ours included), and with a backplane the other nodes through
+    /// it, and waits for all the answers.
     fn ask_all(&mut self, link: L, ask: Ask, acc: Acc) {
-        for shard in 1..self.shards {
-            let to = (self.shard + shard) % self.shards;
+        let backplane = usize::from(self.cfg.backplane);
+        for shard in 1..self.shards + backplane {
+            let to = (self.shard + shard) % (self.shards + backplane);
             self.api_asks.push((to, self.next_req, ask.clone()));
         }
         self.api_asks.push((self.shard, self.next_req, ask));
-        self.wait(link, self.shards, acc);
+        self.wait(link, self.shards + backplane, acc);
     }
 
     /// Records a request whose `left` answers are coming, under the next request number
@@ -412,11 +425,11 @@ impl App {
 
     /// Sends what API requests of this connection's input asked of the shards.
     pub(super) fn send_api(&mut self, cx: &mut Cx<App>) {
-        for msg in self.api_sends.drain(..) {
+        for msg in std::mem::take(&mut self.api_sends) {
             let Msg::Publish { room, .. } = &msg else {
                 continue;
             };
-            cx.mesh.send(owner_of(room, self.shards), msg);
+            cx.mesh.send(self.orderer(room), msg);
         }
         let me = self.shard as u16;
         for (shard, req, ask) in self.api_asks.drain(..) {
@@ -482,8 +495,21 @@ impl App {
         match (&mut w.acc, answer) {
             (Acc::Publish { results, .. }, Answer::Published { index, seq, epoch }) => {
                 if let Some(r) = results.get_mut(usize::from(index)) {
-                    *r = (seq, epoch);
+                    *r = Some((seq, epoch));
                 }
+            }
+            (Acc::Publish { results, .. }, Answer::Unavailable { index }) => {
+                if let Some(r) = results.get_mut(usize::from(index)) {
+                    *r = None;
+                }
+            }
+            (Acc::History, Answer::Unavailable { .. }) => {
+                let w = self.api_waits.swap_remove(i);
+                if let Some(mut link) = cx.link(slot as usize, gen) {
+                    unavailable(&mut link);
+                }
+                drop(w);
+                return;
             }
             (
                 Acc::Presence { members, users, .. },
@@ -528,11 +554,18 @@ impl App {
                 results,
                 broadcast,
             } => {
-                let one = |room: &str, (seq, epoch): (u64, Option<u32>)| {
+                let one = |room: &str, result: Option<(u64, Option<u32>)>| {
+                    let Some((seq, epoch)) = result else {
+                        return serde_json::json!({"room": room, "error": "unavailable"});
+                    };
                     let epoch =
                         epoch.map(|e| String::from_utf8_lossy(&wire::format_epoch(e)).into_owned());
                     serde_json::json!({"room": room, "seq": seq, "epoch": epoch})
                 };
+                if results.iter().all(Option::is_none) {
+                    // Nothing was published: the request may be retried as a whole.
+                    return unavailable(&mut link);
+                }
                 if broadcast {
                     let all: Vec<_> = rooms.iter().zip(results).map(|(r, x)| one(r, x)).collect();
                     serde_json::json!({ "results": all })
@@ -564,6 +597,14 @@ impl App {
             }
             Acc::Rooms(mut all) => {
                 all.sort();
+                // The same room counted on several nodes: one entry, their sum.
+                all.dedup_by(|later, first| {
+                    let same = later.0 == first.0;
+                    if same {
+                        first.1 += later.1;
+                    }
+                    same
+                });
                 let rooms: Vec<_> = all
                     .iter()
                     .map(|(r, n)| serde_json::json!({"room": &**r, "members": n}))
@@ -596,6 +637,12 @@ fn page_json(p: &crate::rooms::Page) -> String {
     }
     out.push_str("]}");
     out
+}
+
+/// 503: the backplane cannot reach Redis.
+fn unavailable(link: L) {
+    let msg = "the backplane cannot reach Redis; nothing was done, retry later";
+    error(link, Status::ServiceUnavailable, "unavailable", msg);
 }
 
 /// Compares a key without stopping at the first difference.

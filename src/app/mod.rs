@@ -86,10 +86,11 @@ pub enum Msg {
         gen: u32,
         joined: crate::rooms::Joined,
     },
-    /// To the owner: a member on `shard` left (or closed).
+    /// To the owner: a member on `shard` (in `slot`) left (or closed).
     Leave {
         room: Arc<str>,
         shard: u16,
+        slot: u32,
         encoding: u8,
     },
     /// To the owner: publish `data` (raw JSON); answer `slot` as `reply` says.
@@ -118,6 +119,41 @@ pub enum Msg {
         slot: u32,
         gen: u32,
         id: u64,
+        seq: u64,
+    },
+    /// From the backplane: the publish (`id`) of `slot` was not made (Redis is down).
+    Refused {
+        slot: u32,
+        gen: u32,
+        id: Option<u64>,
+    },
+    /// Owner to backplane: this node has members in `room` now: subscribe, and send its
+    /// state ([`Msg::Synced`]) with the messages after `after`.
+    Sub { room: Arc<str>, after: Option<u64> },
+    /// Owner to backplane: no members here any more.
+    Unsub { room: Arc<str> },
+    /// Owner to backplane: the messages after `after`, for a resume.
+    Fetch { room: Arc<str>, after: u64 },
+    /// Backplane to owner: the room's epoch and last seq in Redis, and the newest
+    /// messages after what was asked (in seq order).
+    Synced {
+        room: Arc<str>,
+        epoch: u32,
+        seq: u64,
+        entries: Vec<(u64, Arc<str>)>,
+    },
+    /// Backplane to owner: a message of `room`, in the cluster's order.
+    Remote {
+        room: Arc<str>,
+        epoch: u32,
+        seq: u64,
+        data: Arc<str>,
+    },
+    /// Owner to the shards with members: `room`'s sequence started over in `epoch` after
+    /// `seq` (Redis lost it): positions held so far mean nothing.
+    Reset {
+        room: Arc<str>,
+        epoch: u32,
         seq: u64,
     },
 }
@@ -180,6 +216,9 @@ pub struct Settings {
     /// `--api-key` (None: the server API is off) and `--api-max-body`.
     pub api_key: Option<Arc<str>>,
     pub api_max_body: usize,
+    /// Whether a backplane (`--redis`) orders the rooms: it is the mesh endpoint after
+    /// the shards.
+    pub backplane: bool,
 }
 
 /// One shard's app: its share of the rooms, its connections' sessions.
@@ -242,6 +281,7 @@ impl App {
         shard: &ShardInfo,
     ) -> App {
         let mut history = cfg.history;
+        let backplane = cfg.backplane;
         history.idle_bytes /= shard.shards.max(1);
         App {
             info,
@@ -260,7 +300,14 @@ impl App {
             next_req: 0,
             ping: SharedFrame::new(OpCode::Ping, b""),
             local: Local::default(),
-            owner: Owner::new(shard.shards, history, epoch_seed(shard.index)),
+            owner: {
+                let owner = Owner::new(shard.shards, history, epoch_seed(shard.index));
+                if backplane {
+                    owner.with_backplane()
+                } else {
+                    owner
+                }
+            },
             expiries: BinaryHeap::new(),
             mesh_paused: Vec::new(),
             ws_closed: 0,
@@ -347,18 +394,33 @@ pub fn start(cfg: &ServeConfig) -> Result<Running, StartError> {
         cfg.auth().map_err(StartError::Config)?,
         (max_conns, cfg.max_conns_per_ip, cfg.max_conns_per_user),
     ));
+    let settings = Arc::new(cfg.app_settings());
+    let mut reactor = cfg.reactor_settings();
+    let backplane = settings.backplane.then(|| {
+        let shards = reactor
+            .shards
+            .unwrap_or(crate::reactor::sys::allowed_cpus().len().max(1));
+        cfg.backplane_settings(shards)
+    });
+    let status = backplane
+        .as_ref()
+        .map(|b| Arc::new(crate::backplane::Status::new(b)));
     let info = Arc::new(Info {
         settings: Info::settings_json(&cfg.effective),
         capacity,
+        backplane: status.clone(),
     });
-    let settings = Arc::new(cfg.app_settings());
-    let mut reactor = cfg.reactor_settings();
     // Per-address limits need each peer's address at accept.
     reactor.peer_addresses = gate.max_per_ip > 0;
-    let server = Server::start(&reactor, |shard| {
-        App::new(settings.clone(), gate.clone(), info.clone(), &shard)
-    })
-    .map_err(StartError::Io)?;
+    let (server, mut others) =
+        Server::start_with(&reactor, usize::from(backplane.is_some()), |shard| {
+            App::new(settings.clone(), gate.clone(), info.clone(), &shard)
+        })
+        .map_err(StartError::Io)?;
+    if let (Some(b), Some(status), Some(mesh)) = (backplane, status, others.pop()) {
+        tracing::info!(node = %b.node, redis = b.targets.len(), "backplane: rooms are ordered through Redis");
+        crate::backplane::spawn(b, mesh, status).map_err(StartError::Io)?;
+    }
     Ok(Running { server, gate, info })
 }
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use crate::protocol::{CloseCode, SharedFrame};
 use crate::reactor::conn::Conn;
 use crate::reactor::{Cx, Link, Service};
-use crate::rooms::{owner_of, JoinRefused, ENCODINGS};
+use crate::rooms::{owner_of, JoinRefused, Need, Parked, ENCODINGS};
 
 use super::auth::{unix_now, Session};
 use super::conn::{flag, AppConn, Endpoint};
@@ -138,7 +138,7 @@ impl Service for App {
     fn closed(&mut self, cx: &mut Cx<App>, slot: usize, conn: Conn<AppConn>) {
         let encoding = conn.app.encoding();
         for room in self.local.leave_all(slot as u32) {
-            self.tell_owner_left(cx, room, encoding);
+            self.tell_owner_left(cx, room, slot as u32, encoding);
         }
         let mut app = conn.app;
         if app.sse().is_some() {
@@ -242,7 +242,7 @@ impl App {
                 Intent::Leave { room } => {
                     if self.local.leave(&room, who) {
                         reply_to(cx, slot, wire::left(&room));
-                        self.tell_owner_left(cx, room, ENC_WS);
+                        self.tell_owner_left(cx, room, who, ENC_WS);
                     } else {
                         let e = wire::error("not_joined", "not a member of that room");
                         reply_to(cx, slot, e);
@@ -250,7 +250,7 @@ impl App {
                 }
                 Intent::Pub { room, data, id } => {
                     cx.stats.published += 1;
-                    let owner = owner_of(&room, shards);
+                    let owner = self.orderer(&room);
                     let msg = Msg::Publish {
                         room,
                         data,
@@ -277,7 +277,7 @@ impl App {
     }
 
     /// Tells `room`'s owner that a member here, with its deliveries in `encoding`, left.
-    fn tell_owner_left(&mut self, cx: &mut Cx<App>, room: Arc<str>, encoding: usize) {
+    fn tell_owner_left(&mut self, cx: &mut Cx<App>, room: Arc<str>, slot: u32, encoding: usize) {
         let owner = owner_of(&room, self.shards);
         let (shard, encoding) = (self.shard as u16, encoding as u8);
         cx.mesh.send(
@@ -285,9 +285,20 @@ impl App {
             Msg::Leave {
                 room,
                 shard,
+                slot,
                 encoding,
             },
         );
+    }
+
+    /// Where a publish to `room` goes to be given its seq: the room's owner shard, or
+    /// with a backplane, the backplane (Redis orders the cluster's publishes).
+    pub(super) fn orderer(&self, room: &str) -> usize {
+        if self.cfg.backplane {
+            self.shards
+        } else {
+            owner_of(room, self.shards)
+        }
     }
 
     /// Records the session of a connection whose token was accepted.
@@ -420,6 +431,39 @@ impl App {
                 gen,
                 encoding,
                 since,
+            } if self.cfg.backplane => {
+                let parked = Parked {
+                    shard: shard.into(),
+                    slot,
+                    gen,
+                    encoding: encoding.into(),
+                    since,
+                    asked: false,
+                };
+                match self.owner.join_remote(&room, parked) {
+                    Need::Ready(joined) => {
+                        let msg = Msg::Joined {
+                            room,
+                            slot,
+                            gen,
+                            joined,
+                        };
+                        cx.mesh.send(shard.into(), msg);
+                    }
+                    Need::Subscribe { after } => {
+                        cx.mesh.send(self.shards, Msg::Sub { room, after })
+                    }
+                    Need::Fetch { after } => cx.mesh.send(self.shards, Msg::Fetch { room, after }),
+                    Need::Wait => {}
+                }
+            }
+            Msg::Join {
+                room,
+                shard,
+                slot,
+                gen,
+                encoding,
+                since,
             } => {
                 let joined = self.owner.join(&room, shard.into(), encoding.into(), since);
                 let joined = Msg::Joined {
@@ -433,10 +477,75 @@ impl App {
             Msg::Leave {
                 room,
                 shard,
+                slot,
                 encoding,
-            } => self
-                .owner
-                .leave(&room, shard.into(), encoding.into(), self.clock_ms),
+            } => {
+                let who = (shard.into(), slot);
+                let gone = self.owner.leave(&room, who, encoding.into(), self.clock_ms);
+                if gone {
+                    cx.mesh.send(self.shards, Msg::Unsub { room });
+                }
+            }
+            Msg::Synced {
+                room,
+                epoch,
+                seq,
+                entries,
+            } => {
+                // A catch-up may start the room's log over: this turn's batch goes first.
+                self.seal(cx);
+                let before = self.owner.position(&room);
+                let (answered, fetch) = self.owner.synced(&room, epoch, seq, entries);
+                if let Some((old, _)) = before.filter(|&(e, _)| e != epoch) {
+                    tracing::warn!(room = %room, old, epoch, "a room's sequence started over in Redis: members are told");
+                    self.reset(cx, &room);
+                }
+                for (p, joined) in answered {
+                    let msg = Msg::Joined {
+                        room: room.clone(),
+                        slot: p.slot,
+                        gen: p.gen,
+                        joined,
+                    };
+                    cx.mesh.send(p.shard, msg);
+                }
+                if let Some(after) = fetch {
+                    cx.mesh.send(self.shards, Msg::Fetch { room, after });
+                }
+            }
+            Msg::Remote {
+                room,
+                epoch,
+                seq,
+                data,
+            } => {
+                if self.owner.must_seal(&room, epoch, seq) {
+                    self.seal(cx);
+                }
+                if self.owner.arrive(&room, epoch, seq, data) {
+                    tracing::warn!(room = %room, epoch, "a room's sequence started over in Redis: members are told");
+                    self.reset(cx, &room);
+                }
+            }
+            Msg::Reset { room, epoch, seq } => {
+                self.local.reset(&room, seq);
+                let members = self.local.members(&room).to_vec();
+                for slot in members {
+                    let joined = crate::rooms::Joined {
+                        seq,
+                        epoch,
+                        recovered: Some(false),
+                        replay: Vec::new(),
+                    };
+                    self.on_joined(cx, slot as usize, &room, joined);
+                }
+            }
+            Msg::Refused { slot, gen, id } => {
+                if let Some(mut link) = cx.link(slot as usize, gen) {
+                    reply(&mut link, wire::unavailable(id));
+                }
+            }
+            Msg::Sub { .. } | Msg::Unsub { .. } | Msg::Fetch { .. } => {}
             Msg::Publish {
                 room,
                 data,
@@ -494,6 +603,21 @@ impl App {
                 last,
                 frames,
             } => self.deliver(cx, &room, (first, last), &frames),
+        }
+    }
+
+    /// `room`'s sequence started over (a new epoch from Redis): every shard with members
+    /// tells them where they now are.
+    fn reset(&mut self, cx: &mut Cx<App>, room: &Arc<str>) {
+        let Some((epoch, seq)) = self.owner.position(room) else {
+            return;
+        };
+        let members = self.owner.members_of(room).to_vec();
+        for (shard, n) in members.into_iter().enumerate() {
+            if n > 0 {
+                let room = room.clone();
+                cx.mesh.send(shard, Msg::Reset { room, epoch, seq });
+            }
         }
     }
 

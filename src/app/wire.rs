@@ -376,6 +376,22 @@ pub fn unauthenticated() -> SharedFrame {
     )
 }
 
+/// `{"op":"error","code":"unavailable","msg":…,"id":…}`: a publish was not made because
+/// the backplane cannot reach Redis.
+pub fn unavailable(id: Option<u64>) -> SharedFrame {
+    let mut buf = itoa::Buffer::new();
+    let id: &[u8] = match id {
+        Some(id) => buf.format(id).as_bytes(),
+        None => b"null",
+    };
+    let parts: [&[u8]; 3] = [
+        b"{\"op\":\"error\",\"code\":\"unavailable\",\"msg\":\"the backplane cannot reach Redis: not published\",\"id\":",
+        id,
+        b"}",
+    ];
+    SharedFrame::from_parts(OpCode::Text, &parts)
+}
+
 /// `{"op":"error","code":…,"msg":…}` with `msg` escaped as a JSON string.
 pub fn error(code: &str, msg: &str) -> SharedFrame {
     let msg = serde_json::to_string(msg).unwrap_or_else(|_| "\"\"".into());

@@ -76,6 +76,7 @@ pub const GROUPS: &[(&str, &[&str])] = &[
             "history-idle-bytes",
         ],
     ),
+    ("cluster", &["redis", "node-id"]),
     ("capacity", &["memory-budget", "figures", "capacity-margin"]),
     ("logs", &["log-format", "log-level"]),
 ];
@@ -84,7 +85,7 @@ pub const GROUPS: &[(&str, &[&str])] = &[
 const NOT_IN_FILES: &[&str] = &["config", "print-config", "help"];
 
 /// Settings whose value is a secret: `--print-config` does not print it.
-pub const SECRETS: &[&str] = &["jwt-secret", "api-key"];
+pub const SECRETS: &[&str] = &["jwt-secret", "api-key", "redis"];
 
 /// The group of `key`.
 pub fn group_of(key: &str) -> &'static str {

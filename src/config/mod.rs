@@ -318,6 +318,20 @@ pub struct ServeConfig {
     )]
     pub api_max_body: u64,
 
+    /// A Redis server for the backplane (repeatable: rooms are spread over them by a hash
+    /// of the name): `redis://[:password@]host[:port][/db]`. Off when unset: one node.
+    #[arg(
+        long = "redis",
+        value_name = "URL",
+        env = "ROOMCAST_REDIS",
+        value_delimiter = ','
+    )]
+    pub redis: Vec<String>,
+
+    /// This node's name in the cluster [default: random at start].
+    #[arg(long = "node-id", value_name = "ID", env = "ROOMCAST_NODE_ID")]
+    pub node_id: Option<String>,
+
     /// Seconds over which a drain (SIGTERM/SIGINT) spreads its 1001 closes.
     #[arg(
         long = "drain-window",
@@ -381,6 +395,14 @@ impl ServeConfig {
                 self.burst
             ));
         }
+        for url in &self.redis {
+            crate::backplane::Target::parse(url).map_err(|e| format!("--redis {url}: {e}"))?;
+        }
+        if let Some(id) = &self.node_id {
+            if id.is_empty() || id.len() > 64 || id.contains(char::is_whitespace) {
+                return Err("--node-id: 1 to 64 characters, no spaces".into());
+            }
+        }
         for o in &self.allow_origin {
             if !o.contains("://") {
                 return Err(format!(
@@ -442,6 +464,7 @@ impl ServeConfig {
                 .filter(|k| !k.is_empty())
                 .map(Into::into),
             api_max_body: self.api_max_body.min(u32::MAX as u64) as usize,
+            backplane: !self.redis.is_empty(),
             history: crate::rooms::Retention {
                 size: self.history_size,
                 bytes: self.history_bytes.min(usize::MAX as u64) as usize,
@@ -449,6 +472,24 @@ impl ServeConfig {
                 // The whole process's; each shard's owner gets its share (`App::new`).
                 idle_bytes: self.history_idle_bytes.min(usize::MAX as u64) as usize,
             },
+        }
+    }
+
+    /// The backplane's settings (`--redis` given), for a server of `shards` shards.
+    pub fn backplane_settings(&self, shards: usize) -> crate::backplane::Settings {
+        crate::backplane::Settings {
+            targets: self
+                .redis
+                .iter()
+                .filter_map(|u| crate::backplane::Target::parse(u).ok())
+                .collect(),
+            node: self
+                .node_id
+                .clone()
+                .unwrap_or_else(crate::backplane::random_node_id),
+            shards,
+            history_size: self.history_size,
+            ttl_ms: self.history_ttl_secs.saturating_mul(1000),
         }
     }
 

@@ -23,6 +23,8 @@ pub struct Info {
     /// named, not shown.
     pub settings: String,
     pub capacity: Capacity,
+    /// With `--redis`: the backplane's state.
+    pub backplane: Option<Arc<crate::backplane::Status>>,
 }
 
 impl Info {
@@ -41,6 +43,7 @@ impl Info {
                     margin_percent: 0,
                 },
             ),
+            backplane: None,
         }
     }
 
@@ -70,7 +73,14 @@ impl Info {
     fn stats_members(&self, open: u64) -> String {
         let mut capacity = serde_json::to_value(&self.capacity).unwrap_or_default();
         capacity["connections_left"] = self.capacity.left(open).into();
-        format!(",\"settings\":{},\"capacity\":{capacity}", self.settings)
+        let backplane = match &self.backplane {
+            Some(b) => format!(",\"backplane\":{}", b.json()),
+            None => String::new(),
+        };
+        format!(
+            ",\"settings\":{},\"capacity\":{capacity}{backplane}",
+            self.settings
+        )
     }
 }
 
@@ -86,17 +96,25 @@ pub fn answer(
 ) -> (Status, &'static str, String) {
     match path {
         "/healthz" if draining => (Status::ServiceUnavailable, TEXT, "draining\n".into()),
+        // Degraded still serves this node's own members: not a reason to take it out.
+        "/healthz" if info.backplane.as_ref().is_some_and(|b| b.degraded()) => (
+            Status::Ok,
+            TEXT,
+            "degraded: the backplane cannot reach Redis\n".into(),
+        ),
         "/healthz" => (Status::Ok, TEXT, "ok\n".into()),
         "/stats" => {
             let open = stats.snapshots().iter().map(|s| s.connections).sum();
             let extra = info.stats_members(open);
             (Status::Ok, "application/json", stats.to_json_with(&extra))
         }
-        "/metrics" => (
-            Status::Ok,
-            super::metrics::CONTENT_TYPE,
-            super::metrics::render(stats, gate, draining, &info.capacity),
-        ),
+        "/metrics" => {
+            let mut text = super::metrics::render(stats, gate, draining, &info.capacity);
+            if let Some(b) = &info.backplane {
+                b.metrics(&mut text);
+            }
+            (Status::Ok, super::metrics::CONTENT_TYPE, text)
+        }
         // A WebSocket endpoint asked without `Upgrade: websocket` (DESIGN.md: 400).
         "/ws" | "/echo" => (
             Status::BadRequest,

@@ -117,7 +117,21 @@ pub struct Control {
 impl Server {
     /// Binds every shard's listener and starts the shard threads, each running the
     /// service `make` builds for it (on this thread, before the shards start).
-    pub fn start<S, F>(cfg: &Settings, mut make: F) -> io::Result<Server>
+    pub fn start<S, F>(cfg: &Settings, make: F) -> io::Result<Server>
+    where
+        S: Service + Send,
+        F: FnMut(ShardInfo) -> S,
+    {
+        Self::start_with(cfg, 0, make).map(|(server, _)| server)
+    }
+
+    /// [`Server::start`] with `others` mesh endpoints that are not shards (a backplane
+    /// thread): returned for the caller to run.
+    pub fn start_with<S, F>(
+        cfg: &Settings,
+        others: usize,
+        mut make: F,
+    ) -> io::Result<(Server, Vec<crate::mesh::Endpoint<S::Msg>>)>
     where
         S: Service + Send,
         F: FnMut(ShardInfo) -> S,
@@ -160,7 +174,8 @@ impl Server {
             .iter()
             .map(|l| l.try_clone().map(OwnedFd::from))
             .collect::<io::Result<Vec<_>>>()?;
-        let mesh = crate::mesh::build(shards, 0)?;
+        let mut mesh = crate::mesh::build(shards, others)?;
+        let extra = mesh.split_off(shards);
         let mut threads = Vec::with_capacity(shards);
         for ((index, listener), mesh) in listeners.into_iter().enumerate().zip(mesh) {
             let service = make(ShardInfo {
@@ -206,7 +221,7 @@ impl Server {
                 })?;
             threads.push(thread);
         }
-        Ok(Server {
+        let server = Server {
             local_addr,
             backend,
             shards,
@@ -217,7 +232,8 @@ impl Server {
             },
             drain,
             threads,
-        })
+        };
+        Ok((server, extra))
     }
 
     /// A handle that can start the drain from another thread.

@@ -57,6 +57,25 @@ impl Log {
     }
 
     /// Entries after `seq`, oldest first.
+    /// Adds an older message in front (a backplane's fetch reaching further back than
+    /// what this node received). `seq` must be the one before the oldest kept.
+    pub fn push_front(&mut self, seq: u64, data: Arc<str>) {
+        debug_assert!(self.entries.front().is_none_or(|&(s, _)| seq + 1 == s));
+        self.bytes += data.len();
+        self.entries.push_front((seq, data));
+    }
+
+    /// The oldest seq kept.
+    pub fn first(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.0)
+    }
+
+    /// Forgets everything (the room's sequence starts over, or jumps past a hole).
+    pub fn clear(&mut self) {
+        self.entries = VecDeque::new();
+        self.bytes = 0;
+    }
+
     pub fn after(&self, seq: u64) -> std::collections::vec_deque::Iter<'_, (u64, Arc<str>)> {
         let skip = match self.entries.front() {
             Some(&(first, _)) => seq.saturating_add(1).saturating_sub(first) as usize,

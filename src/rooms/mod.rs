@@ -56,11 +56,91 @@ struct OwnedRoom {
     idle: bool,
     /// Data bytes counted against the idle budget while the room has no members.
     counted: usize,
+    /// With a backplane: whether the room's epoch and seq have come from Redis, and the
+    /// joins waiting for them (or for older history to resume from).
+    live: bool,
+    parked: Vec<Parked>,
 }
 
 impl OwnedRoom {
+    fn new(epoch: u32, shards: usize, live: bool) -> OwnedRoom {
+        OwnedRoom {
+            seq: 0,
+            sealed: 0,
+            epoch,
+            members: vec![0; shards],
+            encodings: [0; ENCODINGS],
+            log: Log::default(),
+            active_ms: 0,
+            idle: false,
+            counted: 0,
+            live,
+            parked: Vec::new(),
+        }
+    }
+
     fn is_empty(&self) -> bool {
         self.members.iter().all(|&m| m == 0)
+    }
+
+    /// Whether the log holds everything after `since` up to the last sealed seq.
+    fn covers(&self, since: u64) -> bool {
+        since <= self.sealed && self.log.covers_after(since, self.sealed)
+    }
+
+    /// Counts a member on `shard` and says what it receives (see [`Owner::join`]).
+    fn admit(&mut self, shard: usize, encoding: usize, since: Option<(u64, u32)>) -> Joined {
+        self.members[shard] += 1;
+        self.encodings[encoding.min(ENCODINGS - 1)] += 1;
+        // This turn's batch is not sealed yet: the member gets it with everyone else.
+        let seq = self.sealed;
+        let mut joined = Joined {
+            seq,
+            epoch: self.epoch,
+            recovered: None,
+            replay: Vec::new(),
+        };
+        if let Some((since, epoch)) = since {
+            let ok = epoch == self.epoch && self.covers(since);
+            joined.recovered = Some(ok);
+            if ok {
+                joined.replay = self
+                    .log
+                    .after(since)
+                    .take_while(|e| e.0 <= seq)
+                    .cloned()
+                    .collect();
+            }
+        }
+        joined
+    }
+
+    /// The sequence goes on from `seq` (in `epoch`): what came before is not history.
+    fn restart(&mut self, epoch: u32, seq: u64) {
+        self.log.clear();
+        (self.epoch, self.seq, self.sealed) = (epoch, seq, seq);
+    }
+
+    /// Message `seq` in `epoch` from the backplane (see [`Owner::arrive`]).
+    fn arrive(
+        &mut self,
+        room: &Arc<str>,
+        epoch: u32,
+        seq: u64,
+        data: Arc<str>,
+        dirty: &mut Vec<Arc<str>>,
+    ) {
+        if epoch == self.epoch && seq <= self.seq {
+            return;
+        }
+        if epoch != self.epoch || seq > self.seq + 1 {
+            self.restart(epoch, seq.saturating_sub(1));
+        }
+        self.seq = seq;
+        if seq == self.sealed + 1 {
+            dirty.push(room.clone());
+        }
+        self.log.push(seq, data);
     }
 }
 
@@ -79,6 +159,31 @@ pub struct Joined {
 /// A batch's messages, oldest first (cheap to clone: iterate as often as there are
 /// encodings to make).
 pub type Batch<'a> = std::collections::vec_deque::Iter<'a, (u64, Arc<str>)>;
+
+/// A join waiting at the owner for the backplane (see [`Owner::join_remote`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Parked {
+    pub shard: usize,
+    pub slot: u32,
+    pub gen: u32,
+    pub encoding: usize,
+    pub since: Option<(u64, u32)>,
+    /// Whether history from `since` on was asked of Redis for this join.
+    pub asked: bool,
+}
+
+/// What a join with a backplane needs before it can be answered.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Need {
+    /// Nothing: here is the answer.
+    Ready(Joined),
+    /// The room is new on this node: subscribe to it, fetching history after `after`.
+    Subscribe { after: Option<u64> },
+    /// History after `after` that this node does not hold.
+    Fetch { after: u64 },
+    /// Nothing more than what was already asked for.
+    Wait,
+}
 
 /// A stretch of a room's history ([`Owner::page`]).
 #[derive(Debug)]
@@ -109,6 +214,10 @@ pub struct Sealed<'a> {
 #[derive(Debug)]
 pub struct Owner {
     shards: usize,
+    /// With a backplane, rooms' epochs and seqs come from Redis ([`Owner::synced`],
+    /// [`Owner::arrive`]), and a room with no members here is dropped (its history
+    /// lives in Redis).
+    remote: bool,
     keep: Retention,
     rooms: HashMap<Arc<str>, OwnedRoom>,
     /// Rooms with a non-empty batch.
@@ -127,6 +236,7 @@ impl Owner {
     pub fn new(shards: usize, keep: Retention, seed: u64) -> Owner {
         Owner {
             shards,
+            remote: false,
             keep,
             rooms: HashMap::new(),
             dirty: Vec::new(),
@@ -135,6 +245,12 @@ impl Owner {
             seed,
             epochs: 0,
         }
+    }
+
+    /// Rooms take their order from a backplane (see [`Owner::remote`]).
+    pub fn with_backplane(mut self) -> Owner {
+        self.remote = true;
+        self
     }
 
     /// Rooms owned here: with a member anywhere, or kept for their history.
@@ -174,59 +290,172 @@ impl Owner {
     ) -> Joined {
         if !self.rooms.contains_key(room) {
             let epoch = self.next_epoch();
-            self.rooms.insert(
-                room.clone(),
-                OwnedRoom {
-                    seq: 0,
-                    sealed: 0,
-                    epoch,
-                    members: vec![0; self.shards],
-                    encodings: [0; ENCODINGS],
-                    log: Log::default(),
-                    active_ms: 0,
-                    idle: false,
-                    counted: 0,
-                },
-            );
+            self.rooms
+                .insert(room.clone(), OwnedRoom::new(epoch, self.shards, true));
         }
         let r = self.rooms.get_mut(room).expect("inserted above");
         self.idle_total -= std::mem::take(&mut r.counted);
-        r.members[shard] += 1;
-        r.encodings[encoding.min(ENCODINGS - 1)] += 1;
-        // This turn's batch is not sealed yet: the member gets it with everyone else.
-        let seq = r.sealed;
-        let mut joined = Joined {
-            seq,
-            epoch: r.epoch,
-            recovered: None,
-            replay: Vec::new(),
+        r.admit(shard, encoding, since)
+    }
+
+    /// [`Owner::join`] with a backplane: the room's state comes from Redis, so a room new
+    /// here, or a resume from before what this node holds, waits for it (parked until
+    /// [`Owner::synced`]).
+    pub fn join_remote(&mut self, room: &Arc<str>, p: Parked) -> Need {
+        let Some(r) = self.rooms.get_mut(room) else {
+            let mut r = OwnedRoom::new(0, self.shards, false);
+            let after = p.since.map(|s| s.0);
+            r.parked.push(Parked { asked: true, ..p });
+            self.rooms.insert(room.clone(), r);
+            return Need::Subscribe { after };
         };
-        if let Some((since, epoch)) = since {
-            let ok = epoch == r.epoch && since <= seq && r.log.covers_after(since, seq);
-            joined.recovered = Some(ok);
-            if ok {
-                joined.replay = r
-                    .log
-                    .after(since)
-                    .take_while(|e| e.0 <= seq)
-                    .cloned()
-                    .collect();
+        if !r.live {
+            r.parked.push(p);
+            return Need::Wait;
+        }
+        match p.since {
+            Some((since, epoch)) if epoch == r.epoch && !r.covers(since) => {
+                r.parked.push(Parked { asked: true, ..p });
+                Need::Fetch { after: since }
+            }
+            _ => Need::Ready(r.admit(p.shard, p.encoding, p.since)),
+        }
+    }
+
+    /// With a backplane: Redis says `room` is at `seq` in `epoch`, with `entries` (in seq
+    /// order) the newest messages after what was asked. Makes a new room live, adds older
+    /// history in front, catches up on newer messages (a jump past what Redis no longer
+    /// holds, or a new epoch, starts the log over: call [`Owner::must_seal`] first).
+    /// Returns the parked joins now answered, and history to fetch for the others.
+    pub fn synced(
+        &mut self,
+        room: &Arc<str>,
+        epoch: u32,
+        seq: u64,
+        entries: Vec<(u64, Arc<str>)>,
+    ) -> (Vec<(Parked, Joined)>, Option<u64>) {
+        let Some(r) = self.rooms.get_mut(room) else {
+            return (Vec::new(), None);
+        };
+        if !r.live {
+            (r.live, r.epoch, r.seq, r.sealed) = (true, epoch, seq, seq);
+            // Only a contiguous stretch ending at `seq` is history.
+            let mut next = seq;
+            for (s, data) in entries.into_iter().rev() {
+                if s != next {
+                    break;
+                }
+                r.log.push_front(s, data);
+                next = next.saturating_sub(1);
+            }
+        } else {
+            let mut newer = Vec::new();
+            for (s, data) in entries.into_iter().rev() {
+                if epoch != r.epoch || s > r.seq {
+                    newer.push((s, data));
+                } else if r.log.first().is_some_and(|f| s + 1 == f)
+                    || (r.log.first().is_none() && s == r.sealed && r.seq == r.sealed)
+                {
+                    r.log.push_front(s, data);
+                }
+            }
+            let dirty = &mut self.dirty;
+            for (s, data) in newer.into_iter().rev() {
+                r.arrive(room, epoch, s, data, dirty);
+            }
+            if epoch != r.epoch || seq > r.seq {
+                // Newer than anything Redis still holds: nothing to deliver, but the
+                // sequence moves on (members get a gap notice with the next batch).
+                r.restart(epoch, seq);
             }
         }
-        joined
+        let parked = std::mem::take(&mut r.parked);
+        let mut fetch = None;
+        let mut answered = Vec::new();
+        for p in parked {
+            let covered = match p.since {
+                Some((since, e)) => e != r.epoch || r.covers(since),
+                None => true,
+            };
+            if covered || p.asked {
+                let joined = r.admit(p.shard, p.encoding, p.since);
+                answered.push((p, joined));
+            } else {
+                let since = p.since.map_or(0, |s| s.0);
+                fetch = Some(fetch.map_or(since, |f: u64| f.min(since)));
+                r.parked.push(Parked { asked: true, ..p });
+            }
+        }
+        (answered, fetch)
+    }
+
+    /// With a backplane: whether a message `seq` of `room` in `epoch` would restart its
+    /// log while this turn's batch is not sealed yet (seal first: a batch is contiguous).
+    pub fn must_seal(&self, room: &Arc<str>, epoch: u32, seq: u64) -> bool {
+        self.rooms
+            .get(room)
+            .is_some_and(|r| r.live && r.seq != r.sealed && (epoch != r.epoch || seq > r.seq + 1))
+    }
+
+    /// With a backplane: message `seq` of `room`, in Redis's order, joins this turn's
+    /// batch. A duplicate is ignored; a jump or a new epoch starts the log over. Returns
+    /// whether the epoch changed (the members must be told). O(1).
+    pub fn arrive(&mut self, room: &Arc<str>, epoch: u32, seq: u64, data: Arc<str>) -> bool {
+        match self.rooms.get_mut(room) {
+            Some(r) if r.live => {
+                let changed = r.epoch != epoch;
+                r.arrive(room, epoch, seq, data, &mut self.dirty);
+                changed
+            }
+            _ => false,
+        }
+    }
+
+    /// The room's epoch and last seq (with a backplane, once live).
+    pub fn position(&self, room: &str) -> Option<(u32, u64)> {
+        self.rooms
+            .get(room)
+            .filter(|r| r.live)
+            .map(|r| (r.epoch, r.sealed))
+    }
+
+    /// Members per shard of `room`.
+    pub fn members_of(&self, room: &str) -> &[u32] {
+        self.rooms.get(room).map_or(&[], |r| &r.members)
     }
 
     /// A member on `shard` that wanted `encoding` left `room`. A room with no members
     /// anywhere is freed, or kept for `--history-ttl` if it keeps history. O(shards).
-    pub fn leave(&mut self, room: &Arc<str>, shard: usize, encoding: usize, now_ms: u64) {
+    ///
+    /// With a backplane, a parked join of `slot` is withdrawn instead, and a room left
+    /// empty is dropped: returns true when this node no longer needs the room's channel.
+    pub fn leave(
+        &mut self,
+        room: &Arc<str>,
+        (shard, slot): (usize, u32),
+        encoding: usize,
+        now_ms: u64,
+    ) -> bool {
         let Some(r) = self.rooms.get_mut(room) else {
-            return;
+            return false;
         };
-        r.members[shard] = r.members[shard].saturating_sub(1);
-        let e = &mut r.encodings[encoding.min(ENCODINGS - 1)];
-        *e = e.saturating_sub(1);
-        if !r.is_empty() {
-            return;
+        if let Some(i) = r
+            .parked
+            .iter()
+            .position(|p| p.shard == shard && p.slot == slot)
+        {
+            r.parked.swap_remove(i);
+        } else {
+            r.members[shard] = r.members[shard].saturating_sub(1);
+            let e = &mut r.encodings[encoding.min(ENCODINGS - 1)];
+            *e = e.saturating_sub(1);
+        }
+        if !r.is_empty() || !r.parked.is_empty() {
+            return false;
+        }
+        if self.remote {
+            self.rooms.remove(room);
+            return true;
         }
         if self.keep.keeps_empty_rooms() {
             r.active_ms = now_ms;
@@ -241,6 +470,7 @@ impl Owner {
         } else {
             self.rooms.remove(room);
         }
+        false
     }
 
     /// Frees the longest idle rooms while the idle ones keep more than their budget.
@@ -529,6 +759,13 @@ impl Local {
         }
     }
 
+    /// `room`'s sequence started over: batches from `seq + 1` on follow.
+    pub fn reset(&mut self, room: &str, seq: u64) {
+        if let Some(&id) = self.ids.get(room) {
+            self.rooms[id].next = seq + 1;
+        }
+    }
+
     /// The members of `room` on this shard.
     pub fn members(&self, room: &str) -> &[u32] {
         self.ids
@@ -538,230 +775,4 @@ impl Local {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn name(s: &str) -> Arc<str> {
-        Arc::from(s)
-    }
-
-    #[test]
-    fn owner_is_stable_and_spread() {
-        assert_eq!(owner_of("lobby", 4), owner_of("lobby", 4));
-        let mut seen = [0; 4];
-        for i in 0..1000 {
-            seen[owner_of(&format!("room-{i}"), 4)] += 1;
-        }
-        assert!(seen.iter().all(|&n| n > 150), "{seen:?}");
-    }
-
-    type Handed = (Arc<str>, Vec<(u64, Arc<str>)>, Vec<u32>, (u64, u64));
-
-    fn sealed(o: &mut Owner) -> Vec<Handed> {
-        let mut got = Vec::new();
-        o.seal(|s| {
-            let batch = s.batch.cloned().collect();
-            got.push((s.room.clone(), batch, s.members.to_vec(), (s.first, s.last)));
-        });
-        got
-    }
-
-    #[test]
-    fn owner_sequences_batches_and_frees_empty_rooms() {
-        let mut o = Owner::new(2, Retention::NONE, 1);
-        let r = name("r");
-        assert_eq!(
-            o.publish(&r, name("1"), 0),
-            None,
-            "no members: nothing kept"
-        );
-        assert_eq!(o.join(&r, 0, 0, None).seq, 0);
-        assert_eq!(o.join(&r, 1, 0, None).seq, 0);
-        assert_eq!(o.publish(&r, name("1"), 0).map(|p| p.0), Some(1));
-        assert_eq!(o.publish(&r, name("\"two\""), 0).map(|p| p.0), Some(2));
-        let got = sealed(&mut o);
-        assert_eq!(got.len(), 1, "one batch per room per turn");
-        let (_, batch, members, span) = &got[0];
-        assert_eq!(members, &vec![1, 1]);
-        assert_eq!(*span, (1, 2));
-        assert_eq!(batch, &vec![(1, name("1")), (2, name("\"two\""))]);
-        assert!(sealed(&mut o).is_empty(), "nothing published since");
-        o.leave(&r, 0, 0, 0);
-        assert_eq!(o.len(), 1);
-        o.leave(&r, 1, 0, 0);
-        assert!(o.is_empty(), "no members anywhere, no history: freed");
-        assert_eq!(o.join(&r, 1, 0, None).seq, 0, "a new room starts over");
-    }
-
-    fn keep(size: usize) -> Retention {
-        Retention {
-            size,
-            bytes: 1 << 20,
-            ttl_ms: 1000,
-            idle_bytes: 1 << 20,
-        }
-    }
-
-    #[test]
-    fn rooms_with_no_members_keep_at_most_their_budget_longest_idle_first() {
-        let mut o = Owner::new(
-            1,
-            Retention {
-                idle_bytes: 25,
-                ..keep(64)
-            },
-            7,
-        );
-        for (i, room) in ["a", "b", "c"].iter().enumerate() {
-            let r = name(room);
-            o.join(&r, 0, 0, None);
-            o.publish(&r, name(&"x".repeat(10)), 0);
-            sealed(&mut o);
-            o.leave(&r, 0, 0, i as u64);
-        }
-        assert_eq!(o.len(), 2, "30 bytes idle > 25: the longest idle (a) went");
-        let j = o.join(&name("a"), 0, 0, None);
-        assert_eq!(j.seq, 0, "a starts over");
-        // b and c are kept; publishing to an idle room counts too.
-        o.publish(&name("c"), name(&"y".repeat(10)), 5);
-        assert_eq!(o.len(), 2, "b went for c's new message");
-        sealed(&mut o);
-        assert_eq!(o.join(&name("c"), 0, 0, None).seq, 2, "c kept both");
-    }
-
-    #[test]
-    fn a_join_mid_turn_gets_the_batch_live_and_history_before_it() {
-        let mut o = Owner::new(1, keep(4), 7);
-        let r = name("r");
-        let first = o.join(&r, 0, 0, None);
-        for i in 1..=6 {
-            o.publish(&r, name(&i.to_string()), 0);
-        }
-        sealed(&mut o);
-        o.publish(&r, name("7"), 0);
-        // 7 is in this turn's batch: it arrives live, not in the replay.
-        let j = o.join(&r, 0, 0, Some((3, first.epoch)));
-        assert_eq!((j.seq, j.epoch, j.recovered), (6, first.epoch, Some(true)));
-        let seqs: Vec<u64> = j.replay.iter().map(|e| e.0).collect();
-        assert_eq!(seqs, vec![4, 5, 6]);
-        let j = o.join(&r, 0, 0, Some((1, first.epoch)));
-        assert_eq!(
-            j.recovered,
-            Some(false),
-            "2 fell out of a 4-message history"
-        );
-        assert!(j.replay.is_empty());
-        let j = o.join(&r, 0, 0, Some((3, first.epoch ^ 1)));
-        assert_eq!(j.recovered, Some(false), "another epoch");
-        let j = o.join(&r, 0, 0, Some((9, first.epoch)));
-        assert_eq!(j.recovered, Some(false), "from the future");
-        let j = o.join(&r, 0, 0, Some((6, first.epoch)));
-        assert_eq!((j.recovered, j.replay.len()), (Some(true), 0), "up to date");
-        assert_eq!(sealed(&mut o)[0].3, (7, 7));
-    }
-
-    #[test]
-    fn an_empty_room_keeps_its_history_and_epoch_for_the_ttl() {
-        let mut o = Owner::new(1, keep(8), 7);
-        let r = name("r");
-        let e = o.join(&r, 0, 1, None).epoch;
-        o.publish(&r, name("1"), 10);
-        sealed(&mut o);
-        o.leave(&r, 0, 1, 100);
-        assert_eq!(
-            o.publish(&r, name("2"), 500).map(|p| p.0),
-            Some(2),
-            "still recorded"
-        );
-        sealed(&mut o);
-        o.expire(1099);
-        let j = o.join(&r, 0, 0, Some((0, e)));
-        assert_eq!((j.epoch, j.recovered, j.replay.len()), (e, Some(true), 2));
-        o.leave(&r, 0, 0, 1200);
-        o.expire(1500);
-        assert_eq!(o.len(), 1, "left at 1200: kept until 2200");
-        o.expire(2200);
-        assert!(o.is_empty());
-        let j = o.join(&r, 0, 0, Some((2, e)));
-        assert_ne!(j.epoch, e, "a new room, a new epoch");
-        assert_eq!((j.seq, j.recovered), (0, Some(false)));
-        assert!(o.history_bytes() == 0);
-    }
-
-    #[test]
-    fn epochs_differ_between_rooms_and_processes() {
-        let (mut a, mut b) = (Owner::new(1, keep(1), 1), Owner::new(1, keep(1), 2));
-        let ea = a.join(&name("x"), 0, 0, None).epoch;
-        let ea2 = a.join(&name("y"), 0, 0, None).epoch;
-        let eb = b.join(&name("x"), 0, 0, None).epoch;
-        assert!(ea != ea2 && ea != eb && ea <= EPOCH_MASK);
-    }
-
-    #[test]
-    fn local_joins_go_through_pending_and_leave_all_cleans_up() {
-        let mut l = Local::default();
-        let (a, b) = (name("a"), name("b"));
-        l.request_join(&a, 7, 8).unwrap();
-        assert_eq!(l.request_join(&a, 7, 8), Err(JoinRefused::AlreadyJoined));
-        assert!(l.members("a").is_empty(), "pending until the owner answers");
-        assert!(l.joined("a", 7));
-        assert!(!l.joined("a", 7));
-        assert_eq!(l.members("a"), &[7]);
-        l.request_join(&b, 7, 8).unwrap();
-        l.request_join(&a, 9, 8).unwrap();
-        assert_eq!(l.rooms(), 2);
-        let mut left = l.leave_all(7);
-        left.sort();
-        assert_eq!(left, vec![a.clone(), b.clone()]);
-        assert_eq!(l.rooms(), 1, "b had only 7; a still has 9 pending");
-        assert!(l.leave("a", 9));
-        assert!(!l.leave("a", 9));
-        assert_eq!((l.rooms(), l.memberships()), (0, 0));
-    }
-
-    #[test]
-    fn a_batch_that_starts_late_reports_what_was_missed() {
-        let mut l = Local::default();
-        let a = name("a");
-        l.request_join(&a, 1, 8).unwrap();
-        assert_eq!(
-            l.arrived("a", 4, 5),
-            None,
-            "before any answer: nothing expected"
-        );
-        assert_eq!(l.expect("a", 10), None);
-        assert!(l.joined("a", 1));
-        assert_eq!(
-            l.arrived("a", 8, 10),
-            None,
-            "sealed before the join: ignored"
-        );
-        assert_eq!(l.arrived("a", 11, 12), None);
-        let late = l.arrived("a", 15, 15);
-        assert_eq!(late, Some((13, 14)), "13 and 14 never came");
-        assert_eq!(l.expect("a", 15), None, "a later join, all caught up");
-        assert_eq!(
-            l.expect("a", 18),
-            Some((16, 18)),
-            "16 to 18 were dropped before it"
-        );
-        assert_eq!(l.arrived("a", 19, 19), None);
-        assert_eq!(l.arrived("b", 1, 1), None, "no members here");
-    }
-
-    #[test]
-    fn rooms_per_connection_are_capped() {
-        let mut l = Local::default();
-        l.request_join(&name("a"), 1, 2).unwrap();
-        l.request_join(&name("b"), 1, 2).unwrap();
-        assert_eq!(
-            l.request_join(&name("c"), 1, 2),
-            Err(JoinRefused::TooManyRooms)
-        );
-        assert_eq!(
-            l.request_join(&name("c"), 2, 0),
-            Err(JoinRefused::TooManyRooms)
-        );
-        assert_eq!(l.rooms(), 2);
-    }
-}
+mod tests;

@@ -224,6 +224,20 @@ pub fn readable(fd: RawFd) -> bool {
     syscall!(poll(&mut pfd, 1, 0)).is_ok_and(|n| n == 1)
 }
 
+/// Waits up to `timeout_ms` (-1: no limit) for any of `fds` to be ready (`poll(2)`); an
+/// interrupted wait returns 0. For a thread that is not a shard (the backplane).
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
+    match syscall!(poll(
+        fds.as_mut_ptr(),
+        fds.len() as libc::nfds_t,
+        timeout_ms
+    )) {
+        Ok(n) => Ok(n as usize),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
 /// A set of signals blocked in every thread and taken by one thread with [`Signals::wait`].
 pub struct Signals(libc::sigset_t);
 

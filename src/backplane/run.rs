@@ -1,0 +1,680 @@
+//! The backplane's thread: its loop, its Redis connections, publishes and the rooms'
+//! subscriptions and catch-ups.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::app::api::Answer;
+use crate::app::{Msg, Reply};
+use crate::mesh::Endpoint;
+use sha1::{Digest, Sha1};
+
+use crate::rooms::{owner_of, EPOCH_MASK};
+
+use super::conn::Conn;
+use super::resp::Value;
+use super::scripts::{channel, keys, message, room_of, state, PUBLISH, SCRIPTS, SYNC};
+use super::*;
+
+impl Backplane {
+    pub(super) fn new(cfg: Settings, mesh: Endpoint<Msg>, status: Arc<Status>) -> Backplane {
+        let now = Instant::now();
+        let servers = cfg
+            .targets
+            .iter()
+            .map(|t| Server {
+                target: t.clone(),
+                cmd: None,
+                sub: None,
+                inflight: VecDeque::new(),
+                retry_at: now,
+                backoff: BACKOFF_MIN,
+                ever_up: false,
+                ctl: false,
+            })
+            .collect();
+        let shas = SCRIPTS
+            .iter()
+            .map(|s| {
+                Sha1::digest(s.as_bytes())
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect()
+            })
+            .collect();
+        Backplane {
+            me: mesh.shard() as u16,
+            mesh,
+            status,
+            servers,
+            rooms: HashMap::new(),
+            subs_pending: HashMap::new(),
+            shas,
+            rng: seed(),
+            next_ctl: 1,
+            ctl_waits: Vec::new(),
+            gathers: Vec::new(),
+            next_gather: 0,
+            next_refresh: now + refresh_every(cfg.ttl_ms),
+            cfg,
+        }
+    }
+
+    pub(super) fn run(mut self) {
+        let mut inbox = Vec::new();
+        let mut fds: Vec<libc::pollfd> = Vec::new();
+        loop {
+            self.mesh.receive(&mut inbox);
+            for msg in inbox.drain(..) {
+                self.on_msg(msg);
+            }
+            let now = Instant::now();
+            for i in 0..self.servers.len() {
+                self.read(i);
+                if self.servers[i].cmd.is_none() && now >= self.servers[i].retry_at {
+                    self.connect(i, now);
+                }
+            }
+            self.timers(now);
+            for i in 0..self.servers.len() {
+                self.write(i);
+            }
+            self.mesh.flush();
+
+            fds.clear();
+            let pfd = |fd, events| libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            };
+            fds.push(pfd(self.mesh.wake_fd(), libc::POLLIN));
+            for s in &self.servers {
+                for c in [&s.cmd, &s.sub].into_iter().flatten() {
+                    let out = if c.wants_write() { libc::POLLOUT } else { 0 };
+                    fds.push(pfd(c.fd(), libc::POLLIN | out));
+                }
+            }
+            let timeout = if self.mesh.prepare_sleep() { 50 } else { 0 };
+            if let Err(e) = crate::reactor::sys::poll(&mut fds, timeout) {
+                tracing::error!(error = %e, "backplane: poll failed");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            self.mesh.awake();
+            if fds[0].revents != 0 {
+                self.mesh.consume_wake();
+            }
+        }
+    }
+
+    pub(super) fn server_of(&self, room: &str) -> usize {
+        owner_of(room, self.servers.len())
+    }
+
+    pub(super) fn owner(&self, room: &str) -> usize {
+        owner_of(room, self.cfg.shards)
+    }
+
+    pub(super) fn epoch_candidate(&mut self) -> u32 {
+        self.rng = splitmix(self.rng);
+        // Never 0: 0 means "not known yet" on the shards.
+        ((self.rng as u32) & EPOCH_MASK).max(1)
+    }
+
+    pub(super) fn connect(&mut self, i: usize, now: Instant) {
+        let status = &self.status;
+        let s = &mut self.servers[i];
+        let conns = Conn::connect(&s.target).and_then(|c| Ok((c, Conn::connect(&s.target)?)));
+        let (mut cmd, mut sub) = match conns {
+            Ok(c) => c,
+            Err(e) => {
+                if s.backoff == BACKOFF_MIN {
+                    tracing::warn!(redis = %s.target, error = %e, "backplane: cannot connect to Redis; retrying");
+                }
+                s.retry_at = now + s.backoff;
+                s.backoff = (s.backoff * 2).min(BACKOFF_MAX);
+                status.errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        for script in SCRIPTS {
+            cmd.send(&[b"SCRIPT", b"LOAD", script.as_bytes()]);
+            s.inflight.push_back((Pending::Ignore, now));
+        }
+        if i == 0 {
+            sub.send(&[b"SUBSCRIBE", CTL]);
+        }
+        if s.ever_up {
+            status.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::info!(redis = %s.target, "backplane: connected to Redis");
+        (s.cmd, s.sub, s.ever_up, s.backoff) = (Some(cmd), Some(sub), true, BACKOFF_MIN);
+        status.up[i].store(true, Ordering::Relaxed);
+        // Every room of this server subscribes again and catches up.
+        let rooms: Vec<Arc<str>> = self
+            .rooms
+            .iter_mut()
+            .filter(|(name, _)| owner_of(name, self.servers.len()) == i)
+            .map(|(name, r)| {
+                r.state = State::Subscribing;
+                name.clone()
+            })
+            .collect();
+        for chunk in rooms.chunks(SUBSCRIBE_CHUNK) {
+            self.subscribe(i, chunk);
+        }
+    }
+
+    pub(super) fn subscribe(&mut self, i: usize, rooms: &[Arc<str>]) {
+        let Some(sub) = self.servers[i].sub.as_mut() else {
+            return;
+        };
+        let chans: Vec<Vec<u8>> = rooms.iter().map(|r| channel(r)).collect();
+        let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE"];
+        args.extend(chans.iter().map(Vec::as_slice));
+        sub.send(&args);
+        for r in rooms {
+            *self.subs_pending.entry(r.clone()).or_default() += 1;
+        }
+    }
+
+    /// Redis server `i` is gone: every command waiting for it fails, its rooms will
+    /// subscribe again and catch up once it is back.
+    pub(super) fn fail(&mut self, i: usize, why: &io::Error) {
+        let now = Instant::now();
+        let s = &mut self.servers[i];
+        tracing::warn!(redis = %s.target, error = %why, "backplane: lost Redis; publishes to its rooms are refused until it is back");
+        (s.cmd, s.sub, s.ctl) = (None, None, false);
+        s.retry_at = now + s.backoff;
+        self.status.up[i].store(false, Ordering::Relaxed);
+        self.status.errors.fetch_add(1, Ordering::Relaxed);
+        let inflight = std::mem::take(&mut s.inflight);
+        for (p, _) in inflight {
+            self.failed(p);
+        }
+        let n = self.servers.len();
+        for (name, r) in self.rooms.iter_mut() {
+            if owner_of(name, n) == i {
+                r.state = State::Subscribing;
+                self.subs_pending.remove(name);
+            }
+        }
+        if i == 0 {
+            // Nobody else will answer: the local counts stand.
+            let waits = std::mem::take(&mut self.ctl_waits);
+            for w in waits {
+                self.mesh.send(
+                    usize::from(w.shard),
+                    Msg::Answer {
+                        req: w.req,
+                        answer: w.acc,
+                    },
+                );
+            }
+        }
+    }
+
+    /// A command whose reply will not come.
+    pub(super) fn failed(&mut self, p: Pending) {
+        match p {
+            Pending::Publish {
+                shard,
+                slot,
+                gen,
+                reply,
+            } => self.refuse(shard, slot, gen, reply),
+            Pending::Sync { room, fetch: true } => self.fetch_failed(room),
+            Pending::Page { shard, req, .. } => self.mesh.send(
+                usize::from(shard),
+                Msg::Answer {
+                    req,
+                    answer: Answer::Unavailable { index: 0 },
+                },
+            ),
+            Pending::Sync { fetch: false, .. } | Pending::Ignore | Pending::Ctl { .. } => {}
+        }
+    }
+
+    /// A resume's history cannot be read: the owner answers with what it has.
+    pub(super) fn fetch_failed(&mut self, room: Arc<str>) {
+        let Some(r) = self.rooms.get(&room).filter(|r| r.known) else {
+            return;
+        };
+        let (epoch, seq) = (r.epoch, r.last);
+        let to = self.owner(&room);
+        let entries = Vec::new();
+        self.mesh.send(
+            to,
+            Msg::Synced {
+                room,
+                epoch,
+                seq,
+                entries,
+            },
+        );
+    }
+
+    pub(super) fn refuse(&mut self, shard: u16, slot: u32, gen: u32, reply: Reply) {
+        self.status.refused.fetch_add(1, Ordering::Relaxed);
+        let msg = match reply {
+            Reply::None => Msg::Refused {
+                slot,
+                gen,
+                id: None,
+            },
+            Reply::Ack(id) => Msg::Refused {
+                slot,
+                gen,
+                id: Some(id),
+            },
+            Reply::Api(req, index) => Msg::Answer {
+                req,
+                answer: Answer::Unavailable { index },
+            },
+        };
+        self.mesh.send(usize::from(shard), msg);
+    }
+
+    pub(super) fn on_msg(&mut self, msg: Msg) {
+        match msg {
+            Msg::Publish {
+                room,
+                data,
+                shard,
+                slot,
+                gen,
+                reply,
+            } => {
+                let i = self.server_of(&room);
+                let epoch = self.epoch_candidate().to_string();
+                let (size, ttl) = (self.cfg.history_size.max(1), self.cfg.ttl_ms.max(1000));
+                let s = &mut self.servers[i];
+                let Some(cmd) = s.cmd.as_mut() else {
+                    return self.refuse(shard, slot, gen, reply);
+                };
+                let (m, st, ch) = keys(&room);
+                cmd.send(&[
+                    b"EVALSHA",
+                    self.shas[PUBLISH].as_bytes(),
+                    b"2",
+                    &m,
+                    &st,
+                    epoch.as_bytes(),
+                    data.as_bytes(),
+                    size.to_string().as_bytes(),
+                    ttl.to_string().as_bytes(),
+                    &ch,
+                ]);
+                let p = Pending::Publish {
+                    shard,
+                    slot,
+                    gen,
+                    reply,
+                };
+                s.inflight.push_back((p, Instant::now()));
+            }
+            Msg::Sub { room, after } => {
+                self.rooms.insert(
+                    room.clone(),
+                    Room {
+                        state: State::Subscribing,
+                        known: false,
+                        epoch: 0,
+                        last: 0,
+                        first_after: after,
+                        held: Vec::new(),
+                    },
+                );
+                let i = self.server_of(&room);
+                self.subscribe(i, &[room]);
+                self.status
+                    .rooms
+                    .store(self.rooms.len() as u64, Ordering::Relaxed);
+            }
+            Msg::Unsub { room } => {
+                self.rooms.remove(&room);
+                let i = self.server_of(&room);
+                if let Some(sub) = self.servers[i].sub.as_mut() {
+                    sub.send(&[b"UNSUBSCRIBE", &channel(&room)]);
+                }
+                self.status
+                    .rooms
+                    .store(self.rooms.len() as u64, Ordering::Relaxed);
+            }
+            Msg::Fetch { room, after } => {
+                if !self.sync(&room, Some(after), true) {
+                    self.fetch_failed(room);
+                }
+            }
+            Msg::Ask { shard, req, ask } => self.ask(shard, req, ask),
+            Msg::Answer { req, answer } => self.gathered(req, answer),
+            other => tracing::debug!(?other, "backplane: unexpected message"),
+        }
+    }
+
+    /// Reads `room`'s state from Redis, with the messages after `after` (`None`: none).
+    /// Returns false if its Redis is down.
+    pub(super) fn sync(&mut self, room: &Arc<str>, after: Option<u64>, fetch: bool) -> bool {
+        let i = self.server_of(room);
+        let epoch = self.epoch_candidate().to_string();
+        let count = self.cfg.history_size.max(1).to_string();
+        let ttl = self.cfg.ttl_ms.max(1000).to_string();
+        let after = after.map_or_else(|| "-1".to_string(), |a| a.to_string());
+        let s = &mut self.servers[i];
+        let Some(cmd) = s.cmd.as_mut() else {
+            return false;
+        };
+        let (m, st, _) = keys(room);
+        cmd.send(&[
+            b"EVALSHA",
+            self.shas[SYNC].as_bytes(),
+            b"2",
+            &m,
+            &st,
+            epoch.as_bytes(),
+            after.as_bytes(),
+            count.as_bytes(),
+            ttl.as_bytes(),
+        ]);
+        let p = Pending::Sync {
+            room: room.clone(),
+            fetch,
+        };
+        s.inflight.push_back((p, Instant::now()));
+        true
+    }
+
+    /// Starts a subscribed room's catch-up: its state, and what it missed.
+    pub(super) fn catch_up(&mut self, room: &Arc<str>) {
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
+        r.state = State::Syncing;
+        let after = if r.known { Some(r.last) } else { r.first_after };
+        if r.known {
+            self.status.gaps.fetch_add(1, Ordering::Relaxed);
+        }
+        // If Redis is down, the reconnect subscribes again and starts over.
+        self.sync(room, after, false);
+    }
+
+    pub(super) fn read(&mut self, i: usize) {
+        let mut replies = Vec::new();
+        if let Some(cmd) = self.servers[i].cmd.as_mut() {
+            if let Err(e) = cmd.read(&mut replies) {
+                return self.fail(i, &e);
+            }
+        }
+        for v in replies {
+            let Some((p, _)) = self.servers[i].inflight.pop_front() else {
+                let e = io::Error::other("a reply nothing waited for");
+                return self.fail(i, &e);
+            };
+            self.reply(i, p, v);
+        }
+        let mut pushes = Vec::new();
+        if let Some(sub) = self.servers[i].sub.as_mut() {
+            if let Err(e) = sub.read(&mut pushes) {
+                return self.fail(i, &e);
+            }
+        }
+        for v in pushes {
+            self.push(i, v);
+        }
+        let lag = self
+            .servers
+            .iter()
+            .filter_map(|s| s.inflight.front().map(|(_, at)| at.elapsed().as_millis()))
+            .max()
+            .unwrap_or(0);
+        self.status.lag_ms.store(lag as u64, Ordering::Relaxed);
+    }
+
+    pub(super) fn write(&mut self, i: usize) {
+        let s = &mut self.servers[i];
+        let r = [s.cmd.as_mut(), s.sub.as_mut()]
+            .into_iter()
+            .flatten()
+            .try_for_each(Conn::write);
+        if let Err(e) = r {
+            self.fail(i, &e);
+        }
+    }
+
+    /// A command's reply.
+    pub(super) fn reply(&mut self, i: usize, p: Pending, v: Value) {
+        if let Value::Err(e) = &v {
+            tracing::warn!(redis = %self.servers[i].target, error = %e, "backplane: Redis refused a command");
+            return self.failed(p);
+        }
+        match p {
+            Pending::Ignore => {}
+            Pending::Publish {
+                shard,
+                slot,
+                gen,
+                reply,
+            } => {
+                let (seq, epoch) = match v.into_array().as_deref() {
+                    Some([s, e]) => (s.as_u64(), e.as_u64()),
+                    _ => (None, None),
+                };
+                let (Some(seq), Some(epoch)) = (seq, epoch) else {
+                    return self.refuse(shard, slot, gen, reply);
+                };
+                self.status.published.fetch_add(1, Ordering::Relaxed);
+                let to = usize::from(shard);
+                let epoch = epoch as u32;
+                match reply {
+                    Reply::None => {}
+                    Reply::Ack(id) => self.mesh.send(to, Msg::Ack { slot, gen, id, seq }),
+                    Reply::Api(req, index) => {
+                        let epoch = Some(epoch);
+                        let answer = Answer::Published { index, seq, epoch };
+                        self.mesh.send(to, Msg::Answer { req, answer });
+                    }
+                }
+            }
+            Pending::Sync { room, fetch } => {
+                let Some((epoch, seq, mut entries)) = state(v) else {
+                    tracing::warn!("backplane: a room's state came back malformed");
+                    return;
+                };
+                entries.reverse();
+                if fetch {
+                    let to = self.owner(&room);
+                    let msg = Msg::Synced {
+                        room,
+                        epoch,
+                        seq,
+                        entries,
+                    };
+                    return self.mesh.send(to, msg);
+                }
+                self.synced(room, epoch, seq, entries);
+            }
+            Pending::Page {
+                room,
+                shard,
+                req,
+                since,
+            } => {
+                let page = state(v).map(|(epoch, seq, messages)| crate::rooms::Page {
+                    room,
+                    epoch,
+                    seq,
+                    complete: since >= seq || messages.first().is_some_and(|m| m.0 == since + 1),
+                    messages,
+                });
+                let answer = Answer::History(page);
+                self.mesh
+                    .send(usize::from(shard), Msg::Answer { req, answer });
+            }
+            Pending::Ctl { id } => {
+                // Every subscriber got it, ourselves included.
+                let others = v.as_u64().unwrap_or(1).saturating_sub(1);
+                if let Some(w) = self.ctl_waits.iter_mut().find(|w| w.id == id) {
+                    w.expected = Some(others);
+                }
+                self.finish_ctl(false);
+            }
+        }
+    }
+
+    /// A subscribed room's state arrived: the owner gets it, then what was held.
+    pub(super) fn synced(
+        &mut self,
+        room: Arc<str>,
+        epoch: u32,
+        seq: u64,
+        entries: Vec<(u64, Arc<str>)>,
+    ) {
+        let to = self.owner(&room);
+        let Some(r) = self.rooms.get_mut(&room) else {
+            // Unsubscribed meanwhile.
+            return;
+        };
+        if r.state != State::Syncing {
+            return;
+        }
+        (r.state, r.known, r.epoch, r.last) = (State::Live, true, epoch, seq);
+        let held = std::mem::take(&mut r.held);
+        self.mesh.send(
+            to,
+            Msg::Synced {
+                room: room.clone(),
+                epoch,
+                seq,
+                entries,
+            },
+        );
+        for (e, s, data) in held {
+            self.arrived(&room, e, s, data);
+        }
+    }
+
+    /// A message of `room` from its channel, in Redis's order.
+    pub(super) fn arrived(&mut self, room: &Arc<str>, epoch: u32, seq: u64, data: Arc<str>) {
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
+        if r.state != State::Live {
+            r.held.push((epoch, seq, data));
+            return;
+        }
+        if epoch == r.epoch && seq <= r.last {
+            return;
+        }
+        if epoch == r.epoch && seq > r.last + 1 {
+            // Some were lost on the way (pub/sub keeps nothing): read them from the stream.
+            r.held.push((epoch, seq, data));
+            return self.catch_up(room);
+        }
+        (r.epoch, r.last) = (epoch, seq);
+        self.status.received.fetch_add(1, Ordering::Relaxed);
+        let to = self.owner(room);
+        let room = room.clone();
+        self.mesh.send(
+            to,
+            Msg::Remote {
+                room,
+                epoch,
+                seq,
+                data,
+            },
+        );
+    }
+
+    /// Something on a subscriber connection: a confirmation or a message.
+    pub(super) fn push(&mut self, i: usize, v: Value) {
+        let Some(parts) = v.into_array() else {
+            return;
+        };
+        let (Some(kind), Some(chan)) = (
+            parts.first().and_then(Value::as_bytes),
+            parts.get(1).and_then(Value::as_bytes),
+        ) else {
+            return;
+        };
+        if chan == CTL {
+            match kind {
+                b"subscribe" => self.servers[i].ctl = true,
+                b"message" => {
+                    if let Some(text) = parts.get(2).and_then(Value::as_bytes) {
+                        self.control(text);
+                    }
+                }
+                _ => {}
+            }
+            return;
+        }
+        let Some(room) = room_of(chan) else {
+            return;
+        };
+        match kind {
+            b"subscribe" => {
+                let Some((name, &n)) = self.subs_pending.get_key_value(room) else {
+                    return;
+                };
+                let name = name.clone();
+                if n > 1 {
+                    self.subs_pending.insert(name, n - 1);
+                    return;
+                }
+                self.subs_pending.remove(&name);
+                if self
+                    .rooms
+                    .get(&name)
+                    .is_some_and(|r| r.state == State::Subscribing)
+                {
+                    self.catch_up(&name);
+                }
+            }
+            b"message" => {
+                let Some(payload) = parts.get(2).and_then(Value::as_bytes) else {
+                    return;
+                };
+                let Some((name, _)) = self.rooms.get_key_value(room) else {
+                    return;
+                };
+                let name = name.clone();
+                if let Some((epoch, seq, data)) = message(payload) {
+                    self.arrived(&name, epoch, seq, Arc::from(data));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn timers(&mut self, now: Instant) {
+        if !self.ctl_waits.is_empty() {
+            self.finish_ctl(true);
+        }
+        if now < self.next_refresh {
+            return;
+        }
+        self.next_refresh = now + refresh_every(self.cfg.ttl_ms);
+        // Rooms with members here keep their keys (and so their epoch) alive.
+        let ttl = self.cfg.ttl_ms.max(1000).to_string();
+        let n = self.servers.len();
+        for (name, r) in &self.rooms {
+            if !r.known {
+                continue;
+            }
+            let s = &mut self.servers[owner_of(name, n)];
+            let Some(cmd) = s.cmd.as_mut() else {
+                continue;
+            };
+            let (m, st, _) = keys(name);
+            cmd.send(&[b"PEXPIRE", &m, ttl.as_bytes()]);
+            cmd.send(&[b"PEXPIRE", &st, ttl.as_bytes()]);
+            s.inflight.push_back((Pending::Ignore, now));
+            s.inflight.push_back((Pending::Ignore, now));
+        }
+    }
+}
+
+pub(super) fn refresh_every(ttl_ms: u64) -> Duration {
+    Duration::from_millis((ttl_ms / 3).max(1000))
+}
