@@ -46,6 +46,12 @@ if ! command -v chromium >/dev/null 2>&1; then
   apt-get update >/dev/null && apt-get install -y chromium >/dev/null
 fi
 
+# Debian's redis-server for tests/cluster.rs (the backplane; each test starts its own).
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+  echo "== Redis (Debian package)"
+  apt-get update >/dev/null && apt-get install -y redis-server >/dev/null
+fi
+
 echo "== cargo test (workspace)"
 cargo test --workspace --release --locked 2>&1
 

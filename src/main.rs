@@ -291,8 +291,11 @@ fn serve(
     }
     if let Some(addr) = cfg.admin_listen {
         let (stats, gate, drain) = (server.stats.clone(), running.gate, server.drain.clone());
-        match roomcast::ops::admin::spawn(addr, stats, gate, drain, running.info) {
-            Ok(local) => tracing::info!(%local, "admin endpoints (/healthz, /stats, /metrics)"),
+        let main = server.local_addr;
+        match roomcast::ops::admin::spawn(addr, main, stats, gate, drain, running.info) {
+            Ok(local) => {
+                tracing::info!(%local, "admin endpoints (/healthz, /stats, /metrics, /api/)")
+            }
             Err(e) => {
                 eprintln!("roomcast: cannot listen on --admin-listen {addr}: {e}");
                 return std::process::ExitCode::FAILURE;

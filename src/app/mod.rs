@@ -19,6 +19,7 @@ pub mod auth;
 pub mod authz;
 pub mod conn;
 pub mod gate;
+mod presence;
 pub mod service;
 pub mod slow;
 pub mod sse;
@@ -149,6 +150,15 @@ pub enum Msg {
         seq: u64,
         data: Arc<str>,
     },
+    /// A presence event of `room` (`--presence-events`): from a member's shard to the
+    /// owner, from the owner to the backplane, from the backplane (`remote`) to the owner.
+    Presence {
+        room: Arc<str>,
+        json: Arc<[u8]>,
+        remote: bool,
+    },
+    /// From the owner: a presence event for the members on this shard.
+    PresenceDeliver { room: Arc<str>, json: Arc<[u8]> },
     /// Owner to the shards with members: `room`'s sequence started over in `epoch` after
     /// `seq` (Redis lost it): positions held so far mean nothing.
     Reset {
@@ -175,7 +185,7 @@ impl crate::mesh::Message for Msg {
     /// corrupt a room or leave a request unanswered.
     fn droppable(&self) -> bool {
         match self {
-            Msg::Deliver { .. } => true,
+            Msg::Deliver { .. } | Msg::Presence { .. } | Msg::PresenceDeliver { .. } => true,
             Msg::Publish { reply, .. } => !matches!(reply, Reply::Api(..)),
             _ => false,
         }
@@ -216,6 +226,8 @@ pub struct Settings {
     /// `--api-key` (None: the server API is off) and `--api-max-body`.
     pub api_key: Option<Arc<str>>,
     pub api_max_body: usize,
+    /// `--presence-events`: members are told of joins and leaves.
+    pub presence_events: bool,
     /// Whether a backplane (`--redis`) orders the rooms: it is the mesh endpoint after
     /// the shards.
     pub backplane: bool,

@@ -138,6 +138,7 @@ impl Service for App {
     fn closed(&mut self, cx: &mut Cx<App>, slot: usize, conn: Conn<AppConn>) {
         let encoding = conn.app.encoding();
         for room in self.local.leave_all(slot as u32) {
+            self.presence_event(cx, &room, slot as u32, false);
             self.tell_owner_left(cx, room, slot as u32, encoding);
         }
         let mut app = conn.app;
@@ -242,6 +243,7 @@ impl App {
                 Intent::Leave { room } => {
                     if self.local.leave(&room, who) {
                         reply_to(cx, slot, wire::left(&room));
+                        self.presence_event(cx, &room, who, false);
                         self.tell_owner_left(cx, room, who, ENC_WS);
                     } else {
                         let e = wire::error("not_joined", "not a member of that room");
@@ -545,6 +547,8 @@ impl App {
                     reply(&mut link, wire::unavailable(id));
                 }
             }
+            Msg::Presence { room, json, remote } => self.on_presence(cx, room, json, remote),
+            Msg::PresenceDeliver { room, json } => self.deliver_presence(cx, &room, &json),
             Msg::Sub { .. } | Msg::Unsub { .. } | Msg::Fetch { .. } => {}
             Msg::Publish {
                 room,
@@ -590,6 +594,7 @@ impl App {
                 }
                 if cx.gen(slot as usize) == Some(gen) && self.local.joined(&room, slot) {
                     self.on_joined(cx, slot as usize, &room, joined);
+                    self.presence_event(cx, &room, slot, true);
                 }
             }
             Msg::Ack { slot, gen, id, seq } => {

@@ -84,7 +84,9 @@ pub struct Conn {
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 impl Conn {
-    pub fn connect(t: &Target) -> io::Result<Conn> {
+    /// Connects, logs in, selects the database, and names the connection `name` (what
+    /// `CLIENT LIST` shows an operator).
+    pub fn connect(t: &Target, name: &str) -> io::Result<Conn> {
         let addr = (t.host.as_str(), t.port)
             .to_socket_addrs()?
             .next()
@@ -109,6 +111,8 @@ impl Conn {
             c.send(&[b"SELECT", t.db.to_string().as_bytes()]);
             c.preamble += 1;
         }
+        c.send(&[b"CLIENT", b"SETNAME", name.as_bytes()]);
+        c.preamble += 1;
         Ok(c)
     }
 

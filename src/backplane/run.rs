@@ -125,7 +125,9 @@ impl Backplane {
     pub(super) fn connect(&mut self, i: usize, now: Instant) {
         let status = &self.status;
         let s = &mut self.servers[i];
-        let conns = Conn::connect(&s.target).and_then(|c| Ok((c, Conn::connect(&s.target)?)));
+        let name = |role| format!("roomcast:{}:{role}", self.cfg.node.replace(' ', "_"));
+        let conns = Conn::connect(&s.target, &name("cmd"))
+            .and_then(|c| Ok((c, Conn::connect(&s.target, &name("sub"))?)));
         let (mut cmd, mut sub) = match conns {
             Ok(c) => c,
             Err(e) => {
@@ -345,6 +347,17 @@ impl Backplane {
             Msg::Fetch { room, after } => {
                 if !self.sync(&room, Some(after), true) {
                     self.fetch_failed(room);
+                }
+            }
+            Msg::Presence { room, json, .. } => {
+                // To the other nodes, on the room's channel (no seq: not a message).
+                let i = self.server_of(&room);
+                let s = &mut self.servers[i];
+                if let Some(cmd) = s.cmd.as_mut() {
+                    // Named by node: this node's own subscription brings it back.
+                    let payload = [b"p:", self.cfg.node.as_bytes(), b"\t", &json[..]].concat();
+                    cmd.send(&[b"PUBLISH", &channel(&room), &payload]);
+                    s.inflight.push_back((Pending::Ignore, Instant::now()));
                 }
             }
             Msg::Ask { shard, req, ask } => self.ask(shard, req, ask),
@@ -639,6 +652,25 @@ impl Backplane {
                     return;
                 };
                 let name = name.clone();
+                if let Some(event) = payload.strip_prefix(b"p:") {
+                    let Some(tab) = event.iter().position(|&b| b == b'\t') else {
+                        return;
+                    };
+                    if &event[..tab] == self.cfg.node.as_bytes() {
+                        return;
+                    }
+                    let json = &event[tab + 1..];
+                    let to = self.owner(&name);
+                    let json = Arc::from(json);
+                    return self.mesh.send(
+                        to,
+                        Msg::Presence {
+                            room: name,
+                            json,
+                            remote: true,
+                        },
+                    );
+                }
                 if let Some((epoch, seq, data)) = message(payload) {
                     self.arrived(&name, epoch, seq, Arc::from(data));
                 }

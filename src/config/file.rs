@@ -76,7 +76,7 @@ pub const GROUPS: &[(&str, &[&str])] = &[
             "history-idle-bytes",
         ],
     ),
-    ("cluster", &["redis", "node-id"]),
+    ("cluster", &["redis", "node-id", "presence-events"]),
     ("capacity", &["memory-budget", "figures", "capacity-margin"]),
     ("logs", &["log-format", "log-level"]),
 ];

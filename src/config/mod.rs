@@ -328,6 +328,19 @@ pub struct ServeConfig {
     )]
     pub redis: Vec<String>,
 
+    /// Tell a room's members when someone joins or leaves it (`{"op":"presence",
+    /// "event":"join"|"leave",…}`), on every node. Off by default: N joins in a room of
+    /// N members cost N² deliveries.
+    #[arg(
+        long = "presence-events",
+        env = "ROOMCAST_PRESENCE_EVENTS",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub presence_events: bool,
+
     /// This node's name in the cluster [default: random at start].
     #[arg(long = "node-id", value_name = "ID", env = "ROOMCAST_NODE_ID")]
     pub node_id: Option<String>,
@@ -465,6 +478,7 @@ impl ServeConfig {
                 .map(Into::into),
             api_max_body: self.api_max_body.min(u32::MAX as u64) as usize,
             backplane: !self.redis.is_empty(),
+            presence_events: self.presence_events,
             history: crate::rooms::Retention {
                 size: self.history_size,
                 bytes: self.history_bytes.min(usize::MAX as u64) as usize,

@@ -125,9 +125,11 @@ pub fn answer(
     }
 }
 
-/// Binds `addr` and serves the endpoints on a thread of their own.
+/// Binds `addr` and serves the endpoints on a thread of their own; `/api/` requests are
+/// passed to the main listener at `main` (the shards answer them).
 pub fn spawn(
     addr: SocketAddr,
+    main: SocketAddr,
     stats: Arc<SharedStats>,
     gate: Arc<Gate>,
     drain: Arc<Drain>,
@@ -135,11 +137,15 @@ pub fn spawn(
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
+    let mut main = main;
+    if main.ip().is_unspecified() {
+        main.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
     std::thread::Builder::new()
         .name("admin".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                if let Err(e) = serve(stream, &stats, &gate, &drain, &info) {
+                if let Err(e) = serve(stream, main, &stats, &gate, &drain, &info) {
                     tracing::debug!(error = %e, "admin request failed");
                 }
             }
@@ -147,8 +153,40 @@ pub fn spawn(
     Ok(local)
 }
 
+/// Passes an API request (its head and `body_len` bytes of body, some already in
+/// `buf`) to the main listener and its response back. A draining node's main listener
+/// is closed: then 503.
+fn forward(
+    stream: &mut TcpStream,
+    main: SocketAddr,
+    buf: &[u8],
+    body_len: usize,
+    head_len: usize,
+) -> std::io::Result<()> {
+    let mut request = buf.to_vec();
+    let want = head_len + body_len;
+    if request.len() < want {
+        let at = request.len();
+        request.resize(want, 0);
+        stream.read_exact(&mut request[at..])?;
+    }
+    request.truncate(want);
+    let Ok(mut upstream) = TcpStream::connect_timeout(&main, Duration::from_secs(2)) else {
+        let body = br#"{"error":"unavailable","msg":"the main listener is closed (draining)"}"#;
+        let mut out = Vec::new();
+        let json = "application/json";
+        http_response(Status::ServiceUnavailable, json, "", body, true, &mut out);
+        return stream.write_all(&out);
+    };
+    upstream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    upstream.write_all(&request)?;
+    std::io::copy(&mut upstream, stream)?;
+    Ok(())
+}
+
 fn serve(
     mut stream: TcpStream,
+    main: SocketAddr,
     stats: &SharedStats,
     gate: &Gate,
     drain: &Drain,
@@ -167,12 +205,20 @@ fn serve(
         let full = len == buf.len();
         match parse(&buf[..len], 8192) {
             Ok(None) if !full => continue,
+            Ok(Some((Parsed::Plain(req), head_len))) if req.path.starts_with("/api/") => {
+                let body = req
+                    .content_length
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(0)
+                    .min(1 << 30);
+                return forward(&mut stream, main, &buf[..len], body, head_len);
+            }
             Ok(Some((Parsed::Plain(req), _))) => {
                 let (status, ctype, body) = answer(req.path, stats, gate, drain.active(), info);
                 http_response(status, ctype, "", body.as_bytes(), true, &mut out);
             }
             _ => {
-                let body = b"the admin port answers GET /healthz, /stats and /metrics\n";
+                let body = b"the admin port answers GET /healthz, /stats, /metrics and /api/\n";
                 http_response(Status::BadRequest, TEXT, "", body, true, &mut out);
             }
         }
