@@ -61,6 +61,11 @@ struct PlanArgs {
     /// ring's fixed-file table below connections / CPUs].
     #[arg(long)]
     shards: Option<u64>,
+    /// Nodes sharing the connections and rooms through Redis (`--redis`): the machine is
+    /// one of them; the report adds the backplane's CPU and how many Redis servers the
+    /// publishes need.
+    #[arg(long, default_value_t = 1)]
+    nodes: u64,
     /// Figures written by `roomcast-bench calibrate` [default: built-in figures for a
     /// 2-vCPU Linux 6.18 machine].
     #[arg(long)]
@@ -200,6 +205,7 @@ fn plan(a: &PlanArgs) -> std::process::ExitCode {
         history_bytes: a.history_bytes,
         ping_interval_secs: a.ping_interval,
         shards: a.shards,
+        nodes: a.nodes.max(1),
     };
     let p = plan::plan(&workload, &machine, &figures);
     let (text, fits) = plan::render(&workload, &machine, &figures, &p);
@@ -211,6 +217,9 @@ fn plan(a: &PlanArgs) -> std::process::ExitCode {
                 "user_bytes": p.user_bytes, "kernel_bytes": p.kernel_bytes,
                 "heartbeat_cpus": p.heartbeat_cpus, "delivery_cpus": p.delivery_cpus,
                 "publish_cpus": p.publish_cpus, "cpus": p.cpus(), "fits": fits,
+                "nodes": a.nodes.max(1), "node_connections": p.node_connections,
+                "backplane_cpus": p.backplane_cpus, "redis_cpus": p.redis_cpus,
+                "redis_servers": p.redis_servers,
             })
         );
     } else {

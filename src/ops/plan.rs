@@ -37,6 +37,33 @@ pub struct Figures {
     pub message_cpu_ns: f64,
     /// Server CPU per opening handshake (accept to 101).
     pub handshake_cpu_us: f64,
+    /// With a backplane: a node's CPU per message it publishes through Redis (to the
+    /// script and the acknowledgement back), and per message it receives from Redis for
+    /// its members (beyond the deliveries).
+    #[serde(default = "default_backplane_publish_ns")]
+    pub backplane_publish_ns: f64,
+    #[serde(default = "default_backplane_receive_ns")]
+    pub backplane_receive_ns: f64,
+    /// Redis CPU per published message (the Lua script: seq, XADD, PUBLISH), and per node
+    /// subscribed to the room (PUBLISH writes to each).
+    #[serde(default = "default_redis_publish_us")]
+    pub redis_publish_us: f64,
+    #[serde(default = "default_redis_subscriber_us")]
+    pub redis_subscriber_us: f64,
+}
+
+// Figures files written before the backplane lack its costs: the built-in ones stand in.
+fn default_backplane_publish_ns() -> f64 {
+    Figures::builtin().backplane_publish_ns
+}
+fn default_backplane_receive_ns() -> f64 {
+    Figures::builtin().backplane_receive_ns
+}
+fn default_redis_publish_us() -> f64 {
+    Figures::builtin().redis_publish_us
+}
+fn default_redis_subscriber_us() -> f64 {
+    Figures::builtin().redis_subscriber_us
 }
 
 impl Figures {
@@ -56,6 +83,10 @@ impl Figures {
             delivery_cpu_ns: 940.0,
             message_cpu_ns: 712.0,
             handshake_cpu_us: 37.1,
+            backplane_publish_ns: BACKPLANE_PUBLISH_NS,
+            backplane_receive_ns: BACKPLANE_RECEIVE_NS,
+            redis_publish_us: REDIS_PUBLISH_US,
+            redis_subscriber_us: REDIS_SUBSCRIBER_US,
         }
     }
 
@@ -66,6 +97,17 @@ impl Figures {
             .map_err(|e| format!("{} is not a figures file: {e}", path.display()))
     }
 }
+
+/// Backplane costs, measured by `bench/scripts/backplane-costs.py` at 20,000 publishes/s
+/// (bench/RESULTS.md): Redis 9.45 µs per publish with one node subscribed, 10.35 with
+/// two; the publishing node 10.35 µs per message with one member (less its ingress and
+/// one delivery, and the receive side), a receiving node 2.7 µs (less one delivery).
+const BACKPLANE_PUBLISH_NS: f64 = 6_500.0;
+const BACKPLANE_RECEIVE_NS: f64 = 1_700.0;
+const REDIS_PUBLISH_US: f64 = 8.6;
+const REDIS_SUBSCRIBER_US: f64 = 0.9;
+/// Redis runs commands on one thread: plan each server to stay under this share of a core.
+const REDIS_SHARE: f64 = 0.7;
 
 const MIB: f64 = 1024.0 * 1024.0;
 const GIB: f64 = 1024.0 * MIB;
@@ -92,6 +134,9 @@ pub struct Workload {
     pub ping_interval_secs: u64,
     /// Shards to plan with (None: as many as the CPUs and the fixed-file tables need).
     pub shards: Option<u64>,
+    /// Nodes the connections are spread over (more than 1: with a Redis backplane). The
+    /// machine is one node's; the connections and rooms are the whole cluster's.
+    pub nodes: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -122,6 +167,13 @@ pub struct Plan {
     pub delivery_cpus: f64,
     pub publish_cpus: f64,
     pub egress_bytes_per_sec: f64,
+    /// With several nodes: this node's connections, the nodes each room spans, the
+    /// backplane thread's CPU on this node, and Redis's CPU (all servers) and servers.
+    pub node_connections: u64,
+    pub room_nodes: u64,
+    pub backplane_cpus: f64,
+    pub redis_cpus: f64,
+    pub redis_servers: u64,
     /// A ping interval that keeps heartbeats under [`HEARTBEAT_SHARE`] of the CPUs.
     pub suggested_ping_interval: u64,
     pub sysctls: Vec<(&'static str, String, &'static str)>,
@@ -129,7 +181,7 @@ pub struct Plan {
 
 impl Plan {
     pub fn cpus(&self) -> f64 {
-        self.heartbeat_cpus + self.delivery_cpus + self.publish_cpus
+        self.heartbeat_cpus + self.delivery_cpus + self.publish_cpus + self.backplane_cpus
     }
 
     pub fn memory(&self) -> f64 {
@@ -154,7 +206,9 @@ pub fn history_per_room(w: &Workload) -> f64 {
 }
 
 pub fn plan(w: &Workload, m: &Machine, f: &Figures) -> Plan {
-    let n = w.connections;
+    let nodes = w.nodes.max(1);
+    // This node's share; rooms keep their size over the cluster.
+    let n = w.connections.div_ceil(nodes);
     // io_uring: each ring's fixed-file table holds up to RLIMIT_NOFILE sockets, so a
     // low limit is met with more rings than CPUs. epoll: one process-wide limit.
     let per_ring = m.nofile.saturating_sub(RESERVED_FDS).max(1);
@@ -172,12 +226,32 @@ pub fn plan(w: &Workload, m: &Machine, f: &Figures) -> Plan {
         0.0
     };
     let user_fixed = f.process_base_bytes + shards as f64 * (f.shard_base_bytes + pool);
-    let members_per_room = n.checked_div(w.rooms).unwrap_or(0);
-    let publishes = w.rooms as f64 * w.msg_rate;
-    let deliveries = publishes * members_per_room as f64;
+    let members_per_room = w.connections.checked_div(w.rooms).unwrap_or(0);
+    let all_publishes = w.rooms as f64 * w.msg_rate;
+    // Publishes come in spread over the nodes; a room's members too, so each node with
+    // members in a room receives all of its messages from Redis.
+    let publishes = all_publishes / nodes as f64;
+    let deliveries = all_publishes * members_per_room as f64 / nodes as f64;
+    let room_nodes = if nodes > 1 {
+        nodes.min(members_per_room.max(1))
+    } else {
+        0
+    };
+    let received = all_publishes * room_nodes as f64 / nodes as f64;
+    let backplane_cpus = if nodes > 1 {
+        (received * f.backplane_receive_ns + publishes * f.backplane_publish_ns) / 1e9
+    } else {
+        0.0
+    };
+    let redis_cpus = if nodes > 1 {
+        all_publishes * (f.redis_publish_us + f.redis_subscriber_us * room_nodes as f64) / 1e6
+    } else {
+        0.0
+    };
+    let redis_servers = (redis_cpus / REDIS_SHARE).ceil().max(1.0) as u64;
     // One frame per room in flight per member, shared: membership and the frames' bytes.
-    let rooms_bytes =
-        w.rooms as f64 * (256.0 + w.msg_size as f64) + (members_per_room * w.rooms) as f64 * 16.0;
+    let rooms_bytes = w.rooms as f64 * (256.0 + w.msg_size as f64)
+        + n.min(members_per_room * w.rooms) as f64 * 16.0;
     let history = w.rooms as f64 * history_per_room(w);
     let pings = n as f64 / w.ping_interval_secs.max(1) as f64;
     let heartbeat_cpus = pings * f.ping_cpu_us / 1e6;
@@ -245,6 +319,11 @@ pub fn plan(w: &Workload, m: &Machine, f: &Figures) -> Plan {
         delivery_cpus: deliveries * f.delivery_cpu_ns / 1e9,
         publish_cpus: publishes * f.message_cpu_ns / 1e9,
         egress_bytes_per_sec: deliveries * (w.msg_size + ENVELOPE_BYTES) as f64,
+        node_connections: n,
+        room_nodes,
+        backplane_cpus,
+        redis_cpus,
+        redis_servers: if nodes > 1 { redis_servers } else { 0 },
         suggested_ping_interval,
         sysctls,
     }
@@ -278,6 +357,15 @@ pub fn render(w: &Workload, m: &Machine, f: &Figures, p: &Plan) -> (String, bool
         if m.uring { "io_uring" } else { "epoll" }
     );
     let _ = writeln!(s, "figures: {}", f.measured_on);
+    // From here on, this node's share.
+    let n = p.node_connections;
+    if w.nodes > 1 {
+        let _ = writeln!(
+            s,
+            "cluster: {} nodes on Redis (--redis): this machine is one node, with {} connections; each room spans {} node(s)",
+            w.nodes, p.node_connections, p.room_nodes
+        );
+    }
     let _ = writeln!(s);
     let _ = writeln!(
         s,
@@ -347,9 +435,16 @@ pub fn render(w: &Workload, m: &Machine, f: &Figures, p: &Plan) -> (String, bool
             s,
             "          publishes  {:>6.2} CPUs  ({:.0}/s × {:.0} ns)",
             p.publish_cpus,
-            w.rooms as f64 * w.msg_rate,
+            w.rooms as f64 * w.msg_rate / w.nodes.max(1) as f64,
             f.message_cpu_ns
         );
+        if w.nodes > 1 {
+            let _ = writeln!(
+                s,
+                "          backplane  {:>6.2} CPUs  ({:.0} ns per publish, {:.0} ns per message received)",
+                p.backplane_cpus, f.backplane_publish_ns, f.backplane_receive_ns
+            );
+        }
         let _ = writeln!(
             s,
             "          egress     {:.1} MB/s ({:.0} Mbit/s)",
@@ -383,6 +478,19 @@ pub fn render(w: &Workload, m: &Machine, f: &Figures, p: &Plan) -> (String, bool
         n as f64 * f.handshake_cpu_us / 1e6,
         f.handshake_cpu_us
     );
+    if w.nodes > 1 && w.rooms > 0 {
+        let _ = writeln!(
+            s,
+            "Redis     {:>6.2} CPUs in all ({:.0} publishes/s × ({:.1} µs + {:.1} µs × {} nodes subscribed)): {} Redis server(s), each under {:.0}% of a core (rooms are spread over them by name)",
+            p.redis_cpus,
+            w.rooms as f64 * w.msg_rate,
+            f.redis_publish_us,
+            f.redis_subscriber_us,
+            p.room_nodes,
+            p.redis_servers,
+            REDIS_SHARE * 100.0
+        );
+    }
     let _ = writeln!(s);
     let _ = writeln!(s, "sysctls and limits (scripts/tune.sh sets them for 1M; `roomcast check` reads this machine):");
     for (name, value, why) in &p.sysctls {
@@ -425,6 +533,7 @@ mod tests {
             history_bytes: 256 << 10,
             ping_interval_secs: 120,
             shards: None,
+            nodes: 1,
         }
     }
 
@@ -485,6 +594,7 @@ mod tests {
             history_bytes: 256 << 10,
             ping_interval_secs: 30,
             shards: None,
+            nodes: 1,
         };
         let p = plan(&w, &machine(), &f);
         assert_eq!(p.deliveries_per_sec, 10_000_000.0);
@@ -533,5 +643,48 @@ mod tests {
         let f = Figures::builtin();
         let text = serde_json::to_string(&f).unwrap();
         assert_eq!(serde_json::from_str::<Figures>(&text).unwrap(), f);
+    }
+
+    #[test]
+    fn a_cluster_splits_connections_and_deliveries_and_counts_redis() {
+        let f = Figures::builtin();
+        let one = Workload {
+            connections: 100_000,
+            rooms: 100,
+            msg_rate: 10.0,
+            msg_size: 100,
+            ..idle(0)
+        };
+        let four = Workload {
+            nodes: 4,
+            ..one.clone()
+        };
+        let (a, b) = (plan(&one, &machine(), &f), plan(&four, &machine(), &f));
+        assert_eq!((b.node_connections, b.room_nodes), (25_000, 4));
+        assert!((b.deliveries_per_sec * 4.0 - a.deliveries_per_sec).abs() < 1e-6);
+        assert_eq!(
+            (a.backplane_cpus, a.redis_cpus, a.redis_servers),
+            (0.0, 0.0, 0)
+        );
+        // Every node receives every room's messages; Redis runs each publish once and
+        // writes it to the 4 nodes.
+        let ns = 1000.0 * f.backplane_receive_ns + 250.0 * f.backplane_publish_ns;
+        assert!((b.backplane_cpus - ns / 1e9).abs() < 1e-9);
+        let redis = 1000.0 * (f.redis_publish_us + 4.0 * f.redis_subscriber_us) / 1e6;
+        assert!((b.redis_cpus - redis).abs() < 1e-9);
+        let (text, _) = render(&four, &machine(), &f, &b);
+        assert!(
+            text.contains("4 nodes on Redis") && text.contains("Redis server(s)"),
+            "{text}"
+        );
+        // Enough publishes need more than one Redis.
+        let busy = Workload {
+            rooms: 10_000,
+            msg_rate: 100.0,
+            ..four
+        };
+        let p = plan(&busy, &machine(), &f);
+        assert_eq!(p.redis_servers, (p.redis_cpus / REDIS_SHARE).ceil() as u64);
+        assert!(p.redis_servers > 1, "{}", p.redis_cpus);
     }
 }
