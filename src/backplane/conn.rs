@@ -76,6 +76,8 @@ pub struct Conn {
     stream: TcpStream,
     out: Vec<u8>,
     inp: Vec<u8>,
+    /// What a read lands in first (allocated once: not zeroed per read).
+    scratch: Box<[u8]>,
     /// Replies to the AUTH/SELECT sent at connect, skipped (an error among them is one).
     preamble: usize,
 }
@@ -98,6 +100,7 @@ impl Conn {
             stream,
             out: Vec::new(),
             inp: Vec::new(),
+            scratch: vec![0; 64 * 1024].into_boxed_slice(),
             preamble: 0,
         };
         if let Some(p) = &t.password {
@@ -151,11 +154,16 @@ impl Conn {
     /// Reads what has arrived and appends the complete replies to `into`. An error (or
     /// the server closing) means the connection is gone.
     pub fn read(&mut self, into: &mut Vec<Value>) -> io::Result<()> {
-        let mut chunk = [0u8; 64 * 1024];
         loop {
-            match self.stream.read(&mut chunk) {
+            match self.stream.read(&mut self.scratch) {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(n) => self.inp.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    self.inp.extend_from_slice(&self.scratch[..n]);
+                    if n < self.scratch.len() {
+                        // Drained (poll says so again if not): no EAGAIN read.
+                        break;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),

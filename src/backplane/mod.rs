@@ -132,6 +132,8 @@ struct Server {
     sub: Option<Conn>,
     inflight: VecDeque<(Pending, Instant)>,
     retry_at: Instant,
+    /// Whether the command and pub/sub connections were reported readable.
+    ready: [bool; 2],
     backoff: Duration,
     ever_up: bool,
     /// Whether the control channel's subscription is confirmed (first server only).

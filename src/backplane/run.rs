@@ -30,6 +30,7 @@ impl Backplane {
                 sub: None,
                 inflight: VecDeque::new(),
                 retry_at: now,
+                ready: [false; 2],
                 backoff: BACKOFF_MIN,
                 ever_up: false,
                 ctl: false,
@@ -65,6 +66,8 @@ impl Backplane {
     pub(super) fn run(mut self) {
         let mut inbox = Vec::new();
         let mut fds: Vec<libc::pollfd> = Vec::new();
+        // Which server and connection (0: commands, 1: pub/sub) each polled fd is.
+        let mut polled: Vec<(usize, usize)> = Vec::new();
         loop {
             self.mesh.receive(&mut inbox);
             for msg in inbox.drain(..) {
@@ -84,16 +87,20 @@ impl Backplane {
             self.mesh.flush();
 
             fds.clear();
+            polled.clear();
             let pfd = |fd, events| libc::pollfd {
                 fd,
                 events,
                 revents: 0,
             };
             fds.push(pfd(self.mesh.wake_fd(), libc::POLLIN));
-            for s in &self.servers {
-                for c in [&s.cmd, &s.sub].into_iter().flatten() {
-                    let out = if c.wants_write() { libc::POLLOUT } else { 0 };
-                    fds.push(pfd(c.fd(), libc::POLLIN | out));
+            for (i, s) in self.servers.iter().enumerate() {
+                for (which, c) in [&s.cmd, &s.sub].into_iter().enumerate() {
+                    if let Some(c) = c {
+                        let out = if c.wants_write() { libc::POLLOUT } else { 0 };
+                        fds.push(pfd(c.fd(), libc::POLLIN | out));
+                        polled.push((i, which));
+                    }
                 }
             }
             let timeout = if self.mesh.prepare_sleep() { 50 } else { 0 };
@@ -104,6 +111,12 @@ impl Backplane {
             self.mesh.awake();
             if fds[0].revents != 0 {
                 self.mesh.consume_wake();
+            }
+            // Only sockets with something to say are read (no EAGAIN reads per turn).
+            for (pfd, &(i, which)) in fds[1..].iter().zip(&polled) {
+                if pfd.revents & !libc::POLLOUT != 0 {
+                    self.servers[i].ready[which] = true;
+                }
             }
         }
     }
@@ -199,9 +212,10 @@ impl Backplane {
         for (name, r) in self.rooms.iter_mut() {
             if owner_of(name, n) == i {
                 r.state = State::Subscribing;
-                self.subs_pending.remove(name);
             }
         }
+        // No confirmation will come on the lost connection, for rooms given up too.
+        self.subs_pending.retain(|name, _| owner_of(name, n) != i);
         if i == 0 {
             // Nobody else will answer: the local counts stand.
             let waits = std::mem::take(&mut self.ctl_waits);
@@ -414,7 +428,8 @@ impl Backplane {
 
     pub(super) fn read(&mut self, i: usize) {
         let mut replies = Vec::new();
-        if let Some(cmd) = self.servers[i].cmd.as_mut() {
+        let s = &mut self.servers[i];
+        if let (Some(cmd), true) = (s.cmd.as_mut(), std::mem::take(&mut s.ready[0])) {
             if let Err(e) = cmd.read(&mut replies) {
                 return self.fail(i, &e);
             }
@@ -427,7 +442,8 @@ impl Backplane {
             self.reply(i, p, v);
         }
         let mut pushes = Vec::new();
-        if let Some(sub) = self.servers[i].sub.as_mut() {
+        let s = &mut self.servers[i];
+        if let (Some(sub), true) = (s.sub.as_mut(), std::mem::take(&mut s.ready[1])) {
             if let Err(e) = sub.read(&mut pushes) {
                 return self.fail(i, &e);
             }
