@@ -176,6 +176,23 @@ pub fn data_stamp(payload: &[u8]) -> Option<u64> {
     (digits > 0).then_some(v)
 }
 
+/// The number after `"seq":` in an op (`msg`, `joined`): the room's sequence number. A
+/// scan, no JSON parse and no allocation; it comes before `data` in every op that has it.
+pub fn op_seq(payload: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"seq\":";
+    let at = payload.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let mut v = 0u64;
+    let mut digits = 0;
+    for &b in &payload[at..] {
+        if !b.is_ascii_digit() {
+            break;
+        }
+        v = v * 10 + u64::from(b - b'0');
+        digits += 1;
+    }
+    (digits > 0).then_some(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +204,15 @@ mod tests {
         let m = br#"{"op":"msg","room":"r","seq":4,"data":["00000000000000123456","pad"]}"#;
         assert_eq!(data_stamp(m), Some(123456));
         assert_eq!(data_stamp(br#"{"op":"joined"}"#), None);
+    }
+
+    #[test]
+    fn seqs_are_found_in_msg_and_joined_ops() {
+        let m = br#"{"op":"msg","room":"r","seq":4,"data":["00000000000000123456","pad"]}"#;
+        assert_eq!(op_seq(m), Some(4));
+        let j = br#"{"op":"joined","room":"fan-0","seq":1234,"epoch":"abc"}"#;
+        assert_eq!(op_seq(j), Some(1234));
+        assert_eq!(op_seq(br#"{"op":"left","room":"r"}"#), None);
     }
 
     #[test]

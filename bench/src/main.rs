@@ -12,6 +12,11 @@
 //! (`client_busy`, its workers included, and `client_bound` when it was saturated), and
 //! with `--server-cpu N` the server's CPU as a whole from /proc/stat, softirq included.
 //!
+//! Against a cluster (roomcast nodes on one Redis), `fanout` and `slow` take the other
+//! nodes with `--also ADDR` and spread their members over all of them; `--also-pid` and
+//! `--redis-pid` add all the nodes' CPU per delivery and Redis's per published message
+//! (bench/scripts/cluster-fanout.sh runs it against one node).
+//!
 //! Every run prints a summary and, with `--out`, appends one JSON object to a results
 //! file: the scenario, its parameters, the server (name, version, address), the machine
 //! and the figures. `roomcast-bench report` turns such a file into Markdown and SVG plots.
@@ -51,6 +56,19 @@ struct Cli {
     /// each measured window for its busy share, softirq share and CPU-total cost per unit.
     #[arg(long, global = true)]
     server_cpu: Option<usize>,
+    /// Another node of the same cluster (roomcast nodes sharing a Redis: `serve --redis`),
+    /// repeatable, at most 7: `fanout` and `slow` spread their members over `--server` and
+    /// these (member g on node g % nodes), the publishers stay on `--server`.
+    #[arg(long, global = true, value_name = "ADDR")]
+    also: Vec<SocketAddr>,
+    /// The pid of an `--also` node (repeatable): fan-out reports the CPU of all the nodes
+    /// given (these and `--server-pid`) per delivery.
+    #[arg(long, global = true, value_name = "PID")]
+    also_pid: Vec<u32>,
+    /// The cluster's Redis server's pid: fan-out reports its CPU per published message and
+    /// its share of a CPU over the measured window.
+    #[arg(long, global = true, value_name = "PID")]
+    redis_pid: Option<u32>,
     /// Source addresses to spread connections over: 127.0.0.2 … (at most 253).
     #[arg(long, default_value_t = 16, global = true)]
     sources: u8,
@@ -200,6 +218,8 @@ enum Scenario {
         members: usize,
         #[arg(long)]
         slow_per_room: usize,
+        #[arg(long)]
+        check_order: bool,
     },
     /// (internal) One process of `resume --workers`: members `first..first+count`.
     #[command(hide = true)]
@@ -248,6 +268,10 @@ struct FanoutArgs {
     /// one).
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// Every member checks that the room's `seq` goes up by one from its `joined`:
+    /// messages out of order (or twice) and skipped are reported.
+    #[arg(long)]
+    check_order: bool,
 }
 
 impl FanoutArgs {
@@ -260,6 +284,7 @@ impl FanoutArgs {
             size: self.size,
             secs: self.secs,
             slow_fraction,
+            check_order: self.check_order,
         }
     }
 }
@@ -275,12 +300,38 @@ fn main() {
         Scenario::Resume { args } => args.workers,
         _ => 1,
     };
+    let cluster = !cli.also.is_empty() || !cli.also_pid.is_empty() || cli.redis_pid.is_some();
+    let fanout = matches!(
+        cli.scenario,
+        Scenario::Fanout { .. } | Scenario::Slow { .. } | Scenario::WorkerFanout { .. }
+    );
+    if cluster && !fanout {
+        eprintln!("roomcast-bench: --also, --also-pid and --redis-pid are for fanout and slow");
+        std::process::exit(2);
+    }
+    if cli.also.len() > scenarios::MAX_ALSO || cli.also_pid.len() > scenarios::MAX_ALSO {
+        eprintln!(
+            "roomcast-bench: at most {} --also nodes (and --also-pid)",
+            scenarios::MAX_ALSO
+        );
+        std::process::exit(2);
+    }
+    let (mut also, mut also_pids) = ([None; scenarios::MAX_ALSO], [None; scenarios::MAX_ALSO]);
+    for (slot, a) in also.iter_mut().zip(&cli.also) {
+        *slot = Some(*a);
+    }
+    for (slot, p) in also_pids.iter_mut().zip(&cli.also_pid) {
+        *slot = Some(*p);
+    }
     let t = Target {
         server: cli.server,
         pid: cli.server_pid,
         sources: cli.sources,
         server_cpu: cli.server_cpu,
         workers: workers.max(1),
+        also,
+        also_pids,
+        redis_pid: cli.redis_pid,
     };
     if let Scenario::Report { results, dir } = &cli.scenario {
         if let Err(e) = report::write(results, dir) {
@@ -289,6 +340,7 @@ fn main() {
         }
         return;
     }
+    let server = server_record(&cli);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -369,8 +421,8 @@ fn main() {
                 scenarios::echo_worker(t, first, count, depth, size, secs, concurrency).await;
                 std::process::exit(0);
             }
-            Scenario::WorkerFanout { first, count, members, slow_per_room } => {
-                scenarios::fanout_worker(t, first, count, members, slow_per_room).await;
+            Scenario::WorkerFanout { first, count, members, slow_per_room, check_order } => {
+                scenarios::fanout_worker(t, first, count, members, slow_per_room, check_order).await;
                 std::process::exit(0);
             }
             Scenario::WorkerResume { first, count, room, jitter_ms, seed } => {
@@ -388,7 +440,7 @@ fn main() {
         let record = serde_json::json!({
             "scenario": name,
             "params": params,
-            "server": {"name": cli.server_name, "version": cli.server_version, "addr": cli.server.to_string()},
+            "server": server,
             "machine": sample::machine(),
             "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             "figures": figures,
@@ -402,14 +454,33 @@ fn main() {
     }
 }
 
+/// The results' `server`: name, version, address, and with `--also` every node's address
+/// (`nodes`), the first being `addr`. The scenario's parameters stay those of one node, so
+/// the report puts a cluster (under its own `--server-name`) beside one node.
+fn server_record(cli: &Cli) -> serde_json::Value {
+    let mut v = serde_json::json!({"name": cli.server_name, "version": cli.server_version, "addr": cli.server.to_string()});
+    if !cli.also.is_empty() {
+        let nodes: Vec<String> = std::iter::once(&cli.server)
+            .chain(&cli.also)
+            .map(ToString::to_string)
+            .collect();
+        v["nodes"] = serde_json::json!(nodes);
+    }
+    v
+}
+
 fn fanout_params(a: &FanoutArgs, slow_fraction: f64) -> serde_json::Value {
-    with_workers(
+    let mut params = with_workers(
         serde_json::json!({
             "rooms": a.rooms, "members": a.members, "rate": a.rate, "window": a.window,
             "size": a.size, "secs": a.secs, "slow_fraction": slow_fraction,
         }),
         a.workers,
-    )
+    );
+    if a.check_order {
+        params["check_order"] = serde_json::json!(true);
+    }
+    params
 }
 
 /// `params` with `workers` when there is more than one load-generator process: a run

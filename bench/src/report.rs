@@ -59,6 +59,17 @@ const HEADLINE: &[(&str, &str, &str, u8)] = &[
         RATIO | OPTIONAL,
     ),
     ("fanout", "server_softirq_share", "softirq share", OPTIONAL),
+    // A cluster (`--also`): all its nodes' CPU and Redis's, and what the order check saw.
+    (
+        "fanout",
+        "nodes_cpu_ns_per_delivery",
+        "all nodes ns/delivery",
+        OPTIONAL,
+    ),
+    ("fanout", "redis_cpu_us_per_msg", "Redis µs/msg", OPTIONAL),
+    ("fanout", "redis_cpu_share", "Redis CPU share", OPTIONAL),
+    ("fanout", "order_reordered", "out of order", OPTIONAL),
+    ("fanout", "order_skipped", "skipped", OPTIONAL),
     ("fanout", "completeness", "complete", RATIO),
     ("churn", "success_rate", "success", RATIO),
     ("churn", "rss_drift_bytes", "RSS drift B", RATIO),

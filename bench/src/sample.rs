@@ -22,6 +22,10 @@ pub struct ProcSample {
     pub client_procs: Vec<(u32, u64)>,
     /// The server's CPU as a whole (`--server-cpu`): its line of /proc/stat.
     pub server_cpu: Option<CpuTimes>,
+    /// The other nodes' threads' CPU time (`--also-pid`), summed, as `cpu_ns`.
+    pub also_cpu_ns: u64,
+    /// Redis's threads' CPU time (`--redis-pid`), as `cpu_ns`.
+    pub redis_cpu_ns: Option<u64>,
     pub at: Option<std::time::Instant>,
 }
 
@@ -165,7 +169,7 @@ fn own_cpu_ns() -> u64 {
 }
 
 /// A process's CPU time so far: the sum of its threads' schedstat (0 once it is gone).
-fn proc_cpu_ns(pid: u32) -> u64 {
+pub(crate) fn proc_cpu_ns(pid: u32) -> u64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return 0;
     };

@@ -18,11 +18,14 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::client::{self, connect, data_stamp, mono_ns, source, Frames};
+use crate::client::{self, connect, data_stamp, mono_ns, op_seq, source, Frames};
 use crate::sample::{
-    cdf_us, cpu_window, hist_add_encoded, hist_encode, histogram, quantiles_us, sample, user_hz,
-    ProcSample,
+    cdf_us, cpu_window, hist_add_encoded, hist_encode, histogram, proc_cpu_ns, quantiles_us,
+    sample, user_hz, ProcSample,
 };
+
+/// Nodes beyond `--server` a target may have (`--also`).
+pub const MAX_ALSO: usize = 7;
 
 /// Where the load goes and how it spreads.
 #[derive(Clone, Copy, Debug)]
@@ -36,6 +39,34 @@ pub struct Target {
     /// Load-generator processes for ramp, echo, fanout, churn, slow and resume (`--workers`); 1:
     /// this process alone. `idle` takes its own.
     pub workers: usize,
+    /// More nodes of the same cluster (`--also`), after `server`: fan-out's member g
+    /// connects to node g % [`Target::nodes`]. A fixed array keeps `Target` `Copy`.
+    pub also: [Option<SocketAddr>; MAX_ALSO],
+    /// Their pids (`--also-pid`), for the CPU of all the nodes.
+    pub also_pids: [Option<u32>; MAX_ALSO],
+    /// The cluster's Redis (`--redis-pid`), for its CPU.
+    pub redis_pid: Option<u32>,
+}
+
+impl Target {
+    /// The nodes: `server` and those of `also`.
+    pub fn nodes(&self) -> usize {
+        1 + self.also.iter().flatten().count()
+    }
+
+    /// Node `g % nodes`: `server` first, then `also` in order.
+    pub fn node(&self, g: usize) -> SocketAddr {
+        match g % self.nodes() {
+            0 => self.server,
+            k => self
+                .also
+                .iter()
+                .flatten()
+                .nth(k - 1)
+                .copied()
+                .expect("k < nodes"),
+        }
+    }
 }
 
 /// Connections per source address beyond which `idle` spreads over more addresses.
@@ -58,9 +89,13 @@ pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
     pb
 }
 
-/// The server, its CPU and the load generator (this process and `workers`), now.
+/// The server, its CPU and the load generator (this process and `workers`), now; and the
+/// other nodes and Redis when their pids are given.
 pub(crate) fn probe(t: Target, workers: &[u32]) -> ProcSample {
-    sample(t.pid, t.server_cpu, workers)
+    let mut s = sample(t.pid, t.server_cpu, workers);
+    s.also_cpu_ns = t.also_pids.iter().flatten().map(|&p| proc_cpu_ns(p)).sum();
+    s.redis_cpu_ns = t.redis_pid.map(proc_cpu_ns);
+    s
 }
 
 /// Opens connections `first..first+n` to `path`, at most `concurrency` handshakes in
@@ -208,6 +243,12 @@ impl Workers {
                     "--sources",
                     &t.sources.to_string(),
                 ])
+                .args(
+                    t.also
+                        .iter()
+                        .flatten()
+                        .flat_map(|a| ["--also".to_owned(), a.to_string()]),
+                )
                 .args(args(w))
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
@@ -901,6 +942,36 @@ pub struct Fanout {
     pub secs: u64,
     /// Members per room (the first ones) that never read.
     pub slow_fraction: f64,
+    /// Members check the room's `seq` (see [`Order`]).
+    pub check_order: bool,
+}
+
+/// What members checking the order saw (`--check-order`): each expects the room's `seq`
+/// to go up by one from the one its `joined` gave.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Order {
+    /// Messages whose seq was not above the last one seen: out of order or twice.
+    pub reordered: u64,
+    /// Seqs passed over: messages this member never got (or got later, out of order).
+    pub skipped: u64,
+}
+
+impl Order {
+    /// Counts `seq` after `last` (the member's last seq seen, None before its first), and
+    /// returns the new last.
+    fn see(&mut self, last: Option<u64>, seq: u64) -> Option<u64> {
+        match last {
+            Some(l) if seq <= l => {
+                self.reordered += 1;
+                Some(l)
+            }
+            Some(l) => {
+                self.skipped += seq - l - 1;
+                Some(seq)
+            }
+            None => Some(seq),
+        }
+    }
 }
 
 /// Shared counters of a fan-out run (one thread: plain cells).
@@ -908,6 +979,7 @@ pub struct Fanout {
 struct Tally {
     delivered: Cell<u64>,
     hist: RefCell<Option<Histogram<u64>>>,
+    order: Cell<Order>,
 }
 
 /// A fan-out's members in one process: the reading ones (tasks counting deliveries into
@@ -922,19 +994,22 @@ struct Members {
 impl Members {
     /// Joins members `first..first+count` of R rooms × `per_room`: member g is number
     /// g % per_room of room g / per_room, and the first `slow_per_room` of each room never
-    /// read. Member g connects from source g. `joined` is called after each join.
+    /// read. Member g connects from source g to node g % nodes. `joined` is called after
+    /// each join. With `check_order` every member checks the room's seq.
     async fn join(
         t: Target,
         per_room: usize,
         slow_per_room: usize,
         first: usize,
         count: usize,
+        check_order: bool,
         joined: &mut dyn FnMut(),
     ) -> Members {
         let mut m = Members {
             tally: Rc::new(Tally {
                 delivered: Cell::new(0),
                 hist: RefCell::new(Some(histogram())),
+                order: Cell::new(Order::default()),
             }),
             stop: Rc::new(Cell::new(false)),
             tasks: tokio::task::JoinSet::new(),
@@ -943,29 +1018,31 @@ impl Members {
         for g in first..first + count {
             let (room, n) = (g / per_room.max(1), g % per_room.max(1));
             let path = format!("/ws?room=fan-{room}");
-            let mut s = connect(t.server, source(g, t.sources), &path)
+            let mut s = connect(t.node(g), source(g, t.sources), &path)
                 .await
                 .expect("member connects");
-            expect_joined(&mut s).await;
+            let seq = expect_joined(&mut s).await;
             joined();
             if n < slow_per_room {
                 m.slow.push(s);
                 continue;
             }
             let (tally, stop) = (m.tally.clone(), m.stop.clone());
+            let order = check_order.then_some(seq);
             m.tasks
-                .spawn_local(async move { member(s, tally, stop).await });
+                .spawn_local(async move { member(s, tally, stop, order).await });
         }
         m
     }
 
-    /// Stops them all: the deliveries counted and their latency histogram.
-    fn stop(mut self) -> (u64, Histogram<u64>) {
+    /// Stops them all: the deliveries counted, what the order check saw and their latency
+    /// histogram.
+    fn stop(mut self) -> (u64, Order, Histogram<u64>) {
         self.stop.set(true);
         self.tasks.abort_all();
         drop(self.slow);
         let hist = self.tally.hist.borrow_mut().take().expect("histogram");
-        (self.tally.delivered.get(), hist)
+        (self.tally.delivered.get(), self.tally.order.get(), hist)
     }
 }
 
@@ -995,20 +1072,26 @@ impl MemberSide {
         }
     }
 
-    /// Stops every member: the deliveries and their merged latency histogram.
-    async fn stop(self) -> (u64, Histogram<u64>) {
+    /// Stops every member: the deliveries, the order check's counts and their merged
+    /// latency histogram.
+    async fn stop(self) -> (u64, Order, Histogram<u64>) {
         match self {
             MemberSide::Here(m) => m.stop(),
             MemberSide::Workers(mut ws) => {
                 ws.tell(b"report\n").await;
+                // `done DELIVERED REORDERED SKIPPED <histogram>` from each.
                 let done = ws.gather("done", None).await;
                 ws.finish("fanout").await;
                 let mut hist = histogram();
                 for d in &done {
-                    hist_add_encoded(&mut hist, d.split_whitespace().skip(1));
+                    hist_add_encoded(&mut hist, d.split_whitespace().skip(3));
                 }
-                let [n] = sums(&done);
-                (n as u64, hist)
+                let [n, reordered, skipped] = sums(&done);
+                let order = Order {
+                    reordered: reordered as u64,
+                    skipped: skipped as u64,
+                };
+                (n as u64, order, hist)
             }
         }
     }
@@ -1017,21 +1100,35 @@ impl MemberSide {
 /// R rooms × M members; one publisher per room (itself a member, which is how a closed
 /// loop knows a message went round). Every `msg` carries its send time in `data`
 /// (CLOCK_MONOTONIC, one clock for every process). With workers the members are split
-/// over them, and the publishers stay here.
+/// over them, and the publishers stay here. With `--also` (a cluster) the members are
+/// split over the nodes and the publishers stay on the first: with `--redis-pid` and
+/// `--also-pid` the figures add Redis's CPU per published message and all the nodes'
+/// per delivery.
 pub async fn fanout(t: Target, f: Fanout) -> serde_json::Value {
     let slow_per_room = (f.members as f64 * f.slow_fraction).round() as usize;
     let healthy_per_room = f.members - slow_per_room;
     let pb = bar((f.rooms * (f.members + 1)) as u64, "join");
     let n = f.rooms * f.members;
     let mut side = if t.workers <= 1 {
-        MemberSide::Here(Members::join(t, f.members, slow_per_room, 0, n, &mut || pb.inc(1)).await)
+        MemberSide::Here(
+            Members::join(
+                t,
+                f.members,
+                slow_per_room,
+                0,
+                n,
+                f.check_order,
+                &mut || pb.inc(1),
+            )
+            .await,
+        )
     } else {
         let workers = t.workers;
         let (per_room, slow) = (f.members.to_string(), slow_per_room.to_string());
         let mut ws = Workers::spawn(t, workers, |w| {
             let (first, count) = share(n, w, workers);
             let (first, count) = (first.to_string(), count.to_string());
-            argv(&[
+            let mut args = argv(&[
                 "worker-fanout",
                 "--first",
                 &first,
@@ -1041,7 +1138,11 @@ pub async fn fanout(t: Target, f: Fanout) -> serde_json::Value {
                 &per_room,
                 "--slow-per-room",
                 &slow,
-            ])
+            ]);
+            if f.check_order {
+                args.push("--check-order".to_owned());
+            }
+            args
         });
         ws.gather("ready", Some(&pb)).await;
         MemberSide::Workers(ws)
@@ -1077,7 +1178,7 @@ pub async fn fanout(t: Target, f: Fanout) -> serde_json::Value {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let after = probe(t, &pids);
-    let (delivered, hist) = side.stop().await;
+    let (delivered, order, hist) = side.stop().await;
     let (p50, p99, p999) = quantiles_us(&hist);
     let rate = delivered as f64 / elapsed;
     let completeness = delivered as f64 / expected.max(1) as f64;
@@ -1094,13 +1195,24 @@ pub async fn fanout(t: Target, f: Fanout) -> serde_json::Value {
     } else {
         format!("closed loop, window {}", f.window)
     };
-    let over = if t.workers > 1 {
+    let mut over = if t.workers > 1 {
         format!(", members over {} workers", t.workers)
     } else {
         String::new()
     };
+    if t.nodes() > 1 {
+        over += &format!(", members over {} nodes", t.nodes());
+    }
+    let (cluster, cluster_note) = cluster_fields(
+        t,
+        &before,
+        &after,
+        published,
+        delivered,
+        f.check_order.then_some(order),
+    );
     println!(
-        "fanout: {} rooms x {} members ({slow_per_room} never reading per room{over}), {mode}, {} B: {rate:.0} deliveries/s, publish->delivery p50 {:.2} ms p99 {:.2} ms p999 {:.2} ms, complete {:.4}, server {ns_per_delivery:.0} ns CPU/delivery{note}",
+        "fanout: {} rooms x {} members ({slow_per_room} never reading per room{over}), {mode}, {} B: {rate:.0} deliveries/s, publish->delivery p50 {:.2} ms p99 {:.2} ms p999 {:.2} ms, complete {:.4}, server {ns_per_delivery:.0} ns CPU/delivery{cluster_note}{note}",
         f.rooms, f.members, f.size, p50 / 1000.0, p99 / 1000.0, p999 / 1000.0, completeness
     );
     let figures = json!({
@@ -1109,18 +1221,73 @@ pub async fn fanout(t: Target, f: Fanout) -> serde_json::Value {
         "latency_p99_us": p99, "latency_p999_us": p999, "latency_cdf_us": cdf_us(&hist),
         "server_cpu_ns_per_delivery": ns_per_delivery, "slow_members_per_room": slow_per_room,
     });
-    with(figures, cpu)
+    with(with(figures, cluster), cpu)
+}
+
+/// A fan-out's cluster figures over the window `a`..`b`, each only when it was asked for
+/// (nothing at all for one node without them), and a note for the summary line:
+///
+/// - `nodes`: the nodes the members were spread over (with `--also`);
+/// - `nodes_cpu_ns_per_delivery` (with `--also-pid`): the CPU of all the nodes whose pids
+///   were given (`--server-pid` and `--also-pid`, schedstat of their threads, as
+///   `server_cpu_ns_per_delivery` for the first) per delivery;
+/// - `redis_cpu_us_per_msg` and `redis_cpu_share` (with `--redis-pid`): Redis's CPU (its
+///   threads' schedstat) per published message, and as a share of one CPU;
+/// - `order_reordered` and `order_skipped` (with `--check-order`, see [`Order`]).
+fn cluster_fields(
+    t: Target,
+    a: &ProcSample,
+    b: &ProcSample,
+    published: u64,
+    delivered: u64,
+    order: Option<Order>,
+) -> (serde_json::Map<String, serde_json::Value>, String) {
+    let mut m = serde_json::Map::new();
+    let mut note = String::new();
+    if t.nodes() > 1 {
+        m.insert("nodes".into(), json!(t.nodes()));
+    }
+    if t.also_pids.iter().any(Option::is_some) {
+        let ns = (b.cpu_ns + b.also_cpu_ns).saturating_sub(a.cpu_ns + a.also_cpu_ns) as f64
+            / delivered.max(1) as f64;
+        m.insert("nodes_cpu_ns_per_delivery".into(), json!(ns));
+        note += &format!(", all nodes {ns:.0} ns CPU/delivery");
+    }
+    if let (Some(x), Some(y)) = (a.redis_cpu_ns, b.redis_cpu_ns) {
+        let ns = y.saturating_sub(x) as f64;
+        let wall = match (a.at, b.at) {
+            (Some(a), Some(b)) => (b.duration_since(a).as_nanos() as f64).max(1.0),
+            _ => f64::INFINITY,
+        };
+        let per_msg = ns / 1000.0 / published.max(1) as f64;
+        m.insert("redis_cpu_us_per_msg".into(), json!(per_msg));
+        m.insert("redis_cpu_share".into(), json!(ns / wall));
+        note += &format!(
+            ", Redis {per_msg:.1} µs CPU/msg ({:.1}% of a CPU)",
+            ns / wall * 100.0
+        );
+    }
+    if let Some(o) = order {
+        m.insert("order_reordered".into(), json!(o.reordered));
+        m.insert("order_skipped".into(), json!(o.skipped));
+        note += &format!(
+            ", order: {} out of order or twice, {} skipped",
+            o.reordered, o.skipped
+        );
+    }
+    (m, note)
 }
 
 /// One fan-out worker (see [`fanout`]): joins its members (`progress K` on the way,
 /// `ready JOINED` at the end), answers `count` with `delivered N`; on `report`, stops them
-/// and reports `done DELIVERED <histogram>`; ends when stdin closes.
+/// and reports `done DELIVERED REORDERED SKIPPED <histogram>`; ends when stdin closes.
 pub async fn fanout_worker(
     t: Target,
     first: usize,
     count: usize,
     per_room: usize,
     slow_per_room: usize,
+    check_order: bool,
 ) {
     let mut orders = Orders::new();
     let mut joined = 0usize;
@@ -1130,7 +1297,16 @@ pub async fn fanout_worker(
             println!("progress 100");
         }
     };
-    let members = Members::join(t, per_room, slow_per_room, first, count, &mut step).await;
+    let members = Members::join(
+        t,
+        per_room,
+        slow_per_room,
+        first,
+        count,
+        check_order,
+        &mut step,
+    )
+    .await;
     println!("progress {}", count % 100);
     println!("ready {count}");
     loop {
@@ -1141,19 +1317,25 @@ pub async fn fanout_worker(
             None => return,
         }
     }
-    let (delivered, hist) = members.stop();
-    println!("done {delivered} {}", hist_encode(&hist));
+    let (delivered, order, hist) = members.stop();
+    println!(
+        "done {delivered} {} {} {}",
+        order.reordered,
+        order.skipped,
+        hist_encode(&hist)
+    );
     orders.wait_end().await;
 }
 
-async fn expect_joined(s: &mut TcpStream) {
+/// Reads up to the `joined` op: the room's seq it gave (0 if it has none).
+async fn expect_joined(s: &mut TcpStream) -> u64 {
     let mut frames = Frames::new(512);
     loop {
         assert!(frames.fill(s).await, "closed before joining");
         while let Some(f) = frames.next() {
             let text = frames.bytes(f.payload);
             if text.starts_with(br#"{"op":"joined""#) {
-                return;
+                return op_seq(text).unwrap_or(0);
             }
             assert!(
                 !text.starts_with(br#"{"op":"error""#),
@@ -1164,9 +1346,11 @@ async fn expect_joined(s: &mut TcpStream) {
     }
 }
 
-/// A member: counts deliveries and their latency, answers pings.
-async fn member(mut s: TcpStream, tally: Rc<Tally>, stop: Rc<Cell<bool>>) {
+/// A member: counts deliveries and their latency, answers pings. With `order` (the seq
+/// its `joined` gave) it also checks that each message's seq is the next one.
+async fn member(mut s: TcpStream, tally: Rc<Tally>, stop: Rc<Cell<bool>>, order: Option<u64>) {
     let mut frames = Frames::new(64 * 1024);
+    let mut last = order;
     while !stop.get() && frames.fill(&mut s).await {
         let now = mono_ns();
         let mut n = 0;
@@ -1175,9 +1359,17 @@ async fn member(mut s: TcpStream, tally: Rc<Tally>, stop: Rc<Cell<bool>>) {
         while let Some(f) = frames.next() {
             match f.opcode {
                 0x1 => {
-                    if let Some(sent) = data_stamp(frames.bytes(f.payload)) {
+                    let text = frames.bytes(f.payload);
+                    if let Some(sent) = data_stamp(text) {
                         let _ = hist.record(now.saturating_sub(sent).max(1));
                         n += 1;
+                        if order.is_some() {
+                            if let Some(seq) = op_seq(text) {
+                                let mut o = tally.order.get();
+                                last = o.see(last, seq);
+                                tally.order.set(o);
+                            }
+                        }
                     }
                 }
                 0x9 => {
@@ -1448,6 +1640,7 @@ pub async fn calibrate(
             size: 64,
             secs: 5,
             slow_fraction: 0.0,
+            check_order: false,
         },
     )
     .await;
@@ -1479,7 +1672,62 @@ pub async fn calibrate(
         delivery_cpu_ns: get(&fan, "server_cpu_ns_per_delivery"),
         message_cpu_ns: get(&echo, "server_cpu_ns_per_msg"),
         handshake_cpu_us: get(&ramp, "server_cpu_us_per_conn"),
+        // Not measured here (one node, no Redis): the backplane's and Redis's costs are the
+        // built-in ones.
+        ..roomcast::ops::plan::Figures::builtin()
     };
     let runs = json!({"rest_rss": rest.rss_bytes, "idle_ticks": ticks, "idle": idle, "ramp": ramp, "echo": echo, "fanout": fan});
     (figures, runs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(also: &[&str]) -> Target {
+        let mut t = Target {
+            server: "127.0.0.1:9000".parse().unwrap(),
+            pid: None,
+            sources: 16,
+            server_cpu: None,
+            workers: 1,
+            also: [None; MAX_ALSO],
+            also_pids: [None; MAX_ALSO],
+            redis_pid: None,
+        };
+        for (slot, a) in t.also.iter_mut().zip(also) {
+            *slot = Some(a.parse().unwrap());
+        }
+        t
+    }
+
+    #[test]
+    fn members_go_round_the_nodes() {
+        let one = target(&[]);
+        assert_eq!(one.nodes(), 1);
+        assert!((0..5).all(|g| one.node(g) == one.server));
+        let three = target(&["127.0.0.1:9001", "127.0.0.1:9002"]);
+        assert_eq!(three.nodes(), 3);
+        let ports: Vec<u16> = (0..7).map(|g| three.node(g).port()).collect();
+        assert_eq!(ports, [9000, 9001, 9002, 9000, 9001, 9002, 9000]);
+    }
+
+    #[test]
+    fn the_order_check_counts_what_is_out_of_order_or_missing() {
+        let mut o = Order::default();
+        let mut last = Some(10);
+        for seq in [11, 12, 12, 15, 13, 16] {
+            last = o.see(last, seq);
+        }
+        // 12 twice and 13 after 15: two out of order; 13 and 14 passed over at 15.
+        assert_eq!(
+            o,
+            Order {
+                reordered: 2,
+                skipped: 2
+            }
+        );
+        assert_eq!(last, Some(16));
+        assert_eq!(Order::default().see(None, 7), Some(7));
+    }
 }

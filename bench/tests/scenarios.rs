@@ -415,3 +415,115 @@ fn resume_loses_nothing_while_history_covers_the_outage() {
         );
     }
 }
+
+/// A `redis-server` of the test's own on a free port, nothing saved, killed on drop.
+struct Redis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/test.sh installs it)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Redis { child, port }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `fanout --also`: members split over two nodes on one Redis, in this process and over
+/// two workers; every delivery arrives, in order, and the figures carry the nodes, all
+/// their CPU and Redis's. The cluster options are refused where they mean nothing.
+#[test]
+fn fanout_spreads_members_over_a_cluster() {
+    let redis = Redis::start();
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let common = ["--shards", "1", "--rate", "0", "--redis", &url];
+    let (a, a_addr) = serve(&[&common[..], &["--node-id", "a"]].concat());
+    let (b, b_addr) = serve(&[&common[..], &["--node-id", "b"]].concat());
+    let results = std::env::temp_dir().join(format!(
+        "roomcast-bench-cluster-{}.jsonl",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&results);
+    let (a_pid, b_pid, r_pid) = (
+        a.id().to_string(),
+        b.id().to_string(),
+        redis.child.id().to_string(),
+    );
+    let runs: [&[&str]; 2] = [
+        &["--members", "40", "--rate", "50"],
+        &["--members", "40", "--rate", "0", "--workers", "2"],
+    ];
+    for args in runs {
+        let status = Command::new(env!("CARGO_BIN_EXE_roomcast-bench"))
+            .args(["--server", &a_addr, "--also", &b_addr])
+            .args(["--server-pid", &a_pid, "--also-pid", &b_pid])
+            .args(["--redis-pid", &r_pid, "--sources", "4", "--out"])
+            .arg(&results)
+            .args(["fanout", "--secs", "1", "--check-order"])
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{args:?}");
+    }
+    let refused = Command::new(env!("CARGO_BIN_EXE_roomcast-bench"))
+        .args(["--server", &a_addr, "--also", &b_addr])
+        .args(["echo", "--secs", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(refused.code(), Some(2));
+    let _ = stop_and_read(b, &results);
+    let recs = stop_and_read(a, &results);
+    assert_eq!(recs.len(), 2);
+    for (i, r) in recs.iter().enumerate() {
+        let fig = |k: &str| figure(r, k);
+        assert_eq!(fig("completeness"), 1.0, "{r}");
+        assert_eq!(fig("delivered"), fig("expected"), "{r}");
+        assert!(fig("published") > 0.0, "{r}");
+        assert_eq!(fig("nodes"), 2.0, "{r}");
+        assert_eq!((fig("order_reordered"), fig("order_skipped")), (0.0, 0.0));
+        // Node b delivered to its half: all the nodes cost more than the first.
+        assert!(
+            fig("nodes_cpu_ns_per_delivery") > fig("server_cpu_ns_per_delivery"),
+            "{r}"
+        );
+        assert!(
+            fig("redis_cpu_us_per_msg") > 0.0 && fig("redis_cpu_share") > 0.0,
+            "{r}"
+        );
+        assert_eq!(r["server"]["nodes"][1], b_addr.as_str(), "{r}");
+        assert_eq!(r["params"]["check_order"], true);
+        if i == 1 {
+            assert_eq!(r["params"]["workers"], 2);
+        }
+    }
+    let _ = std::fs::remove_file(&results);
+}
