@@ -6,7 +6,7 @@ mod common;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::{Server, Ws};
+use common::{connect, Server, Ws};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -61,13 +61,6 @@ fn post(server: &Server, path: &str, body: Value) -> (u16, Value) {
 
 fn get(server: &Server, path: &str) -> (u16, Value) {
     http(server, "GET", path, Some(KEY), b"", 1)
-}
-
-async fn connect(server: &Server, path: &str) -> Ws {
-    tokio_tungstenite::connect_async(server.url(path))
-        .await
-        .unwrap()
-        .0
 }
 
 async fn recv(ws: &mut Ws) -> Value {

@@ -13,8 +13,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{recv_json, Server, Ws};
-use futures_util::SinkExt;
+use common::{connect, recv_json, send_json as send, Server, Ws};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -139,17 +138,6 @@ fn node(backend: &str, id: &str, redis: &[&Redis], extra: &[&str]) -> Server {
     }
     args.extend(extra);
     Server::start(backend, &args)
-}
-
-async fn connect(server: &Server, path: &str) -> Ws {
-    tokio_tungstenite::connect_async(server.url(path))
-        .await
-        .unwrap()
-        .0
-}
-
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::Text(v.to_string())).await.unwrap();
 }
 
 async fn recv(ws: &mut Ws) -> Value {

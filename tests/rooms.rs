@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Server;
+use common::{connect, send_json as send, Server};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
@@ -15,17 +15,6 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-async fn connect(server: &Server, path: &str) -> Ws {
-    tokio_tungstenite::connect_async(server.url(path))
-        .await
-        .unwrap()
-        .0
-}
-
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::Text(v.to_string())).await.unwrap();
-}
 
 /// The next text message as JSON (pings and pongs skipped).
 async fn recv(ws: &mut Ws) -> Value {

@@ -164,13 +164,18 @@ pub fn data_stamp(payload: &[u8]) -> Option<u64> {
     if payload.get(at) == Some(&b'"') {
         at += 1;
     }
+    number_at(payload, at)
+}
+
+/// The decimal number that starts at `at`, if one does.
+fn number_at(payload: &[u8], at: usize) -> Option<u64> {
     let mut v = 0u64;
     let mut digits = 0;
-    for &b in &payload[at..] {
+    for &b in payload.get(at..)? {
         if !b.is_ascii_digit() {
             break;
         }
-        v = v * 10 + u64::from(b - b'0');
+        v = v.wrapping_mul(10).wrapping_add(u64::from(b - b'0'));
         digits += 1;
     }
     (digits > 0).then_some(v)
@@ -181,16 +186,7 @@ pub fn data_stamp(payload: &[u8]) -> Option<u64> {
 pub fn op_seq(payload: &[u8]) -> Option<u64> {
     const KEY: &[u8] = b"\"seq\":";
     let at = payload.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
-    let mut v = 0u64;
-    let mut digits = 0;
-    for &b in &payload[at..] {
-        if !b.is_ascii_digit() {
-            break;
-        }
-        v = v * 10 + u64::from(b - b'0');
-        digits += 1;
-    }
-    (digits > 0).then_some(v)
+    number_at(payload, at)
 }
 
 #[cfg(test)]

@@ -433,41 +433,29 @@ impl App {
                 gen,
                 encoding,
                 since,
-            } if self.cfg.backplane => {
-                let parked = Parked {
-                    shard: shard.into(),
-                    slot,
-                    gen,
-                    encoding: encoding.into(),
-                    since,
-                    asked: false,
-                };
-                match self.owner.join_remote(&room, parked) {
-                    Need::Ready(joined) => {
-                        let msg = Msg::Joined {
-                            room,
-                            slot,
-                            gen,
-                            joined,
-                        };
-                        cx.mesh.send(shard.into(), msg);
-                    }
-                    Need::Subscribe { after } => {
-                        cx.mesh.send(self.shards, Msg::Sub { room, after })
-                    }
-                    Need::Fetch { after } => cx.mesh.send(self.shards, Msg::Fetch { room, after }),
-                    Need::Wait => {}
-                }
-            }
-            Msg::Join {
-                room,
-                shard,
-                slot,
-                gen,
-                encoding,
-                since,
             } => {
-                let joined = self.owner.join(&room, shard.into(), encoding.into(), since);
+                let joined = if self.cfg.backplane {
+                    let parked = Parked {
+                        shard: shard.into(),
+                        slot,
+                        gen,
+                        encoding: encoding.into(),
+                        since,
+                        asked: false,
+                    };
+                    match self.owner.join_remote(&room, parked) {
+                        Need::Ready(joined) => joined,
+                        Need::Subscribe { after } => {
+                            return cx.mesh.send(self.shards, Msg::Sub { room, after })
+                        }
+                        Need::Fetch { after } => {
+                            return cx.mesh.send(self.shards, Msg::Fetch { room, after })
+                        }
+                        Need::Wait => return,
+                    }
+                } else {
+                    self.owner.join(&room, shard.into(), encoding.into(), since)
+                };
                 let joined = Msg::Joined {
                     room,
                     slot,

@@ -187,6 +187,22 @@ where
     }
 }
 
+/// A WebSocket to `path` on `server`.
+pub async fn connect(server: &Server, path: &str) -> Ws {
+    tokio_tungstenite::connect_async(server.url(path))
+        .await
+        .unwrap()
+        .0
+}
+
+/// Sends `v` as a text message.
+pub async fn send_json(ws: &mut Ws, v: serde_json::Value) {
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(v.to_string()))
+        .await
+        .unwrap();
+}
+
 /// The next text message as JSON, within `wait` (pings and pongs skipped).
 pub async fn recv_json(ws: &mut Ws, wait: Duration) -> serde_json::Value {
     use tokio_tungstenite::tungstenite::Message;
