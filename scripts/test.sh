@@ -34,6 +34,14 @@ if [ ! -f tests/clients/node_modules/.installed ] \
   cp tests/clients/package-lock.json tests/clients/node_modules/.installed
 fi
 
+# The JavaScript client's dev dependency (`ws`, for its Node tests in clients/js/test).
+if [ ! -f clients/js/node_modules/.installed ] \
+  || ! cmp -s clients/js/package-lock.json clients/js/node_modules/.installed; then
+  echo "== Node packages for the JavaScript client's tests (clients/js)"
+  (cd clients/js && npm ci --no-audit --no-fund --loglevel=error)
+  cp clients/js/package-lock.json clients/js/node_modules/.installed
+fi
+
 # HAProxy for tests/deploy.rs (sysctl/haproxy.cfg in front of two nodes), from Debian.
 if ! command -v haproxy >/dev/null 2>&1; then
   echo "== HAProxy (Debian package)"

@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::Server;
+use common::{chromium, clients_dir, Server};
 use serde_json::Value;
 
 /// The WebSocket case publishes 1,000 msg/s and the member is away for at least 300 ms
@@ -24,10 +24,6 @@ use serde_json::Value;
 /// default 64 would not hold them; 1,000 holds a whole second, and the browser case (200
 /// msg/s, away for its 1 s retry) fits too.
 const HISTORY: &[&str] = &["--history-size", "1000"];
-
-fn clients_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
-}
 
 fn python() -> PathBuf {
     let p = std::env::var_os("ROOMCAST_PYTHON").map_or_else(
@@ -37,17 +33,6 @@ fn python() -> PathBuf {
     assert!(
         p.exists(),
         "{} is missing: run scripts/test.sh",
-        p.display()
-    );
-    p
-}
-
-fn chromium() -> PathBuf {
-    let p: PathBuf =
-        std::env::var_os("ROOMCAST_CHROMIUM").map_or("/usr/bin/chromium".into(), Into::into);
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/test.sh (it installs Debian's chromium), or set ROOMCAST_CHROMIUM",
         p.display()
     );
     p

@@ -15,6 +15,7 @@
 //! - [`auth`], [`authz`], [`gate`]: tokens, room rights, admission limits.
 
 pub mod api;
+mod assets;
 pub mod auth;
 pub mod authz;
 pub mod conn;
@@ -226,6 +227,8 @@ pub struct Settings {
     /// `--api-key` (None: the server API is off) and `--api-max-body`.
     pub api_key: Option<Arc<str>>,
     pub api_max_body: usize,
+    /// `--demo`: the demo page at `/`.
+    pub demo: bool,
     /// `--presence-events`: members are told of joins and leaves.
     pub presence_events: bool,
     /// Whether a backplane (`--redis`) orders the rooms: it is the mesh endpoint after

@@ -190,7 +190,11 @@ impl App {
                 Intent::Join { .. } | Intent::Pub { .. } | Intent::Presence { .. }
                     if self.sessions.required && self.sessions.get(who).is_none() =>
                 {
-                    reply_to(cx, slot, wire::unauthenticated());
+                    let id = match intent {
+                        Intent::Pub { id, .. } => id,
+                        _ => None,
+                    };
+                    reply_to(cx, slot, wire::unauthenticated(id));
                 }
                 Intent::Presence { room } if !self.sessions.may_join(who, &room) => {
                     cx.stats.forbidden += 1;
@@ -207,10 +211,10 @@ impl App {
                     let e = wire::error("forbidden", "not allowed to join that room");
                     reply_to(cx, slot, e);
                 }
-                Intent::Pub { room, .. } if !self.sessions.may_publish(who, &room) => {
+                Intent::Pub { room, id, .. } if !self.sessions.may_publish(who, &room) => {
                     cx.stats.forbidden += 1;
-                    let e = wire::error("forbidden", "not allowed to publish to that room");
-                    reply_to(cx, slot, e);
+                    let msg = "not allowed to publish to that room";
+                    reply_to(cx, slot, wire::error_id("forbidden", msg, id));
                 }
                 Intent::Join { room, since } => {
                     let max = self.cfg.max_rooms_per_conn;

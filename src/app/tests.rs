@@ -30,6 +30,7 @@ pub(super) fn settings() -> Settings {
         api_max_body: 1 << 16,
         backplane: false,
         presence_events: false,
+        demo: true,
     }
 }
 

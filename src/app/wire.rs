@@ -49,6 +49,8 @@ pub enum ClientOp<'a> {
 pub struct OpError {
     pub code: &'static str,
     pub msg: String,
+    /// The op's `id`, when it had one: the error names it, as an `ack` would.
+    pub id: Option<u64>,
 }
 
 impl OpError {
@@ -56,7 +58,13 @@ impl OpError {
         OpError {
             code,
             msg: msg.into(),
+            id: None,
         }
+    }
+
+    /// The error frame for the client.
+    pub fn frame(&self) -> SharedFrame {
+        error_id(self.code, &self.msg, self.id)
     }
 }
 
@@ -81,6 +89,11 @@ struct Raw<'a> {
 pub fn parse(text: &str) -> Result<ClientOp<'_>, OpError> {
     let raw: Raw<'_> = serde_json::from_str(text)
         .map_err(|e| OpError::new("bad_json", format!("not a JSON op object: {e}")))?;
+    let id = raw.id;
+    parse_raw(raw).map_err(|e| OpError { id, ..e })
+}
+
+fn parse_raw(raw: Raw<'_>) -> Result<ClientOp<'_>, OpError> {
     let op = raw
         .op
         .ok_or_else(|| OpError::new("missing_field", "\"op\" is required"))?;
@@ -369,10 +382,11 @@ pub fn authed(sub: &str, exp: u64) -> SharedFrame {
 }
 
 /// The error for an op sent before first-message auth.
-pub fn unauthenticated() -> SharedFrame {
-    error(
+pub fn unauthenticated(id: Option<u64>) -> SharedFrame {
+    error_id(
         "unauthenticated",
         "send {\"op\":\"auth\",\"token\":…} first",
+        id,
     )
 }
 
@@ -394,13 +408,30 @@ pub fn unavailable(id: Option<u64>) -> SharedFrame {
 
 /// `{"op":"error","code":…,"msg":…}` with `msg` escaped as a JSON string.
 pub fn error(code: &str, msg: &str) -> SharedFrame {
+    error_id(code, msg, None)
+}
+
+/// [`error`] for an op that had an `id`: `…,"id":7}`.
+pub fn error_id(code: &str, msg: &str, id: Option<u64>) -> SharedFrame {
     let msg = serde_json::to_string(msg).unwrap_or_else(|_| "\"\"".into());
-    let parts: [&[u8]; 5] = [
+    let mut buf = itoa::Buffer::new();
+    let id: &[u8] = match id {
+        Some(id) => buf.format(id).as_bytes(),
+        None => b"",
+    };
+    let (sep, end): (&[u8], &[u8]) = if id.is_empty() {
+        (b"", b"}")
+    } else {
+        (b",\"id\":", b"}")
+    };
+    let parts: [&[u8]; 7] = [
         b"{\"op\":\"error\",\"code\":\"",
         code.as_bytes(),
         b"\",\"msg\":",
         msg.as_bytes(),
-        b"}",
+        sep,
+        id,
+        end,
     ];
     SharedFrame::from_parts(OpCode::Text, &parts)
 }
@@ -413,6 +444,18 @@ mod tests {
         let b = f.as_bytes();
         let start = if b[1] & 0x7F == 126 { 4 } else { 2 };
         serde_json::from_slice(&b[start..]).unwrap()
+    }
+
+    #[test]
+    fn an_op_that_fails_names_its_id() {
+        let e = parse(r#"{"op":"pub","room":"no spaces","data":1,"id":9}"#).unwrap_err();
+        assert_eq!((e.code, e.id), ("invalid_room", Some(9)));
+        assert_eq!(payload(&e.frame())["id"], 9);
+        let e = parse(r#"{"op":"pub","room":"r"}"#).unwrap_err();
+        assert_eq!(payload(&e.frame())["code"], "missing_field");
+        assert!(payload(&e.frame()).get("id").is_none(), "no id, none named");
+        assert_eq!(payload(&unavailable(Some(3)))["id"], 3);
+        assert_eq!(payload(&unavailable(None))["id"], serde_json::Value::Null);
     }
 
     #[test]

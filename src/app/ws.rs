@@ -16,7 +16,7 @@ use super::conn::{flag, AppConn, Endpoint, Route, Ws};
 use super::gate::{Admitted, Refusal};
 use super::{auth, wire, App, Intent};
 
-type L<'a, 'b> = &'a mut Link<'b, AppConn>;
+pub(super) type L<'a, 'b> = &'a mut Link<'b, AppConn>;
 
 impl App {
     /// Bytes for one connection. Returns how many were consumed.
@@ -67,6 +67,7 @@ impl App {
                 self.open_stream(link, &req);
                 buf.len()
             }
+            Parsed::Plain(req) if self.asset(link, &req) => buf.len(),
             Parsed::Plain(req) => {
                 link.stats.http_requests += 1;
                 let draining = self.drain.active();
@@ -349,7 +350,12 @@ impl App {
         let op = wire::parse(text);
         let pending = link.app().has(flag::AUTH_PENDING);
         if pending && !matches!(op, Ok(wire::ClientOp::Auth { .. })) {
-            return reply(link, wire::unauthenticated());
+            let id = match &op {
+                Ok(wire::ClientOp::Pub { id, .. }) => *id,
+                Err(e) => e.id,
+                _ => None,
+            };
+            return reply(link, wire::unauthenticated(id));
         }
         match op {
             Ok(wire::ClientOp::Auth { token }) => self.authenticate(link, &token, false),
@@ -371,7 +377,7 @@ impl App {
                     id,
                 })
             }
-            Err(e) => reply(link, wire::error(e.code, &e.msg)),
+            Err(e) => reply(link, e.frame()),
         }
     }
 

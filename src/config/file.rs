@@ -79,6 +79,7 @@ pub const GROUPS: &[(&str, &[&str])] = &[
     ("cluster", &["redis", "node-id", "presence-events"]),
     ("capacity", &["memory-budget", "figures", "capacity-margin"]),
     ("logs", &["log-format", "log-level"]),
+    ("browsers", &["demo"]),
 ];
 
 /// Keys that are not settings: they never come from a file.

@@ -341,6 +341,19 @@ pub struct ServeConfig {
     )]
     pub presence_events: bool,
 
+    /// Serve the demo page (rooms chat on `/roomcast.js`) at `/`; `--demo false` turns it
+    /// off. `/roomcast.js` is always served.
+    #[arg(
+        long = "demo",
+        value_name = "BOOL",
+        env = "ROOMCAST_DEMO",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub demo: bool,
+
     /// This node's name in the cluster [default: random at start].
     #[arg(long = "node-id", value_name = "ID", env = "ROOMCAST_NODE_ID")]
     pub node_id: Option<String>,
@@ -479,6 +492,7 @@ impl ServeConfig {
             api_max_body: self.api_max_body.min(u32::MAX as u64) as usize,
             backplane: !self.redis.is_empty(),
             presence_events: self.presence_events,
+            demo: self.demo,
             history: crate::rooms::Retention {
                 size: self.history_size,
                 bytes: self.history_bytes.min(usize::MAX as u64) as usize,

@@ -403,6 +403,23 @@ impl Bystander {
     }
 }
 
+/// The real clients' folder (`tests/clients`: Python, Node, browser scripts).
+pub fn clients_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
+}
+
+/// Debian's Chromium (or `ROOMCAST_CHROMIUM`), which scripts/test.sh installs.
+pub fn chromium() -> std::path::PathBuf {
+    let p: std::path::PathBuf =
+        std::env::var_os("ROOMCAST_CHROMIUM").map_or("/usr/bin/chromium".into(), Into::into);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/test.sh (it installs Debian's chromium), or set ROOMCAST_CHROMIUM",
+        p.display()
+    );
+    p
+}
+
 /// A free port on 127.0.0.1 (for `--admin-listen`, a proxy in front of the server).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
