@@ -199,6 +199,27 @@ test("refusals are not retried: a bad token at the handshake, a 1008 for auth", 
     await sleep(400);
     assert.equal(p.upgrades, 2, "no retry after a 1008 for auth");
 
+    // getToken: asked before connecting, and again `refreshBefore` seconds before exp
+    // (here 2 s after connecting); the fresh token goes out in a `refresh` op and the
+    // server takes it (a refused one would be an `error` event).
+    let asked = 0;
+    const getToken = () => {
+      asked++;
+      return jwt(secret, { sub: "bo", exp: Math.floor(Date.now() / 1000) + 32, join: ["*"], pub: ["*"] });
+    };
+    const fresh = new Roomcast(p.url, { ...fast, getToken, refreshBefore: 30 });
+    const errors = [];
+    fresh.on("error", (e) => errors.push(e.code));
+    fresh.join("t", () => {});
+    await until("joined with getToken", () => fresh.rooms.get("t").joined);
+    assert.equal(asked, 1);
+    await until("the refresh", () => asked === 2, 6000);
+    await sleep(300);
+    assert.deepEqual(errors, []);
+    assert.equal(fresh.state, "open");
+    assert.equal(await fresh.publish("t", "after the refresh"), 1);
+    fresh.close();
+
     // A good token works, through the bearer subprotocol.
     const exp = Math.floor(Date.now() / 1000) + 600;
     const token = jwt(secret, { sub: "ann", exp, join: ["*"], pub: ["*"] });
@@ -206,7 +227,7 @@ test("refusals are not retried: a bad token at the handshake, a 1008 for auth", 
     const got = [];
     good.join("t", (d) => got.push(d));
     await until("joined", () => good.rooms.get("t").joined);
-    assert.equal(await good.publish("t", "hi"), 1);
+    assert.equal(await good.publish("t", "hi"), 2);
     await until("delivered", () => got.length === 1);
     good.close();
   } finally {
