@@ -34,8 +34,10 @@ export function drainDelay(minDelay, random = Math.random) {
   return random() * minDelay;
 }
 
-/** Close codes and reasons after which reconnecting cannot help. */
+/** Close codes and reasons after which reconnecting cannot help: 1008 for auth, and the
+ * application's own 4000-4999 (the server API's `disconnect` uses them to remove a user). */
 export function isTerminalClose(code, reason, canRefresh) {
+  if (code >= 4000 && code <= 4999) return true;
   if (code !== 1008) return false;
   const r = String(reason || "").toLowerCase();
   if (r.includes("token expired")) return !canRefresh;
@@ -196,6 +198,10 @@ export class Roomcast {
   _failPending(err) {
     for (const p of this.inflight.values()) p.reject(err);
     this.inflight.clear();
+    for (const waits of this.presenceWaits.values()) {
+      for (const w of waits) w.reject(err);
+    }
+    this.presenceWaits.clear();
     if (err.code === "closed") {
       for (const p of this.queue) p.reject(err);
       this.queue = [];
@@ -210,6 +216,7 @@ export class Roomcast {
       } catch (e) {
         return this._retry(`getToken failed: ${e}`);
       }
+      if (this.closed) return;
     }
     if (this.wsBlocked >= this.opts.sseAfter && this.EventSource) return this._openSse();
     const protocols = this.token ? ["roomcast", `bearer.${this.token}`] : undefined;
@@ -258,7 +265,10 @@ export class Roomcast {
    * (a GET of the same URL answers 401/403 as the upgrade did); those are terminal. */
   async _handshakeFailed() {
     const status = await this._probe();
+    if (this.closed) return;
     if (status === 401 || status === 403) return this._terminal(`handshake refused: HTTP ${status}`);
+    // 400: the server answers HTTP but the upgrade did not get through. (503 and 429,
+    // full or over a limit, are retried like an outage.)
     if (status === 400) this.wsBlocked++;
     this._retry(status ? `handshake failed (HTTP answers ${status})` : "handshake failed");
   }
@@ -266,9 +276,11 @@ export class Roomcast {
   async _probe() {
     if (!this.fetch) return undefined;
     try {
-      const http = this.url.replace(/^ws/, "http");
-      const headers = this.token ? { Authorization: `Bearer ${this.token}` } : {};
-      const res = await this.fetch(http, { headers, cache: "no-store" });
+      // The token in the query, not a header: a cross-origin GET with no custom header
+      // needs no preflight.
+      let http = this.url.replace(/^ws/, "http");
+      if (this.token) http += `${http.includes("?") ? "&" : "?"}token=${encodeURIComponent(this.token)}`;
+      const res = await this.fetch(http, { cache: "no-store" });
       return res.status;
     } catch {
       return undefined;
@@ -298,6 +310,7 @@ export class Roomcast {
     this.refreshTimer = setTimeout(async () => {
       try {
         this.token = await this.opts.getToken();
+        if (this.closed) return;
         if (this.ws?.readyState === 1) this.ws.send(JSON.stringify({ op: "refresh", token: this.token }));
         this._scheduleRefresh();
       } catch (e) {
@@ -336,7 +349,17 @@ export class Roomcast {
         return reject(new RoomcastError("disconnected", "presence needs an open WebSocket"));
       }
       if (!this.presenceWaits.has(room)) this.presenceWaits.set(room, []);
-      this.presenceWaits.get(room).push(resolve);
+      const wait = { resolve, reject };
+      this.presenceWaits.get(room).push(wait);
+      // Answers come in order; one refused (no right to the room) comes as an error event.
+      setTimeout(() => {
+        const waits = this.presenceWaits.get(room);
+        const i = waits ? waits.indexOf(wait) : -1;
+        if (i >= 0) {
+          waits.splice(i, 1);
+          reject(new RoomcastError("timeout", "no presence answer"));
+        }
+      }, 10000);
       this.ws.send(JSON.stringify({ op: "presence", room }));
     });
   }
@@ -386,8 +409,8 @@ export class Roomcast {
         if (m.event) return this._emit("presence", m);
         {
           const waits = this.presenceWaits.get(m.room);
-          const resolve = waits?.shift();
-          if (resolve) resolve({ members: m.members, users: m.users });
+          const wait = waits?.shift();
+          if (wait) wait.resolve({ members: m.members, users: m.users });
         }
         return;
       default:
@@ -427,6 +450,13 @@ export class Roomcast {
   _openSse() {
     this.es?.close();
     this.transport = "sse";
+    clearTimeout(this.refreshTimer);
+    // Nothing can be published from here: what waited is told now.
+    const waiting = this.queue;
+    this.queue = [];
+    for (const p of waiting) {
+      p.reject(new RoomcastError("publish_unavailable", "WebSocket is blocked: receiving over /sse"));
+    }
     if (this.rooms.size === 0) {
       this._setState("open");
       return;
@@ -445,7 +475,17 @@ export class Roomcast {
     this.es = es;
     es.onopen = () => this._setState("open");
     es.onerror = () => {
-      if (this.es === es && !this.closed) this._setState("reconnecting");
+      if (this.es !== es || this.closed) return;
+      this._setState("reconnecting");
+      if (es.readyState === 2) {
+        // The browser gave up on it (a non-200 answer: a stale token, a draining node):
+        // start over, WebSocket first, with backoff and a fresh token.
+        es.close();
+        this.es = null;
+        this.transport = null;
+        this.wsBlocked = 0;
+        this._retry("the event stream was refused");
+      }
     };
     for (const name of ["joined", "msg", "gap", "presence"]) {
       es.addEventListener(name, (ev) => this._onText(ev.data));

@@ -64,9 +64,10 @@ pub enum Answer {
         epoch: Option<u32>,
     },
     /// The backplane cannot reach Redis: publish `index` was not made (or the history
-    /// cannot be read).
+    /// cannot be read); `unknown`: it was sent and the answer was lost with the connection.
     Unavailable {
         index: u16,
+        unknown: bool,
     },
 }
 
@@ -86,8 +87,9 @@ pub struct Wait {
 enum Acc {
     Publish {
         rooms: Vec<Arc<str>>,
-        /// `None`: not made (the backplane cannot reach Redis).
-        results: Vec<Option<(u64, Option<u32>)>>,
+        /// `Err(unknown)`: not made (the backplane cannot reach Redis), or its outcome
+        /// is unknown.
+        results: Vec<Result<(u64, Option<u32>), bool>>,
         broadcast: bool,
     },
     History,
@@ -312,7 +314,7 @@ impl App {
                 reply: Reply::Api(req, index as u16),
             });
         }
-        let results = vec![Some((0, None)); rooms.len()];
+        let results = vec![Ok((0, None)); rooms.len()];
         self.wait(
             link,
             rooms.len(),
@@ -495,18 +497,18 @@ impl App {
         match (&mut w.acc, answer) {
             (Acc::Publish { results, .. }, Answer::Published { index, seq, epoch }) => {
                 if let Some(r) = results.get_mut(usize::from(index)) {
-                    *r = Some((seq, epoch));
+                    *r = Ok((seq, epoch));
                 }
             }
-            (Acc::Publish { results, .. }, Answer::Unavailable { index }) => {
+            (Acc::Publish { results, .. }, Answer::Unavailable { index, unknown }) => {
                 if let Some(r) = results.get_mut(usize::from(index)) {
-                    *r = None;
+                    *r = Err(unknown);
                 }
             }
             (Acc::History, Answer::Unavailable { .. }) => {
                 let w = self.api_waits.swap_remove(i);
                 if let Some(mut link) = cx.link(slot as usize, gen) {
-                    unavailable(&mut link);
+                    unavailable(&mut link, false);
                 }
                 drop(w);
                 return;
@@ -554,17 +556,26 @@ impl App {
                 results,
                 broadcast,
             } => {
-                let one = |room: &str, result: Option<(u64, Option<u32>)>| {
-                    let Some((seq, epoch)) = result else {
-                        return serde_json::json!({"room": room, "error": "unavailable"});
+                let one = |room: &str, result: Result<(u64, Option<u32>), bool>| {
+                    let (seq, epoch) = match result {
+                        Ok(r) => r,
+                        Err(unknown) => {
+                            let code = if unknown {
+                                "outcome_unknown"
+                            } else {
+                                "unavailable"
+                            };
+                            return serde_json::json!({"room": room, "error": code});
+                        }
                     };
                     let epoch =
                         epoch.map(|e| String::from_utf8_lossy(&wire::format_epoch(e)).into_owned());
                     serde_json::json!({"room": room, "seq": seq, "epoch": epoch})
                 };
-                if results.iter().all(Option::is_none) {
-                    // Nothing was published: the request may be retried as a whole.
-                    return unavailable(&mut link);
+                if results.iter().all(Result::is_err) {
+                    // Nothing was published (or, with an unknown outcome, perhaps some).
+                    let unknown = results.contains(&Err(true));
+                    return unavailable(&mut link, unknown);
                 }
                 if broadcast {
                     let all: Vec<_> = rooms.iter().zip(results).map(|(r, x)| one(r, x)).collect();
@@ -639,8 +650,13 @@ fn page_json(p: &crate::rooms::Page) -> String {
     out
 }
 
-/// 503: the backplane cannot reach Redis.
-fn unavailable(link: L) {
+/// 503: the backplane cannot reach Redis (`unknown`: it lost the connection after the
+/// publish was sent: it may have been made).
+fn unavailable(link: L, unknown: bool) {
+    if unknown {
+        let msg = "the connection to Redis was lost before its answer: the publish may or may not have been made";
+        return error(link, Status::ServiceUnavailable, "outcome_unknown", msg);
+    }
     let msg = "the backplane cannot reach Redis; nothing was done, retry later";
     error(link, Status::ServiceUnavailable, "unavailable", msg);
 }

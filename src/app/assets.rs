@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::protocol::handshake::{self, Request};
 use crate::protocol::{SharedFrame, Status};
 
+use super::gate::Refusal;
 use super::ws::L;
 use super::App;
 
@@ -31,7 +32,7 @@ impl App {
                 DEMO_HTML.as_bytes(),
             ),
             "/ws" | "/echo" => {
-                let (status, text) = self.probe(req);
+                let (status, text) = self.probe(link, req);
                 // Readable from a page on an allowed origin (the client's fetch).
                 let cors = match req.origin {
                     Some(o) if self.gate.origin_allowed(Some(o)) => {
@@ -57,24 +58,44 @@ impl App {
     }
 
     /// What an upgrade of this request would have been refused with, checked without
-    /// counting a connection: drain (503), Origin (403), a token given and refused (401),
-    /// else 400 (send the upgrade). A missing token is not refused on `/ws`: it may come
-    /// in an `auth` op.
-    fn probe(&self, req: &Request<'_>) -> (Status, &'static str) {
-        let speak = "this endpoint speaks WebSocket: send Upgrade: websocket";
+    /// keeping a connection counted: drain (503), Origin (403), a token given and refused
+    /// (401), the connection limits (503 full, 429 per address or user), else 400 (send
+    /// the upgrade). A missing token is not refused on `/ws`: it may come in an `auth` op.
+    fn probe(&self, link: L, req: &Request<'_>) -> (Status, &'static str) {
+        let gate = &self.gate;
         if self.drain.active() {
             return (Status::ServiceUnavailable, "server shutting down");
         }
-        if !self.gate.origin_allowed(req.origin) {
+        if !gate.origin_allowed(req.origin) {
             return (Status::Forbidden, "origin not allowed");
         }
-        let Some(auth) = &self.gate.auth else {
-            return (Status::BadRequest, speak);
-        };
-        match auth.find_token(req).map(|t| auth.verify(t)) {
-            Some(Err(e)) => (Status::Unauthorized, e.reason()),
-            None if req.path == "/echo" => (Status::Unauthorized, "missing token"),
-            _ => (Status::BadRequest, speak),
+        let mut user = None;
+        if let Some(auth) = &gate.auth {
+            match auth.find_token(req).map(|t| auth.verify(t)) {
+                Some(Err(e)) => return (Status::Unauthorized, e.reason()),
+                None if req.path == "/echo" => return (Status::Unauthorized, "missing token"),
+                Some(Ok(s)) => user = Some(s.sub),
+                None => {}
+            }
         }
+        let refused = |r: Refusal| match r {
+            Refusal::Full => (Status::ServiceUnavailable, r.reason()),
+            _ => (Status::TooManyRequests, r.reason()),
+        };
+        let peer = link.app().peer;
+        match gate.admit(peer) {
+            Ok(a) => gate.release(peer, a),
+            Err(r) => return refused(r),
+        }
+        if let Some(sub) = user {
+            match gate.admit_user(&sub) {
+                Ok(()) => gate.release_user(&sub),
+                Err(r) => return refused(r),
+            }
+        }
+        (
+            Status::BadRequest,
+            "this endpoint speaks WebSocket: send Upgrade: websocket",
+        )
     }
 }

@@ -123,11 +123,13 @@ pub enum Msg {
         id: u64,
         seq: u64,
     },
-    /// From the backplane: the publish (`id`) of `slot` was not made (Redis is down).
+    /// From the backplane: the publish (`id`) of `slot` was not made (Redis is down), or
+    /// (`unknown`) its answer was lost with the connection.
     Refused {
         slot: u32,
         gen: u32,
         id: Option<u64>,
+        unknown: bool,
     },
     /// Owner to backplane: this node has members in `room` now: subscribe, and send its
     /// state ([`Msg::Synced`]) with the messages after `after`.
@@ -137,12 +139,14 @@ pub enum Msg {
     /// Owner to backplane: the messages after `after`, for a resume.
     Fetch { room: Arc<str>, after: u64 },
     /// Backplane to owner: the room's epoch and last seq in Redis, and the newest
-    /// messages after what was asked (in seq order).
+    /// messages after what was asked (in seq order). `fetch`: history asked for a resume
+    /// (it only adds older history and answers the joins that waited for it).
     Synced {
         room: Arc<str>,
         epoch: u32,
         seq: u64,
         entries: Vec<(u64, Arc<str>)>,
+        fetch: bool,
     },
     /// Backplane to owner: a message of `room`, in the cluster's order.
     Remote {

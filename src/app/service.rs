@@ -119,6 +119,18 @@ impl Service for App {
     fn end_turn(&mut self, cx: &mut Cx<App>) {
         self.clock(cx.now_ms);
         self.seal(cx);
+        if self.cfg.backplane {
+            for (room, p, joined) in self.owner.ready() {
+                let (slot, gen) = (p.slot, p.gen);
+                let msg = Msg::Joined {
+                    room,
+                    slot,
+                    gen,
+                    joined,
+                };
+                cx.mesh.send(p.shard, msg);
+            }
+        }
         self.flush_gaps(cx);
         self.owner.expire(self.clock_ms);
         self.resume_publishers(cx);
@@ -485,11 +497,14 @@ impl App {
                 epoch,
                 seq,
                 entries,
+                fetch,
             } => {
                 // A catch-up may start the room's log over: this turn's batch goes first.
-                self.seal(cx);
-                let before = self.owner.position(&room);
-                let (answered, fetch) = self.owner.synced(&room, epoch, seq, entries);
+                if !fetch {
+                    self.seal(cx);
+                }
+                let before = self.owner.position(&room).filter(|_| !fetch);
+                let (answered, fetch) = self.owner.synced(&room, (epoch, seq), entries, fetch);
                 if let Some((old, _)) = before.filter(|&(e, _)| e != epoch) {
                     tracing::warn!(room = %room, old, epoch, "a room's sequence started over in Redis: members are told");
                     self.reset(cx, &room);
@@ -534,9 +549,14 @@ impl App {
                     self.on_joined(cx, slot as usize, &room, joined);
                 }
             }
-            Msg::Refused { slot, gen, id } => {
+            Msg::Refused {
+                slot,
+                gen,
+                id,
+                unknown,
+            } => {
                 if let Some(mut link) = cx.link(slot as usize, gen) {
-                    reply(&mut link, wire::unavailable(id));
+                    reply(&mut link, wire::unavailable(id, unknown));
                 }
             }
             Msg::Presence { room, json, remote } => self.on_presence(cx, room, json, remote),

@@ -392,14 +392,23 @@ pub fn unauthenticated(id: Option<u64>) -> SharedFrame {
 
 /// `{"op":"error","code":"unavailable","msg":…,"id":…}`: a publish was not made because
 /// the backplane cannot reach Redis.
-pub fn unavailable(id: Option<u64>) -> SharedFrame {
+/// `unknown`: `outcome_unknown` instead, for a publish written to Redis whose answer was
+/// lost with the connection (it may have been published).
+pub fn unavailable(id: Option<u64>, unknown: bool) -> SharedFrame {
     let mut buf = itoa::Buffer::new();
     let id: &[u8] = match id {
         Some(id) => buf.format(id).as_bytes(),
         None => b"null",
     };
-    let parts: [&[u8]; 3] = [
-        b"{\"op\":\"error\",\"code\":\"unavailable\",\"msg\":\"the backplane cannot reach Redis: not published\",\"id\":",
+    let what: &[u8] = if unknown {
+        b"outcome_unknown\",\"msg\":\"the connection to Redis was lost before its answer: it may or may not have been published"
+    } else {
+        b"unavailable\",\"msg\":\"the backplane cannot reach Redis: not published"
+    };
+    let parts: [&[u8]; 5] = [
+        b"{\"op\":\"error\",\"code\":\"",
+        what,
+        b"\",\"id\":",
         id,
         b"}",
     ];
@@ -454,8 +463,12 @@ mod tests {
         let e = parse(r#"{"op":"pub","room":"r"}"#).unwrap_err();
         assert_eq!(payload(&e.frame())["code"], "missing_field");
         assert!(payload(&e.frame()).get("id").is_none(), "no id, none named");
-        assert_eq!(payload(&unavailable(Some(3)))["id"], 3);
-        assert_eq!(payload(&unavailable(None))["id"], serde_json::Value::Null);
+        assert_eq!(payload(&unavailable(Some(3), false))["id"], 3);
+        assert_eq!(
+            payload(&unavailable(None, false))["id"],
+            serde_json::Value::Null
+        );
+        assert_eq!(payload(&unavailable(None, true))["code"], "outcome_unknown");
     }
 
     #[test]

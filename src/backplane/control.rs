@@ -20,7 +20,10 @@ impl Backplane {
             let i = self.server_of(&room);
             let s = &mut self.servers[i];
             let Some(cmd) = s.cmd.as_mut() else {
-                let answer = Answer::Unavailable { index: 0 };
+                let answer = Answer::Unavailable {
+                    index: 0,
+                    unknown: false,
+                };
                 return self
                     .mesh
                     .send(usize::from(shard), Msg::Answer { req, answer });

@@ -51,6 +51,10 @@ pub use status::Status;
 const CTL: &[u8] = b"rc:ctl";
 /// How long a request over the control channel waits for the other nodes.
 const CTL_TIMEOUT: Duration = Duration::from_secs(1);
+/// A Redis connection that leaves a command (or a `PING`) unanswered this long is given up.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often idle connections are pinged.
+const KEEPALIVE: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Channels per SUBSCRIBE when re-subscribing many rooms.
@@ -132,6 +136,10 @@ struct Server {
     sub: Option<Conn>,
     inflight: VecDeque<(Pending, Instant)>,
     retry_at: Instant,
+    /// When the idle connections are next pinged, and when the pub/sub one was pinged
+    /// (not answered yet).
+    next_ping: Instant,
+    sub_ping: Option<Instant>,
     /// Whether the command and pub/sub connections were reported readable.
     ready: [bool; 2],
     backoff: Duration,

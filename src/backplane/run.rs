@@ -30,6 +30,8 @@ impl Backplane {
                 sub: None,
                 inflight: VecDeque::new(),
                 retry_at: now,
+                next_ping: now,
+                sub_ping: None,
                 ready: [false; 2],
                 backoff: BACKOFF_MIN,
                 ever_up: false,
@@ -165,6 +167,7 @@ impl Backplane {
         }
         tracing::info!(redis = %s.target, "backplane: connected to Redis");
         (s.cmd, s.sub, s.ever_up, s.backoff) = (Some(cmd), Some(sub), true, BACKOFF_MIN);
+        (s.sub_ping, s.next_ping) = (None, now + KEEPALIVE);
         status.up[i].store(true, Ordering::Relaxed);
         // Every room of this server subscribes again and catches up.
         let rooms: Vec<Arc<str>> = self
@@ -206,7 +209,7 @@ impl Backplane {
         self.status.errors.fetch_add(1, Ordering::Relaxed);
         let inflight = std::mem::take(&mut s.inflight);
         for (p, _) in inflight {
-            self.failed(p);
+            self.failed(p, true);
         }
         let n = self.servers.len();
         for (name, r) in self.rooms.iter_mut() {
@@ -231,21 +234,25 @@ impl Backplane {
         }
     }
 
-    /// A command whose reply will not come.
-    pub(super) fn failed(&mut self, p: Pending) {
+    /// A command that failed: refused by Redis, or (`lost`) written to a connection that
+    /// was lost before the answer (then a publish's script may have run).
+    pub(super) fn failed(&mut self, p: Pending, lost: bool) {
         match p {
             Pending::Publish {
                 shard,
                 slot,
                 gen,
                 reply,
-            } => self.refuse(shard, slot, gen, reply),
+            } => self.refuse(shard, slot, gen, reply, lost),
             Pending::Sync { room, fetch: true } => self.fetch_failed(room),
             Pending::Page { shard, req, .. } => self.mesh.send(
                 usize::from(shard),
                 Msg::Answer {
                     req,
-                    answer: Answer::Unavailable { index: 0 },
+                    answer: Answer::Unavailable {
+                        index: 0,
+                        unknown: false,
+                    },
                 },
             ),
             Pending::Sync { fetch: false, .. } | Pending::Ignore | Pending::Ctl { .. } => {}
@@ -254,39 +261,35 @@ impl Backplane {
 
     /// A resume's history cannot be read: the owner answers with what it has.
     pub(super) fn fetch_failed(&mut self, room: Arc<str>) {
-        let Some(r) = self.rooms.get(&room).filter(|r| r.known) else {
-            return;
-        };
-        let (epoch, seq) = (r.epoch, r.last);
+        let epoch = self.rooms.get(&room).map_or(0, |r| r.epoch);
         let to = self.owner(&room);
-        let entries = Vec::new();
-        self.mesh.send(
-            to,
-            Msg::Synced {
-                room,
-                epoch,
-                seq,
-                entries,
-            },
-        );
+        let msg = Msg::Synced {
+            room,
+            epoch,
+            seq: 0,
+            entries: Vec::new(),
+            fetch: true,
+        };
+        self.mesh.send(to, msg);
     }
 
-    pub(super) fn refuse(&mut self, shard: u16, slot: u32, gen: u32, reply: Reply) {
+    /// A publish that was not made (`unknown`: or whose outcome is unknown: it was written
+    /// to Redis and the connection was lost before the answer).
+    pub(super) fn refuse(&mut self, shard: u16, slot: u32, gen: u32, reply: Reply, unknown: bool) {
         self.status.refused.fetch_add(1, Ordering::Relaxed);
         let msg = match reply {
-            Reply::None => Msg::Refused {
+            Reply::None | Reply::Ack(_) => Msg::Refused {
                 slot,
                 gen,
-                id: None,
-            },
-            Reply::Ack(id) => Msg::Refused {
-                slot,
-                gen,
-                id: Some(id),
+                id: match reply {
+                    Reply::Ack(id) => Some(id),
+                    _ => None,
+                },
+                unknown,
             },
             Reply::Api(req, index) => Msg::Answer {
                 req,
-                answer: Answer::Unavailable { index },
+                answer: Answer::Unavailable { index, unknown },
             },
         };
         self.mesh.send(usize::from(shard), msg);
@@ -307,7 +310,7 @@ impl Backplane {
                 let (size, ttl) = (self.cfg.history_size.max(1), self.cfg.ttl_ms.max(1000));
                 let s = &mut self.servers[i];
                 let Some(cmd) = s.cmd.as_mut() else {
-                    return self.refuse(shard, slot, gen, reply);
+                    return self.refuse(shard, slot, gen, reply, false);
                 };
                 let (m, st, ch) = keys(&room);
                 cmd.send(&[
@@ -385,6 +388,10 @@ impl Backplane {
     pub(super) fn sync(&mut self, room: &Arc<str>, after: Option<u64>, fetch: bool) -> bool {
         let i = self.server_of(room);
         let epoch = self.epoch_candidate().to_string();
+        let (seen_epoch, seen_last) = match self.rooms.get(room).filter(|r| r.known) {
+            Some(r) => (r.epoch.to_string(), r.last.to_string()),
+            None => (String::new(), "0".to_string()),
+        };
         let count = self.cfg.history_size.max(1).to_string();
         let ttl = self.cfg.ttl_ms.max(1000).to_string();
         let after = after.map_or_else(|| "-1".to_string(), |a| a.to_string());
@@ -403,6 +410,8 @@ impl Backplane {
             after.as_bytes(),
             count.as_bytes(),
             ttl.as_bytes(),
+            seen_epoch.as_bytes(),
+            seen_last.as_bytes(),
         ]);
         let p = Pending::Sync {
             room: room.clone(),
@@ -475,7 +484,12 @@ impl Backplane {
     pub(super) fn reply(&mut self, i: usize, p: Pending, v: Value) {
         if let Value::Err(e) = &v {
             tracing::warn!(redis = %self.servers[i].target, error = %e, "backplane: Redis refused a command");
-            return self.failed(p);
+            if let Pending::Sync { fetch: false, .. } = p {
+                // A room that cannot be read would stay stuck: start over (reconnect,
+                // subscribe, read again), with the reconnect's backoff.
+                return self.fail(i, &io::Error::other(format!("a room's state: {e}")));
+            }
+            return self.failed(p, false);
         }
         match p {
             Pending::Ignore => {}
@@ -490,7 +504,7 @@ impl Backplane {
                     _ => (None, None),
                 };
                 let (Some(seq), Some(epoch)) = (seq, epoch) else {
-                    return self.refuse(shard, slot, gen, reply);
+                    return self.refuse(shard, slot, gen, reply, true);
                 };
                 self.status.published.fetch_add(1, Ordering::Relaxed);
                 let to = usize::from(shard);
@@ -507,10 +521,16 @@ impl Backplane {
             }
             Pending::Sync { room, fetch } => {
                 let Some((epoch, seq, mut entries)) = state(v) else {
-                    tracing::warn!("backplane: a room's state came back malformed");
-                    return;
+                    let e = io::Error::other("a room's state came back malformed");
+                    if fetch {
+                        self.fetch_failed(room);
+                    }
+                    return self.fail(i, &e);
                 };
                 entries.reverse();
+                self.status
+                    .recovered
+                    .fetch_add(entries.len() as u64, Ordering::Relaxed);
                 if fetch {
                     let to = self.owner(&room);
                     let msg = Msg::Synced {
@@ -518,6 +538,7 @@ impl Backplane {
                         epoch,
                         seq,
                         entries,
+                        fetch,
                     };
                     return self.mesh.send(to, msg);
                 }
@@ -576,10 +597,14 @@ impl Backplane {
                 epoch,
                 seq,
                 entries,
+                fetch: false,
             },
         );
+        // What Redis said is the truth: held messages of another epoch are stale.
         for (e, s, data) in held {
-            self.arrived(&room, e, s, data);
+            if e == epoch {
+                self.arrived(&room, e, s, data);
+            }
         }
     }
 
@@ -595,8 +620,10 @@ impl Backplane {
         if epoch == r.epoch && seq <= r.last {
             return;
         }
-        if epoch == r.epoch && seq > r.last + 1 {
-            // Some were lost on the way (pub/sub keeps nothing): read them from the stream.
+        // Some were lost on the way (pub/sub keeps nothing), or the room started over in
+        // Redis and this is not its first message: read the room from its stream. A new
+        // epoch's first message is taken as it comes.
+        if (epoch == r.epoch && seq > r.last + 1) || (epoch != r.epoch && seq != 1) {
             r.held.push((epoch, seq, data));
             return self.catch_up(room);
         }
@@ -626,6 +653,10 @@ impl Backplane {
         ) else {
             return;
         };
+        if kind == b"pong" {
+            self.servers[i].sub_ping = None;
+            return;
+        }
         if chan == CTL {
             match kind {
                 b"subscribe" => self.servers[i].ctl = true,
@@ -699,6 +730,9 @@ impl Backplane {
         if !self.ctl_waits.is_empty() {
             self.finish_ctl(true);
         }
+        for i in 0..self.servers.len() {
+            self.keepalive(i, now);
+        }
         if now < self.next_refresh {
             return;
         }
@@ -719,6 +753,36 @@ impl Backplane {
             cmd.send(&[b"PEXPIRE", &st, ttl.as_bytes()]);
             s.inflight.push_back((Pending::Ignore, now));
             s.inflight.push_back((Pending::Ignore, now));
+        }
+    }
+}
+
+impl Backplane {
+    /// A connection that stopped answering (a half-open TCP connection: the host or the
+    /// network gone) is given up after [`REPLY_TIMEOUT`]: a command unanswered that long,
+    /// or a `PING` on the idle connections (every [`KEEPALIVE`]) unanswered.
+    pub(super) fn keepalive(&mut self, i: usize, now: Instant) {
+        let s = &mut self.servers[i];
+        let (Some(cmd), Some(sub)) = (s.cmd.as_mut(), s.sub.as_mut()) else {
+            return;
+        };
+        let oldest = s.inflight.front().map(|(_, at)| now - *at);
+        let silent = s.sub_ping.is_some_and(|at| now - at > REPLY_TIMEOUT);
+        if oldest.is_some_and(|age| age > REPLY_TIMEOUT) || silent {
+            let e = io::Error::new(io::ErrorKind::TimedOut, "Redis stopped answering");
+            return self.fail(i, &e);
+        }
+        if now < s.next_ping {
+            return;
+        }
+        s.next_ping = now + KEEPALIVE;
+        if oldest.is_none() {
+            cmd.send(&[b"PING"]);
+            s.inflight.push_back((Pending::Ignore, now));
+        }
+        if s.sub_ping.is_none() {
+            sub.send(&[b"PING"]);
+            s.sub_ping = Some(now);
         }
     }
 }

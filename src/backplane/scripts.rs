@@ -26,16 +26,23 @@ return {s, e}
 ";
 
 /// The room's state, made if new: `{epoch, seq, newest entries after ARGV[2] (-1: none),
-/// newest first}`. `ARGV`: an epoch for a new room, after, count, TTL (ms).
+/// newest first}`. `ARGV`: an epoch for a new room, after, count, TTL (ms), and the epoch
+/// and last seq this node already saw ('' and 0: none). A room whose seq went back in that
+/// epoch lost writes (Redis restarted from an older snapshot): it starts over in a new
+/// epoch, so no node mistakes the new messages for ones it had.
 pub(super) const SYNC_LUA: &str = r"
 local e = redis.call('HGET', KEYS[1], 'e')
+local s = tonumber(redis.call('HGET', KEYS[1], 's') or '0')
+if e and e == ARGV[5] and s < tonumber(ARGV[6]) then
+  e = false
+end
 if not e then
   e = ARGV[1]
+  s = 0
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'e', e, 's', 0)
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-local s = redis.call('HGET', KEYS[1], 's') or '0'
 local entries = {}
 if ARGV[2] ~= '-1' then
   entries = redis.call('XREVRANGE', KEYS[2], '+', '(0-' .. ARGV[2], 'COUNT', ARGV[3])

@@ -18,6 +18,8 @@ pub struct Status {
     pub(super) refused: AtomicU64,
     pub(super) received: AtomicU64,
     pub(super) gaps: AtomicU64,
+    /// Messages read back from streams (catch-ups and resumes).
+    pub(super) recovered: AtomicU64,
     pub(super) rooms: AtomicU64,
 }
 
@@ -46,6 +48,7 @@ impl Status {
             "refused": Self::get(&self.refused),
             "received": Self::get(&self.received),
             "catchups": Self::get(&self.gaps),
+            "recovered": Self::get(&self.recovered),
             "rooms": Self::get(&self.rooms),
         })
         .to_string()
@@ -77,7 +80,7 @@ impl Status {
                 Self::get(&self.rooms).to_string(),
             ),
         ];
-        let counters = [
+        let counters: [(&str, &str, &AtomicU64); 7] = [
             ("errors", "Redis connections lost or refused.", &self.errors),
             (
                 "reconnects",
@@ -103,6 +106,11 @@ impl Status {
                 "catchups",
                 "Times a room was read back from its stream (a skipped seq or a reconnect).",
                 &self.gaps,
+            ),
+            (
+                "recovered",
+                "Messages read back from streams (catch-ups and resumes).",
+                &self.recovered,
             ),
         ];
         let gauges = gauges
@@ -134,6 +142,7 @@ impl Status {
             refused: counter(),
             received: counter(),
             gaps: counter(),
+            recovered: counter(),
             rooms: counter(),
         }
     }

@@ -115,6 +115,26 @@ impl OwnedRoom {
         joined
     }
 
+    /// Adds `entries` (in seq order) in front of the log where they continue it backwards:
+    /// history older than what this node received (a fresh room's first sync, a resume's
+    /// fetch). Only a stretch contiguous with the log (or, for an empty log, ending at the
+    /// last sealed seq) counts.
+    fn prepend(&mut self, entries: Vec<(u64, Arc<str>)>) {
+        for (s, data) in entries.into_iter().rev() {
+            let fits = match self.log.first() {
+                Some(first) => s + 1 == first,
+                None => s == self.sealed && self.seq == self.sealed,
+            };
+            if fits {
+                self.log.push_front(s, data);
+            } else if self.log.first().is_some_and(|f| s >= f) || s > self.sealed {
+                continue;
+            } else {
+                break;
+            }
+        }
+    }
+
     /// The sequence goes on from `seq` (in `epoch`): what came before is not history.
     fn restart(&mut self, epoch: u32, seq: u64) {
         self.log.clear();
@@ -226,6 +246,8 @@ pub struct Owner {
     idle: BinaryHeap<Reverse<(u64, Arc<str>)>>,
     /// Data bytes the rooms with no members keep, against `keep.idle_bytes`.
     idle_total: usize,
+    /// With a backplane: rooms with joins waiting for this node to reach their `since`.
+    ahead: Vec<Arc<str>>,
     /// Epochs: a per-process seed and a counter, mixed.
     seed: u64,
     epochs: u64,
@@ -242,6 +264,7 @@ impl Owner {
             dirty: Vec::new(),
             idle: BinaryHeap::new(),
             idle_total: 0,
+            ahead: Vec::new(),
             seed,
             epochs: 0,
         }
@@ -323,44 +346,47 @@ impl Owner {
     }
 
     /// With a backplane: Redis says `room` is at `seq` in `epoch`, with `entries` (in seq
-    /// order) the newest messages after what was asked. Makes a new room live, adds older
-    /// history in front, catches up on newer messages (a jump past what Redis no longer
-    /// holds, or a new epoch, starts the log over: call [`Owner::must_seal`] first).
-    /// Returns the parked joins now answered, and history to fetch for the others.
+    /// order) the newest messages after what was asked. A subscription's sync makes a new
+    /// room live, or catches a live one up on newer messages (a jump past what Redis no
+    /// longer holds, or a new epoch, starts the log over: seal first). A `fetch` (history
+    /// for a resume) only adds older history in front: newer messages come on the channel.
+    /// Returns the parked joins now answered, and history to fetch for the others. A join
+    /// from further than this node has come (`since` beyond the last sealed seq, not beyond
+    /// Redis's) waits for it: [`Owner::ready`].
     pub fn synced(
         &mut self,
         room: &Arc<str>,
-        epoch: u32,
-        seq: u64,
+        (epoch, seq): (u32, u64),
         entries: Vec<(u64, Arc<str>)>,
+        fetch: bool,
     ) -> (Vec<(Parked, Joined)>, Option<u64>) {
         let Some(r) = self.rooms.get_mut(room) else {
             return (Vec::new(), None);
         };
-        if !r.live {
-            (r.live, r.epoch, r.seq, r.sealed) = (true, epoch, seq, seq);
-            // Only a contiguous stretch ending at `seq` is history.
-            let mut next = seq;
-            for (s, data) in entries.into_iter().rev() {
-                if s != next {
-                    break;
-                }
-                r.log.push_front(s, data);
-                next = next.saturating_sub(1);
+        if fetch {
+            if !r.live {
+                // The subscription's own sync answers the parked joins.
+                return (Vec::new(), None);
             }
+            if epoch == r.epoch {
+                r.prepend(entries);
+            }
+        } else if !r.live {
+            (r.live, r.epoch, r.seq, r.sealed) = (true, epoch, seq, seq);
+            r.prepend(entries);
         } else {
             let mut newer = Vec::new();
-            for (s, data) in entries.into_iter().rev() {
+            let mut older = Vec::new();
+            for (s, data) in entries {
                 if epoch != r.epoch || s > r.seq {
                     newer.push((s, data));
-                } else if r.log.first().is_some_and(|f| s + 1 == f)
-                    || (r.log.first().is_none() && s == r.sealed && r.seq == r.sealed)
-                {
-                    r.log.push_front(s, data);
+                } else {
+                    older.push((s, data));
                 }
             }
+            r.prepend(older);
             let dirty = &mut self.dirty;
-            for (s, data) in newer.into_iter().rev() {
+            for (s, data) in newer {
                 r.arrive(room, epoch, s, data, dirty);
             }
             if epoch != r.epoch || seq > r.seq {
@@ -370,23 +396,59 @@ impl Owner {
             }
         }
         let parked = std::mem::take(&mut r.parked);
-        let mut fetch = None;
+        let mut fetch_after = None;
         let mut answered = Vec::new();
+        let mut waits = false;
         for p in parked {
-            let covered = match p.since {
-                Some((since, e)) => e != r.epoch || r.covers(since),
-                None => true,
+            let (covered, ahead) = match p.since {
+                // Further than this node has come, not further than Redis: wait.
+                Some((since, e)) if e == r.epoch && since > r.sealed && since <= seq => {
+                    (false, true)
+                }
+                Some((since, e)) => (e != r.epoch || r.covers(since), false),
+                None => (true, false),
             };
-            if covered || p.asked {
+            if ahead && p.asked {
+                waits = true;
+                r.parked.push(p);
+            } else if covered || p.asked {
                 let joined = r.admit(p.shard, p.encoding, p.since);
                 answered.push((p, joined));
             } else {
                 let since = p.since.map_or(0, |s| s.0);
-                fetch = Some(fetch.map_or(since, |f: u64| f.min(since)));
+                fetch_after = Some(fetch_after.map_or(since, |f: u64| f.min(since)));
                 r.parked.push(Parked { asked: true, ..p });
             }
         }
-        (answered, fetch)
+        if waits && !self.ahead.contains(room) {
+            self.ahead.push(room.clone());
+        }
+        (answered, fetch_after)
+    }
+
+    /// With a backplane: the joins that waited for this node to reach their `since`, now
+    /// that it has (or the room started over): call after [`Owner::seal`]. O(rooms with
+    /// such joins).
+    pub fn ready(&mut self) -> Vec<(Arc<str>, Parked, Joined)> {
+        let mut out = Vec::new();
+        let rooms = &mut self.rooms;
+        self.ahead.retain(|room| {
+            let Some(r) = rooms.get_mut(room) else {
+                return false;
+            };
+            let parked = std::mem::take(&mut r.parked);
+            for p in parked {
+                match p.since {
+                    Some((since, e)) if e == r.epoch && since > r.sealed => r.parked.push(p),
+                    _ => {
+                        let joined = r.admit(p.shard, p.encoding, p.since);
+                        out.push((room.clone(), p, joined));
+                    }
+                }
+            }
+            !r.parked.is_empty()
+        });
+        out
     }
 
     /// With a backplane: whether a message `seq` of `room` in `epoch` would restart its

@@ -225,3 +225,151 @@ fn rooms_per_connection_are_capped() {
     );
     assert_eq!(l.rooms(), 2);
 }
+
+// ---------------------------------------------------------------- with a backplane
+
+fn parked(slot: u32, since: Option<(u64, u32)>) -> Parked {
+    Parked {
+        shard: 0,
+        slot,
+        gen: 1,
+        encoding: 0,
+        since,
+        asked: false,
+    }
+}
+
+fn msgs(range: std::ops::RangeInclusive<u64>) -> Vec<(u64, Arc<str>)> {
+    range.map(|s| (s, name(&s.to_string()))).collect()
+}
+
+fn seqs(replay: &[(u64, Arc<str>)]) -> Vec<u64> {
+    replay.iter().map(|m| m.0).collect()
+}
+
+/// A live room on a node: Redis said epoch 7 at seq 10, with 5..=10 as history.
+fn remote_room() -> (Owner, Arc<str>) {
+    let mut o = Owner::new(1, keep(64), 1).with_backplane();
+    let r = name("r");
+    let need = o.join_remote(&r, parked(1, Some((4, 7))));
+    assert_eq!(need, Need::Subscribe { after: Some(4) });
+    let (answered, fetch) = o.synced(&r, (7, 10), msgs(5..=10), false);
+    assert_eq!(fetch, None);
+    let [(p, j)] = &answered[..] else {
+        panic!("{answered:?}")
+    };
+    assert_eq!(
+        (p.slot, j.seq, j.epoch, j.recovered),
+        (1, 10, 7, Some(true))
+    );
+    assert_eq!(seqs(&j.replay), vec![5, 6, 7, 8, 9, 10]);
+    (o, r)
+}
+
+#[test]
+fn a_room_new_to_the_node_waits_for_redis_then_answers_from_what_it_sent() {
+    let (mut o, r) = remote_room();
+    // A second join while live: from the node's own history, at once.
+    match o.join_remote(&r, parked(2, Some((8, 7)))) {
+        Need::Ready(j) => assert_eq!(seqs(&j.replay), vec![9, 10]),
+        other => panic!("{other:?}"),
+    }
+    // Messages arrive in Redis's order; a duplicate is dropped.
+    assert!(!o.arrive(&r, 7, 11, name("11")));
+    assert!(!o.arrive(&r, 7, 11, name("11 again")));
+    assert!(!o.arrive(&r, 7, 12, name("12")));
+    let batches = sealed(&mut o);
+    assert_eq!(batches[0].3, (11, 12));
+    assert_eq!(seqs(&batches[0].1), vec![11, 12]);
+}
+
+#[test]
+fn a_jump_or_a_new_epoch_starts_the_log_over_after_the_batch_is_sealed() {
+    let (mut o, r) = remote_room();
+    o.arrive(&r, 7, 11, name("11"));
+    assert!(o.must_seal(&r, 7, 14), "a jump with a batch open");
+    assert!(!o.must_seal(&r, 7, 12), "the next one");
+    assert!(o.must_seal(&r, 9, 1), "a new epoch");
+    sealed(&mut o);
+    assert!(!o.must_seal(&r, 7, 14), "sealed: nothing to seal");
+    assert!(!o.arrive(&r, 7, 14, name("14")));
+    assert_eq!(
+        sealed(&mut o)[0].3,
+        (14, 14),
+        "the shards see the jump: a gap notice"
+    );
+    // The history before the hole is gone: a resume from before it is not recovered.
+    match o.join_remote(&r, parked(3, Some((10, 7)))) {
+        Need::Fetch { after: 10 } => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(o.arrive(&r, 9, 1, name("new")), "a new epoch is reported");
+    assert_eq!(o.position(&r), Some((9, 0)));
+}
+
+#[test]
+fn a_fetch_only_adds_older_history_and_answers_the_joins_that_waited() {
+    let (mut o, r) = remote_room();
+    let need = o.join_remote(&r, parked(2, Some((2, 7))));
+    assert_eq!(need, Need::Fetch { after: 2 });
+    // Redis's stream: 3..=12; 11 and 12 are on their way over the channel: not taken
+    // from the fetch (they would jump the sequence ahead of the channel).
+    let (answered, fetch) = o.synced(&r, (7, 12), msgs(3..=12), true);
+    assert_eq!(fetch, None);
+    let [(p, j)] = &answered[..] else {
+        panic!("{answered:?}")
+    };
+    assert_eq!((p.slot, j.seq, j.recovered), (2, 10, Some(true)));
+    assert_eq!(seqs(&j.replay), (3..=10).collect::<Vec<_>>());
+    assert_eq!(o.position(&r), Some((7, 10)), "the sequence did not move");
+    assert!(!o.arrive(&r, 7, 11, name("11")));
+    assert_eq!(sealed(&mut o)[0].3, (11, 11));
+}
+
+#[test]
+fn a_join_from_ahead_of_the_node_waits_until_the_node_gets_there() {
+    let (mut o, r) = remote_room();
+    // The client saw 12 elsewhere; this node has sealed 10.
+    assert_eq!(
+        o.join_remote(&r, parked(2, Some((12, 7)))),
+        Need::Fetch { after: 12 }
+    );
+    let (answered, _) = o.synced(&r, (7, 13), msgs(13..=13), true);
+    assert!(answered.is_empty(), "waits");
+    assert!(o.ready().is_empty());
+    for s in 11..=13 {
+        o.arrive(&r, 7, s, name(&s.to_string()));
+    }
+    sealed(&mut o);
+    let ready = o.ready();
+    let [(room, p, j)] = &ready[..] else {
+        panic!("{ready:?}")
+    };
+    assert_eq!(
+        (&**room, p.slot, j.seq, j.recovered),
+        ("r", 2, 13, Some(true))
+    );
+    assert_eq!(seqs(&j.replay), vec![13], "nothing twice, nothing missed");
+    assert!(o.ready().is_empty());
+    // A `since` beyond Redis's own seq is not waited for.
+    o.join_remote(&r, parked(3, Some((99, 7))));
+    let (answered, _) = o.synced(&r, (7, 13), Vec::new(), true);
+    assert_eq!(answered[0].1.recovered, Some(false));
+}
+
+#[test]
+fn a_parked_join_withdrawn_by_its_leave_counts_nothing_and_frees_the_room() {
+    let mut o = Owner::new(1, keep(64), 1).with_backplane();
+    let r = name("r");
+    o.join_remote(&r, parked(1, None));
+    assert!(
+        o.leave(&r, (0, 1), 0, 0),
+        "the node no longer needs the channel"
+    );
+    assert!(o.is_empty());
+    let (answered, _) = o.synced(&r, (7, 3), Vec::new(), false);
+    assert!(
+        answered.is_empty(),
+        "a late state for a room gone is ignored"
+    );
+}

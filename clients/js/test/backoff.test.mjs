@@ -48,6 +48,7 @@ test("terminal closes: auth refusals, not slow consumers or rate limits", () => 
   assert.equal(isTerminalClose(1008, "rate limit exceeded", false), false);
   assert.equal(isTerminalClose(1001, "server shutting down", false), false);
   assert.equal(isTerminalClose(1006, "", false), false);
+  assert.equal(isTerminalClose(4001, "bye", false), true, "the application removed the user");
 });
 
 test("a token's exp is read without a library", () => {
