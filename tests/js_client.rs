@@ -26,8 +26,9 @@ fn the_clients_own_node_tests_pass() {
         js_dir().join("node_modules/ws").exists(),
         "clients/js/node_modules is missing: run scripts/test.sh"
     );
-    let out = Command::new("node")
-        .args(["--test", "test/"])
+    // Bounded: a client a failed test left open must not hang the suite.
+    let out = Command::new("timeout")
+        .args(["300", "node", "--test", "test/"])
         .current_dir(js_dir())
         .env("ROOMCAST_BIN", env!("CARGO_BIN_EXE_roomcast"))
         .output()
@@ -120,7 +121,8 @@ fn exactly_once(name: &str, r: &Value) {
 #[test]
 fn roomcast_js_in_headless_chromium() {
     let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/artifacts");
-    let out = Command::new("node")
+    let out = Command::new("timeout")
+        .args(["300", "node"])
         .arg(clients_dir().join("js_browser.mjs"))
         .arg(env!("CARGO_BIN_EXE_roomcast"))
         .arg(chromium())

@@ -107,11 +107,24 @@ function jwt(secret, claims) {
 
 const fast = { WebSocket, minDelay: 50, maxDelay: 200, sseAfter: 100 };
 
+// Every client a test makes, closed when it ends, pass or fail (a client left open keeps
+// reconnecting, and the test process would never exit).
+const clients = new Set();
+function client(url, options) {
+  const rc = new Roomcast(url, options);
+  clients.add(rc);
+  return rc;
+}
+test.afterEach(() => {
+  for (const rc of clients) rc.close();
+  clients.clear();
+});
+
 test("a cut mid-stream: the client reconnects, replays, and delivers each message once", async () => {
   const s = await server(["--history-size", "1000"]);
   const p = await proxy(s.port);
   try {
-    const rc = new Roomcast(p.url, fast);
+    const rc = client(p.url, fast);
     const states = [];
     rc.on("state", (st) => states.push(st));
     const gaps = [];
@@ -153,7 +166,7 @@ test("publishes wait while disconnected, up to queueLimit, and go out on reconne
   const s = await server();
   const p = await proxy(s.port);
   try {
-    const rc = new Roomcast(p.url, { ...fast, queueLimit: 3 });
+    const rc = client(p.url, { ...fast, queueLimit: 3 });
     const got = [];
     rc.join("q", (data) => got.push(data));
     await until("joined", () => rc.rooms.get("q").joined);
@@ -185,7 +198,7 @@ test("refusals are not retried: a bad token at the handshake, a 1008 for auth", 
   try {
     // 401 at the handshake: the client asks the server why (a browser cannot see the
     // status of a refused upgrade) and stops.
-    const bad = new Roomcast(p.url, { ...fast, token: "not.a.token" });
+    const bad = client(p.url, { ...fast, token: "not.a.token" });
     await until("closed", () => bad.state === "closed");
     assert.match(bad.closeReason, /401/);
     await sleep(400);
@@ -193,37 +206,42 @@ test("refusals are not retried: a bad token at the handshake, a 1008 for auth", 
 
     // No token: the upgrade passes (a token may come in an `auth` op), then the server
     // closes with 1008 "authentication timeout": terminal too.
-    const none = new Roomcast(p.url, fast);
+    const none = client(p.url, fast);
     await until("closed", () => none.state === "closed", 5000);
     assert.match(none.closeReason, /1008 authentication timeout/);
     await sleep(400);
     assert.equal(p.upgrades, 2, "no retry after a 1008 for auth");
 
-    // getToken: asked before connecting, and again `refreshBefore` seconds before exp
-    // (here 2 s after connecting); the fresh token goes out in a `refresh` op and the
-    // server takes it (a refused one would be an `error` event).
+    // getToken: asked before connecting, and again `refreshBefore` seconds before exp;
+    // the fresh token goes out in a `refresh` op. The first token lasts 4 s: without the
+    // refresh the server would close the connection (1008 "token expired") at its exp.
     let asked = 0;
     const getToken = () => {
       asked++;
-      return jwt(secret, { sub: "bo", exp: Math.floor(Date.now() / 1000) + 32, join: ["*"], pub: ["*"] });
+      const life = asked === 1 ? 4 : 600;
+      return jwt(secret, { sub: "bo", exp: Math.floor(Date.now() / 1000) + life, join: ["*"], pub: ["*"] });
     };
-    const fresh = new Roomcast(p.url, { ...fast, getToken, refreshBefore: 30 });
+    const fresh = client(p.url, { ...fast, getToken, refreshBefore: 3 });
     const errors = [];
     fresh.on("error", (e) => errors.push(e.code));
+    const states = [];
+    fresh.on("state", (st) => states.push(st));
     fresh.join("t", () => {});
     await until("joined with getToken", () => fresh.rooms.get("t").joined);
+    const upgrades = p.upgrades;
     assert.equal(asked, 1);
     await until("the refresh", () => asked === 2, 6000);
-    await sleep(300);
+    await sleep(4500); // past the first token's exp
     assert.deepEqual(errors, []);
-    assert.equal(fresh.state, "open");
+    assert.deepEqual(states, ["open"], "never dropped: the server took the fresh token");
+    assert.equal(p.upgrades, upgrades, "no reconnect");
     assert.equal(await fresh.publish("t", "after the refresh"), 1);
     fresh.close();
 
     // A good token works, through the bearer subprotocol.
     const exp = Math.floor(Date.now() / 1000) + 600;
     const token = jwt(secret, { sub: "ann", exp, join: ["*"], pub: ["*"] });
-    const good = new Roomcast(p.url, { ...fast, token });
+    const good = client(p.url, { ...fast, token });
     const got = [];
     good.join("t", (d) => got.push(d));
     await until("joined", () => good.rooms.get("t").joined);
