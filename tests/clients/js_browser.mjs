@@ -21,6 +21,7 @@ import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import WebSocket from "ws";
+import { cdp, startChromium } from "./cdp.mjs";
 
 const [BIN, CHROMIUM, OUT] = process.argv.slice(2);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -165,72 +166,6 @@ async function publisher(port, room) {
     send: (n) => ws.send(JSON.stringify({ op: "pub", room, data: { n }, id: n })),
     close: () => ws.close(),
   };
-}
-
-function startChromium(profile) {
-  const proc = spawn(
-    CHROMIUM,
-    [
-      "--headless=new",
-      "--no-sandbox",
-      "--remote-debugging-port=0",
-      `--user-data-dir=${profile}`,
-      "--no-first-run",
-      "--no-default-browser-check",
-      "--window-size=1100,700",
-      "about:blank",
-    ],
-    { stdio: ["ignore", "ignore", "pipe"], detached: true },
-  );
-  const url = new Promise((resolve, reject) => {
-    let err = "";
-    proc.stderr.on("data", (d) => {
-      err += d;
-      const m = err.match(/DevTools listening on (ws:\/\/\S+)/);
-      if (m) resolve(m[1]);
-    });
-    proc.on("exit", (code) => reject(new Error(`chromium exited (${code}): ${err}`)));
-    setTimeout(() => reject(new Error(`chromium did not start: ${err}`)), 30_000);
-  });
-  return { proc, url };
-}
-
-// A minimal DevTools protocol client (see sse_browser.mjs for why not puppeteer).
-function cdp(url) {
-  const ws = new WebSocket(url, { perMessageDeflate: false, maxPayload: 256 << 20 });
-  let next = 1;
-  const pending = new Map();
-  const waiters = [];
-  ws.on("message", (raw) => {
-    const m = JSON.parse(raw);
-    if (m.id && pending.has(m.id)) {
-      const { resolve, reject } = pending.get(m.id);
-      pending.delete(m.id);
-      if (m.error) reject(new Error(JSON.stringify(m.error)));
-      else resolve(m.result);
-    } else if (m.method) {
-      for (const w of waiters.splice(0)) {
-        if (w.method === m.method) w.resolve(m.params);
-        else waiters.push(w);
-      }
-    }
-  });
-  return new Promise((resolve, reject) => {
-    ws.on("error", reject);
-    ws.on("open", () =>
-      resolve({
-        send(method, params = {}, sessionId) {
-          const id = next++;
-          ws.send(JSON.stringify({ id, method, params, sessionId }));
-          return new Promise((res, rej) => pending.set(id, { resolve: res, reject: rej }));
-        },
-        waitEvent(method) {
-          return new Promise((res) => waiters.push({ method, resolve: res }));
-        },
-        close: () => ws.close(),
-      }),
-    );
-  });
 }
 
 /** A page (a tab) at `url`, with `evaluate(expr)` (awaits promises). */
@@ -467,7 +402,7 @@ async function demo(browser) {
 
 async function main() {
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), "roomcast-chromium-"));
-  const chromium = startChromium(profile);
+  const chromium = startChromium(CHROMIUM, profile, ["--window-size=1100,700"]);
   let browser;
   const report = {};
   try {

@@ -14,15 +14,13 @@
 // CONFIG_INET_DIAG_DESTROY in the kernel nor CAP_NET_ADMIN, and it cuts exactly the
 // browser's connections.
 //
-// The browser is driven over the DevTools protocol directly, with the `ws` package this
-// folder already has: puppeteer-core's current releases need Node >= 22, and Debian's
-// Node is 20; the four CDP calls needed here are a few lines.
-import { spawn } from "node:child_process";
+// The browser is driven over the DevTools protocol directly (cdp.mjs).
 import fs from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import WebSocket from "ws";
+import { cdp, startChromium } from "./cdp.mjs";
 
 // With an API key and a token, the server also drops the stream itself, mid-way: the
 // server API's disconnect closes the token's user (the stream ends with `event: close`).
@@ -88,73 +86,6 @@ function startProxy() {
   });
 }
 
-// Chromium with a DevTools port; resolves to the browser's DevTools WebSocket URL.
-function startChromium(profile) {
-  const proc = spawn(
-    chromiumPath,
-    [
-      "--headless=new",
-      "--no-sandbox",
-      "--remote-debugging-port=0",
-      `--user-data-dir=${profile}`,
-      "--no-first-run",
-      "--no-default-browser-check",
-      "about:blank",
-    ],
-    // Its own process group: the launcher script forks, and the group is killed at the end.
-    { stdio: ["ignore", "ignore", "pipe"], detached: true },
-  );
-  const url = new Promise((resolve, reject) => {
-    let err = "";
-    proc.stderr.on("data", (d) => {
-      err += d;
-      const m = err.match(/DevTools listening on (ws:\/\/\S+)/);
-      if (m) resolve(m[1]);
-    });
-    proc.on("exit", (code) => reject(new Error(`chromium exited (${code}): ${err}`)));
-    setTimeout(() => reject(new Error(`chromium did not start: ${err}`)), 30_000);
-  });
-  return { proc, url };
-}
-
-// A minimal CDP client: send(method, params, sessionId) → result; waitEvent(method).
-function cdp(url) {
-  const ws = new WebSocket(url, { perMessageDeflate: false });
-  let next = 1;
-  const pending = new Map();
-  const waiters = [];
-  ws.on("message", (raw) => {
-    const m = JSON.parse(raw);
-    if (m.id && pending.has(m.id)) {
-      const { resolve, reject } = pending.get(m.id);
-      pending.delete(m.id);
-      if (m.error) reject(new Error(JSON.stringify(m.error)));
-      else resolve(m.result);
-    } else if (m.method) {
-      for (const w of waiters.splice(0)) {
-        if (w.method === m.method) w.resolve(m.params);
-        else waiters.push(w);
-      }
-    }
-  });
-  return new Promise((resolve, reject) => {
-    ws.on("error", reject);
-    ws.on("open", () =>
-      resolve({
-        send(method, params = {}, sessionId) {
-          const id = next++;
-          ws.send(JSON.stringify({ id, method, params, sessionId }));
-          return new Promise((res, rej) => pending.set(id, { resolve: res, reject: rej }));
-        },
-        waitEvent(method) {
-          return new Promise((res) => waiters.push({ method, resolve: res }));
-        },
-        close: () => ws.close(),
-      }),
-    );
-  });
-}
-
 // What the page runs: an EventSource on the page's own origin, recording what it sees.
 const PAGE_SETUP = `
   window.__sse = { msgs: [], joined: [], gaps: [], opens: 0, errors: 0 };
@@ -175,7 +106,7 @@ const PAGE_SETUP = `
 async function main() {
   const proxy = await startProxy();
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), "roomcast-chromium-"));
-  const chromium = startChromium(profile);
+  const chromium = startChromium(chromiumPath, profile);
   let browser;
   try {
     browser = await cdp(await chromium.url);
