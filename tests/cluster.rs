@@ -434,6 +434,15 @@ async fn redis_killed_mid_broadcast_then_back() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(refused > 5, "publishes during the outage are refused");
+    // A room new to the node cannot be joined while its Redis is down: said, not hung.
+    let mut newcomer = connect(&b, "/ws").await;
+    send(&mut newcomer, json!({"op": "join", "room": "outage-new"})).await;
+    let refusal = recv(&mut newcomer).await;
+    assert_eq!(
+        (refusal["code"].as_str(), refusal["room"].as_str()),
+        (Some("unavailable"), Some("outage-new")),
+        "{refusal}"
+    );
     let (status, body) = a.get("/healthz");
     assert_eq!(
         (status, body.trim()),
@@ -471,6 +480,8 @@ async fn redis_killed_mid_broadcast_then_back() {
         let (id, seq) = publish(&mut publisher, &mut id).await;
         ok.insert(id, seq.expect("Redis is back"));
     }
+    // The refused join can be made again now.
+    assert_eq!(join(&mut newcomer, "outage-new", None).await["seq"], 0);
     let (status, body) = a.get("/healthz");
     assert_eq!((status, body.trim()), (200, "ok"));
     assert!(a.stats()["backplane"]["reconnects"].as_u64().unwrap() >= 1);

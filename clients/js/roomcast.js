@@ -76,6 +76,8 @@ class Room {
     this.replayUntil = 0;
     this.joined = false;
     this.left = false;
+    /** Joins refused in a row (`unavailable`), for their backoff. */
+    this.retries = 0;
   }
 
   /** Leaves the room: no more messages for it. */
@@ -328,6 +330,14 @@ export class Roomcast {
     this.ws.send(JSON.stringify(op));
   }
 
+  /** A join refused because the cluster's Redis is down: tried again, with backoff. */
+  _rejoinLater(r) {
+    const delay = backoff(r.retries++, this.opts.minDelay, this.opts.maxDelay, this.random);
+    setTimeout(() => {
+      if (this.rooms.get(r.name) === r && !r.joined && this.ws?.readyState === 1) this._sendJoin(r);
+    }, delay);
+  }
+
   _sendPublish(p) {
     this.inflight.set(p.id, p);
     this.ws.send(JSON.stringify({ op: "pub", room: p.room, data: p.data, id: p.id }));
@@ -401,6 +411,7 @@ export class Roomcast {
           this.inflight.delete(m.id);
           p.reject(err);
         } else {
+          if (m.code === "unavailable" && r && !r.joined) this._rejoinLater(r);
           this._emit("error", err);
         }
         return;
@@ -420,6 +431,7 @@ export class Roomcast {
   _joined(r, m) {
     if (!r) return;
     r.joined = true;
+    r.retries = 0;
     if (m.recovered === true && m.epoch === r.epoch) {
       // The replay follows: everything after what was delivered, up to m.seq.
       r.replayUntil = m.seq;

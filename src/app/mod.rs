@@ -136,6 +136,12 @@ pub enum Msg {
     Sub { room: Arc<str>, after: Option<u64> },
     /// Owner to backplane: no members here any more.
     Unsub { room: Arc<str> },
+    /// Backplane to owner: `room` cannot be subscribed (its Redis is down): the joins
+    /// waiting for it are refused.
+    SubFailed { room: Arc<str> },
+    /// Owner to a member's shard: the join of `slot` was refused (the backplane cannot
+    /// reach Redis).
+    JoinFailed { room: Arc<str>, slot: u32, gen: u32 },
     /// Owner to backplane: the messages after `after`, for a resume.
     Fetch { room: Arc<str>, after: u64 },
     /// Backplane to owner: the room's epoch and last seq in Redis, and the newest

@@ -561,6 +561,18 @@ impl App {
             }
             Msg::Presence { room, json, remote } => self.on_presence(cx, room, json, remote),
             Msg::PresenceDeliver { room, json } => self.deliver_presence(cx, &room, &json),
+            Msg::SubFailed { room } => {
+                for p in self.owner.sub_failed(&room) {
+                    let (room, slot, gen) = (room.clone(), p.slot, p.gen);
+                    cx.mesh.send(p.shard, Msg::JoinFailed { room, slot, gen });
+                }
+            }
+            Msg::JoinFailed { room, slot, gen } => {
+                // The owner dropped the join: no leave goes back to it.
+                if cx.gen(slot as usize) == Some(gen) && self.local.leave(&room, slot) {
+                    reply_to(cx, slot as usize, wire::join_unavailable(&room));
+                }
+            }
             Msg::Sub { .. } | Msg::Unsub { .. } | Msg::Fetch { .. } => {}
             Msg::Publish {
                 room,

@@ -415,6 +415,19 @@ pub fn unavailable(id: Option<u64>, unknown: bool) -> SharedFrame {
     SharedFrame::from_parts(OpCode::Text, &parts)
 }
 
+/// `{"op":"error","code":"unavailable","msg":…,"room":…}`: a join the backplane could not
+/// make (Redis is down); the client may join again later.
+pub fn join_unavailable(room: &str) -> SharedFrame {
+    SharedFrame::from_parts(
+        OpCode::Text,
+        &[
+            b"{\"op\":\"error\",\"code\":\"unavailable\",\"msg\":\"the backplane cannot reach Redis: not joined\",\"room\":\"",
+            room.as_bytes(),
+            b"\"}",
+        ],
+    )
+}
+
 /// `{"op":"error","code":…,"msg":…}` with `msg` escaped as a JSON string.
 pub fn error(code: &str, msg: &str) -> SharedFrame {
     error_id(code, msg, None)

@@ -34,6 +34,7 @@ pub mod resp;
 mod run;
 mod scripts;
 mod status;
+mod timers;
 
 use std::collections::{HashMap, VecDeque};
 use std::io;

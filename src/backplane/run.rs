@@ -16,6 +16,7 @@ use crate::rooms::{owner_of, EPOCH_MASK};
 use super::conn::Conn;
 use super::resp::Value;
 use super::scripts::{channel, keys, message, room_of, state, PUBLISH, SCRIPTS, SYNC};
+use super::timers::refresh_every;
 use super::*;
 
 impl Backplane {
@@ -212,10 +213,20 @@ impl Backplane {
             self.failed(p, true);
         }
         let n = self.servers.len();
+        let mut unjoined = Vec::new();
         for (name, r) in self.rooms.iter_mut() {
             if owner_of(name, n) == i {
                 r.state = State::Subscribing;
+                if !r.known {
+                    unjoined.push(name.clone());
+                }
             }
+        }
+        // Rooms whose first joins still wait for their state: refused, not left hanging.
+        for room in unjoined {
+            self.rooms.remove(&room);
+            let to = self.owner(&room);
+            self.mesh.send(to, Msg::SubFailed { room });
         }
         // No confirmation will come on the lost connection, for rooms given up too.
         self.subs_pending.retain(|name, _| owner_of(name, n) != i);
@@ -346,6 +357,13 @@ impl Backplane {
                     },
                 );
                 let i = self.server_of(&room);
+                if self.servers[i].sub.is_none() {
+                    // Its Redis is down: the joins waiting for the room are refused now
+                    // rather than left unanswered.
+                    self.rooms.remove(&room);
+                    let to = self.owner(&room);
+                    return self.mesh.send(to, Msg::SubFailed { room });
+                }
                 self.subscribe(i, &[room]);
                 self.status
                     .rooms
@@ -725,68 +743,4 @@ impl Backplane {
             _ => {}
         }
     }
-
-    pub(super) fn timers(&mut self, now: Instant) {
-        if !self.ctl_waits.is_empty() {
-            self.finish_ctl(true);
-        }
-        for i in 0..self.servers.len() {
-            self.keepalive(i, now);
-        }
-        if now < self.next_refresh {
-            return;
-        }
-        self.next_refresh = now + refresh_every(self.cfg.ttl_ms);
-        // Rooms with members here keep their keys (and so their epoch) alive.
-        let ttl = self.cfg.ttl_ms.max(1000).to_string();
-        let n = self.servers.len();
-        for (name, r) in &self.rooms {
-            if !r.known {
-                continue;
-            }
-            let s = &mut self.servers[owner_of(name, n)];
-            let Some(cmd) = s.cmd.as_mut() else {
-                continue;
-            };
-            let (m, st, _) = keys(name);
-            cmd.send(&[b"PEXPIRE", &m, ttl.as_bytes()]);
-            cmd.send(&[b"PEXPIRE", &st, ttl.as_bytes()]);
-            s.inflight.push_back((Pending::Ignore, now));
-            s.inflight.push_back((Pending::Ignore, now));
-        }
-    }
-}
-
-impl Backplane {
-    /// A connection that stopped answering (a half-open TCP connection: the host or the
-    /// network gone) is given up after [`REPLY_TIMEOUT`]: a command unanswered that long,
-    /// or a `PING` on the idle connections (every [`KEEPALIVE`]) unanswered.
-    pub(super) fn keepalive(&mut self, i: usize, now: Instant) {
-        let s = &mut self.servers[i];
-        let (Some(cmd), Some(sub)) = (s.cmd.as_mut(), s.sub.as_mut()) else {
-            return;
-        };
-        let oldest = s.inflight.front().map(|(_, at)| now - *at);
-        let silent = s.sub_ping.is_some_and(|at| now - at > REPLY_TIMEOUT);
-        if oldest.is_some_and(|age| age > REPLY_TIMEOUT) || silent {
-            let e = io::Error::new(io::ErrorKind::TimedOut, "Redis stopped answering");
-            return self.fail(i, &e);
-        }
-        if now < s.next_ping {
-            return;
-        }
-        s.next_ping = now + KEEPALIVE;
-        if oldest.is_none() {
-            cmd.send(&[b"PING"]);
-            s.inflight.push_back((Pending::Ignore, now));
-        }
-        if s.sub_ping.is_none() {
-            sub.send(&[b"PING"]);
-            s.sub_ping = Some(now);
-        }
-    }
-}
-
-pub(super) fn refresh_every(ttl_ms: u64) -> Duration {
-    Duration::from_millis((ttl_ms / 3).max(1000))
 }
