@@ -103,11 +103,21 @@ async fn the_dashboard_uses_only_metrics_a_live_server_exports() {
     }
     assert!(used.contains("roomcast_connections"), "{used:?}");
 
-    // A live server with one WebSocket open, so every per-shard family has samples.
+    // A live server with one WebSocket open, so every per-shard family has samples, on a
+    // Redis of its own so that the backplane's families are there too.
     let admin: SocketAddr = format!("127.0.0.1:{}", common::free_port())
         .parse()
         .unwrap();
-    let server = Server::start("uring", &["--admin-listen", &admin.to_string()]);
+    let redis = common::redis::Redis::start();
+    let server = Server::start(
+        "uring",
+        &[
+            "--admin-listen",
+            &admin.to_string(),
+            "--redis",
+            &redis.url(),
+        ],
+    );
     let (mut ws, _) = tokio_tungstenite::connect_async(server.url("/ws?room=lobby"))
         .await
         .unwrap();

@@ -133,7 +133,11 @@ pub enum Msg {
     },
     /// Owner to backplane: this node has members in `room` now: subscribe, and send its
     /// state ([`Msg::Synced`]) with the messages after `after`.
-    Sub { room: Arc<str>, after: Option<u64> },
+    Sub {
+        room: Arc<str>,
+        after: Option<u64>,
+        sub: u32,
+    },
     /// Owner to backplane: no members here any more.
     Unsub { room: Arc<str> },
     /// Backplane to owner: `room` cannot be subscribed (its Redis is down): the joins
@@ -153,6 +157,8 @@ pub enum Msg {
         seq: u64,
         entries: Vec<(u64, Arc<str>)>,
         fetch: bool,
+        /// The subscription it answers ([`Msg::Sub`]).
+        sub: u32,
     },
     /// Backplane to owner: a message of `room`, in the cluster's order.
     Remote {

@@ -461,8 +461,8 @@ impl App {
                     };
                     match self.owner.join_remote(&room, parked) {
                         Need::Ready(joined) => joined,
-                        Need::Subscribe { after } => {
-                            return cx.mesh.send(self.shards, Msg::Sub { room, after })
+                        Need::Subscribe { after, sub } => {
+                            return cx.mesh.send(self.shards, Msg::Sub { room, after, sub })
                         }
                         Need::Fetch { after } => {
                             return cx.mesh.send(self.shards, Msg::Fetch { room, after })
@@ -498,13 +498,16 @@ impl App {
                 seq,
                 entries,
                 fetch,
+                sub,
             } => {
                 // A catch-up may start the room's log over: this turn's batch goes first.
                 if !fetch {
                     self.seal(cx);
                 }
                 let before = self.owner.position(&room).filter(|_| !fetch);
-                let (answered, fetch) = self.owner.synced(&room, (epoch, seq), entries, fetch);
+                let (answered, fetch) =
+                    self.owner
+                        .synced(&room, (epoch, seq), entries, (fetch, sub));
                 if let Some((old, _)) = before.filter(|&(e, _)| e != epoch) {
                     tracing::warn!(room = %room, old, epoch, "a room's sequence started over in Redis: members are told");
                     self.reset(cx, &room);

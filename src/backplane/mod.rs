@@ -170,6 +170,8 @@ struct Room {
     first_after: Option<u64>,
     /// Messages that arrived while syncing, or past a hole: (epoch, seq, data).
     held: Vec<(u32, u64, Arc<str>)>,
+    /// The owner's number for this subscription, returned with its states.
+    sub: u32,
 }
 
 /// A request of a local shard over the control channel, waiting for the other nodes.

@@ -272,7 +272,7 @@ impl Backplane {
 
     /// A resume's history cannot be read: the owner answers with what it has.
     pub(super) fn fetch_failed(&mut self, room: Arc<str>) {
-        let epoch = self.rooms.get(&room).map_or(0, |r| r.epoch);
+        let (epoch, sub) = self.rooms.get(&room).map_or((0, 0), |r| (r.epoch, r.sub));
         let to = self.owner(&room);
         let msg = Msg::Synced {
             room,
@@ -280,6 +280,7 @@ impl Backplane {
             seq: 0,
             entries: Vec::new(),
             fetch: true,
+            sub,
         };
         self.mesh.send(to, msg);
     }
@@ -344,7 +345,7 @@ impl Backplane {
                 };
                 s.inflight.push_back((p, Instant::now()));
             }
-            Msg::Sub { room, after } => {
+            Msg::Sub { room, after, sub } => {
                 self.rooms.insert(
                     room.clone(),
                     Room {
@@ -354,6 +355,7 @@ impl Backplane {
                         last: 0,
                         first_after: after,
                         held: Vec::new(),
+                        sub,
                     },
                 );
                 let i = self.server_of(&room);
@@ -551,12 +553,14 @@ impl Backplane {
                     .fetch_add(entries.len() as u64, Ordering::Relaxed);
                 if fetch {
                     let to = self.owner(&room);
+                    let sub = self.rooms.get(&room).map_or(0, |r| r.sub);
                     let msg = Msg::Synced {
                         room,
                         epoch,
                         seq,
                         entries,
                         fetch,
+                        sub,
                     };
                     return self.mesh.send(to, msg);
                 }
@@ -608,6 +612,7 @@ impl Backplane {
         }
         (r.state, r.known, r.epoch, r.last) = (State::Live, true, epoch, seq);
         let held = std::mem::take(&mut r.held);
+        let sub = r.sub;
         self.mesh.send(
             to,
             Msg::Synced {
@@ -616,6 +621,7 @@ impl Backplane {
                 seq,
                 entries,
                 fetch: false,
+                sub,
             },
         );
         // What Redis said is the truth: held messages of another epoch are stale.

@@ -62,6 +62,8 @@ struct OwnedRoom {
     /// joins waiting for them (or for older history to resume from).
     live: bool,
     parked: Vec<Parked>,
+    /// The subscription this room's state comes from ([`Need::Subscribe`]).
+    sub: u32,
 }
 
 impl OwnedRoom {
@@ -78,6 +80,7 @@ impl OwnedRoom {
             counted: 0,
             live,
             parked: Vec::new(),
+            sub: 0,
         }
     }
 
@@ -175,8 +178,10 @@ pub struct Owner {
     idle: BinaryHeap<Reverse<(u64, Arc<str>)>>,
     /// Data bytes the rooms with no members keep, against `keep.idle_bytes`.
     idle_total: usize,
-    /// With a backplane: rooms with joins waiting for this node to reach their `since`.
+    /// With a backplane: rooms with joins waiting for this node to reach their `since`,
+    /// and the number of the last subscription asked for.
     ahead: Vec<Arc<str>>,
+    subs: u32,
     /// Epochs: a per-process seed and a counter, mixed.
     seed: u64,
     epochs: u64,
@@ -194,6 +199,7 @@ impl Owner {
             idle: BinaryHeap::new(),
             idle_total: 0,
             ahead: Vec::new(),
+            subs: 0,
             seed,
             epochs: 0,
         }

@@ -25,7 +25,9 @@ pub enum Need {
     /// Nothing: here is the answer.
     Ready(Joined),
     /// The room is new on this node: subscribe to it, fetching history after `after`.
-    Subscribe { after: Option<u64> },
+    /// `sub` numbers this subscription: a state from an earlier one (the room was left
+    /// and joined again meanwhile) is recognized and ignored.
+    Subscribe { after: Option<u64>, sub: u32 },
     /// History after `after` that this node does not hold.
     Fetch { after: u64 },
     /// Nothing more than what was already asked for.
@@ -40,9 +42,14 @@ impl Owner {
         let Some(r) = self.rooms.get_mut(room) else {
             let mut r = OwnedRoom::new(0, self.shards, false);
             let after = p.since.map(|s| s.0);
+            self.subs = self.subs.wrapping_add(1);
+            r.sub = self.subs;
             r.parked.push(Parked { asked: true, ..p });
             self.rooms.insert(room.clone(), r);
-            return Need::Subscribe { after };
+            return Need::Subscribe {
+                after,
+                sub: self.subs,
+            };
         };
         if !r.live {
             r.parked.push(p);
@@ -70,9 +77,10 @@ impl Owner {
         room: &Arc<str>,
         (epoch, seq): (u32, u64),
         entries: Vec<(u64, Arc<str>)>,
-        fetch: bool,
+        (fetch, sub): (bool, u32),
     ) -> (Vec<(Parked, Joined)>, Option<u64>) {
-        let Some(r) = self.rooms.get_mut(room) else {
+        let Some(r) = self.rooms.get_mut(room).filter(|r| r.sub == sub) else {
+            // Gone, or an earlier subscription's.
             return (Vec::new(), None);
         };
         if fetch {

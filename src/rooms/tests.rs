@@ -252,8 +252,14 @@ fn remote_room() -> (Owner, Arc<str>) {
     let mut o = Owner::new(1, keep(64), 1).with_backplane();
     let r = name("r");
     let need = o.join_remote(&r, parked(1, Some((4, 7))));
-    assert_eq!(need, Need::Subscribe { after: Some(4) });
-    let (answered, fetch) = o.synced(&r, (7, 10), msgs(5..=10), false);
+    assert_eq!(
+        need,
+        Need::Subscribe {
+            after: Some(4),
+            sub: 1
+        }
+    );
+    let (answered, fetch) = o.synced(&r, (7, 10), msgs(5..=10), (false, 1));
     assert_eq!(fetch, None);
     let [(p, j)] = &answered[..] else {
         panic!("{answered:?}")
@@ -314,7 +320,7 @@ fn a_fetch_only_adds_older_history_and_answers_the_joins_that_waited() {
     assert_eq!(need, Need::Fetch { after: 2 });
     // Redis's stream: 3..=12; 11 and 12 are on their way over the channel: not taken
     // from the fetch (they would jump the sequence ahead of the channel).
-    let (answered, fetch) = o.synced(&r, (7, 12), msgs(3..=12), true);
+    let (answered, fetch) = o.synced(&r, (7, 12), msgs(3..=12), (true, 1));
     assert_eq!(fetch, None);
     let [(p, j)] = &answered[..] else {
         panic!("{answered:?}")
@@ -334,7 +340,7 @@ fn a_join_from_ahead_of_the_node_waits_until_the_node_gets_there() {
         o.join_remote(&r, parked(2, Some((12, 7)))),
         Need::Fetch { after: 12 }
     );
-    let (answered, _) = o.synced(&r, (7, 13), msgs(13..=13), true);
+    let (answered, _) = o.synced(&r, (7, 13), msgs(13..=13), (true, 1));
     assert!(answered.is_empty(), "waits");
     assert!(o.ready().is_empty());
     for s in 11..=13 {
@@ -353,7 +359,7 @@ fn a_join_from_ahead_of_the_node_waits_until_the_node_gets_there() {
     assert!(o.ready().is_empty());
     // A `since` beyond Redis's own seq is not waited for.
     o.join_remote(&r, parked(3, Some((99, 7))));
-    let (answered, _) = o.synced(&r, (7, 13), Vec::new(), true);
+    let (answered, _) = o.synced(&r, (7, 13), Vec::new(), (true, 1));
     assert_eq!(answered[0].1.recovered, Some(false));
 }
 
@@ -367,9 +373,22 @@ fn a_parked_join_withdrawn_by_its_leave_counts_nothing_and_frees_the_room() {
         "the node no longer needs the channel"
     );
     assert!(o.is_empty());
-    let (answered, _) = o.synced(&r, (7, 3), Vec::new(), false);
+    let (answered, _) = o.synced(&r, (7, 3), Vec::new(), (false, 1));
     assert!(
         answered.is_empty(),
         "a late state for a room gone is ignored"
     );
+    // Joined again before the first subscription's state came: that state is not this
+    // subscription's, and is ignored; the new one's is taken.
+    assert_eq!(
+        o.join_remote(&r, parked(2, None)),
+        Need::Subscribe {
+            after: None,
+            sub: 2
+        }
+    );
+    let (answered, _) = o.synced(&r, (7, 3), Vec::new(), (false, 1));
+    assert!(answered.is_empty());
+    let (answered, _) = o.synced(&r, (7, 9), Vec::new(), (false, 2));
+    assert_eq!(answered[0].1.seq, 9);
 }
