@@ -4,7 +4,6 @@
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::Duration;
 
 use super::resp::{self, Value};
 
@@ -74,6 +73,8 @@ impl std::fmt::Display for Target {
 
 pub struct Conn {
     stream: TcpStream,
+    /// The connect has not completed yet: nothing is written until it has.
+    connecting: bool,
     out: Vec<u8>,
     inp: Vec<u8>,
     /// What a read lands in first (allocated once: not zeroed per read).
@@ -82,22 +83,31 @@ pub struct Conn {
     preamble: usize,
 }
 
-/// How long a connect may block the backplane's thread.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-
 impl Conn {
-    /// Connects, logs in, selects the database, and names the connection `name` (what
-    /// `CLIENT LIST` shows an operator).
+    /// Starts connecting (without blocking: a host that does not answer must not stall
+    /// the backplane's other servers; the caller gives up on a connection whose commands
+    /// stay unanswered), and queues the login, the database and the connection's name
+    /// `name` (what `CLIENT LIST` shows an operator). The host name is resolved here.
     pub fn connect(t: &Target, name: &str) -> io::Result<Conn> {
         let addr = (t.host.as_str(), t.port)
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| io::Error::other("the host has no address"))?;
-        let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
-        stream.set_nodelay(true)?;
-        stream.set_nonblocking(true)?;
+        let sock = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        sock.set_nonblocking(true)?;
+        sock.set_nodelay(true)?;
+        let connecting = match sock.connect(&addr.into()) {
+            Ok(()) => false,
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => true,
+            Err(e) => return Err(e),
+        };
         let mut c = Conn {
-            stream,
+            stream: sock.into(),
+            connecting,
             out: Vec::new(),
             inp: Vec::new(),
             scratch: vec![0; 64 * 1024].into_boxed_slice(),
@@ -134,6 +144,16 @@ impl Conn {
 
     /// Writes what is queued, as far as the socket takes it.
     pub fn write(&mut self) -> io::Result<()> {
+        if self.connecting {
+            if let Some(e) = self.stream.take_error()? {
+                return Err(e);
+            }
+            match self.stream.peer_addr() {
+                Ok(_) => self.connecting = false,
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
         let mut done = 0;
         while done < self.out.len() {
             match self.stream.write(&self.out[done..]) {

@@ -163,13 +163,9 @@ impl Backplane {
         if i == 0 {
             sub.send(&[b"SUBSCRIBE", CTL]);
         }
-        if s.ever_up {
-            status.reconnects.fetch_add(1, Ordering::Relaxed);
-        }
-        tracing::info!(redis = %s.target, "backplane: connected to Redis");
-        (s.cmd, s.sub, s.ever_up, s.backoff) = (Some(cmd), Some(sub), true, BACKOFF_MIN);
+        // Up once Redis answers (`answered`): the connects may still be under way.
+        (s.cmd, s.sub) = (Some(cmd), Some(sub));
         (s.sub_ping, s.next_ping) = (None, now + KEEPALIVE);
-        status.up[i].store(true, Ordering::Relaxed);
         // Every room of this server subscribes again and catches up.
         let rooms: Vec<Arc<str>> = self
             .rooms
@@ -183,6 +179,20 @@ impl Backplane {
         for chunk in rooms.chunks(SUBSCRIBE_CHUNK) {
             self.subscribe(i, chunk);
         }
+    }
+
+    /// Redis answered on server `i`'s command connection: it is up (the first answer after
+    /// a connect: counted, logged, the backoff starts over).
+    fn answered(&mut self, i: usize) {
+        if self.status.up[i].swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let s = &mut self.servers[i];
+        if s.ever_up {
+            self.status.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::info!(redis = %s.target, "backplane: connected to Redis");
+        (s.ever_up, s.backoff) = (true, BACKOFF_MIN);
     }
 
     pub(super) fn subscribe(&mut self, i: usize, rooms: &[Arc<str>]) {
@@ -203,14 +213,20 @@ impl Backplane {
     pub(super) fn fail(&mut self, i: usize, why: &io::Error) {
         let now = Instant::now();
         let s = &mut self.servers[i];
-        tracing::warn!(redis = %s.target, error = %why, "backplane: lost Redis; publishes to its rooms are refused until it is back");
+        let was_up = self.status.up[i].swap(false, Ordering::Relaxed);
+        if was_up {
+            tracing::warn!(redis = %s.target, error = %why, "backplane: lost Redis; publishes to its rooms are refused until it is back");
+        } else if s.backoff == BACKOFF_MIN {
+            tracing::warn!(redis = %s.target, error = %why, "backplane: cannot connect to Redis; retrying");
+        }
         (s.cmd, s.sub, s.ctl) = (None, None, false);
         s.retry_at = now + s.backoff;
-        self.status.up[i].store(false, Ordering::Relaxed);
+        s.backoff = (s.backoff * 2).min(BACKOFF_MAX);
         self.status.errors.fetch_add(1, Ordering::Relaxed);
         let inflight = std::mem::take(&mut s.inflight);
         for (p, _) in inflight {
-            self.failed(p, true);
+            // Sent on a connection that Redis had answered: it may have run.
+            self.failed(p, was_up);
         }
         let n = self.servers.len();
         let mut unjoined = Vec::new();
@@ -320,8 +336,10 @@ impl Backplane {
                 let i = self.server_of(&room);
                 let epoch = self.epoch_candidate().to_string();
                 let (size, ttl) = (self.cfg.history_size.max(1), self.cfg.ttl_ms.max(1000));
+                let up = self.status.up[i].load(Ordering::Relaxed);
                 let s = &mut self.servers[i];
-                let Some(cmd) = s.cmd.as_mut() else {
+                // Not connected (or still connecting): refused now, not held.
+                let Some(cmd) = s.cmd.as_mut().filter(|_| up) else {
                     return self.refuse(shard, slot, gen, reply, false);
                 };
                 let (m, st, ch) = keys(&room);
@@ -462,6 +480,9 @@ impl Backplane {
             if let Err(e) = cmd.read(&mut replies) {
                 return self.fail(i, &e);
             }
+        }
+        if !replies.is_empty() {
+            self.answered(i);
         }
         for v in replies {
             let Some((p, _)) = self.servers[i].inflight.pop_front() else {
