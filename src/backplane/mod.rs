@@ -212,4 +212,8 @@ struct Backplane {
     gathers: Vec<Gather>,
     next_gather: u32,
     next_refresh: Instant,
+    /// The scripts' stream length and TTL arguments (`--history-size`, `--history-ttl`),
+    /// formatted once.
+    size_arg: String,
+    ttl_arg: String,
 }

@@ -62,6 +62,8 @@ impl Backplane {
             gathers: Vec::new(),
             next_gather: 0,
             next_refresh: now + refresh_every(cfg.ttl_ms),
+            size_arg: cfg.history_size.max(1).to_string(),
+            ttl_arg: cfg.ttl_ms.max(1000).to_string(),
             cfg,
         }
     }
@@ -288,14 +290,26 @@ impl Backplane {
 
     /// A resume's history cannot be read: the owner answers with what it has.
     pub(super) fn fetch_failed(&mut self, room: Arc<str>) {
-        let (epoch, sub) = self.rooms.get(&room).map_or((0, 0), |r| (r.epoch, r.sub));
+        let epoch = self.rooms.get(&room).map_or(0, |r| r.epoch);
+        self.send_synced(room, (epoch, 0), Vec::new(), true);
+    }
+
+    /// Hands `room`'s state from Redis to its owner, for the subscription it holds.
+    pub(super) fn send_synced(
+        &mut self,
+        room: Arc<str>,
+        (epoch, seq): (u32, u64),
+        entries: Vec<(u64, Arc<str>)>,
+        fetch: bool,
+    ) {
+        let sub = self.rooms.get(&room).map_or(0, |r| r.sub);
         let to = self.owner(&room);
         let msg = Msg::Synced {
             room,
             epoch,
-            seq: 0,
-            entries: Vec::new(),
-            fetch: true,
+            seq,
+            entries,
+            fetch,
             sub,
         };
         self.mesh.send(to, msg);
@@ -335,7 +349,6 @@ impl Backplane {
             } => {
                 let i = self.server_of(&room);
                 let epoch = self.epoch_candidate().to_string();
-                let (size, ttl) = (self.cfg.history_size.max(1), self.cfg.ttl_ms.max(1000));
                 let up = self.status.up[i].load(Ordering::Relaxed);
                 let s = &mut self.servers[i];
                 // Not connected (or still connecting): refused now, not held.
@@ -351,8 +364,8 @@ impl Backplane {
                     &st,
                     epoch.as_bytes(),
                     data.as_bytes(),
-                    size.to_string().as_bytes(),
-                    ttl.to_string().as_bytes(),
+                    self.size_arg.as_bytes(),
+                    self.ttl_arg.as_bytes(),
                     &ch,
                 ]);
                 let p = Pending::Publish {
@@ -430,8 +443,6 @@ impl Backplane {
             Some(r) => (r.epoch.to_string(), r.last.to_string()),
             None => (String::new(), "0".to_string()),
         };
-        let count = self.cfg.history_size.max(1).to_string();
-        let ttl = self.cfg.ttl_ms.max(1000).to_string();
         let after = after.map_or_else(|| "-1".to_string(), |a| a.to_string());
         let s = &mut self.servers[i];
         let Some(cmd) = s.cmd.as_mut() else {
@@ -446,8 +457,8 @@ impl Backplane {
             &st,
             epoch.as_bytes(),
             after.as_bytes(),
-            count.as_bytes(),
-            ttl.as_bytes(),
+            self.size_arg.as_bytes(),
+            self.ttl_arg.as_bytes(),
             seen_epoch.as_bytes(),
             seen_last.as_bytes(),
         ]);
@@ -573,17 +584,7 @@ impl Backplane {
                     .recovered
                     .fetch_add(entries.len() as u64, Ordering::Relaxed);
                 if fetch {
-                    let to = self.owner(&room);
-                    let sub = self.rooms.get(&room).map_or(0, |r| r.sub);
-                    let msg = Msg::Synced {
-                        room,
-                        epoch,
-                        seq,
-                        entries,
-                        fetch,
-                        sub,
-                    };
-                    return self.mesh.send(to, msg);
+                    return self.send_synced(room, (epoch, seq), entries, true);
                 }
                 self.synced(room, epoch, seq, entries);
             }
@@ -623,7 +624,6 @@ impl Backplane {
         seq: u64,
         entries: Vec<(u64, Arc<str>)>,
     ) {
-        let to = self.owner(&room);
         let Some(r) = self.rooms.get_mut(&room) else {
             // Unsubscribed meanwhile.
             return;
@@ -633,18 +633,7 @@ impl Backplane {
         }
         (r.state, r.known, r.epoch, r.last) = (State::Live, true, epoch, seq);
         let held = std::mem::take(&mut r.held);
-        let sub = r.sub;
-        self.mesh.send(
-            to,
-            Msg::Synced {
-                room: room.clone(),
-                epoch,
-                seq,
-                entries,
-                fetch: false,
-                sub,
-            },
-        );
+        self.send_synced(room.clone(), (epoch, seq), entries, false);
         // What Redis said is the truth: held messages of another epoch are stale.
         for (e, s, data) in held {
             if e == epoch {

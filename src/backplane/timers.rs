@@ -22,7 +22,6 @@ impl Backplane {
         }
         self.next_refresh = now + refresh_every(self.cfg.ttl_ms);
         // Rooms with members here keep their keys (and so their epoch) alive.
-        let ttl = self.cfg.ttl_ms.max(1000).to_string();
         let n = self.servers.len();
         for (name, r) in &self.rooms {
             if !r.known {
@@ -33,8 +32,8 @@ impl Backplane {
                 continue;
             };
             let (m, st, _) = keys(name);
-            cmd.send(&[b"PEXPIRE", &m, ttl.as_bytes()]);
-            cmd.send(&[b"PEXPIRE", &st, ttl.as_bytes()]);
+            cmd.send(&[b"PEXPIRE", &m, self.ttl_arg.as_bytes()]);
+            cmd.send(&[b"PEXPIRE", &st, self.ttl_arg.as_bytes()]);
             s.inflight.push_back((Pending::Ignore, now));
             s.inflight.push_back((Pending::Ignore, now));
         }
