@@ -61,7 +61,7 @@ fn handshake_parse_and_respond(bencher: Bencher) {
         if let Ok(Some((handshake::Parsed::Upgrade(req), _))) =
             handshake::parse(black_box(REQUEST), 8192)
         {
-            handshake::accept_response(&req, None, &mut out);
+            handshake::accept_response(&req, None, None, &mut out);
         }
         black_box(out.len());
     });

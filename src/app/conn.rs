@@ -23,6 +23,8 @@ pub struct Ws {
     pub stamp: u32,
     /// When the last message arrived (shard ms), for `--idle-timeout`.
     pub last_msg: u32,
+    /// permessage-deflate, if agreed (no zlib state: see [`crate::protocol::deflate`]).
+    pub deflate: Option<crate::protocol::deflate::Agreed>,
 }
 
 /// Which endpoint a connection speaks. A new endpoint (an event stream) is a new variant
@@ -118,9 +120,19 @@ impl AppConn {
 
     /// How this connection's deliveries are encoded ([`super::sse::ENC_WS`]…).
     pub fn encoding(&self) -> usize {
+        use super::sse::{ENC_DEFLATE, ENC_DEFLATE_NARROW, ENC_WS};
         match &self.ep {
             Endpoint::Sse(s) => s.encoding(),
-            _ => super::sse::ENC_WS,
+            Endpoint::Ws(Ws {
+                deflate: Some(a), ..
+            }) => {
+                if a.narrow {
+                    ENC_DEFLATE_NARROW
+                } else {
+                    ENC_DEFLATE
+                }
+            }
+            _ => ENC_WS,
         }
     }
 }

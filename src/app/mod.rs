@@ -18,6 +18,7 @@ pub mod api;
 mod assets;
 pub mod auth;
 pub mod authz;
+mod compress;
 pub mod conn;
 pub mod gate;
 mod presence;
@@ -247,6 +248,9 @@ pub struct Settings {
     pub demo: bool,
     /// `--presence-events`: members are told of joins and leaves.
     pub presence_events: bool,
+    /// `--deflate`: permessage-deflate is agreed when offered; `--deflate-min-size`.
+    pub deflate: bool,
+    pub deflate_min_size: usize,
     /// Whether a backplane (`--redis`) orders the rooms: it is the mesh endpoint after
     /// the shards.
     pub backplane: bool,
@@ -302,6 +306,10 @@ pub struct App {
     gauge_ms: u64,
     /// Where a room's batch is encoded, reused from turn to turn.
     encoded: Vec<u8>,
+    /// permessage-deflate's compressors and inflater (`--deflate`; else none), and the
+    /// decoder's limits for a connection that agreed to it (RSV1 allowed).
+    codec: Option<Box<compress::Codec>>,
+    deflate_limits: Limits,
 }
 
 impl App {
@@ -313,6 +321,9 @@ impl App {
     ) -> App {
         let mut history = cfg.history;
         let backplane = cfg.backplane;
+        let cfg_deflate = cfg.deflate.then_some(cfg.deflate_min_size);
+        let mut deflate_limits = cfg.limits;
+        deflate_limits.rules.rsv_allowed = 0b100;
         history.idle_bytes /= shard.shards.max(1);
         App {
             info,
@@ -349,6 +360,8 @@ impl App {
             clock_ms: 0,
             gauge_ms: 0,
             encoded: Vec::new(),
+            codec: cfg_deflate.map(|min| Box::new(compress::Codec::new(min))),
+            deflate_limits,
         }
     }
 }

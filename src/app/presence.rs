@@ -12,7 +12,7 @@ use crate::protocol::{OpCode, SharedFrame};
 use crate::reactor::Cx;
 use crate::rooms::owner_of;
 
-use super::sse::{self, ENC_WS};
+use super::sse;
 use super::{App, Msg};
 
 impl App {
@@ -78,10 +78,10 @@ impl App {
             if link.is_closing() {
                 continue;
             }
-            let frame = if link.app().encoding() == ENC_WS {
-                &ws
-            } else {
+            let frame = if sse::is_stream(link.app().encoding()) {
                 &stream
+            } else {
+                &ws
             };
             if link.send_up_to(frame.clone(), out_cap).is_ok() {
                 link.stats.messages_out += 1;

@@ -19,9 +19,10 @@ use crate::reactor::{Cx, Link, Service};
 use crate::rooms::{owner_of, JoinRefused, Need, Parked, ENCODINGS};
 
 use super::auth::{unix_now, Session};
+use super::compress::Codec;
 use super::conn::{flag, AppConn, Endpoint};
 use super::slow::{offer, owe, send_gap};
-use super::sse::{self, ENC_MANY, ENC_ONE, ENC_WS};
+use super::sse::{self, ENC_DEFLATE, ENC_DEFLATE_NARROW, ENC_MANY, ENC_ONE, ENC_WS};
 use super::ws::{fail, reply};
 use super::{api, gate, wire, App, Intent, Msg, Reply};
 
@@ -260,7 +261,8 @@ impl App {
                     if self.local.leave(&room, who) {
                         reply_to(cx, slot, wire::left(&room));
                         self.presence_event(cx, &room, who, false);
-                        self.tell_owner_left(cx, room, who, ENC_WS);
+                        let encoding = cx.app(slot).map_or(ENC_WS, AppConn::encoding);
+                        self.tell_owner_left(cx, room, who, encoding);
                     } else {
                         let e = wire::error("not_joined", "not a member of that room");
                         reply_to(cx, slot, e);
@@ -372,6 +374,7 @@ impl App {
     /// queue).
     fn seal(&mut self, cx: &mut Cx<App>) {
         let (owner, mesh, buf) = (&mut self.owner, &mut cx.mesh, &mut self.encoded);
+        let codec = &mut self.codec;
         owner.seal(|s| {
             if s.members.iter().all(|&n| n == 0) {
                 // Kept for its history only: nobody to deliver to.
@@ -383,7 +386,7 @@ impl App {
                     continue;
                 }
                 buf.clear();
-                encode(s.room, s.epoch, s.batch.clone(), encoding, buf);
+                encode(s.room, s.epoch, s.batch.clone(), encoding, buf, codec);
                 *frame = Some(SharedFrame::from_encoded(Arc::from(&buf[..])));
             }
             let frames = Arc::new(frames);
@@ -673,7 +676,7 @@ impl App {
         }
         link.stats.replayed += j.replay.len() as u64;
         let encoding = link.app().encoding();
-        if encoding == ENC_WS {
+        if !sse::is_stream(encoding) {
             // Past a full ring like a notice: the replay and live messages behind it
             // mean nothing without it.
             let joined = wire::joined(room, j.seq, j.epoch, j.recovered);
@@ -699,7 +702,14 @@ impl App {
             return;
         };
         let mut buf = Vec::new();
-        encode(room, j.epoch, j.replay.iter(), encoding, &mut buf);
+        encode(
+            room,
+            j.epoch,
+            j.replay.iter(),
+            encoding,
+            &mut buf,
+            &mut self.codec,
+        );
         let frame = SharedFrame::from_encoded(Arc::from(buf));
         let span = (first, last);
         let (cfg, gaps) = (&self.cfg, &mut self.gaps);
@@ -736,7 +746,7 @@ impl App {
                 continue;
             };
             let ok = offer(cfg, gaps, &mut link, room, span, frame.clone(), how);
-            if encoding != ENC_WS {
+            if sse::is_stream(encoding) {
                 advance_stream(&mut link, room, span.1, ok, how.1);
             }
         }
@@ -765,18 +775,25 @@ fn advance_stream(
     }
 }
 
-/// Encodes a batch of `room` for members with `encoding`.
+/// Encodes a batch of `room` for members with `encoding` (the deflate encodings need the
+/// shard's `codec`, there whenever a member could have agreed to deflate).
 fn encode<'a>(
     room: &str,
     epoch: u32,
     batch: impl Iterator<Item = &'a (u64, Arc<str>)>,
     encoding: usize,
     out: &mut Vec<u8>,
+    codec: &mut Option<Box<Codec>>,
 ) {
     for (seq, data) in batch {
-        match encoding {
-            ENC_WS => wire::write_msg(room, *seq, data, out),
-            _ => sse::write_msg(room, epoch, *seq, data, encoding == ENC_ONE, out),
+        match (encoding, codec.as_deref_mut()) {
+            (ENC_DEFLATE | ENC_DEFLATE_NARROW, Some(codec)) => {
+                codec.write_msg(room, *seq, data, encoding, out)
+            }
+            (ENC_ONE | ENC_MANY, _) => {
+                sse::write_msg(room, epoch, *seq, data, encoding == ENC_ONE, out)
+            }
+            _ => wire::write_msg(room, *seq, data, out),
         }
     }
 }

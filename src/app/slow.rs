@@ -15,7 +15,7 @@ use crate::reactor::outring::Kind;
 use crate::reactor::Link;
 
 use super::conn::{flag, AppConn};
-use super::sse::{self, ENC_WS};
+use super::sse;
 use super::ws::fail;
 use super::{wire, Settings, SlowPolicy};
 
@@ -70,10 +70,10 @@ pub(super) fn offer(
             Some(old) => {
                 link.stats.dropped_oldest += 1;
                 if let Some((r, from, to)) = wire::span(old.as_bytes()) {
-                    let r = if r == &**room {
+                    let r = if *r == **room {
                         room.clone()
                     } else {
-                        Arc::from(r)
+                        Arc::from(&*r)
                     };
                     owe(gaps, link, r, from, to);
                 }
@@ -85,7 +85,7 @@ pub(super) fn offer(
             // The room's queued batches give way to this one, with one notice for all.
             let mut skipped = Vec::new();
             let of_room = |f: &SharedFrame| match wire::span(f.as_bytes()) {
-                Some((r, from, to)) if r == &**room => Some((from, to)),
+                Some((r, from, to)) if *r == **room => Some((from, to)),
                 _ => None,
             };
             link.remove_queued(|f, kind| {
@@ -156,7 +156,7 @@ pub(super) fn send_gap(link: &mut Link<'_, AppConn>, g: &mut Gap, cap: usize) ->
             .then(|| wire::span(f.as_bytes()))
             .flatten()
         {
-            Some((r, a, b)) if r == &*room && (b + 1 == from || to + 1 == a) => {
+            Some((r, a, b)) if *r == *room && (b + 1 == from || to + 1 == a) => {
                 (from, to) = (from.min(a), to.max(b));
                 true
             }
@@ -164,9 +164,9 @@ pub(super) fn send_gap(link: &mut Link<'_, AppConn>, g: &mut Gap, cap: usize) ->
         }
     });
     let json = wire::gap_json(&room, from, to);
-    let frame = match link.app().encoding() {
-        ENC_WS => SharedFrame::new(OpCode::Text, &json),
-        _ => sse::event("gap", None, &json),
+    let frame = match sse::is_stream(link.app().encoding()) {
+        false => SharedFrame::new(OpCode::Text, &json),
+        true => sse::event("gap", None, &json),
     };
     let sent = link.send_notice(frame, cap).is_ok();
     if sent {

@@ -26,6 +26,16 @@ pub const ENC_WS: usize = 0;
 pub const ENC_ONE: usize = 1;
 /// A stream on several rooms: events without `id:`, then the stream's own id block.
 pub const ENC_MANY: usize = 2;
+/// WebSocket frames for a client that agreed to permessage-deflate: messages from
+/// `--deflate-min-size` up compressed, with the default window or with the narrow one
+/// (the client asked for `server_max_window_bits` below 15).
+pub const ENC_DEFLATE: usize = 3;
+pub const ENC_DEFLATE_NARROW: usize = 4;
+
+/// Whether `encoding` is an event stream's (else: WebSocket frames).
+pub fn is_stream(encoding: usize) -> bool {
+    encoding == ENC_ONE || encoding == ENC_MANY
+}
 
 /// Where a stream stands in one of its rooms.
 #[derive(Debug)]

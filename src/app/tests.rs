@@ -30,6 +30,8 @@ pub(super) fn settings() -> Settings {
         api_max_body: 1 << 16,
         backplane: false,
         presence_events: false,
+        deflate: false,
+        deflate_min_size: 512,
         demo: true,
     }
 }

@@ -421,7 +421,7 @@ fn a_batch_the_mesh_dropped_becomes_a_gap_notice() {
         room: "r".into(),
         first: 4,
         last: 4,
-        frames: std::sync::Arc::new([Some(frame), None, None]),
+        frames: std::sync::Arc::new([Some(frame), None, None, None, None]),
     };
     crate::reactor::Service::message(&mut core.service, &mut core.cx, deliver);
     core.end_turn();

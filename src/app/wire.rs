@@ -3,6 +3,7 @@
 //! Parsing borrows from the received message and keeps `data` as raw JSON text, so what a
 //! publisher sent is spliced into every delivery byte for byte and never re-serialized.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -167,13 +168,9 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..cut]
 }
 
-/// Appends one `msg` frame for `room` to `out`: the header and the JSON envelope around
-/// `data`, spliced in byte for byte. Batches of frames built this way are shared by every
-/// member of the room. Cost: one copy of `data`.
-pub fn write_msg(room: &str, seq: u64, data: &str, out: &mut Vec<u8>) {
-    let mut seq_buf = itoa::Buffer::new();
-    let seq = seq_buf.format(seq);
-    let parts: [&[u8]; 7] = [
+/// The pieces of one `msg` op's JSON: the envelope around `data`, spliced in byte for byte.
+fn msg_parts<'a>(room: &'a str, seq: &'a str, data: &'a str) -> [&'a [u8]; 7] {
+    [
         b"{\"op\":\"msg\",\"room\":\"",
         room.as_bytes(),
         b"\",\"seq\":",
@@ -181,13 +178,30 @@ pub fn write_msg(room: &str, seq: u64, data: &str, out: &mut Vec<u8>) {
         b",\"data\":",
         data.as_bytes(),
         b"}",
-    ];
+    ]
+}
+
+/// Appends one `msg` frame for `room` to `out`: the header and the JSON envelope around
+/// `data`, spliced in byte for byte. Batches of frames built this way are shared by every
+/// member of the room. Cost: one copy of `data`.
+pub fn write_msg(room: &str, seq: u64, data: &str, out: &mut Vec<u8>) {
+    let mut seq_buf = itoa::Buffer::new();
+    let parts = msg_parts(room, seq_buf.format(seq), data);
     let len: usize = parts.iter().map(|p| p.len()).sum();
     let mut head = [0u8; crate::protocol::frame::MAX_HEADER_LEN];
     let n = crate::protocol::FrameHeader::server(OpCode::Text, len).format(&mut head);
     out.reserve(n + len);
     out.extend_from_slice(&head[..n]);
     for p in parts {
+        out.extend_from_slice(p);
+    }
+}
+
+/// Appends one `msg` op's JSON (no frame header) to `out`: what a deflate encoding
+/// compresses.
+pub fn write_msg_json(room: &str, seq: u64, data: &str, out: &mut Vec<u8>) {
+    let mut seq_buf = itoa::Buffer::new();
+    for p in msg_parts(room, seq_buf.format(seq), data) {
         out.extend_from_slice(p);
     }
 }
@@ -273,23 +287,14 @@ pub fn lost_json(room: &str) -> Vec<u8> {
 }
 
 /// The room and the first and last seq of a batch this module encoded (a delivery that a
-/// slow-consumer policy is about to drop), or of a `gap` notice: WebSocket frames, or the
-/// event stream's `data:` lines. Cost: a walk over the frame headers or lines, nothing is copied.
-pub fn span(bytes: &[u8]) -> Option<(&str, u64, u64)> {
-    fn note<'a>(found: &mut Option<(&'a str, u64, u64)>, payload: &'a [u8]) {
-        let seen = match envelope(payload) {
-            Some((room, seq)) => Some((room, seq, seq)),
-            None => gap_envelope(payload),
-        };
-        if let Some((room, from, to)) = seen {
-            match found {
-                None => *found = Some((room, from, to)),
-                Some(f) => f.2 = to,
-            }
-        }
-    }
-    let mut found = None;
-    if bytes.first() == Some(&0x81) {
+/// slow-consumer policy is about to drop), or of a `gap` notice: WebSocket frames
+/// (compressed ones too: the start of the first and last message is inflated), or the
+/// event stream's `data:` lines. Cost: a walk over the frame headers or lines, nothing is
+/// copied but a compressed message's first bytes.
+pub fn span(bytes: &[u8]) -> Option<(Cow<'_, str>, u64, u64)> {
+    if matches!(bytes.first(), Some(0x81 | 0xC1)) {
+        // The batch's first and last frame: (RSV1, payload).
+        let (mut first, mut last, mut frames) = (None, None, 0);
         let mut at = 0;
         while at + 2 <= bytes.len() {
             let (len, head) = match bytes[at + 1] & 0x7F {
@@ -306,17 +311,53 @@ pub fn span(bytes: &[u8]) -> Option<(&str, u64, u64)> {
                 ),
                 n => (usize::from(n), 2),
             };
-            note(&mut found, bytes.get(at + head..at + head + len)?);
+            let frame = (
+                bytes[at] & 0x40 != 0,
+                bytes.get(at + head..at + head + len)?,
+            );
+            first.get_or_insert(frame);
+            last = Some(frame);
+            frames += 1;
             at += head + len;
         }
-    } else {
-        for line in bytes.split(|&b| b == b'\n') {
-            if let Some(payload) = line.strip_prefix(b"data: ") {
-                note(&mut found, payload);
-            }
+        let (room, from, mut to) = frame_span(first?)?;
+        if frames > 1 {
+            to = frame_span(last?)?.2;
+        }
+        return Some((room, from, to));
+    }
+    let mut found: Option<(Cow<'_, str>, u64, u64)> = None;
+    for line in bytes.split(|&b| b == b'\n') {
+        let Some((room, from, to)) = line.strip_prefix(b"data: ").and_then(payload_span) else {
+            continue;
+        };
+        match &mut found {
+            None => found = Some((Cow::Borrowed(room), from, to)),
+            Some(f) => f.2 = to,
         }
     }
     found
+}
+
+/// The room and range of one frame's `msg` or `gap` op; a compressed one is inflated as far
+/// as its envelope.
+fn frame_span((compressed, payload): (bool, &[u8])) -> Option<(Cow<'_, str>, u64, u64)> {
+    if !compressed {
+        let (room, from, to) = payload_span(payload)?;
+        return Some((Cow::Borrowed(room), from, to));
+    }
+    // The envelope: `{"op":"msg","room":` (19), the name (≤ 128), the seq.
+    let mut head = [0u8; 192];
+    let n = crate::protocol::deflate::inflate_head(payload, &mut head);
+    let (room, from, to) = payload_span(&head[..n])?;
+    Some((Cow::Owned(room.to_owned()), from, to))
+}
+
+fn payload_span(payload: &[u8]) -> Option<(&str, u64, u64)> {
+    match envelope(payload) {
+        Some((room, seq)) => Some((room, seq, seq)),
+        None => gap_envelope(payload),
+    }
 }
 
 /// The room and range of a `gap` op.
@@ -596,19 +637,39 @@ mod tests {
     }
 
     #[test]
-    fn span_reads_back_a_batch_in_both_encodings() {
+    fn span_reads_back_a_batch_in_every_encoding() {
+        let span = |b: &[u8]| span(b).map(|(r, from, to)| (r.into_owned(), from, to));
+        let r1 = |from, to| Some(("r/1".to_owned(), from, to));
         let mut ws = Vec::new();
         write_msg("r/1", 41, "{\"seq\":1}", &mut ws);
         write_msg("r/1", 42, &"x".repeat(300).replace('x', "1"), &mut ws);
-        assert_eq!(span(&ws), Some(("r/1", 41, 42)));
+        assert_eq!(span(&ws), r1(41, 42));
         let mut sse = Vec::new();
         super::super::sse::write_msg("r/1", 7, 9, "\"data: {\\\"op\"", true, &mut sse);
         super::super::sse::write_msg("r/1", 7, 10, "1", true, &mut sse);
-        assert_eq!(span(&sse), Some(("r/1", 9, 10)));
+        assert_eq!(span(&sse), r1(9, 10));
         assert_eq!(span(joined("r", 1, 1, None).as_bytes()), None);
         let gap = SharedFrame::new(OpCode::Text, &gap_json("r", 3, 9));
-        assert_eq!(span(gap.as_bytes()), Some(("r", 3, 9)));
+        assert_eq!(span(gap.as_bytes()), Some(("r".to_owned(), 3, 9)));
         let gap = super::super::sse::event("gap", None, &gap_json("r", 3, 9));
-        assert_eq!(span(gap.as_bytes()), Some(("r", 3, 9)));
+        assert_eq!(span(gap.as_bytes()), Some(("r".to_owned(), 3, 9)));
+        // permessage-deflate: compressed messages, and a small one left plain between.
+        let mut d = crate::protocol::deflate::Deflater::new(6);
+        let (mut deflated, mut json) = (Vec::new(), Vec::new());
+        for (seq, data) in [
+            (5, "[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1]"),
+            (6, "2"),
+            (7, "[3,3,3,3,3,3,3,3,3,3,3,3,3,3,3,3,3,3,3,3]"),
+        ] {
+            json.clear();
+            write_msg_json("r/1", seq, data, &mut json);
+            if seq == 6 {
+                write_msg("r/1", seq, data, &mut deflated);
+            } else {
+                d.write_frame(OpCode::Text, &json, false, &mut deflated);
+            }
+        }
+        assert_eq!(deflated[0], 0xC1, "compressed");
+        assert_eq!(span(&deflated), r1(5, 7));
     }
 }

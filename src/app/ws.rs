@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use crate::protocol::deflate;
 use crate::protocol::handshake::{self, Parsed, Request};
 use crate::protocol::message::{Event, MAX_TAIL};
 use crate::protocol::{
@@ -195,8 +196,13 @@ impl App {
 
     /// Accepts the upgrade: queues the 101 and starts speaking `route`.
     fn upgrade(&mut self, link: L, req: &Request<'_>, route: Route, protocol: Option<&str>) {
+        let agreed = match (&self.codec, req.extensions) {
+            (Some(_), Some(offers)) => deflate::negotiate(offers),
+            _ => None,
+        };
         let mut out = Vec::with_capacity(160);
-        handshake::accept_response(req, protocol, &mut out);
+        let extensions = agreed.as_ref().map(|(_, answer)| answer.as_str());
+        handshake::accept_response(req, protocol, extensions, &mut out);
         if link
             .send_control(SharedFrame::from_encoded(Arc::from(out)))
             .is_err()
@@ -210,6 +216,7 @@ impl App {
             tokens: self.cfg.burst.saturating_mul(1000),
             stamp: now,
             last_msg: now,
+            deflate: agreed.map(|(a, _)| a),
         });
         link.stats.upgraded += 1;
         link.start_heartbeat();
@@ -258,7 +265,12 @@ impl App {
             let Some(ws) = link.app().ws() else {
                 return buf.len();
             };
-            let (n, event) = match ws.decoder.decode(&mut buf[at..], &self.cfg.limits) {
+            let limits = match ws.deflate {
+                // RSV1 marks a compressed message.
+                Some(_) => &self.deflate_limits,
+                None => &self.cfg.limits,
+            };
+            let (n, event) = match ws.decoder.decode(&mut buf[at..], limits) {
                 Ok(step) => step,
                 Err(e) => {
                     violation(link, &e);
@@ -286,25 +298,37 @@ impl App {
             return;
         }
         match event {
-            Event::Message { kind, payload } => {
+            Event::Message {
+                kind,
+                payload,
+                compressed,
+            } => {
                 link.stats.messages_in += 1;
                 let now = link.now_ms;
                 let Some(ws) = link.app().ws() else {
                     return;
                 };
                 ws.last_msg = now;
-                let route = ws.route;
                 if !self.within_rate(link) {
                     return;
                 }
-                match route {
-                    Route::Rooms => self.on_op(link, kind, &payload),
-                    Route::Echo => {
-                        // Echo: one allocation for the reply frame, one copy of the payload.
-                        let frame = SharedFrame::new(kind.opcode(), &payload);
-                        if link.send(frame).is_ok() {
-                            link.stats.messages_out += 1;
+                if !compressed {
+                    return self.on_message(link, kind, &payload);
+                }
+                let Some(codec) = self.codec.as_deref_mut() else {
+                    return;
+                };
+                match codec.inflate(kind, &payload, self.cfg.limits.max_message) {
+                    Ok(inflated) => {
+                        self.on_message(link, kind, &inflated);
+                        if let Some(codec) = self.codec.as_deref_mut() {
+                            codec.give_back(inflated);
                         }
+                    }
+                    Err(refused) => {
+                        link.stats.protocol_errors += 1;
+                        let (code, reason) = refused.close();
+                        fail(link, code, reason);
                     }
                 }
             }
@@ -331,6 +355,30 @@ impl App {
                 finish_with_close(link, code, reply);
                 // The closing handshake is complete once our echo is out.
                 link.goodbye();
+            }
+        }
+    }
+
+    /// A complete message (inflated if it came compressed).
+    fn on_message(&mut self, link: L, kind: MessageKind, payload: &[u8]) {
+        let Some(ws) = link.app().ws() else {
+            return;
+        };
+        let (route, deflate) = (ws.route, ws.deflate);
+        match (route, deflate, self.codec.as_deref_mut()) {
+            (Route::Rooms, ..) => self.on_op(link, kind, payload),
+            (Route::Echo, Some(agreed), Some(codec)) => {
+                let frame = codec.frame(kind, payload, agreed.narrow);
+                if link.send(frame).is_ok() {
+                    link.stats.messages_out += 1;
+                }
+            }
+            (Route::Echo, ..) => {
+                // Echo: one allocation for the reply frame, one copy of the payload.
+                let frame = SharedFrame::new(kind.opcode(), payload);
+                if link.send(frame).is_ok() {
+                    link.stats.messages_out += 1;
+                }
             }
         }
     }

@@ -77,6 +77,7 @@ pub const GROUPS: &[(&str, &[&str])] = &[
         ],
     ),
     ("cluster", &["redis", "node-id", "presence-events"]),
+    ("compression", &["deflate", "deflate-min-size"]),
     ("capacity", &["memory-budget", "figures", "capacity-margin"]),
     ("logs", &["log-format", "log-level"]),
     ("browsers", &["demo"]),

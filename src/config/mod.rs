@@ -101,6 +101,28 @@ pub struct ServeConfig {
     #[arg(long, env = "ROOMCAST_MAX_MESSAGE", default_value_t = 64 * 1024)]
     pub max_message: usize,
 
+    /// Agree to permessage-deflate (RFC 7692) when a client offers it. Off by default:
+    /// compressing costs CPU per message (once per room batch, shared by its members) and
+    /// small messages gain little; turn it on when egress bandwidth is the bill.
+    #[arg(
+        long = "deflate",
+        env = "ROOMCAST_DEFLATE",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub deflate: bool,
+
+    /// With `--deflate`: messages smaller than this go uncompressed, in bytes.
+    #[arg(
+        long = "deflate-min-size",
+        value_name = "BYTES",
+        env = "ROOMCAST_DEFLATE_MIN_SIZE",
+        default_value_t = 512
+    )]
+    pub deflate_min_size: usize,
+
     /// Largest handshake request head, in bytes (larger: 431).
     #[arg(long, env = "ROOMCAST_MAX_HEADER_BYTES", default_value_t = 8192)]
     pub max_header_bytes: usize,
@@ -492,6 +514,8 @@ impl ServeConfig {
             api_max_body: self.api_max_body.min(u32::MAX as u64) as usize,
             backplane: !self.redis.is_empty(),
             presence_events: self.presence_events,
+            deflate: self.deflate,
+            deflate_min_size: self.deflate_min_size,
             demo: self.demo,
             history: crate::rooms::Retention {
                 size: self.history_size,

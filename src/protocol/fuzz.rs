@@ -15,7 +15,7 @@ pub fn handshake(data: &[u8]) {
                 assert!(n <= data.len() && n <= cap);
                 assert!(req.accept.is_some());
                 let protocol = req.protocols.and_then(|p| handshake::tokens(p).next());
-                handshake::accept_response(&req, protocol, &mut out);
+                handshake::accept_response(&req, protocol, None, &mut out);
             }
             Ok(Some((Parsed::Plain(_), n))) => assert!(n <= data.len()),
             Ok(None) => assert!(data.len() < cap),

@@ -240,8 +240,13 @@ pub fn accept_key(key: &[u8]) -> [u8; 28] {
 }
 
 /// Appends the 101 response accepting `request`, naming `protocol` if one was chosen from
-/// those offered.
-pub fn accept_response(request: &Request<'_>, protocol: Option<&str>, out: &mut Vec<u8>) {
+/// those offered, and the extensions agreed (`extensions`: the header's value).
+pub fn accept_response(
+    request: &Request<'_>,
+    protocol: Option<&str>,
+    extensions: Option<&str>,
+    out: &mut Vec<u8>,
+) {
     out.extend_from_slice(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
     );
@@ -250,6 +255,11 @@ pub fn accept_response(request: &Request<'_>, protocol: Option<&str>, out: &mut 
     if let Some(p) = protocol {
         out.extend_from_slice(b"Sec-WebSocket-Protocol: ");
         out.extend_from_slice(p.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(e) = extensions {
+        out.extend_from_slice(b"Sec-WebSocket-Extensions: ");
+        out.extend_from_slice(e.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -345,7 +355,7 @@ mod tests {
         );
         assert!(r.extensions.unwrap().starts_with("permessage-deflate"));
         let mut out = Vec::new();
-        accept_response(&r, Some("chat"), &mut out);
+        accept_response(&r, Some("chat"), None, &mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
         assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));

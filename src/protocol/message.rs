@@ -65,10 +65,13 @@ pub struct CloseFrame<'a> {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event<'a> {
-    /// A complete message. Text payloads are valid UTF-8.
+    /// A complete message. Text payloads are valid UTF-8, unless `compressed` (RSV1 on
+    /// its first frame, permessage-deflate): then the payload is DEFLATE data, to be
+    /// inflated and checked by the caller.
     Message {
         kind: MessageKind,
         payload: Cow<'a, [u8]>,
+        compressed: bool,
     },
     /// The caller must answer with a pong carrying the same payload (RFC 6455 §5.5.2):
     /// [`Event::reply`] builds it.
@@ -118,6 +121,8 @@ struct FrameInProgress {
 #[derive(Debug)]
 struct Partial {
     kind: MessageKind,
+    /// DEFLATE data (RSV1 on the first frame): UTF-8 is checked once inflated.
+    compressed: bool,
     buf: Vec<u8>,
     /// `buf[..utf8_valid]` is known to be valid UTF-8; what follows is at most the first
     /// three bytes of a character whose rest has not arrived.
@@ -130,7 +135,7 @@ impl Partial {
     /// so far is left for the next call (std's validator tells the two apart by
     /// `error_len`, and it rejects impossible prefixes such as `F4 90` at once).
     fn check_utf8(&mut self) -> Result<(), ProtocolError> {
-        if self.kind != MessageKind::Text {
+        if self.kind != MessageKind::Text || self.compressed {
             return Ok(());
         }
         match std::str::from_utf8(&self.buf[self.utf8_valid..]) {
@@ -187,6 +192,13 @@ impl Decoder {
         };
         // The parser already refused an unmasked frame where masking is required.
         let key = header.mask.unwrap_or([0; 4]);
+        // RFC 7692 §6: the one RSV bit an extension may give meaning to (RSV1) marks the
+        // first frame of a compressed message; on a control or continuation frame it is
+        // still a violation.
+        if header.rsv != 0 && (header.opcode.is_control() || header.opcode == OpCode::Continuation)
+        {
+            return Err(ProtocolError::ReservedBitsSet { rsv: header.rsv });
+        }
         if header.opcode.is_control() {
             return self.control_frame(header, head_len, key, input);
         }
@@ -249,6 +261,7 @@ impl Decoder {
             });
         }
         let len = header.payload_len as usize;
+        let compressed = header.rsv & 0b100 != 0;
 
         // Fast path: a whole unfragmented message is in the input. Unmask in place and
         // lend it out; no allocation, no copy.
@@ -258,13 +271,15 @@ impl Decoder {
             if input.len() >= head_len + len {
                 let payload = &mut input[head_len..head_len + len];
                 apply_mask(payload, key, 0);
-                if kind == MessageKind::Text && std::str::from_utf8(payload).is_err() {
+                let text = kind == MessageKind::Text && !compressed;
+                if text && std::str::from_utf8(payload).is_err() {
                     return Err(ProtocolError::InvalidUtf8);
                 }
                 let payload: &'a [u8] = payload;
                 let event = Event::Message {
                     kind,
                     payload: Cow::Borrowed(payload),
+                    compressed,
                 };
                 return Ok((head_len + len, Some(event)));
             }
@@ -273,6 +288,7 @@ impl Decoder {
         let partial = self.partial.get_or_insert_with(|| {
             Box::new(Partial {
                 kind: kind.unwrap_or(MessageKind::Binary),
+                compressed,
                 buf: Vec::new(),
                 utf8_valid: 0,
             })
@@ -314,19 +330,26 @@ impl Decoder {
         if !frame.fin {
             return Ok((n, None));
         }
-        if partial.utf8_valid != partial.buf.len() && partial.kind == MessageKind::Text {
+        let text = partial.kind == MessageKind::Text && !partial.compressed;
+        if partial.utf8_valid != partial.buf.len() && text {
             // The message ended inside a character.
             return Err(ProtocolError::InvalidUtf8);
         }
         let Some(done) = self.partial.take() else {
             return Ok((n, None));
         };
-        let Partial { kind, buf, .. } = *done;
+        let Partial {
+            kind,
+            buf,
+            compressed,
+            ..
+        } = *done;
         Ok((
             n,
             Some(Event::Message {
                 kind,
                 payload: Cow::Owned(buf),
+                compressed,
             }),
         ))
     }

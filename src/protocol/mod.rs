@@ -7,10 +7,13 @@
 //! - [`mask`]: client masking, word at a time.
 //! - [`message`]: reassembly, UTF-8, control frames, close codes: frames in, events out.
 //! - [`encode`]: server frames, and the shared frame every recipient of a broadcast sends.
+//! - [`deflate`]: RFC 7692 permessage-deflate: the offer answered, messages compressed and
+//!   inflated.
 //! - [`error`]: violations named after the rule broken, and their one mapping to close
 //!   codes and HTTP statuses.
 #![forbid(unsafe_code)]
 
+pub mod deflate;
 pub mod encode;
 pub mod error;
 pub mod frame;

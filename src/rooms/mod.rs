@@ -34,7 +34,7 @@ pub fn owner_of(room: &str, shards: usize) -> usize {
 
 /// How many ways a member may want its deliveries encoded; the owner counts members per
 /// encoding so that an encoding nobody in a room uses is not made (the app numbers them).
-pub const ENCODINGS: usize = 3;
+pub const ENCODINGS: usize = 5;
 
 /// A room as its owner sees it.
 #[derive(Debug)]

@@ -33,7 +33,7 @@ enum Owned {
 
 fn own(event: Event<'_>) -> Owned {
     match event {
-        Event::Message { kind, payload } => Owned::Message(kind, payload.into_owned()),
+        Event::Message { kind, payload, .. } => Owned::Message(kind, payload.into_owned()),
         Event::Ping(p) => Owned::Ping(p.to_vec()),
         Event::Pong(p) => Owned::Pong(p.to_vec()),
         Event::Close(c) => Owned::Close(c.map(|c| (c.code.0, c.reason.to_string()))),
@@ -90,6 +90,7 @@ fn rfc_5_7_masked_hello_is_lent_without_copy() {
         Some(Event::Message {
             kind: MessageKind::Text,
             payload: Cow::Borrowed(p),
+            compressed: false,
         }) => {
             assert_eq!(p, b"Hello")
         }
@@ -386,4 +387,77 @@ proptest! {
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600), cut in 0usize..600) {
         let _ = feed(&bytes, &[cut], &Limits::server(300));
     }
+}
+
+#[test]
+fn compressed_messages_are_marked_and_rsv1_elsewhere_is_refused() {
+    let deflate = Limits {
+        max_message: 1 << 20,
+        rules: crate::protocol::Rules {
+            rsv_allowed: 0b100,
+            require_mask: true,
+        },
+    };
+    let rsv1 = |mut frame: Vec<u8>| {
+        frame[0] |= 0x40;
+        frame
+    };
+    // Not UTF-8 as it is: compressed text is checked once inflated, not here.
+    let bytes = [0xf2, 0x48, 0xcd];
+    for cuts in [&[][..], &[1, 3, 7]] {
+        let mut d = Decoder::new();
+        let mut pending = rsv1(client_frame(true, 1, &bytes, KEY));
+        let mut pieces = Vec::new();
+        let mut from = 0;
+        let mut got = Vec::new();
+        for &cut in cuts.iter().chain(std::iter::once(&pending.len())) {
+            pieces.extend_from_slice(&pending[from..cut]);
+            from = cut;
+            decode_buffered(&mut d, &mut pieces, &deflate, |e| match e {
+                Event::Message {
+                    payload,
+                    compressed,
+                    ..
+                } => got.push((payload.into_owned(), compressed)),
+                other => panic!("{other:?}"),
+            })
+            .unwrap();
+        }
+        pending.clear();
+        assert_eq!(got, [(bytes.to_vec(), true)], "cut at {cuts:?}");
+    }
+    // Fragmented: RSV1 on the first frame only.
+    let mut stream = rsv1(client_frame(false, 1, &bytes[..1], KEY));
+    stream.extend(client_frame(true, 0, &bytes[1..], KEY));
+    let mut d = Decoder::new();
+    let mut got = Vec::new();
+    decode_buffered(&mut d, &mut stream, &deflate, |e| {
+        if let Event::Message {
+            payload,
+            compressed,
+            ..
+        } = e
+        {
+            got.push((payload.into_owned(), compressed));
+        }
+    })
+    .unwrap();
+    assert_eq!(got, [(bytes.to_vec(), true)]);
+    // RSV1 on a continuation or a control frame, or without the extension: 1002.
+    let mut stream = client_frame(false, 1, b"a", KEY);
+    stream.extend(rsv1(client_frame(true, 0, b"b", KEY)));
+    assert!(matches!(
+        feed(&stream, &[], &deflate),
+        Err(ProtocolError::ReservedBitsSet { .. })
+    ));
+    let ping = rsv1(client_frame(true, 9, b"", KEY));
+    assert!(matches!(
+        feed(&ping, &[], &deflate),
+        Err(ProtocolError::ReservedBitsSet { .. })
+    ));
+    let plain_server = rsv1(client_frame(true, 1, b"a", KEY));
+    assert!(matches!(
+        feed_whole(&plain_server),
+        Err(ProtocolError::ReservedBitsSet { .. })
+    ));
 }

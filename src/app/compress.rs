@@ -1,0 +1,129 @@
+//! permessage-deflate on a shard (`--deflate`): the compressors and the inflater every
+//! connection that agreed to it shares. A connection keeps only what was agreed (one
+//! byte); see [`crate::protocol::deflate`] for why no per-connection zlib state is needed.
+
+use crate::protocol::deflate::{Deflater, InflateError, Inflater};
+use crate::protocol::{MessageKind, OpCode, SharedFrame};
+
+use super::sse::ENC_DEFLATE_NARROW;
+use super::wire;
+
+/// Compression level of the frames a room's members share: compressed once per batch,
+/// sent to every member, so ratio is worth the time (level 6: 3.2× on 1 KB JSON in
+/// ~9 µs here, against 2.4× in ~3 µs at level 1).
+const SHARED_LEVEL: u32 = 6;
+/// Compression level of a frame for one connection (an echo): paid per message.
+const DIRECT_LEVEL: u32 = 1;
+
+/// A shard's permessage-deflate state.
+pub struct Codec {
+    shared: Deflater,
+    direct: Deflater,
+    inflater: Inflater,
+    /// Messages smaller than this go uncompressed (`--deflate-min-size`).
+    min_size: usize,
+    /// A delivery's JSON before compression, and an inflated message: reused.
+    json: Vec<u8>,
+    inflated: Vec<u8>,
+}
+
+impl Codec {
+    pub fn new(min_size: usize) -> Codec {
+        Codec {
+            shared: Deflater::new(SHARED_LEVEL),
+            direct: Deflater::new(DIRECT_LEVEL),
+            inflater: Inflater::new(),
+            min_size,
+            json: Vec::new(),
+            inflated: Vec::new(),
+        }
+    }
+
+    /// Appends one `msg` frame for members with a deflate `encoding`: compressed when it
+    /// is at least `--deflate-min-size`. Cost: one deflate pass over the message, paid once
+    /// per batch for all the members that share it.
+    pub fn write_msg(
+        &mut self,
+        room: &str,
+        seq: u64,
+        data: &str,
+        encoding: usize,
+        out: &mut Vec<u8>,
+    ) {
+        let json = &mut self.json;
+        json.clear();
+        wire::write_msg_json(room, seq, data, json);
+        if json.len() < self.min_size {
+            return crate::protocol::encode::write_frame(OpCode::Text, json, out);
+        }
+        let narrow = encoding == ENC_DEFLATE_NARROW;
+        self.shared.write_frame(OpCode::Text, json, narrow, out);
+    }
+
+    /// One message for one connection that agreed to deflate (an echo): compressed when it
+    /// is at least `--deflate-min-size`.
+    pub fn frame(&mut self, kind: MessageKind, payload: &[u8], narrow: bool) -> SharedFrame {
+        if payload.len() < self.min_size {
+            return SharedFrame::new(kind.opcode(), payload);
+        }
+        let mut out = Vec::with_capacity(payload.len() / 2 + 16);
+        self.direct
+            .write_frame(kind.opcode(), payload, narrow, &mut out);
+        SharedFrame::from_encoded(out.into())
+    }
+
+    /// Inflates a received message, at most `cap` bytes of it, and checks a text message is
+    /// UTF-8. The buffer is lent out: give it back with [`Codec::give_back`].
+    pub fn inflate(
+        &mut self,
+        kind: MessageKind,
+        payload: &[u8],
+        cap: usize,
+    ) -> Result<Vec<u8>, Refused> {
+        let mut out = std::mem::take(&mut self.inflated);
+        match self.inflater.inflate(payload, cap, &mut out) {
+            Err(InflateError::TooBig) => return Err(Refused::TooBig),
+            Err(InflateError::Corrupt) => return Err(Refused::Corrupt),
+            Ok(()) => {}
+        }
+        if kind == MessageKind::Text && std::str::from_utf8(&out).is_err() {
+            return Err(Refused::Utf8);
+        }
+        Ok(out)
+    }
+
+    /// Takes back the buffer [`Codec::inflate`] lent, unless a large message made it large.
+    pub fn give_back(&mut self, buf: Vec<u8>) {
+        if buf.capacity() <= 64 * 1024 {
+            self.inflated = buf;
+        }
+    }
+}
+
+/// Why a compressed message was refused, and the close it gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Past `--max-message` once inflated: 1009.
+    TooBig,
+    /// Not DEFLATE data: 1007.
+    Corrupt,
+    /// A text message that is not UTF-8 once inflated: 1007.
+    Utf8,
+}
+
+impl Refused {
+    pub fn close(self) -> (crate::protocol::CloseCode, &'static str) {
+        use crate::protocol::CloseCode;
+        match self {
+            Refused::TooBig => (CloseCode::MESSAGE_TOO_BIG, "message too big once inflated"),
+            Refused::Corrupt => (
+                CloseCode::INVALID_PAYLOAD,
+                "compressed data is not valid DEFLATE",
+            ),
+            Refused::Utf8 => (
+                CloseCode::INVALID_PAYLOAD,
+                "text message is not valid UTF-8",
+            ),
+        }
+    }
+}
