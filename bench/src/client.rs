@@ -1,12 +1,14 @@
-//! The client engine's pieces: connecting (from many source addresses), pre-masked
-//! frames, and reading server frames out of one reusable buffer with no allocation per
-//! message.
+//! The client engine's pieces: connecting (from many source addresses, offering
+//! permessage-deflate with `--deflate`), pre-masked frames, and reading server frames out
+//! of one reusable buffer with no allocation per message.
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+
+use crate::deflate::{Agreed, Inflater};
 
 /// Linux `IP_BIND_ADDRESS_NO_PORT`: bind the source address now, the port at connect time,
 /// so the 4-tuple (not the source port alone) must be unique: far more connections per
@@ -22,6 +24,19 @@ pub fn source(i: usize, n: u8) -> IpAddr {
 
 /// Connects from `src` and completes the opening handshake on `path`.
 pub async fn connect(server: SocketAddr, src: IpAddr, path: &str) -> std::io::Result<TcpStream> {
+    handshake(server, src, path, false).await.map(|(s, _)| s)
+}
+
+/// Connects from `src` and completes the opening handshake on `path`; with `deflate`,
+/// offers permessage-deflate ([`crate::deflate::OFFER`]) and fails unless the server
+/// agreed in a way the bench can use ([`crate::deflate::agreed`]): a run asked to measure
+/// compressed delivery must not measure plain.
+pub async fn handshake(
+    server: SocketAddr,
+    src: IpAddr,
+    path: &str,
+    deflate: bool,
+) -> std::io::Result<(TcpStream, Option<Agreed>)> {
     let socket = TcpSocket::new_v4()?;
     let one: libc::c_int = 1;
     // SAFETY: setsockopt reads an int from a valid pointer; the fd is the socket's own.
@@ -37,9 +52,14 @@ pub async fn connect(server: SocketAddr, src: IpAddr, path: &str) -> std::io::Re
     socket.bind(SocketAddr::new(src, 0))?;
     let mut stream = socket.connect(server).await?;
     stream.set_nodelay(true)?;
+    let offer = if deflate {
+        format!("Sec-WebSocket-Extensions: {}\r\n", crate::deflate::OFFER)
+    } else {
+        String::new()
+    };
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {server}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
     );
     stream.write_all(req.as_bytes()).await?;
     // Peek until the head is complete, then take exactly the head: frames the server
@@ -66,13 +86,30 @@ pub async fn connect(server: SocketAddr, src: IpAddr, path: &str) -> std::io::Re
             line.lines().next().unwrap_or("").to_owned(),
         ));
     }
-    Ok(stream)
+    let agreed = if deflate {
+        Some(crate::deflate::agreed(head).map_err(std::io::Error::other)?)
+    } else {
+        None
+    };
+    Ok((stream, agreed))
 }
 
 /// A final text frame from the client (masked with the all-zero key: RFC 6455 allows any
 /// key, and this one needs no masking pass).
 pub fn text(payload: &[u8]) -> Vec<u8> {
     roomcast_bench::masked_frame(roomcast::protocol::OpCode::Text, payload, [0; 4])
+}
+
+/// Appends a final text frame (masked as [`text`]'s) to `out`: no allocation once `out`
+/// has room for it.
+pub fn push_text(payload: &[u8], out: &mut Vec<u8>) {
+    roomcast::protocol::encode::write_client_frame(
+        true,
+        roomcast::protocol::OpCode::Text,
+        payload,
+        [0; 4],
+        out,
+    );
 }
 
 /// The pong a client owes for a ping with `payload`.
@@ -85,11 +122,17 @@ pub struct Frames {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// Bytes read from the socket so far: what the connection cost on the wire (frame
+    /// headers included, TCP/IP's not).
+    received: u64,
 }
 
-/// One server frame: opcode and payload range in the buffer.
+/// One server frame: opcode, RSV1 and payload range in the buffer.
 pub struct Frame {
     pub opcode: u8,
+    /// RSV1: with permessage-deflate, the payload is a compressed message (see
+    /// [`crate::deflate::Inflater`]); without, the server never sets it.
+    pub rsv1: bool,
     pub payload: std::ops::Range<usize>,
 }
 
@@ -99,6 +142,7 @@ impl Frames {
             buf: vec![0; capacity],
             start: 0,
             end: 0,
+            received: 0,
         }
     }
 
@@ -122,6 +166,7 @@ impl Frames {
         }
         let frame = Frame {
             opcode: avail[0] & 0x0F,
+            rsv1: avail[0] & 0x40 != 0,
             payload: self.start + head..self.start + head + len,
         };
         self.start += head + len;
@@ -130,6 +175,26 @@ impl Frames {
 
     pub fn bytes(&self, range: std::ops::Range<usize>) -> &[u8] {
         &self.buf[range]
+    }
+
+    /// The message `f` carries: its payload, or inflated by `inflater` when RSV1 marks it
+    /// compressed.
+    pub fn message<'a>(
+        &'a self,
+        f: &Frame,
+        inflater: &'a mut Inflater,
+    ) -> std::io::Result<&'a [u8]> {
+        let payload = &self.buf[f.payload.clone()];
+        if f.rsv1 {
+            inflater.inflate(payload)
+        } else {
+            Ok(payload)
+        }
+    }
+
+    /// Bytes read from the socket so far.
+    pub fn received(&self) -> u64 {
+        self.received
     }
 
     /// Reads more from `s`; false at EOF or error. Keeps what is unconsumed.
@@ -143,7 +208,11 @@ impl Frames {
             let n = self.buf.len() * 2;
             self.buf.resize(n, 0);
         }
-        matches!(s.read(&mut self.buf[self.end..]).await, Ok(n) if n > 0 && { self.end += n; true })
+        matches!(s.read(&mut self.buf[self.end..]).await, Ok(n) if n > 0 && {
+            self.end += n;
+            self.received += n as u64;
+            true
+        })
     }
 }
 
@@ -209,6 +278,75 @@ mod tests {
         let j = br#"{"op":"joined","room":"fan-0","seq":1234,"epoch":"abc"}"#;
         assert_eq!(op_seq(j), Some(1234));
         assert_eq!(op_seq(br#"{"op":"left","room":"r"}"#), None);
+    }
+
+    /// A server frame: final, text, RSV1 as given, unmasked.
+    fn server_frame(rsv1: bool, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![if rsv1 { 0xC1 } else { 0x81 }];
+        match payload.len() {
+            n @ 0..=125 => f.push(n as u8),
+            n => {
+                f.push(126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// What a server with server_no_context_takeover sends for `msg`: raw DEFLATE of it on
+    /// a fresh context, sync-flushed, the flush's 4 trailing bytes stripped.
+    fn deflated(msg: &[u8]) -> Vec<u8> {
+        use flate2::{Compress, Compression, FlushCompress};
+        let mut z = Compress::new(Compression::default(), false);
+        let mut out = Vec::with_capacity(msg.len() + 64);
+        z.compress_vec(msg, &mut out, FlushCompress::Sync).unwrap();
+        assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+        out.truncate(out.len() - 4);
+        out
+    }
+
+    #[tokio::test]
+    async fn compressed_frames_inflate_to_their_message() {
+        let quote = |i: usize| format!(r#"{{"sym":"S{i:03}","bid":101.{i:02},"vol":{}}}"#, i * 7);
+        let quotes = |n: usize| (0..n).map(quote).collect::<Vec<_>>().join(",");
+        let first = format!(
+            r#"{{"op":"msg","room":"r","seq":1,"data":[{}]}}"#,
+            quotes(40)
+        );
+        let second = format!(
+            r#"{{"op":"msg","room":"r","seq":2,"data":[{}]}}"#,
+            quotes(3)
+        );
+        let mut wire = server_frame(true, &deflated(first.as_bytes()));
+        wire.extend(server_frame(false, br#"{"op":"ack"}"#));
+        wire.extend(server_frame(true, &deflated(second.as_bytes())));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        server.write_all(&wire).await.unwrap();
+        drop(server);
+        // A small buffer, so frames straddle reads and the buffer grows.
+        let mut frames = Frames::new(64);
+        let mut inflater = Inflater::new();
+        let mut got = Vec::new();
+        while frames.fill(&mut client).await {
+            while let Some(f) = frames.next() {
+                let text = frames.message(&f, &mut inflater).unwrap();
+                got.push((f.rsv1, String::from_utf8(text.to_vec()).unwrap()));
+            }
+        }
+        let want = [
+            (true, first.clone()),
+            (false, r#"{"op":"ack"}"#.to_owned()),
+            (true, second),
+        ];
+        assert_eq!(got, want);
+        assert_eq!(frames.received(), wire.len() as u64);
+        assert!(wire.len() < first.len() / 2, "deflate shrank the feed");
+        assert_eq!(op_seq(got[0].1.as_bytes()), Some(1));
     }
 
     #[test]

@@ -17,11 +17,18 @@
 //! `--redis-pid` add all the nodes' CPU per delivery and Redis's per published message
 //! (bench/scripts/cluster-fanout.sh runs it against one node).
 //!
+//! With `--deflate`, `idle`'s and fan-out's connections offer permessage-deflate (RFC
+//! 7692) as Chromium does, the run fails unless the server agrees, and fan-out's members
+//! inflate what comes compressed; `fanout --json` publishes a realistic JSON feed to
+//! compress. Fan-out reports the bytes its members read per delivery, plain or not.
+//!
 //! Every run prints a summary and, with `--out`, appends one JSON object to a results
 //! file: the scenario, its parameters, the server (name, version, address), the machine
 //! and the figures. `roomcast-bench report` turns such a file into Markdown and SVG plots.
 
 mod client;
+mod deflate;
+mod feed;
 mod report;
 mod resume;
 mod sample;
@@ -69,6 +76,12 @@ struct Cli {
     /// its share of a CPU over the measured window.
     #[arg(long, global = true, value_name = "PID")]
     redis_pid: Option<u32>,
+    /// `idle`, `fanout` and `slow`: every connection offers permessage-deflate
+    /// (`permessage-deflate; client_max_window_bits`, as Chromium) and the run fails unless
+    /// the server agrees with server_no_context_takeover; members inflate compressed
+    /// messages, publishers send theirs uncompressed.
+    #[arg(long, global = true)]
+    deflate: bool,
     /// Source addresses to spread connections over: 127.0.0.2 … (at most 253).
     #[arg(long, default_value_t = 16, global = true)]
     sources: u8,
@@ -259,9 +272,15 @@ struct FanoutArgs {
     /// Closed loop: messages per room in flight.
     #[arg(long, default_value_t = 8)]
     window: usize,
-    /// Bytes per published message (roughly: `data` is padded to it).
+    /// Bytes per published message (roughly: `data` is padded to it, or with `--json`
+    /// filled with feed items up to it).
     #[arg(long, default_value_t = 64)]
     size: usize,
+    /// `data` is a realistic JSON feed (quotes with repeated keys and fresh numbers in
+    /// every message, as `{"items":[{"sym":"S042","bid":101.37,…},…]}`) instead of padding:
+    /// what compression (`--deflate`) meets in real traffic.
+    #[arg(long)]
+    json: bool,
     #[arg(long, default_value_t = 10)]
     secs: u64,
     /// Load-generator processes the members are split over (the publishers stay in this
@@ -282,6 +301,7 @@ impl FanoutArgs {
             rate: self.rate,
             window: self.window,
             size: self.size,
+            json: self.json,
             secs: self.secs,
             slow_fraction,
             check_order: self.check_order,
@@ -309,6 +329,18 @@ fn main() {
         eprintln!("roomcast-bench: --also, --also-pid and --redis-pid are for fanout and slow");
         std::process::exit(2);
     }
+    let deflating = matches!(
+        cli.scenario,
+        Scenario::Idle { .. }
+            | Scenario::Fanout { .. }
+            | Scenario::Slow { .. }
+            | Scenario::WorkerIdle { .. }
+            | Scenario::WorkerFanout { .. }
+    );
+    if cli.deflate && !deflating {
+        eprintln!("roomcast-bench: --deflate is for idle, fanout and slow");
+        std::process::exit(2);
+    }
     if cli.also.len() > scenarios::MAX_ALSO || cli.also_pid.len() > scenarios::MAX_ALSO {
         eprintln!(
             "roomcast-bench: at most {} --also nodes (and --also-pid)",
@@ -332,6 +364,7 @@ fn main() {
         also,
         also_pids,
         redis_pid: cli.redis_pid,
+        deflate: cli.deflate,
     };
     if let Scenario::Report { results, dir } = &cli.scenario {
         if let Err(e) = report::write(results, dir) {
@@ -346,7 +379,7 @@ fn main() {
         .build()
         .expect("runtime");
     let local = tokio::task::LocalSet::new();
-    let (name, params, figures) = local.block_on(&rt, async {
+    let (name, mut params, figures) = local.block_on(&rt, async {
         match cli.scenario {
             Scenario::Idle { connections, hold_secs, workers, concurrency } => (
                 "idle",
@@ -436,6 +469,9 @@ fn main() {
             Scenario::Report { .. } => unreachable!("handled above"),
         }
     });
+    if cli.deflate {
+        params["deflate"] = serde_json::json!(true);
+    }
     if let Some(path) = &cli.out {
         let record = serde_json::json!({
             "scenario": name,
@@ -479,6 +515,9 @@ fn fanout_params(a: &FanoutArgs, slow_fraction: f64) -> serde_json::Value {
     );
     if a.check_order {
         params["check_order"] = serde_json::json!(true);
+    }
+    if a.json {
+        params["json"] = serde_json::json!(true);
     }
     params
 }

@@ -46,6 +46,13 @@ const HEADLINE: &[(&str, &str, &str, u8)] = &[
     ("fanout", "deliveries_per_sec", "deliveries/s", RATIO),
     ("fanout", "latency_p50_us", "p50 µs", RATIO),
     ("fanout", "latency_p99_us", "p99 µs", RATIO),
+    // What the members read per delivery, frame headers included (plain or `--deflate`).
+    (
+        "fanout",
+        "wire_bytes_per_delivery",
+        "wire B/delivery",
+        RATIO | OPTIONAL,
+    ),
     (
         "fanout",
         "server_cpu_ns_per_delivery",

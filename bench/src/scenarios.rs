@@ -18,7 +18,9 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::client::{self, connect, data_stamp, mono_ns, op_seq, source, Frames};
+use crate::client::{self, connect, data_stamp, handshake, mono_ns, op_seq, source, Frames};
+use crate::deflate::{Agreed, Inflater};
+use crate::feed::Feed;
 use crate::sample::{
     cdf_us, cpu_window, hist_add_encoded, hist_encode, histogram, proc_cpu_ns, quantiles_us,
     sample, user_hz, ProcSample,
@@ -46,6 +48,9 @@ pub struct Target {
     pub also_pids: [Option<u32>; MAX_ALSO],
     /// The cluster's Redis (`--redis-pid`), for its CPU.
     pub redis_pid: Option<u32>,
+    /// `--deflate`: `idle`'s and fan-out's connections offer permessage-deflate and fail
+    /// unless the server agrees (see [`crate::deflate`]).
+    pub deflate: bool,
 }
 
 impl Target {
@@ -214,6 +219,40 @@ pub(crate) fn with(
     v
 }
 
+/// With `--deflate`, before a run opens anything: one connection to each node on `path`
+/// checks that it agrees to permessage-deflate in a way the bench can use. Returns what
+/// the first agreed to, for the results; ends the process with the reason if one did not
+/// (the run would measure plain). None without `--deflate`.
+pub(crate) async fn deflate_agreed(t: Target, path: &str) -> Option<Agreed> {
+    if !t.deflate {
+        return None;
+    }
+    let mut agreed = None;
+    for g in 0..t.nodes() {
+        match handshake(t.node(g), source(g, t.sources), path, true).await {
+            Ok((_, a)) => agreed = agreed.or(a),
+            Err(e) => {
+                eprintln!("roomcast-bench --deflate: {}: {e}", t.node(g));
+                std::process::exit(1);
+            }
+        }
+    }
+    agreed
+}
+
+/// For a summary line: `, <the extension agreed>` with `--deflate`, else nothing.
+fn deflate_note(agreed: Option<Agreed>) -> String {
+    agreed.map(|a| format!(", {a}")).unwrap_or_default()
+}
+
+/// `figures` with `deflate`: the extension agreed, with `--deflate`.
+fn with_deflate(mut figures: serde_json::Value, agreed: Option<Agreed>) -> serde_json::Value {
+    if let Some(a) = agreed {
+        figures["deflate"] = json!(a.to_string());
+    }
+    figures
+}
+
 /// Worker `w`'s share of `n` items over `workers`: (first, count).
 pub(crate) fn share(n: usize, w: usize, workers: usize) -> (usize, usize) {
     let first = n * w / workers;
@@ -249,6 +288,7 @@ impl Workers {
                         .flatten()
                         .flat_map(|a| ["--also".to_owned(), a.to_string()]),
                 )
+                .args(t.deflate.then_some("--deflate"))
                 .args(args(w))
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
@@ -409,6 +449,8 @@ impl Held {
 /// (held − none) / n includes fixed costs that grow with first use; the marginal
 /// (all − half) / (n/2) is what one more connection costs, the figure to plan with.
 /// Every connection answers pings, and the count still open after `hold` is reported.
+/// With `--deflate` each has agreed to permessage-deflate first, so the bytes per
+/// connection include whatever the server keeps for that.
 pub async fn idle(
     t: Target,
     n: usize,
@@ -435,6 +477,7 @@ pub async fn idle(
     } else {
         t
     };
+    let agreed = deflate_agreed(t, "/echo").await;
     let before = probe(t, &[]);
     let started = Instant::now();
     let pb = bar(n as u64, "idle");
@@ -488,7 +531,8 @@ pub async fn idle(
         held_cpu.cpu_ns.saturating_sub(held.cpu_ns) as f64 / hold_secs.max(1) as f64 / 1e6;
     let mib = |b: u64| b as f64 / 1048576.0;
     println!(
-        "idle: {open} connections ({failed} failed, {retries} handshakes retried) over {workers} workers in {:.2}s ({:.0}/s); {still_open} still open after {hold_secs}s, {answered} answered a ping in it ({pings_sent} pings sent, {pong_timeouts} pong timeouts)\n  server RSS {:.1} MiB -> {:.1} MiB at {half_open} -> {:.1} MiB at {open} -> {:.1} MiB after closing\n  user space per connection: {user_marginal:.0} B marginal, {user_avg:.0} B average\n  kernel slab {kernel:.0} B per connection (both ends of loopback)\n  box memory in use {:.1} GiB -> {:.1} GiB; server CPU while idle {idle_cpu:.2} ms/s\n  over the ramp's second half{note}",
+        "idle: {open} connections{} ({failed} failed, {retries} handshakes retried) over {workers} workers in {:.2}s ({:.0}/s); {still_open} still open after {hold_secs}s, {answered} answered a ping in it ({pings_sent} pings sent, {pong_timeouts} pong timeouts)\n  server RSS {:.1} MiB -> {:.1} MiB at {half_open} -> {:.1} MiB at {open} -> {:.1} MiB after closing\n  user space per connection: {user_marginal:.0} B marginal, {user_avg:.0} B average\n  kernel slab {kernel:.0} B per connection (both ends of loopback)\n  box memory in use {:.1} GiB -> {:.1} GiB; server CPU while idle {idle_cpu:.2} ms/s\n  over the ramp's second half{note}",
+        deflate_note(agreed),
         ramp.as_secs_f64(),
         open as f64 / ramp.as_secs_f64(),
         mib(before.rss_bytes),
@@ -508,7 +552,7 @@ pub async fn idle(
         "kernel_slab_bytes_per_conn": kernel, "idle_cpu_ms_per_s": idle_cpu,
         "box_used_before": before.used_bytes, "box_used_held": held.used_bytes,
     });
-    with(figures, cpu)
+    with(with_deflate(figures, agreed), cpu)
 }
 
 /// The server's `/stats`, if it answers: `GET /stats` on the WebSocket port.
@@ -568,10 +612,10 @@ async fn keep_idle(
     let mut attempt = 0;
     let stream = loop {
         let permit = permits.acquire().await.expect("semaphore open");
-        let result = connect(t.server, source(i, t.sources), "/echo").await;
+        let result = handshake(t.server, source(i, t.sources), "/echo", t.deflate).await;
         drop(permit);
         match result {
-            Ok(s) => break s,
+            Ok((s, _)) => break s,
             Err(_) if attempt + 1 < IDLE_ATTEMPTS => {
                 attempt += 1;
                 connecting.retries.set(connecting.retries.get() + 1);
@@ -938,7 +982,10 @@ pub struct Fanout {
     /// Messages per second per room; 0: closed loop with `window` outstanding per room.
     pub rate: f64,
     pub window: usize,
+    /// Bytes per published message, roughly.
     pub size: usize,
+    /// The messages are a realistic JSON feed (see [`Feed`]), not padding.
+    pub json: bool,
     pub secs: u64,
     /// Members per room (the first ones) that never read.
     pub slow_fraction: f64,
@@ -974,12 +1021,24 @@ impl Order {
     }
 }
 
-/// Shared counters of a fan-out run (one thread: plain cells).
-#[derive(Default)]
+/// Shared counters of a fan-out run (one thread: plain cells), and the members' one
+/// inflater (`--deflate`: each message inflates on its own, see [`crate::deflate`]).
 struct Tally {
     delivered: Cell<u64>,
+    /// Bytes the members read from their sockets (see [`Frames::received`]) after their
+    /// `joined`, until stopped: over the same span as `delivered`.
+    wire_bytes: Cell<u64>,
     hist: RefCell<Option<Histogram<u64>>>,
     order: Cell<Order>,
+    inflater: RefCell<Inflater>,
+}
+
+/// What a fan-out's members counted, once stopped.
+struct Counted {
+    delivered: u64,
+    wire_bytes: u64,
+    order: Order,
+    hist: Histogram<u64>,
 }
 
 /// A fan-out's members in one process: the reading ones (tasks counting deliveries into
@@ -1008,8 +1067,10 @@ impl Members {
         let mut m = Members {
             tally: Rc::new(Tally {
                 delivered: Cell::new(0),
+                wire_bytes: Cell::new(0),
                 hist: RefCell::new(Some(histogram())),
                 order: Cell::new(Order::default()),
+                inflater: RefCell::new(Inflater::new()),
             }),
             stop: Rc::new(Cell::new(false)),
             tasks: tokio::task::JoinSet::new(),
@@ -1018,7 +1079,7 @@ impl Members {
         for g in first..first + count {
             let (room, n) = (g / per_room.max(1), g % per_room.max(1));
             let path = format!("/ws?room=fan-{room}");
-            let mut s = connect(t.node(g), source(g, t.sources), &path)
+            let (mut s, _) = handshake(t.node(g), source(g, t.sources), &path, t.deflate)
                 .await
                 .expect("member connects");
             let seq = expect_joined(&mut s).await;
@@ -1035,14 +1096,17 @@ impl Members {
         m
     }
 
-    /// Stops them all: the deliveries counted, what the order check saw and their latency
-    /// histogram.
-    fn stop(mut self) -> (u64, Order, Histogram<u64>) {
+    /// Stops them all: what they counted.
+    fn stop(mut self) -> Counted {
         self.stop.set(true);
         self.tasks.abort_all();
         drop(self.slow);
-        let hist = self.tally.hist.borrow_mut().take().expect("histogram");
-        (self.tally.delivered.get(), self.tally.order.get(), hist)
+        Counted {
+            delivered: self.tally.delivered.get(),
+            wire_bytes: self.tally.wire_bytes.get(),
+            order: self.tally.order.get(),
+            hist: self.tally.hist.borrow_mut().take().expect("histogram"),
+        }
     }
 }
 
@@ -1072,26 +1136,30 @@ impl MemberSide {
         }
     }
 
-    /// Stops every member: the deliveries, the order check's counts and their merged
-    /// latency histogram.
-    async fn stop(self) -> (u64, Order, Histogram<u64>) {
+    /// Stops every member: what they counted, their latency histograms merged.
+    async fn stop(self) -> Counted {
         match self {
             MemberSide::Here(m) => m.stop(),
             MemberSide::Workers(mut ws) => {
                 ws.tell(b"report\n").await;
-                // `done DELIVERED REORDERED SKIPPED <histogram>` from each.
+                // `done DELIVERED REORDERED SKIPPED WIRE_BYTES <histogram>` from each.
                 let done = ws.gather("done", None).await;
                 ws.finish("fanout").await;
                 let mut hist = histogram();
                 for d in &done {
-                    hist_add_encoded(&mut hist, d.split_whitespace().skip(3));
+                    hist_add_encoded(&mut hist, d.split_whitespace().skip(4));
                 }
-                let [n, reordered, skipped] = sums(&done);
+                let [n, reordered, skipped, wire] = sums(&done);
                 let order = Order {
                     reordered: reordered as u64,
                     skipped: skipped as u64,
                 };
-                (n as u64, order, hist)
+                Counted {
+                    delivered: n as u64,
+                    wire_bytes: wire as u64,
+                    order,
+                    hist,
+                }
             }
         }
     }
@@ -1103,8 +1171,11 @@ impl MemberSide {
 /// over them, and the publishers stay here. With `--also` (a cluster) the members are
 /// split over the nodes and the publishers stay on the first: with `--redis-pid` and
 /// `--also-pid` the figures add Redis's CPU per published message and all the nodes'
-/// per delivery.
+/// per delivery. With `--deflate` every connection, publishers included, has agreed to
+/// permessage-deflate and the members inflate what comes compressed; plain or not, the
+/// members sum what they read from their sockets: the bytes on the wire per delivery.
 pub async fn fanout(t: Target, f: Fanout) -> serde_json::Value {
+    let agreed = deflate_agreed(t, "/ws").await;
     let slow_per_room = (f.members as f64 * f.slow_fraction).round() as usize;
     let healthy_per_room = f.members - slow_per_room;
     let pb = bar((f.rooms * (f.members + 1)) as u64, "join");
@@ -1150,7 +1221,7 @@ pub async fn fanout(t: Target, f: Fanout) -> serde_json::Value {
     let mut publishers = Vec::new();
     for room in 0..f.rooms {
         let path = format!("/ws?room=fan-{room}");
-        let mut s = connect(t.server, source(n + room, t.sources), &path)
+        let (mut s, _) = handshake(t.server, source(n + room, t.sources), &path, t.deflate)
             .await
             .expect("publisher connects");
         expect_joined(&mut s).await;
@@ -1178,9 +1249,15 @@ pub async fn fanout(t: Target, f: Fanout) -> serde_json::Value {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let after = probe(t, &pids);
-    let (delivered, order, hist) = side.stop().await;
+    let Counted {
+        delivered,
+        wire_bytes,
+        order,
+        hist,
+    } = side.stop().await;
     let (p50, p99, p999) = quantiles_us(&hist);
     let rate = delivered as f64 / elapsed;
+    let wire_per_delivery = wire_bytes as f64 / delivered.max(1) as f64;
     let completeness = delivered as f64 / expected.max(1) as f64;
     let ns_per_delivery =
         after.cpu_ns.saturating_sub(before.cpu_ns) as f64 / delivered.max(1) as f64;
@@ -1211,17 +1288,19 @@ pub async fn fanout(t: Target, f: Fanout) -> serde_json::Value {
         delivered,
         f.check_order.then_some(order),
     );
+    let body = if f.json { " of JSON feed" } else { "" };
     println!(
-        "fanout: {} rooms x {} members ({slow_per_room} never reading per room{over}), {mode}, {} B: {rate:.0} deliveries/s, publish->delivery p50 {:.2} ms p99 {:.2} ms p999 {:.2} ms, complete {:.4}, server {ns_per_delivery:.0} ns CPU/delivery{cluster_note}{note}",
-        f.rooms, f.members, f.size, p50 / 1000.0, p99 / 1000.0, p999 / 1000.0, completeness
+        "fanout: {} rooms x {} members ({slow_per_room} never reading per room{over}), {mode}, {} B{body}{}: {rate:.0} deliveries/s, {wire_per_delivery:.0} B on the wire/delivery, publish->delivery p50 {:.2} ms p99 {:.2} ms p999 {:.2} ms, complete {:.4}, server {ns_per_delivery:.0} ns CPU/delivery{cluster_note}{note}",
+        f.rooms, f.members, f.size, deflate_note(agreed), p50 / 1000.0, p99 / 1000.0, p999 / 1000.0, completeness
     );
     let figures = json!({
         "secs": elapsed, "published": published, "delivered": delivered, "expected": expected,
         "completeness": completeness, "deliveries_per_sec": rate, "latency_p50_us": p50,
         "latency_p99_us": p99, "latency_p999_us": p999, "latency_cdf_us": cdf_us(&hist),
         "server_cpu_ns_per_delivery": ns_per_delivery, "slow_members_per_room": slow_per_room,
+        "wire_bytes": wire_bytes, "wire_bytes_per_delivery": wire_per_delivery,
     });
-    with(with(figures, cluster), cpu)
+    with(with(with_deflate(figures, agreed), cluster), cpu)
 }
 
 /// A fan-out's cluster figures over the window `a`..`b`, each only when it was asked for
@@ -1280,7 +1359,8 @@ fn cluster_fields(
 
 /// One fan-out worker (see [`fanout`]): joins its members (`progress K` on the way,
 /// `ready JOINED` at the end), answers `count` with `delivered N`; on `report`, stops them
-/// and reports `done DELIVERED REORDERED SKIPPED <histogram>`; ends when stdin closes.
+/// and reports `done DELIVERED REORDERED SKIPPED WIRE_BYTES <histogram>`; ends when stdin
+/// closes.
 pub async fn fanout_worker(
     t: Target,
     first: usize,
@@ -1317,12 +1397,14 @@ pub async fn fanout_worker(
             None => return,
         }
     }
-    let (delivered, order, hist) = members.stop();
+    let c = members.stop();
     println!(
-        "done {delivered} {} {} {}",
-        order.reordered,
-        order.skipped,
-        hist_encode(&hist)
+        "done {} {} {} {} {}",
+        c.delivered,
+        c.order.reordered,
+        c.order.skipped,
+        c.wire_bytes,
+        hist_encode(&c.hist)
     );
     orders.wait_end().await;
 }
@@ -1346,20 +1428,36 @@ async fn expect_joined(s: &mut TcpStream) -> u64 {
     }
 }
 
-/// A member: counts deliveries and their latency, answers pings. With `order` (the seq
-/// its `joined` gave) it also checks that each message's seq is the next one.
+/// A member: counts deliveries, their latency and the bytes it read, inflates the
+/// compressed ones, answers pings. With `order` (the seq its `joined` gave) it also checks
+/// that each message's seq is the next one. A message that does not inflate ends it (said
+/// on stderr; the run's completeness shows it).
 async fn member(mut s: TcpStream, tally: Rc<Tally>, stop: Rc<Cell<bool>>, order: Option<u64>) {
     let mut frames = Frames::new(64 * 1024);
     let mut last = order;
+    let mut counted = 0;
     while !stop.get() && frames.fill(&mut s).await {
         let now = mono_ns();
+        let received = frames.received();
+        tally
+            .wire_bytes
+            .set(tally.wire_bytes.get() + received - counted);
+        counted = received;
         let mut n = 0;
         let mut hist = tally.hist.borrow_mut();
         let Some(hist) = hist.as_mut() else { return };
+        let mut inflater = tally.inflater.borrow_mut();
         while let Some(f) = frames.next() {
             match f.opcode {
                 0x1 => {
-                    let text = frames.bytes(f.payload);
+                    let text = match frames.message(&f, &mut inflater) {
+                        Ok(text) => text,
+                        Err(e) => {
+                            eprintln!("fanout member: {e}");
+                            tally.delivered.set(tally.delivered.get() + n);
+                            return;
+                        }
+                    };
                     if let Some(sent) = data_stamp(text) {
                         let _ = hist.record(now.saturating_sub(sent).max(1));
                         n += 1;
@@ -1383,38 +1481,97 @@ async fn member(mut s: TcpStream, tally: Rc<Tally>, stop: Rc<Cell<bool>>, order:
     }
 }
 
+/// What a fan-out publisher sends to its room: `pub` ops whose `data` starts with the
+/// send time (CLOCK_MONOTONIC), 20 digits in a string (JSON numbers cannot carry leading
+/// zeros). Uncompressed even with `--deflate`: RFC 7692 lets a sender send any message
+/// plain, and what is measured is the server's fan-out.
+enum Payload {
+    /// `data` padded to the size with one repeated byte: one frame built once; each
+    /// publish copies it and writes the send time in place.
+    Padded { template: Vec<u8>, stamp_at: usize },
+    /// `--json`: `data` is the send time and a [`Feed`] body of fresh numbers filling the
+    /// size, formatted into `body` and framed per publish (a microsecond or two): no
+    /// allocation once the buffers have room.
+    Feed {
+        feed: Feed,
+        size: usize,
+        /// The op up to the send time: `{"op":"pub","room":…,"data":["`.
+        head: Vec<u8>,
+        body: Vec<u8>,
+    },
+}
+
+impl Payload {
+    fn new(room: usize, f: Fanout) -> Payload {
+        if f.json {
+            let head = format!(r#"{{"op":"pub","room":"fan-{room}","data":[""#).into_bytes();
+            return Payload::Feed {
+                feed: Feed::new(room as u64),
+                size: f.size,
+                body: Vec::with_capacity(f.size + 64),
+                head,
+            };
+        }
+        let pad = "x".repeat(f.size.saturating_sub(40));
+        let template = client::text(
+            format!(
+                r#"{{"op":"pub","room":"fan-{room}","data":["{:020}","{pad}"]}}"#,
+                0
+            )
+            .as_bytes(),
+        );
+        let stamp_at = template
+            .windows(20)
+            .position(|w| w == [b'0'; 20])
+            .expect("stamp field");
+        Payload::Padded { template, stamp_at }
+    }
+
+    /// Appends the frame of a message sent at `now` to `out`.
+    fn push(&mut self, now: u64, out: &mut Vec<u8>) {
+        match self {
+            Payload::Padded { template, stamp_at } => {
+                let at = out.len() + *stamp_at;
+                out.extend_from_slice(template);
+                out[at..at + 20].copy_from_slice(&itoa_20(now));
+            }
+            Payload::Feed {
+                feed,
+                size,
+                head,
+                body,
+            } => {
+                let unix_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                body.clear();
+                body.extend_from_slice(head);
+                body.extend_from_slice(&itoa_20(now));
+                body.extend_from_slice(b"\",");
+                feed.write(size.saturating_sub(body.len() + 2), unix_ms, body);
+                body.extend_from_slice(b"]}");
+                client::push_text(body, out);
+            }
+        }
+    }
+}
+
 /// Publishes to room `room` until `deadline`: at a fixed rate, or keeping at most
-/// `window` of its own messages in flight (it is a member and sees them come back).
+/// `window` of its own messages in flight (it is a member and sees them come back,
+/// compressed with `--deflate`: it inflates them to find its stamps).
 async fn publisher(mut s: TcpStream, room: usize, f: Fanout, deadline: Instant) -> u64 {
-    // One frame built once; each publish copies it and writes the send time, 20 digits in
-    // a string (JSON numbers cannot carry leading zeros), in place: no allocation.
-    let pad = "x".repeat(f.size.saturating_sub(40));
-    let template = client::text(
-        format!(
-            r#"{{"op":"pub","room":"fan-{room}","data":["{:020}","{pad}"]}}"#,
-            0
-        )
-        .as_bytes(),
-    );
-    let stamp_at = template
-        .windows(20)
-        .position(|w| w == [b'0'; 20])
-        .expect("stamp field");
-    let mut scratch = Vec::with_capacity(template.len() * f.window.max(1));
-    let frame = |now: u64, out: &mut Vec<u8>| {
-        let at = out.len();
-        out.extend_from_slice(&template);
-        out[at + stamp_at..at + stamp_at + 20].copy_from_slice(&itoa_20(now));
-    };
+    let mut payload = Payload::new(room, f);
+    let mut scratch = Vec::with_capacity((f.size + 64) * f.window.max(1));
     let mut published = 0u64;
     let mut frames = Frames::new(64 * 1024);
+    let mut inflater = Inflater::new();
     if f.rate > 0.0 {
         let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f.rate));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         while Instant::now() < deadline {
             tick.tick().await;
             scratch.clear();
-            frame(mono_ns(), &mut scratch);
+            payload.push(mono_ns(), &mut scratch);
             if s.write_all(&scratch).await.is_err() {
                 break;
             }
@@ -1432,7 +1589,7 @@ async fn publisher(mut s: TcpStream, room: usize, f: Fanout, deadline: Instant) 
     loop {
         scratch.clear();
         while outstanding < f.window && Instant::now() < deadline {
-            frame(mono_ns(), &mut scratch);
+            payload.push(mono_ns(), &mut scratch);
             outstanding += 1;
             published += 1;
         }
@@ -1444,7 +1601,14 @@ async fn publisher(mut s: TcpStream, room: usize, f: Fanout, deadline: Instant) 
         }
         while let Some(fr) = frames.next() {
             match fr.opcode {
-                0x1 if data_stamp(frames.bytes(fr.payload.clone())).is_some() => outstanding -= 1,
+                0x1 => match frames.message(&fr, &mut inflater) {
+                    Ok(text) if data_stamp(text).is_some() => outstanding -= 1,
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("fanout publisher: {e}");
+                        return published;
+                    }
+                },
                 0x9 => {
                     let pong = client::pong(frames.bytes(fr.payload));
                     let _ = s.write_all(&pong).await;
@@ -1638,6 +1802,7 @@ pub async fn calibrate(
             rate: 0.0,
             window: 8,
             size: 64,
+            json: false,
             secs: 5,
             slow_fraction: 0.0,
             check_order: false,
@@ -1694,6 +1859,7 @@ mod tests {
             also: [None; MAX_ALSO],
             also_pids: [None; MAX_ALSO],
             redis_pid: None,
+            deflate: false,
         };
         for (slot, a) in t.also.iter_mut().zip(also) {
             *slot = Some(a.parse().unwrap());
