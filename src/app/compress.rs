@@ -25,6 +25,8 @@ pub struct Codec {
     /// A delivery's JSON before compression, and an inflated message: reused.
     json: Vec<u8>,
     inflated: Vec<u8>,
+    /// Messages compressed since the shard last took the count (its `deflate_out`).
+    pub compressed: u64,
 }
 
 impl Codec {
@@ -36,6 +38,7 @@ impl Codec {
             min_size,
             json: Vec::new(),
             inflated: Vec::new(),
+            compressed: 0,
         }
     }
 
@@ -57,7 +60,8 @@ impl Codec {
             return crate::protocol::encode::write_frame(OpCode::Text, json, out);
         }
         let narrow = encoding == ENC_DEFLATE_NARROW;
-        self.shared.write_frame(OpCode::Text, json, narrow, out);
+        let compressed = self.shared.write_frame(OpCode::Text, json, narrow, out);
+        self.compressed += u64::from(compressed);
     }
 
     /// One message for one connection that agreed to deflate (an echo): compressed when it
@@ -67,8 +71,10 @@ impl Codec {
             return SharedFrame::new(kind.opcode(), payload);
         }
         let mut out = Vec::with_capacity(payload.len() / 2 + 16);
-        self.direct
+        let compressed = self
+            .direct
             .write_frame(kind.opcode(), payload, narrow, &mut out);
+        self.compressed += u64::from(compressed);
         SharedFrame::from_encoded(out.into())
     }
 

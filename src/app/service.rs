@@ -120,6 +120,9 @@ impl Service for App {
     fn end_turn(&mut self, cx: &mut Cx<App>) {
         self.clock(cx.now_ms);
         self.seal(cx);
+        if let Some(codec) = self.codec.as_deref_mut() {
+            cx.stats.deflate_out += std::mem::take(&mut codec.compressed);
+        }
         if self.cfg.backplane {
             for (room, p, joined) in self.owner.ready() {
                 let (slot, gen) = (p.slot, p.gen);

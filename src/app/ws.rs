@@ -216,9 +216,10 @@ impl App {
             tokens: self.cfg.burst.saturating_mul(1000),
             stamp: now,
             last_msg: now,
-            deflate: agreed.map(|(a, _)| a),
+            deflate: agreed.as_ref().map(|(a, _)| *a),
         });
         link.stats.upgraded += 1;
+        link.stats.deflate_agreed += u64::from(agreed.is_some());
         link.start_heartbeat();
         if !link.app().has(flag::AUTH_PENDING) {
             link.establish();
@@ -318,6 +319,7 @@ impl App {
                 let Some(codec) = self.codec.as_deref_mut() else {
                     return;
                 };
+                link.stats.deflate_in += 1;
                 match codec.inflate(kind, &payload, self.cfg.limits.max_message) {
                     Ok(inflated) => {
                         self.on_message(link, kind, &inflated);

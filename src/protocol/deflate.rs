@@ -118,8 +118,15 @@ impl Deflater {
 
     /// Appends `payload` to `out` as one final frame for a client that agreed to deflate:
     /// compressed (RSV1 set), or as it is when compressing would not make it smaller.
-    /// Cost: one deflate pass over `payload` and a reset of the compressor.
-    pub fn write_frame(&mut self, opcode: OpCode, payload: &[u8], narrow: bool, out: &mut Vec<u8>) {
+    /// Returns whether it was compressed. Cost: one deflate pass over `payload` and a reset
+    /// of the compressor.
+    pub fn write_frame(
+        &mut self,
+        opcode: OpCode,
+        payload: &[u8],
+        narrow: bool,
+        out: &mut Vec<u8>,
+    ) -> bool {
         let level = self.level;
         let c = match narrow {
             false => self.wide.get_or_insert_with(|| Compress::new(level, false)),
@@ -138,7 +145,8 @@ impl Deflater {
             if c.compress_vec(&payload[at..], buf, FlushCompress::Sync)
                 .is_err()
             {
-                return write_plain(opcode, payload, out);
+                write_plain(opcode, payload, out);
+                return false;
             }
             at += (c.total_in() - before) as usize;
             if at == payload.len() && buf.len() < buf.capacity() {
@@ -149,7 +157,8 @@ impl Deflater {
         }
         let body = buf.strip_suffix(&TRAILER).unwrap_or(buf);
         if body.len() >= payload.len() {
-            return write_plain(opcode, payload, out);
+            write_plain(opcode, payload, out);
+            return false;
         }
         let mut header = FrameHeader::server(opcode, body.len());
         header.rsv = 0b100;
@@ -162,6 +171,7 @@ impl Deflater {
             // One large message is over; don't keep its buffer.
             *buf = Vec::new();
         }
+        true
     }
 }
 
