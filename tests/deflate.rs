@@ -400,4 +400,58 @@ both_backends! {
             assert_eq!(last, N, "{policy} keeps the newest");
         }
     }
+
+    async fn python_node_and_chromium_agree_to_deflate_on_echo_and_a_room(backend: &str) {
+        let server = Server::start(backend, &["--deflate", "--shards", "2"]);
+        let base = server.url("");
+        let base = std::ffi::OsStr::new(base.trim_end_matches('/'));
+        let python = std::env::var_os("ROOMCAST_PYTHON").map_or_else(
+            || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-py3/bin/python"),
+            Into::into,
+        );
+        assert!(python.exists(), "{} is missing: run scripts/test.sh", python.display());
+        let dir = common::clients_dir();
+        let mut reports = vec![(
+            "python",
+            run_client(&python, &[dir.join("deflate.py").as_os_str(), base, "py".as_ref()]),
+        )];
+        let chromium = common::chromium();
+        let both = run_client(
+            "node".as_ref(),
+            &[dir.join("deflate.mjs").as_os_str(), base, "js".as_ref(), chromium.as_os_str()],
+        );
+        reports.push(("node", both["node"].clone()));
+        reports.push(("chromium", both["chromium"].clone()));
+        for (name, r) in &reports {
+            for part in ["echo", "room"] {
+                let ext = r[part]["ext"].as_str().unwrap_or_default();
+                assert!(ext.starts_with("permessage-deflate"), "{name} {part}: {r}");
+                assert_eq!(r[part]["same"], true, "{name} {part}: {r}");
+            }
+        }
+        // The clients' messages came compressed (each client compresses its ~3 KB echo at
+        // least) and the server compressed the echoes and the rooms' deliveries.
+        let s = stats(&server);
+        assert_eq!(shard_sum(&s, "deflate_agreed"), 9, "{s}");
+        assert!(shard_sum(&s, "deflate_in") >= 3, "{s}");
+        assert!(shard_sum(&s, "deflate_out") >= 6, "3 echoes and 3 deliveries: {s}");
+        assert_eq!(shard_sum(&s, "protocol_errors"), 0, "{s}");
+    }
+}
+
+/// Runs a client script against `server` and returns its JSON line.
+fn run_client(program: &std::path::Path, args: &[&std::ffi::OsStr]) -> Value {
+    let out = std::process::Command::new("timeout")
+        .arg("120")
+        .arg(program)
+        .args(args)
+        .output()
+        .expect("client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
 }
