@@ -66,6 +66,10 @@ struct PlanArgs {
     /// publishes need.
     #[arg(long, default_value_t = 1)]
     nodes: u64,
+    /// The server runs with --deflate: the shards' compressors, the CPU to compress each
+    /// message once, and egress at the ratio measured on JSON.
+    #[arg(long)]
+    deflate: bool,
     /// Figures written by `roomcast-bench calibrate` [default: built-in figures for a
     /// 2-vCPU Linux 6.18 machine].
     #[arg(long)]
@@ -206,6 +210,7 @@ fn plan(a: &PlanArgs) -> std::process::ExitCode {
         ping_interval_secs: a.ping_interval,
         shards: a.shards,
         nodes: a.nodes.max(1),
+        deflate: a.deflate,
     };
     let p = plan::plan(&workload, &machine, &figures);
     let (text, fits) = plan::render(&workload, &machine, &figures, &p);

@@ -501,6 +501,7 @@ fn capacity_of(cfg: &ServeConfig) -> Result<Capacity, String> {
         uring,
         nofile: sys::nofile_limit().1,
         margin_percent: cfg.capacity_margin,
+        deflate: cfg.deflate,
     };
     Ok(Capacity::new(&figures, budget, &shape))
 }

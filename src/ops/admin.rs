@@ -41,6 +41,7 @@ impl Info {
                     uring: false,
                     nofile: 0,
                     margin_percent: 0,
+                    deflate: false,
                 },
             ),
             backplane: None,

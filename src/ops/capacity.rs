@@ -48,12 +48,19 @@ pub struct Shape {
     pub nofile: u64,
     /// `--capacity-margin`, percent.
     pub margin_percent: u64,
+    /// `--deflate`: each shard holds its compressors and inflater.
+    pub deflate: bool,
 }
 
 impl Capacity {
     pub fn new(f: &Figures, (budget, source): (u64, &'static str), s: &Shape) -> Capacity {
+        let deflate = if s.deflate {
+            super::plan::DEFLATE_SHARD_BYTES
+        } else {
+            0.0
+        };
         let fixed = f.process_base_bytes
-            + s.shards as f64 * (f.shard_base_bytes + s.recv_pool_bytes as f64);
+            + s.shards as f64 * (f.shard_base_bytes + s.recv_pool_bytes as f64 + deflate);
         let per = f.user_bytes_per_conn + f.kernel_bytes_per_socket;
         let by_memory = ((budget as f64 - fixed).max(0.0) / per) as u64;
         let fds = s.nofile.saturating_sub(RESERVED_FDS);
@@ -137,6 +144,7 @@ mod tests {
             uring,
             nofile: 20_000,
             margin_percent: 10,
+            deflate: false,
         }
     }
 
