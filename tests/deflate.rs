@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{client_frame, connect, Server};
+use common::{client_frame, connect, shard_sum, Server};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 use futures_util::SinkExt;
 use serde_json::{json, Value};
@@ -163,20 +163,6 @@ fn feed(n: usize) -> Value {
     json!({ "items": items })
 }
 
-fn stats(server: &Server) -> Value {
-    let (_, body) = common::http_get(server.addr, "/stats");
-    serde_json::from_str(&body).unwrap()
-}
-
-fn shard_sum(s: &Value, field: &str) -> u64 {
-    s["shards"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|sh| sh[field].as_u64().unwrap())
-        .sum()
-}
-
 async fn tung_json(ws: &mut common::Ws) -> Value {
     common::recv_json(ws, WAIT).await
 }
@@ -250,10 +236,31 @@ both_backends! {
 
         // Counted: compressed once per encoding in use per message (2 messages × the
         // default and the narrow window) plus the echo, not once per member.
-        let s = stats(&server);
+        let s = server.stats();
         assert_eq!(shard_sum(&s, "deflate_agreed"), 4, "{s}");
         assert_eq!(shard_sum(&s, "deflate_in"), 3, "{s}");
         assert_eq!(shard_sum(&s, "deflate_out"), 5, "{s}");
+
+        // Once the deflate members are gone (a leave op, a close, a dropped socket) the
+        // room's batches are not compressed any more: the owner's counts per encoding
+        // follow them.
+        a.send(0x81, json!({"op":"leave","room":"r"}).to_string().as_bytes()).await;
+        assert_eq!(a.json().await["op"], "left");
+        b.send(0x88, &[0x03, 0xe8]).await;
+        assert_eq!(b.close_code().await, 1000);
+        drop(n);
+        let members = |s: &Value| s["members"].as_u64();
+        for _ in 0..100 {
+            if members(&server.stats()) == Some(1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        p.send(Message::Text(json!({"op":"pub","room":"r","data":feed(5)}).to_string())).await.unwrap();
+        assert_eq!(tung_json(&mut p).await["data"], feed(5));
+        let s = server.stats();
+        assert_eq!(members(&s), Some(1), "{s}");
+        assert_eq!(shard_sum(&s, "deflate_out"), 5, "nothing compressed for nobody: {s}");
     }
 
     async fn bad_compressed_input_gets_its_close_and_nobody_else_notices(backend: &str) {
@@ -371,7 +378,7 @@ both_backends! {
             }
             publisher.flush().await.unwrap();
             reader.await.unwrap();
-            let s = stats(&server);
+            let s = server.stats();
             assert!(shard_sum(&s, "gap_notices") > 0, "{policy}: nothing was dropped: {s}");
             // Every seq arrives or is in exactly one notice; the last one arrives.
             let (mut seen, mut last, mut gaps, mut compressed) = (vec![0u8; N as usize + 1], 0, 0, 0);
@@ -431,7 +438,7 @@ both_backends! {
         }
         // The clients' messages came compressed (each client compresses its ~3 KB echo at
         // least) and the server compressed the echoes and the rooms' deliveries.
-        let s = stats(&server);
+        let s = server.stats();
         assert_eq!(shard_sum(&s, "deflate_agreed"), 9, "{s}");
         assert!(shard_sum(&s, "deflate_in") >= 3, "{s}");
         assert!(shard_sum(&s, "deflate_out") >= 6, "3 echoes and 3 deliveries: {s}");

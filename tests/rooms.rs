@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{connect, send_json as send, Server};
+use common::{connect, send_json as send, shard_sum, Server};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
@@ -52,16 +52,6 @@ fn stats(server: &Server) -> Value {
     let text = String::from_utf8(resp).unwrap();
     let body = text.split("\r\n\r\n").nth(1).unwrap();
     serde_json::from_str(body).unwrap()
-}
-
-/// `field` summed over every shard in a `/stats` answer.
-fn shard_sum(s: &Value, field: &str) -> u64 {
-    s["shards"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|sh| sh[field].as_u64().unwrap())
-        .sum()
 }
 
 /// Polls `/stats` until `ok` holds or the deadline passes.

@@ -158,6 +158,7 @@ impl Auth {
             }
         }
         req.protocols
+            .as_deref()
             .into_iter()
             .flat_map(crate::protocol::handshake::tokens)
             .find_map(|p| p.strip_prefix(SUBPROTOCOL_PREFIX))

@@ -12,7 +12,7 @@ use super::wire;
 /// sent to every member, so ratio is worth the time (level 6: 3.2× on 1 KB JSON in
 /// ~9 µs here, against 2.4× in ~3 µs at level 1).
 const SHARED_LEVEL: u32 = 6;
-/// Compression level of a frame for one connection (an echo): paid per message.
+/// Compression level of a frame for one connection (an echo, a replay): paid per message.
 const DIRECT_LEVEL: u32 = 1;
 
 /// A shard's permessage-deflate state.
@@ -42,17 +42,23 @@ impl Codec {
         }
     }
 
+    /// Whether a `msg` op is large enough to be compressed (`--deflate-min-size`).
+    pub fn compresses(&self, room: &str, seq: u64, data: &str) -> bool {
+        wire::msg_json_len(room, seq, data) >= self.min_size
+    }
+
     /// Appends one `msg` frame for members with a deflate `encoding`: compressed when it
-    /// is at least `--deflate-min-size`. Cost: one deflate pass over the message, paid once
-    /// per batch for all the members that share it.
+    /// is at least `--deflate-min-size`. `shared`: a room's batch, sent to every member
+    /// (compressed at level 6, paid once for all of them); else one member's replay (level
+    /// 1). Cost: one deflate pass over the message.
     pub fn write_msg(
         &mut self,
-        room: &str,
-        seq: u64,
-        data: &str,
+        msg: (&str, u64, &str),
         encoding: usize,
+        shared: bool,
         out: &mut Vec<u8>,
     ) {
+        let (room, seq, data) = msg;
         let json = &mut self.json;
         json.clear();
         wire::write_msg_json(room, seq, data, json);
@@ -60,7 +66,12 @@ impl Codec {
             return crate::protocol::encode::write_frame(OpCode::Text, json, out);
         }
         let narrow = encoding == ENC_DEFLATE_NARROW;
-        let compressed = self.shared.write_frame(OpCode::Text, json, narrow, out);
+        let deflater = if shared {
+            &mut self.shared
+        } else {
+            &mut self.direct
+        };
+        let compressed = deflater.write_frame(OpCode::Text, json, narrow, out);
         self.compressed += u64::from(compressed);
     }
 
@@ -87,15 +98,21 @@ impl Codec {
         cap: usize,
     ) -> Result<Vec<u8>, Refused> {
         let mut out = std::mem::take(&mut self.inflated);
-        match self.inflater.inflate(payload, cap, &mut out) {
-            Err(InflateError::TooBig) => return Err(Refused::TooBig),
-            Err(InflateError::Corrupt) => return Err(Refused::Corrupt),
-            Ok(()) => {}
+        let refused = match self.inflater.inflate(payload, cap, &mut out) {
+            Err(InflateError::TooBig) => Some(Refused::TooBig),
+            Err(InflateError::Corrupt) => Some(Refused::Corrupt),
+            Ok(()) if kind == MessageKind::Text && std::str::from_utf8(&out).is_err() => {
+                Some(Refused::Utf8)
+            }
+            Ok(()) => None,
+        };
+        match refused {
+            Some(r) => {
+                self.give_back(out);
+                Err(r)
+            }
+            None => Ok(out),
         }
-        if kind == MessageKind::Text && std::str::from_utf8(&out).is_err() {
-            return Err(Refused::Utf8);
-        }
-        Ok(out)
     }
 
     /// Takes back the buffer [`Codec::inflate`] lent, unless a large message made it large.

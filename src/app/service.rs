@@ -384,13 +384,32 @@ impl App {
                 return;
             }
             let mut frames: [Option<SharedFrame>; ENCODINGS] = Default::default();
-            for (encoding, frame) in frames.iter_mut().enumerate() {
+            // A batch with nothing large enough to compress is the same bytes for members
+            // that agreed to deflate as for the others: one frame for all of them.
+            let deflating = s.encodings[ENC_DEFLATE] + s.encodings[ENC_DEFLATE_NARROW] > 0;
+            let plain_only = deflating
+                && codec.as_deref().is_some_and(|c| {
+                    !s.batch
+                        .clone()
+                        .any(|(seq, d)| c.compresses(s.room, *seq, d))
+                });
+            for encoding in 0..ENCODINGS {
                 if s.encodings[encoding] == 0 {
                     continue;
                 }
+                let like = match encoding {
+                    ENC_DEFLATE | ENC_DEFLATE_NARROW if plain_only => ENC_WS,
+                    _ => encoding,
+                };
+                if let Some(same) = frames[like].clone() {
+                    frames[encoding] = Some(same);
+                    continue;
+                }
                 buf.clear();
-                encode(s.room, s.epoch, s.batch.clone(), encoding, buf, codec);
-                *frame = Some(SharedFrame::from_encoded(Arc::from(&buf[..])));
+                encode(s.room, s.epoch, s.batch.clone(), like, buf, codec, true);
+                let frame = SharedFrame::from_encoded(Arc::from(&buf[..]));
+                frames[like] = Some(frame.clone());
+                frames[encoding] = Some(frame);
             }
             let frames = Arc::new(frames);
             for (shard, &n) in s.members.iter().enumerate() {
@@ -705,13 +724,15 @@ impl App {
             return;
         };
         let mut buf = Vec::new();
+        let codec = &mut self.codec;
         encode(
             room,
             j.epoch,
             j.replay.iter(),
             encoding,
             &mut buf,
-            &mut self.codec,
+            codec,
+            false,
         );
         let frame = SharedFrame::from_encoded(Arc::from(buf));
         let span = (first, last);
@@ -779,7 +800,8 @@ fn advance_stream(
 }
 
 /// Encodes a batch of `room` for members with `encoding` (the deflate encodings need the
-/// shard's `codec`, there whenever a member could have agreed to deflate).
+/// shard's `codec`, there whenever a member could have agreed to deflate). `shared`: for
+/// every member (a turn's batch), else for one (a replay).
 fn encode<'a>(
     room: &str,
     epoch: u32,
@@ -787,11 +809,12 @@ fn encode<'a>(
     encoding: usize,
     out: &mut Vec<u8>,
     codec: &mut Option<Box<Codec>>,
+    shared: bool,
 ) {
     for (seq, data) in batch {
         match (encoding, codec.as_deref_mut()) {
             (ENC_DEFLATE | ENC_DEFLATE_NARROW, Some(codec)) => {
-                codec.write_msg(room, *seq, data, encoding, out)
+                codec.write_msg((room, *seq, data), encoding, shared, out)
             }
             (ENC_ONE | ENC_MANY, _) => {
                 sse::write_msg(room, epoch, *seq, data, encoding == ENC_ONE, out)

@@ -197,6 +197,15 @@ pub fn write_msg(room: &str, seq: u64, data: &str, out: &mut Vec<u8>) {
     }
 }
 
+/// The length of one `msg` op's JSON.
+pub fn msg_json_len(room: &str, seq: u64, data: &str) -> usize {
+    let mut seq_buf = itoa::Buffer::new();
+    msg_parts(room, seq_buf.format(seq), data)
+        .iter()
+        .map(|p| p.len())
+        .sum()
+}
+
 /// Appends one `msg` op's JSON (no frame header) to `out`: what a deflate encoding
 /// compresses.
 pub fn write_msg_json(room: &str, seq: u64, data: &str, out: &mut Vec<u8>) {
@@ -346,7 +355,8 @@ fn frame_span((compressed, payload): (bool, &[u8])) -> Option<(Cow<'_, str>, u64
         let (room, from, to) = payload_span(payload)?;
         return Some((Cow::Borrowed(room), from, to));
     }
-    // The envelope: `{"op":"msg","room":` (19), the name (≤ 128), the seq.
+    // The envelope: `{"op":"msg","room":"` (20), the name (≤ 128), `","seq":` (8), the
+    // seq (≤ 20 digits): 176 at most.
     let mut head = [0u8; 192];
     let n = crate::protocol::deflate::inflate_head(payload, &mut head);
     let (room, from, to) = payload_span(&head[..n])?;
@@ -671,5 +681,18 @@ mod tests {
         }
         assert_eq!(deflated[0], 0xC1, "compressed");
         assert_eq!(span(&deflated), r1(5, 7));
+        // The longest envelope: a 128-byte name and a 20-digit seq.
+        let (room, seq) = ("r".repeat(MAX_ROOM_NAME), u64::MAX);
+        json.clear();
+        write_msg_json(&room, seq, &"[7,7,7,7,7,7,7,7,7,7,7]".repeat(20), &mut json);
+        let mut one = Vec::new();
+        d.write_frame(OpCode::Text, &json, false, &mut one);
+        assert_eq!(one[0], 0xC1);
+        assert_eq!(span(&one), Some((room, seq, seq)));
+        assert_eq!(msg_json_len("r/1", 5, "[1]"), {
+            let mut j = Vec::new();
+            write_msg_json("r/1", 5, "[1]", &mut j);
+            j.len()
+        });
     }
 }

@@ -100,6 +100,7 @@ impl App {
                 // selected.
                 let offers = |name: &str| {
                     req.protocols
+                        .as_deref()
                         .into_iter()
                         .flat_map(handshake::tokens)
                         .any(|p| p == name)
@@ -196,7 +197,7 @@ impl App {
 
     /// Accepts the upgrade: queues the 101 and starts speaking `route`.
     fn upgrade(&mut self, link: L, req: &Request<'_>, route: Route, protocol: Option<&str>) {
-        let agreed = match (&self.codec, req.extensions) {
+        let agreed = match (&self.codec, req.extensions.as_deref()) {
             (Some(_), Some(offers)) => deflate::negotiate(offers),
             _ => None,
         };

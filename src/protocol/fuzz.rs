@@ -14,7 +14,10 @@ pub fn handshake(data: &[u8]) {
             Ok(Some((Parsed::Upgrade(req), n))) => {
                 assert!(n <= data.len() && n <= cap);
                 assert!(req.accept.is_some());
-                let protocol = req.protocols.and_then(|p| handshake::tokens(p).next());
+                let protocol = req
+                    .protocols
+                    .as_deref()
+                    .and_then(|p| handshake::tokens(p).next());
                 handshake::accept_response(&req, protocol, None, &mut out);
             }
             Ok(Some((Parsed::Plain(_), n))) => assert!(n <= data.len()),

@@ -2,6 +2,8 @@
 //! validate it, and build the response. Policy (routes, origin, auth, limits) belongs to
 //! the caller: this module hands it what the request carried and formats its decision.
 
+use std::borrow::Cow;
+
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
@@ -28,10 +30,11 @@ pub struct Request<'a> {
     pub origin: Option<&'a str>,
     pub cookie: Option<&'a str>,
     pub authorization: Option<&'a str>,
-    /// `Sec-WebSocket-Protocol` as sent: a comma-separated list; see [`tokens`].
-    pub protocols: Option<&'a str>,
-    /// `Sec-WebSocket-Extensions` as sent: a comma-separated list; see [`tokens`].
-    pub extensions: Option<&'a str>,
+    /// `Sec-WebSocket-Protocol` as sent: a comma-separated list; see [`tokens`]. Repeated
+    /// fields are joined into one list (RFC 6455 §9.1, §11.3.4), so only then is it owned.
+    pub protocols: Option<Cow<'a, str>>,
+    /// `Sec-WebSocket-Extensions` as sent, repeated fields joined likewise.
+    pub extensions: Option<Cow<'a, str>>,
     /// `Last-Event-ID`: where a reconnecting event stream left off.
     pub last_event_id: Option<&'a str>,
     /// The `Sec-WebSocket-Accept` value for this request's key (upgrades only).
@@ -135,8 +138,9 @@ fn validate<'a>(req: &httparse::Request<'_, 'a>) -> Result<Parsed<'a>, Handshake
         None => (target, None),
     };
     // One pass over the fields, matched without allocating. Repeated fields form one
-    // comma-separated list (RFC 9110 §5.3); the first occurrence is kept, which is what
-    // matters for every field read here.
+    // comma-separated list (RFC 9110 §5.3): for the two list-valued WebSocket fields the
+    // occurrences are joined (a browser may send its extension offers in several); for the
+    // others the first occurrence is kept, which is what matters for them.
     const NAMES: [&str; 13] = [
         "host",
         "origin",
@@ -153,14 +157,30 @@ fn validate<'a>(req: &httparse::Request<'_, 'a>) -> Result<Parsed<'a>, Handshake
         "transfer-encoding",
     ];
     let mut fields: [Option<&'a str>; 13] = [None; 13];
+    // Fields 4 and 5 (protocols, extensions) when repeated.
+    let mut lists: [Option<String>; 2] = [None, None];
     for h in req.headers.iter() {
         let Some(i) = NAMES.iter().position(|n| n.eq_ignore_ascii_case(h.name)) else {
             continue;
         };
-        if let Ok(value) = std::str::from_utf8(h.value) {
-            fields[i].get_or_insert(value.trim());
+        let Ok(value) = std::str::from_utf8(h.value) else {
+            continue;
+        };
+        match (fields[i], i) {
+            (Some(first), 4 | 5) => {
+                let list = lists[i - 4].get_or_insert_with(|| first.to_owned());
+                list.push_str(", ");
+                list.push_str(value.trim());
+            }
+            _ => {
+                fields[i].get_or_insert(value.trim());
+            }
         }
     }
+    let [joined_protocols, joined_extensions] = lists;
+    let list = |joined: Option<String>, first: Option<&'a str>| {
+        joined.map(Cow::Owned).or(first.map(Cow::Borrowed))
+    };
     let [host, origin, cookie, authorization, protocols, extensions, upgrade, connection, key, version, last_event_id, content_length, transfer_encoding] =
         fields;
     let mut request = Request {
@@ -173,8 +193,8 @@ fn validate<'a>(req: &httparse::Request<'_, 'a>) -> Result<Parsed<'a>, Handshake
         origin,
         cookie,
         authorization,
-        protocols,
-        extensions,
+        protocols: list(joined_protocols, protocols),
+        extensions: list(joined_extensions, extensions),
         last_event_id,
         accept: None,
     };
@@ -328,6 +348,26 @@ mod tests {
         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
 
     #[test]
+    fn repeated_list_fields_are_one_list() {
+        let text = request(&format!(
+            "{UPGRADE}Sec-WebSocket-Extensions: x-foo\r\nSec-WebSocket-Protocol: a\r\n\
+             Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\
+             Sec-WebSocket-Protocol: b, c\r\n"
+        ));
+        let Parsed::Upgrade(r) = parse(text.as_bytes(), 8192).unwrap().unwrap().0 else {
+            panic!("not an upgrade")
+        };
+        assert_eq!(
+            r.extensions.as_deref(),
+            Some("x-foo, permessage-deflate; client_max_window_bits")
+        );
+        assert_eq!(
+            tokens(r.protocols.as_deref().unwrap()).collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+    }
+
+    #[test]
     fn rfc_1_3_sample_accept_key() {
         assert_eq!(
             &accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
@@ -350,10 +390,14 @@ mod tests {
         assert_eq!(r.cookie, Some("a=1"));
         assert_eq!(r.authorization, Some("Bearer xyz"));
         assert_eq!(
-            tokens(r.protocols.unwrap()).collect::<Vec<_>>(),
+            tokens(r.protocols.as_deref().unwrap()).collect::<Vec<_>>(),
             ["chat", "superchat"]
         );
-        assert!(r.extensions.unwrap().starts_with("permessage-deflate"));
+        assert!(r
+            .extensions
+            .as_deref()
+            .unwrap()
+            .starts_with("permessage-deflate"));
         let mut out = Vec::new();
         accept_response(&r, Some("chat"), None, &mut out);
         let text = String::from_utf8(out).unwrap();

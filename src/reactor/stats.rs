@@ -94,7 +94,7 @@ shard_figures!(
     bytes_in: Counter "roomcast_bytes_in_total" "" "Bytes received from clients.",
     bytes_out: Counter "roomcast_bytes_out_total" "" "Bytes sent to clients.",
     deflate_agreed: Counter "roomcast_deflate_agreed_total" "" "Handshakes that agreed to permessage-deflate (--deflate).",
-    deflate_in: Counter "roomcast_deflate_messages_total" "direction=\"in\"" "Compressed messages: received and inflated (in); compressed to send (out: once per room batch, shared by its members, or once per echo).",
+    deflate_in: Counter "roomcast_deflate_messages_total" "direction=\"in\"" "Compressed messages: received (in); compressed to send (out: once per message of a room batch and encoding in use, shared by the members, or once per echo and replayed message).",
     deflate_out: Counter "roomcast_deflate_messages_total" "direction=\"out\"" "",
     protocol_errors: Counter "roomcast_protocol_errors_total" "" "Connections failed for breaking RFC 6455.",
     rate_limited: Counter "roomcast_rate_limited_total" "" "Connections closed for exceeding --rate/--burst.",

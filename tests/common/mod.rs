@@ -117,6 +117,16 @@ impl Drop for Server {
     }
 }
 
+/// `field` summed over every shard in a `/stats` answer.
+pub fn shard_sum(s: &serde_json::Value, field: &str) -> u64 {
+    s["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|sh| sh[field].as_u64().unwrap())
+        .sum()
+}
+
 /// A request upgrading to WebSocket on `path`.
 pub fn upgrade_request(path: &str) -> Vec<u8> {
     format!(
@@ -226,6 +236,11 @@ impl Server {
         let (status, body) = self.get("/stats");
         assert_eq!(status, 200, "{body}");
         serde_json::from_str(&body).unwrap()
+    }
+
+    /// `field` of `/stats` summed over the shards.
+    pub fn shard_sum(&self, field: &str) -> u64 {
+        shard_sum(&self.stats(), field)
     }
 
     /// Waits (up to 10 s) until the server holds exactly `n` sockets: whatever a test
