@@ -66,8 +66,8 @@ pub(super) fn offer(
             link.stats.dropped_newest += 1;
             false
         }
-        SlowPolicy::DropOldest => match link.drop_oldest() {
-            Some(old) => {
+        SlowPolicy::DropOldest => {
+            if let Some(old) = link.drop_oldest() {
                 link.stats.dropped_oldest += 1;
                 if let Some((r, from, to)) = wire::span(old.as_bytes()) {
                     let r = if *r == **room {
@@ -77,10 +77,13 @@ pub(super) fn offer(
                     };
                     owe(gaps, link, r, from, to);
                 }
-                link.deliver_up_to(frame, cap).is_ok()
             }
-            None => false,
-        },
+            // With nothing it may drop (what is queued is being sent: one large batch
+            // partly out, or pinned by an in-flight send) the newest still goes in: this
+            // policy keeps the newest, and the next delivery drops this one if the send
+            // is still stuck, so the queue grows by one frame at most.
+            link.deliver_up_to(frame, cap).is_ok()
+        }
         SlowPolicy::Conflate => {
             // The room's queued batches give way to this one, with one notice for all.
             let mut skipped = Vec::new();

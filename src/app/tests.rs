@@ -326,3 +326,36 @@ fn client_frame_with_rsv2() -> Vec<u8> {
     f[0] |= 0x20;
     f
 }
+
+#[test]
+fn drop_oldest_keeps_the_newest_when_what_is_queued_is_being_sent() {
+    let mut cfg = settings();
+    cfg.slow_policy = SlowPolicy::DropOldest;
+    cfg.max_queued_bytes = 100;
+    let mut core = shard_with(8, gate::Gate::default(), cfg);
+    let member = open(&mut core, "/ws?room=r");
+    let publisher = open(&mut core, "/ws");
+    core.end_turn();
+    sent(&mut core, member);
+    let publish = |core: &mut Core<App>, n: u32| {
+        let op = format!(
+            r#"{{"op":"pub","room":"r","data":"{}{n}"}}"#,
+            "x".repeat(200)
+        );
+        core.receive(publisher, &mut masked(OpCode::Text, op.as_bytes()));
+        core.end_turn();
+    };
+    publish(&mut core, 1);
+    // The member's only queued delivery is partly out when the next one comes: over
+    // --max-queued-bytes, and nothing that may be dropped.
+    core.sent(member, 10);
+    publish(&mut core, 2);
+    let rest = sent(&mut core, member);
+    assert!(
+        String::from_utf8_lossy(&rest)
+            .ends_with(&format!(r#""seq":2,"data":"{}2"}}"#, "x".repeat(200))),
+        "the newest went in: {}",
+        String::from_utf8_lossy(&rest)
+    );
+    assert_eq!((core.cx.stats.delivered, core.cx.stats.gap_notices), (2, 0));
+}
