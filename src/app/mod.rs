@@ -18,6 +18,7 @@ pub mod api;
 mod assets;
 pub mod auth;
 pub mod authz;
+mod batch;
 mod compress;
 pub mod conn;
 pub mod gate;

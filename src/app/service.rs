@@ -19,12 +19,11 @@ use crate::reactor::{Cx, Link, Service};
 use crate::rooms::{owner_of, JoinRefused, Need, Parked, ENCODINGS};
 
 use super::auth::{unix_now, Session};
-use super::compress::Codec;
 use super::conn::{flag, AppConn, Endpoint};
 use super::slow::{offer, owe, send_gap};
-use super::sse::{self, ENC_DEFLATE, ENC_DEFLATE_NARROW, ENC_MANY, ENC_ONE, ENC_WS};
+use super::sse::{self, ENC_MANY, ENC_WS};
 use super::ws::{fail, reply};
-use super::{api, gate, wire, App, Intent, Msg, Reply};
+use super::{api, batch, gate, wire, App, Intent, Msg, Reply};
 
 /// A publishing connection stops being read when the mesh queue towards the room's owner
 /// is fuller than capacity / PAUSE, and paused publishers are read again once every queue
@@ -383,35 +382,7 @@ impl App {
                 // Kept for its history only: nobody to deliver to.
                 return;
             }
-            let mut frames: [Option<SharedFrame>; ENCODINGS] = Default::default();
-            // A batch with nothing large enough to compress is the same bytes for members
-            // that agreed to deflate as for the others: one frame for all of them.
-            let deflating = s.encodings[ENC_DEFLATE] + s.encodings[ENC_DEFLATE_NARROW] > 0;
-            let plain_only = deflating
-                && codec.as_deref().is_some_and(|c| {
-                    !s.batch
-                        .clone()
-                        .any(|(seq, d)| c.compresses(s.room, *seq, d))
-                });
-            for encoding in 0..ENCODINGS {
-                if s.encodings[encoding] == 0 {
-                    continue;
-                }
-                let like = match encoding {
-                    ENC_DEFLATE | ENC_DEFLATE_NARROW if plain_only => ENC_WS,
-                    _ => encoding,
-                };
-                if let Some(same) = frames[like].clone() {
-                    frames[encoding] = Some(same);
-                    continue;
-                }
-                buf.clear();
-                encode(s.room, s.epoch, s.batch.clone(), like, buf, codec, true);
-                let frame = SharedFrame::from_encoded(Arc::from(&buf[..]));
-                frames[like] = Some(frame.clone());
-                frames[encoding] = Some(frame);
-            }
-            let frames = Arc::new(frames);
+            let frames = Arc::new(batch::frames(&s, buf, codec));
             for (shard, &n) in s.members.iter().enumerate() {
                 if n > 0 {
                     let msg = Msg::Deliver {
@@ -725,7 +696,7 @@ impl App {
         };
         let mut buf = Vec::new();
         let codec = &mut self.codec;
-        encode(
+        batch::encode(
             room,
             j.epoch,
             j.replay.iter(),
@@ -796,30 +767,5 @@ fn advance_stream(
     if queued && stream.encoding() == ENC_MANY {
         let block = sse::id_block(&stream.cursor());
         let _ = link.send_up_to(block, out_cap * 4);
-    }
-}
-
-/// Encodes a batch of `room` for members with `encoding` (the deflate encodings need the
-/// shard's `codec`, there whenever a member could have agreed to deflate). `shared`: for
-/// every member (a turn's batch), else for one (a replay).
-fn encode<'a>(
-    room: &str,
-    epoch: u32,
-    batch: impl Iterator<Item = &'a (u64, Arc<str>)>,
-    encoding: usize,
-    out: &mut Vec<u8>,
-    codec: &mut Option<Box<Codec>>,
-    shared: bool,
-) {
-    for (seq, data) in batch {
-        match (encoding, codec.as_deref_mut()) {
-            (ENC_DEFLATE | ENC_DEFLATE_NARROW, Some(codec)) => {
-                codec.write_msg((room, *seq, data), encoding, shared, out)
-            }
-            (ENC_ONE | ENC_MANY, _) => {
-                sse::write_msg(room, epoch, *seq, data, encoding == ENC_ONE, out)
-            }
-            _ => wire::write_msg(room, *seq, data, out),
-        }
     }
 }
