@@ -14,7 +14,7 @@ import json
 import sys
 
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 
 def say(**fields):
@@ -190,7 +190,8 @@ async def ws_restart(base):
     await publisher.close()
     say(case="ws-restart", phase="before", joined=before_join, got=got, acks=publisher.acks)
     # The test restarts the server now: wait for the connection to end, then reconnect as a
-    # client would, every 50 ms for up to 10 s.
+    # client would, every 50 ms for up to 10 s. A connection can be refused, or accepted by
+    # the dying process's listener and then dropped before the 101: both are retried.
     try:
         async for _ in member:
             pass
@@ -201,7 +202,7 @@ async def ws_restart(base):
         try:
             member = await ws_connect(base)
             break
-        except OSError:
+        except (OSError, InvalidHandshake):
             if now() > deadline:
                 raise
             await asyncio.sleep(0.05)
