@@ -9,14 +9,8 @@
 
 use std::fmt;
 
-use flate2::{Decompress, FlushDecompress, Status};
-
 /// The `Sec-WebSocket-Extensions` the bench offers: Chromium's.
 pub const OFFER: &str = "permessage-deflate; client_max_window_bits";
-
-/// The empty stored block a sender strips from the end of each compressed message
-/// (RFC 7692 §7.2.1) and the receiver puts back before inflating (§7.2.2).
-const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
 /// What the server agreed to, beyond the `server_no_context_takeover` it must send.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -115,18 +109,21 @@ pub fn agreed(head: &[u8]) -> Result<Agreed, String> {
 
 /// Inflates the server's compressed messages one at a time (each on its own: see the
 /// module doc) into one buffer it keeps: no allocation per message once that buffer holds
-/// the largest. The cost is zlib's per byte, in the load generator's CPU (`client_busy`).
+/// the largest. The server's own inflater does the work (a raw inflater with a 15-bit
+/// window, which takes any window the server compresses with); the cost is zlib's per byte,
+/// in the load generator's CPU (`client_busy`).
 pub struct Inflater {
-    z: Decompress,
+    z: roomcast::protocol::deflate::Inflater,
     out: Vec<u8>,
 }
 
+/// The largest message the bench inflates: far past any server's `--max-message`.
+const MAX_MESSAGE: usize = 64 << 20;
+
 impl Inflater {
-    /// A raw inflater (no zlib header) with a 15-bit window, which takes any window the
-    /// server compresses with.
     pub fn new() -> Inflater {
         Inflater {
-            z: Decompress::new(false),
+            z: roomcast::protocol::deflate::Inflater::new(),
             out: Vec::with_capacity(4096),
         }
     }
@@ -134,33 +131,11 @@ impl Inflater {
     /// The message whose compressed payload (RSV1 set, the 4 trailing bytes stripped) is
     /// `payload`.
     pub fn inflate(&mut self, payload: &[u8]) -> std::io::Result<&[u8]> {
-        self.z.reset(false);
-        self.out.clear();
-        for mut input in [payload, &TAIL[..]] {
-            loop {
-                if self.out.len() == self.out.capacity() {
-                    self.out.reserve(self.out.capacity().max(4096));
-                }
-                let (took, made) = (self.z.total_in(), self.out.len());
-                let status = self
-                    .z
-                    .decompress_vec(input, &mut self.out, FlushDecompress::Sync)?;
-                input = &input[(self.z.total_in() - took) as usize..];
-                // A final block (BFINAL) ends the message: the tail after it is not data.
-                if status == Status::StreamEnd {
-                    return Ok(&self.out);
-                }
-                let room = self.out.len() < self.out.capacity();
-                if input.is_empty() && room {
-                    break;
-                }
-                if room && self.z.total_in() == took && self.out.len() == made {
-                    return Err(std::io::Error::other(
-                        "a compressed message did not inflate",
-                    ));
-                }
-            }
-        }
+        self.z
+            .inflate(payload, MAX_MESSAGE, &mut self.out)
+            .map_err(|e| {
+                std::io::Error::other(format!("a compressed message did not inflate: {e:?}"))
+            })?;
         Ok(&self.out)
     }
 }
