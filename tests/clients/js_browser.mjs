@@ -215,11 +215,17 @@ async function basic(browser) {
     await until("its own message", async () => (await page.evaluate(RECORD)).msgs.length >= 1, 10_000);
     return { published_seq: seq, ...(await page.evaluate(RECORD)) };
   } finally {
-    await page.close();
-    p.close();
-    s.drain();
-    await s.exited;
+    await teardown(page, p, s);
   }
+}
+
+/** Ends a scenario whatever happened in it: its publisher (if any), page, proxy and server. */
+async function teardown(page, p, server, pub) {
+  pub?.close();
+  await page.close();
+  p.close();
+  server.drain();
+  await server.exited;
 }
 
 /** The page on `room` through `p` while `pub` sends TOTAL at 200 msg/s; `at(n)` runs
@@ -258,11 +264,7 @@ async function cut(browser) {
     });
     return { before_cut: before, ...seen };
   } finally {
-    pub.close();
-    await page.close();
-    p.close();
-    s.drain();
-    await s.exited;
+    await teardown(page, p, s, pub);
   }
 }
 
@@ -296,10 +298,7 @@ async function drain(browser) {
       ...(await page.evaluate(RECORD)),
     };
   } finally {
-    await page.close();
-    p.close();
-    s.drain();
-    await s.exited;
+    await teardown(page, p, s);
   }
 }
 
@@ -321,11 +320,7 @@ async function failover(browser) {
     await n1.exited;
     return { nodes: [n1.port, n2.port], proxied_to: p.targets, ...seen };
   } finally {
-    pub.close();
-    await page.close();
-    p.close();
-    n2.drain();
-    await n2.exited;
+    await teardown(page, p, n2, pub);
   }
 }
 
@@ -351,10 +346,7 @@ async function blocked(browser) {
       ...(await page.evaluate(RECORD)),
     };
   } finally {
-    await page.close();
-    p.close();
-    s.drain();
-    await s.exited;
+    await teardown(page, p, s);
   }
 }
 
@@ -393,10 +385,7 @@ async function demo(browser) {
       screenshot: file,
     };
   } finally {
-    await page.close();
-    p.close();
-    s.drain();
-    await s.exited;
+    await teardown(page, p, s);
   }
 }
 
