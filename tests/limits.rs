@@ -123,4 +123,49 @@ both_backends! {
         assert!(text.contains("accepting again"), "{text}");
         let _ = std::fs::remove_file(&log);
     }
+
+    async fn a_client_that_sends_faster_than_its_shard_parses_does_not_stall_the_shard(backend: &str) {
+        // One shard, no rate limit: everything below shares one event loop.
+        let server = Server::start(backend, &["--shards", "1", "--rate", "0"]);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flooder = {
+            let (addr, stop) = (server.addr, stop.clone());
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                use std::sync::atomic::Ordering;
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                let mut reader = s.try_clone().unwrap();
+                // What comes back (the 101, acks) is read and dropped, so the flooder is
+                // never paused for not reading.
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 1 << 16];
+                    while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
+                });
+                s.write_all(&common::upgrade_request("/ws")).unwrap();
+                let body = format!(r#"{{"op":"pub","room":"nobody","data":"{}"}}"#, "x".repeat(30_000));
+                let frame = common::client_frame(0x81, body.as_bytes());
+                // Bounded: until the checks below are done, 20 s at most.
+                let start = std::time::Instant::now();
+                let mut sent = 0u64;
+                while !stop.load(Ordering::Relaxed) && start.elapsed() < SECOND * 20 {
+                    if s.write_all(&frame).is_err() {
+                        break;
+                    }
+                    sent += 1;
+                }
+                sent
+            })
+        };
+        tokio::time::sleep(SECOND / 2).await;
+        // Meanwhile, on the same shard, a new client is accepted, upgraded and echoed, and
+        // the flood is still going.
+        for _ in 0..3 {
+            let ws = try_connect(&server).await;
+            assert!(ws.is_some(), "a second client was not served while the first one floods");
+            assert!(!flooder.is_finished(), "the flood ended early");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let sent = flooder.join().unwrap();
+        assert!(sent > 100, "the flooder sent only {sent} messages");
+    }
 }

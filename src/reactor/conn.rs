@@ -41,6 +41,9 @@ pub mod flag {
     /// The peer has finished closing too (its close frame came, or the service aborted):
     /// once the last bytes are out the socket is closed without waiting for its EOF.
     pub const GOODBYE: u16 = 1 << 13;
+    /// epoll: the connection had its read budget this turn with bytes still waiting, and
+    /// is on the shard's list to be read again next turn.
+    pub const UNREAD: u16 = 1 << 14;
 }
 
 /// One slab slot: the transport's part and the service's part (`app`). Its size is part of

@@ -25,6 +25,12 @@ pub const SCRATCH: usize = 64 * 1024;
 /// The most slices one `writev` carries (well under IOV_MAX).
 const MAX_IOV: usize = 64;
 
+/// Full scratch-sized reads one connection gets per turn (256 KiB). A client that sends
+/// as fast as the shard parses would otherwise keep `read` looping forever on its socket:
+/// edge-triggered, the shard reads until a short read, and on loopback a busy sender
+/// refills the socket faster. Every other connection, the mesh and a drain would wait.
+const READ_BUDGET: usize = 4;
+
 struct Epoll<S: Service> {
     ep: OwnedFd,
     listener: socket2::Socket,
@@ -36,6 +42,11 @@ struct Epoll<S: Service> {
     reserve: Option<OwnedFd>,
     at_limit: bool,
     expired: Vec<usize>,
+    /// Connections that used their read budget with bytes still waiting (slot, gen):
+    /// edge-triggered, no new event comes for them, so the next turn reads them again.
+    unread: Vec<(usize, u32)>,
+    /// The previous turn's `unread`, being read this turn.
+    reread: Vec<(usize, u32)>,
 }
 
 pub fn run<S: Service>(setup: ShardSetup<S>) -> io::Result<()> {
@@ -50,6 +61,8 @@ pub fn run<S: Service>(setup: ShardSetup<S>) -> io::Result<()> {
         reserve: open_reserve(),
         at_limit: false,
         expired: Vec::new(),
+        unread: Vec::new(),
+        reread: Vec::new(),
     };
     // Every connection is a descriptor, so the process's limit bounds each shard's.
     lp.core.reserve_slots(setup.fixed_files as usize);
@@ -63,7 +76,8 @@ pub fn run<S: Service>(setup: ShardSetup<S>) -> io::Result<()> {
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
     loop {
         lp.core.mesh().flush();
-        let timeout = if lp.core.has_flush() || !lp.core.mesh().prepare_sleep() {
+        let busy = lp.core.has_flush() || !lp.unread.is_empty();
+        let timeout = if busy || !lp.core.mesh().prepare_sleep() {
             0
         } else {
             lp.core
@@ -82,6 +96,7 @@ pub fn run<S: Service>(setup: ShardSetup<S>) -> io::Result<()> {
         };
         lp.core.mesh().awake();
         lp.core.begin_turn(Instant::now());
+        lp.read_again();
         for ev in &events[..n] {
             let (token, bits) = (ev.u64, ev.events);
             if token == LISTENER {
@@ -216,9 +231,24 @@ impl<S: Service> Epoll<S> {
         }
     }
 
-    /// Reads until the socket is drained, the connection pauses, or it goes away.
+    /// Reads what connections left unread last turn, once each.
+    fn read_again(&mut self) {
+        std::mem::swap(&mut self.unread, &mut self.reread);
+        let mut list = std::mem::take(&mut self.reread);
+        for &(slot, gen) in &list {
+            if let Some(conn) = self.core.get(slot, gen) {
+                conn.clear(flag::UNREAD);
+                self.read(slot);
+            }
+        }
+        list.clear();
+        self.reread = list;
+    }
+
+    /// Reads until the socket is drained, the connection pauses or goes away, or it has
+    /// had its `READ_BUDGET` for this turn (then it is read again next turn).
     fn read(&mut self, slot: usize) {
-        loop {
+        for _ in 0..READ_BUDGET {
             let Some(conn) = self.core.conn(slot) else {
                 return;
             };
@@ -246,6 +276,12 @@ impl<S: Service> Epoll<S> {
                 // A short read drained the socket; edge-triggered, the next arrival
                 // raises a new event.
                 return;
+            }
+        }
+        if let Some(conn) = self.core.conn(slot) {
+            if !conn.has(flag::UNREAD) {
+                conn.set(flag::UNREAD);
+                self.unread.push((slot, conn.gen));
             }
         }
     }
