@@ -70,6 +70,10 @@ struct PlanArgs {
     /// message once, and egress at the ratio measured on JSON.
     #[arg(long)]
     deflate: bool,
+    /// The server serves TLS (--tls-cert): each connection's session, sealing every
+    /// delivery, and the handshakes.
+    #[arg(long)]
+    tls: bool,
     /// Figures written by `roomcast-bench calibrate` [default: built-in figures for a
     /// 2-vCPU Linux 6.18 machine].
     #[arg(long)]
@@ -211,6 +215,7 @@ fn plan(a: &PlanArgs) -> std::process::ExitCode {
         shards: a.shards,
         nodes: a.nodes.max(1),
         deflate: a.deflate,
+        tls: a.tls,
     };
     let p = plan::plan(&workload, &machine, &figures);
     let (text, fits) = plan::render(&workload, &machine, &figures, &p);
@@ -285,7 +290,7 @@ fn serve(
     cfg.effective = roomcast::config::file::effective(&serve_command(), &sub, &keys);
     // Blocked here, before any thread starts, so every thread inherits the mask and the
     // signals are taken only by the thread that waits for them.
-    let signals = Signals::block(&[libc::SIGTERM, libc::SIGINT]);
+    let signals = Signals::block(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);
     let running = match roomcast::app::start(&cfg) {
         Ok(r) => r,
         Err(roomcast::app::StartError::Config(e)) => {
@@ -316,11 +321,19 @@ fn serve(
             }
         }
     }
+    if running.tls.is_some() {
+        if roomcast::reactor::tls::ktls::available() {
+            tracing::info!("TLS: the kernel offers TLS offload (kTLS), but records are sealed in user space (the offload is not wired in yet)");
+        } else {
+            tracing::info!("TLS: no kernel TLS offload here (no `tls` in /proc/sys/net/ipv4/tcp_available_ulp): records are sealed in user space");
+        }
+    }
     let control = server.control();
     let window = cfg.drain_window_secs;
+    let tls = running.tls;
     std::thread::Builder::new()
         .name("signals".into())
-        .spawn(move || wait_for_signals(signals, control, window))
+        .spawn(move || wait_for_signals(signals, control, window, tls))
         .expect("spawn the signal thread");
     // One line on stdout that scripts and tests wait for.
     println!(
@@ -360,11 +373,29 @@ fn check(connections: u64, shards: Option<u64>) -> std::process::ExitCode {
     }
 }
 
-/// The first SIGTERM/SIGINT starts the drain; a second one exits at once.
-fn wait_for_signals(signals: Signals, control: roomcast::reactor::Control, window: u64) {
+/// The first SIGTERM/SIGINT starts the drain; a second one exits at once. SIGHUP reloads
+/// the TLS certificate and key for new connections.
+fn wait_for_signals(
+    signals: Signals,
+    control: roomcast::reactor::Control,
+    window: u64,
+    tls: Option<std::sync::Arc<roomcast::reactor::tls::Source>>,
+) {
     let mut draining = false;
     loop {
         let sig = signals.wait();
+        if sig == libc::SIGHUP {
+            match tls.as_ref().map(|t| t.reload()) {
+                Some(Ok(())) => {
+                    tracing::info!("SIGHUP: TLS certificate reloaded; new connections get it")
+                }
+                Some(Err(e)) => {
+                    tracing::warn!("SIGHUP: TLS certificate not reloaded, the old one stays: {e}")
+                }
+                None => tracing::info!("SIGHUP: nothing to reload (no --tls-cert)"),
+            }
+            continue;
+        }
         if draining {
             eprintln!("roomcast: second signal: exiting without finishing the drain");
             std::process::exit(1);

@@ -412,11 +412,7 @@ both_backends! {
         let server = Server::start(backend, &["--deflate", "--shards", "2"]);
         let base = server.url("");
         let base = std::ffi::OsStr::new(base.trim_end_matches('/'));
-        let python = std::env::var_os("ROOMCAST_PYTHON").map_or_else(
-            || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-py3/bin/python"),
-            Into::into,
-        );
-        assert!(python.exists(), "{} is missing: run scripts/test.sh", python.display());
+        let python = common::python();
         let dir = common::clients_dir();
         let mut reports = vec![(
             "python",

@@ -391,6 +391,8 @@ pub struct Running {
     pub server: Server,
     pub gate: Arc<gate::Gate>,
     pub info: Arc<Info>,
+    /// The certificate the listener serves (reloaded on SIGHUP).
+    pub tls: Option<Arc<crate::reactor::tls::Source>>,
 }
 
 /// Why roomcast did not start.
@@ -457,6 +459,11 @@ pub fn start(cfg: &ServeConfig) -> Result<Running, StartError> {
     });
     // Per-address limits need each peer's address at accept.
     reactor.peer_addresses = gate.max_per_ip > 0;
+    if let (Some(cert), Some(key)) = (&cfg.tls_cert, &cfg.tls_key) {
+        let source = crate::reactor::tls::Source::load(cert, key).map_err(StartError::Config)?;
+        reactor.tls = Some(Arc::new(source));
+    }
+    let tls = reactor.tls.clone();
     let (server, mut others) =
         Server::start_with(&reactor, usize::from(backplane.is_some()), |shard| {
             App::new(settings.clone(), gate.clone(), info.clone(), &shard)
@@ -466,7 +473,12 @@ pub fn start(cfg: &ServeConfig) -> Result<Running, StartError> {
         tracing::info!(node = %b.node, redis = b.targets.len(), "backplane: rooms are ordered through Redis");
         crate::backplane::spawn(b, mesh, status).map_err(StartError::Io)?;
     }
-    Ok(Running { server, gate, info })
+    Ok(Running {
+        server,
+        gate,
+        info,
+        tls,
+    })
 }
 
 /// The capacity model for these settings on this machine.
@@ -503,6 +515,7 @@ fn capacity_of(cfg: &ServeConfig) -> Result<Capacity, String> {
         nofile: sys::nofile_limit().1,
         margin_percent: cfg.capacity_margin,
         deflate: cfg.deflate,
+        tls: cfg.tls_cert.is_some(),
     };
     Ok(Capacity::new(&figures, budget, &shape))
 }

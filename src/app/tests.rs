@@ -67,6 +67,7 @@ pub(super) fn shard_with(out_cap: usize, gate: gate::Gate, settings: Settings) -
         out_cap,
         drain,
         shared: stats,
+        tls: None,
     };
     Core::new(app, setup)
 }

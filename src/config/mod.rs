@@ -406,6 +406,25 @@ pub struct ServeConfig {
     /// io_uring: size of each provided receive buffer, in bytes.
     #[arg(long, env = "ROOMCAST_RECV_BUFFER_SIZE", default_value_t = 64 * 1024)]
     pub recv_buffer_size: u32,
+
+    /// Serve TLS (wss://, https://) with this certificate chain (PEM, the server's
+    /// certificate first). SIGHUP reads it and --tls-key again for new connections.
+    #[arg(
+        long = "tls-cert",
+        value_name = "FILE",
+        env = "ROOMCAST_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long = "tls-key",
+        value_name = "FILE",
+        env = "ROOMCAST_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl ServeConfig {
@@ -491,6 +510,7 @@ impl ServeConfig {
             },
             drain_window: Duration::from_secs(self.drain_window_secs),
             peer_addresses: self.max_conns_per_ip > 0,
+            tls: None,
         }
     }
 

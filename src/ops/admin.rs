@@ -42,6 +42,7 @@ impl Info {
                     nofile: 0,
                     margin_percent: 0,
                     deflate: false,
+                    tls: false,
                 },
             ),
             backplane: None,

@@ -50,6 +50,8 @@ pub struct Shape {
     pub margin_percent: u64,
     /// `--deflate`: each shard holds its compressors and inflater.
     pub deflate: bool,
+    /// `--tls-cert`: each connection holds its TLS session.
+    pub tls: bool,
 }
 
 impl Capacity {
@@ -61,7 +63,12 @@ impl Capacity {
         };
         let fixed = f.process_base_bytes
             + s.shards as f64 * (f.shard_base_bytes + s.recv_pool_bytes as f64 + deflate);
-        let per = f.user_bytes_per_conn + f.kernel_bytes_per_socket;
+        let tls = if s.tls {
+            super::plan::TLS_CONN_BYTES
+        } else {
+            0.0
+        };
+        let per = f.user_bytes_per_conn + tls + f.kernel_bytes_per_socket;
         let by_memory = ((budget as f64 - fixed).max(0.0) / per) as u64;
         let fds = s.nofile.saturating_sub(RESERVED_FDS);
         let by_descriptors = if s.uring {
@@ -145,6 +152,7 @@ mod tests {
             nofile: 20_000,
             margin_percent: 10,
             deflate: false,
+            tls: false,
         }
     }
 

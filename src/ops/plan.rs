@@ -120,6 +120,16 @@ const DEFLATE_RATIO: f64 = 0.37;
 /// `--deflate-min-size`'s default: smaller messages go uncompressed.
 const DEFLATE_MIN_SIZE: u64 = 512;
 
+/// TLS (`--tls-cert`), measured with `bench/scripts/tls.sh` (bench/RESULTS.md): an open
+/// connection's session (its keys, sequence numbers and counters, boxed in a table beside
+/// the slab) adds this much user space; sealing costs a fixed part per delivery (at the
+/// rates plans are made for, each delivery is its own send: one key expansion, one record)
+/// and a part per byte (AES-128-GCM); a full handshake costs the server this much CPU.
+pub const TLS_CONN_BYTES: f64 = 200.0;
+const TLS_DELIVERY_NS: f64 = 400.0;
+const TLS_NS_PER_BYTE: f64 = 1.0;
+pub const TLS_HANDSHAKE_US: f64 = 300.0;
+
 const MIB: f64 = 1024.0 * 1024.0;
 const GIB: f64 = 1024.0 * MIB;
 /// Descriptors a shard keeps for itself (listener, ring, eventfd, logs) out of RLIMIT_NOFILE.
@@ -150,6 +160,8 @@ pub struct Workload {
     pub nodes: u64,
     /// `--deflate`: the shards' compressors, the compression CPU, the smaller egress.
     pub deflate: bool,
+    /// `--tls-cert`: each connection's session, sealing each delivery, the handshakes.
+    pub tls: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -178,6 +190,10 @@ pub struct Plan {
     pub heartbeat_cpus: f64,
     pub deliveries_per_sec: f64,
     pub delivery_cpus: f64,
+    /// Of `delivery_cpus`: sealing TLS records (`--tls`).
+    pub tls_cpus: f64,
+    /// CPU-seconds of TLS handshakes for every connection to reconnect (`--tls`).
+    pub handshake_cpu_secs: f64,
     pub publish_cpus: f64,
     pub egress_bytes_per_sec: f64,
     /// With several nodes: this node's connections, the nodes each room spans, the
@@ -239,12 +255,19 @@ pub fn plan(w: &Workload, m: &Machine, f: &Figures) -> Plan {
         0.0
     };
     let deflate_shard = if w.deflate { DEFLATE_SHARD_BYTES } else { 0.0 };
+    let tls_conn = if w.tls { TLS_CONN_BYTES } else { 0.0 };
     let user_fixed =
         f.process_base_bytes + shards as f64 * (f.shard_base_bytes + pool + deflate_shard);
     let wire_size = w.msg_size + ENVELOPE_BYTES;
     let (deflate_ns, egress_ratio) = match w.deflate && wire_size >= DEFLATE_MIN_SIZE {
         true => (wire_size as f64 * DEFLATE_NS_PER_BYTE, DEFLATE_RATIO),
         false => (0.0, 1.0),
+    };
+    // Each member's copy is sealed for it: what goes on the wire, compressed or not.
+    let tls_seal = if w.tls {
+        TLS_DELIVERY_NS + wire_size as f64 * egress_ratio * TLS_NS_PER_BYTE
+    } else {
+        0.0
     };
     let members_per_room = w.connections.checked_div(w.rooms).unwrap_or(0);
     let all_publishes = w.rooms as f64 * w.msg_rate;
@@ -330,13 +353,22 @@ pub fn plan(w: &Workload, m: &Machine, f: &Figures) -> Plan {
         recv_buffer_size,
         out_ring,
         user_fixed_bytes: user_fixed,
-        user_bytes: user_fixed + n as f64 * f.user_bytes_per_conn + rooms_bytes + history,
+        user_bytes: user_fixed
+            + n as f64 * (f.user_bytes_per_conn + tls_conn)
+            + rooms_bytes
+            + history,
         history_bytes: history,
         kernel_bytes: n as f64 * kernel_socket,
         pings_per_sec: pings,
         heartbeat_cpus,
         deliveries_per_sec: deliveries,
-        delivery_cpus: deliveries * f.delivery_cpu_ns / 1e9,
+        delivery_cpus: deliveries * (f.delivery_cpu_ns + tls_seal) / 1e9,
+        tls_cpus: deliveries * tls_seal / 1e9,
+        handshake_cpu_secs: if w.tls {
+            n as f64 * TLS_HANDSHAKE_US / 1e6
+        } else {
+            0.0
+        },
         publish_cpus: publishes * (f.message_cpu_ns + deflate_ns) / 1e9,
         egress_bytes_per_sec: deliveries * wire_size as f64 * egress_ratio,
         node_connections: n,
@@ -418,6 +450,14 @@ pub fn render(w: &Workload, m: &Machine, f: &Figures, p: &Plan) -> (String, bool
             DEFLATE_SHARD_BYTES / MIB
         );
     }
+    if w.tls {
+        let _ = writeln!(
+            s,
+            "          of which   {:>8.1} MiB  TLS: {:.0} B per connection (keys and counters; no buffers while idle)",
+            n as f64 * TLS_CONN_BYTES / MIB,
+            TLS_CONN_BYTES
+        );
+    }
     if p.history_bytes > 0.0 {
         let _ = writeln!(
             s,
@@ -456,8 +496,18 @@ pub fn render(w: &Workload, m: &Machine, f: &Figures, p: &Plan) -> (String, bool
     if w.rooms > 0 {
         let _ = writeln!(
             s,
-            "          deliveries {:>6.2} CPUs  ({:.0}/s × {:.0} ns)",
-            p.delivery_cpus, p.deliveries_per_sec, f.delivery_cpu_ns
+            "          deliveries {:>6.2} CPUs  ({:.0}/s × {:.0} ns{})",
+            p.delivery_cpus,
+            p.deliveries_per_sec,
+            f.delivery_cpu_ns,
+            if w.tls && p.deliveries_per_sec > 0.0 {
+                format!(
+                    " + {:.0} ns sealing TLS records",
+                    p.tls_cpus * 1e9 / p.deliveries_per_sec
+                )
+            } else {
+                String::new()
+            }
         );
         let _ = writeln!(
             s,
@@ -510,9 +560,14 @@ pub fn render(w: &Workload, m: &Machine, f: &Figures, p: &Plan) -> (String, bool
     }
     let _ = writeln!(
         s,
-        "          a ramp from zero costs {:.0} CPU-seconds of handshakes ({:.1} µs each)",
-        n as f64 * f.handshake_cpu_us / 1e6,
-        f.handshake_cpu_us
+        "          a ramp from zero costs {:.0} CPU-seconds of handshakes ({:.1} µs each{})",
+        n as f64 * f.handshake_cpu_us / 1e6 + p.handshake_cpu_secs,
+        f.handshake_cpu_us,
+        if w.tls {
+            format!(" + {TLS_HANDSHAKE_US:.0} µs for TLS")
+        } else {
+            String::new()
+        }
     );
     if w.nodes > 1 && w.rooms > 0 {
         let _ = writeln!(
@@ -547,223 +602,4 @@ pub fn render(w: &Workload, m: &Machine, f: &Figures, p: &Plan) -> (String, bool
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn machine() -> Machine {
-        Machine {
-            cpus: 2,
-            memory_bytes: 24 << 30,
-            nofile: 20_000,
-            uring: true,
-        }
-    }
-
-    fn idle(n: u64) -> Workload {
-        Workload {
-            connections: n,
-            rooms: 0,
-            msg_rate: 0.0,
-            msg_size: 0,
-            history_size: 64,
-            history_bytes: 256 << 10,
-            ping_interval_secs: 120,
-            shards: None,
-            nodes: 1,
-            deflate: false,
-        }
-    }
-
-    #[test]
-    fn a_million_on_twenty_thousand_descriptors_takes_more_rings_than_cpus() {
-        let f = Figures::builtin();
-        let p = plan(&idle(1_000_000), &machine(), &f);
-        assert_eq!(p.shards, 53, "⌈1M / (20,000 − 1,024)⌉");
-        assert_eq!(p.recv_buffers, 8);
-        let raised = Machine {
-            nofile: 1 << 20,
-            ..machine()
-        };
-        assert_eq!(plan(&idle(1_000_000), &raised, &f).shards, 2);
-    }
-
-    #[test]
-    fn memory_is_fixed_plus_linear() {
-        let f = Figures::builtin();
-        let m = machine();
-        let at = |n| Workload {
-            shards: Some(16),
-            ..idle(n)
-        };
-        let (a, b) = (plan(&at(100_000), &m, &f), plan(&at(200_000), &m, &f));
-        // Same shards: the difference is N × per-connection.
-        assert_eq!((a.shards, b.shards), (16, 16));
-        let per = (b.user_bytes - a.user_bytes) / 100_000.0;
-        assert!((per - f.user_bytes_per_conn).abs() < 1e-6, "{per}");
-        assert!((b.kernel_bytes - 2.0 * a.kernel_bytes).abs() < 1e-3);
-    }
-
-    #[test]
-    fn heartbeats_that_eat_the_box_get_a_longer_interval_suggested() {
-        let f = Figures::builtin();
-        let w = Workload {
-            ping_interval_secs: 30,
-            ..idle(1_000_000)
-        };
-        let p = plan(&w, &machine(), &f);
-        assert!(p.heartbeat_cpus > 0.5, "{}", p.heartbeat_cpus);
-        // 1M × 20.8 µs / (25% of 2 CPUs) = 41.6 s.
-        assert_eq!(p.suggested_ping_interval, 42);
-        let (text, fits) = render(&w, &machine(), &f, &p);
-        assert!(text.contains("--ping-interval 42"), "{text}");
-        assert!(fits, "{text}");
-    }
-
-    #[test]
-    fn a_busy_room_workload_reports_deliveries_and_can_fail_to_fit() {
-        let f = Figures::builtin();
-        let w = Workload {
-            connections: 100_000,
-            rooms: 10,
-            msg_rate: 100.0,
-            msg_size: 100,
-            history_size: 64,
-            history_bytes: 256 << 10,
-            ping_interval_secs: 30,
-            shards: None,
-            nodes: 1,
-            deflate: false,
-        };
-        let p = plan(&w, &machine(), &f);
-        assert_eq!(p.deliveries_per_sec, 10_000_000.0);
-        assert!((p.delivery_cpus - 9.4).abs() < 1e-9, "{}", p.delivery_cpus);
-        let (text, fits) = render(&w, &machine(), &f, &p);
-        assert!(!fits, "10M deliveries/s cannot fit in 2 CPUs: {text}");
-        assert!(text.contains("does not fit"));
-    }
-
-    #[test]
-    fn history_is_counted_per_room_by_count_or_bytes() {
-        let w = |size, bytes, msg| Workload {
-            rooms: 1000,
-            msg_size: msg,
-            history_size: size,
-            history_bytes: bytes,
-            ..idle(10_000)
-        };
-        // 64 messages of 100 B: 64 slots of 24 B + 64 × (16 + 100 → 128 B).
-        assert_eq!(
-            history_per_room(&w(64, 1 << 20, 100)),
-            (64 * 24 + 64 * 128) as f64
-        );
-        // 1000 B messages under a 10,000 B cap: 10 kept, in 16 slots.
-        assert_eq!(
-            history_per_room(&w(64, 10_000, 1000)),
-            (16 * 24 + 10 * 1024) as f64
-        );
-        assert_eq!(history_per_room(&w(0, 1 << 20, 100)), 0.0);
-        let f = Figures::builtin();
-        let (with, without) = (
-            plan(&w(64, 1 << 20, 100), &machine(), &f),
-            plan(&w(0, 0, 100), &machine(), &f),
-        );
-        let grew = with.user_bytes - without.user_bytes;
-        assert!(
-            (grew - 1000.0 * (64 * 24 + 64 * 128) as f64).abs() < 1.0,
-            "{grew}"
-        );
-        let (text, _) = render(&w(64, 1 << 20, 100), &machine(), &f, &with);
-        assert!(text.contains("history: 1000 rooms"), "{text}");
-    }
-
-    #[test]
-    fn figures_round_trip_through_json() {
-        let f = Figures::builtin();
-        let text = serde_json::to_string(&f).unwrap();
-        assert_eq!(serde_json::from_str::<Figures>(&text).unwrap(), f);
-    }
-
-    #[test]
-    fn a_cluster_splits_connections_and_deliveries_and_counts_redis() {
-        let f = Figures::builtin();
-        let one = Workload {
-            connections: 100_000,
-            rooms: 100,
-            msg_rate: 10.0,
-            msg_size: 100,
-            ..idle(0)
-        };
-        let four = Workload {
-            nodes: 4,
-            ..one.clone()
-        };
-        let (a, b) = (plan(&one, &machine(), &f), plan(&four, &machine(), &f));
-        assert_eq!((b.node_connections, b.room_nodes), (25_000, 4));
-        assert!((b.deliveries_per_sec * 4.0 - a.deliveries_per_sec).abs() < 1e-6);
-        assert_eq!(
-            (a.backplane_cpus, a.redis_cpus, a.redis_servers),
-            (0.0, 0.0, 0)
-        );
-        // Every node receives every room's messages; Redis runs each publish once and
-        // writes it to the 4 nodes.
-        let ns = 1000.0 * f.backplane_receive_ns + 250.0 * f.backplane_publish_ns;
-        assert!((b.backplane_cpus - ns / 1e9).abs() < 1e-9);
-        let redis = 1000.0 * (f.redis_publish_us + 4.0 * f.redis_subscriber_us) / 1e6;
-        assert!((b.redis_cpus - redis).abs() < 1e-9);
-        let (text, _) = render(&four, &machine(), &f, &b);
-        assert!(
-            text.contains("4 nodes on Redis") && text.contains("Redis server(s)"),
-            "{text}"
-        );
-        // Enough publishes need more than one Redis.
-        let busy = Workload {
-            rooms: 10_000,
-            msg_rate: 100.0,
-            ..four
-        };
-        let p = plan(&busy, &machine(), &f);
-        assert_eq!(p.redis_servers, (p.redis_cpus / REDIS_SHARE).ceil() as u64);
-        assert!(p.redis_servers > 1, "{}", p.redis_cpus);
-    }
-
-    #[test]
-    fn deflate_costs_the_shards_memory_and_each_message_cpu_not_the_connections() {
-        let f = Figures::builtin();
-        let plain = Workload {
-            connections: 100_000,
-            rooms: 10,
-            msg_rate: 10.0,
-            msg_size: 1000,
-            shards: Some(2),
-            ..idle(0)
-        };
-        let deflate = Workload {
-            deflate: true,
-            ..plain.clone()
-        };
-        let (a, b) = (plan(&plain, &machine(), &f), plan(&deflate, &machine(), &f));
-        assert!((b.user_bytes - a.user_bytes - 2.0 * DEFLATE_SHARD_BYTES).abs() < 1.0);
-        let compress = 100.0 * 1048.0 * DEFLATE_NS_PER_BYTE / 1e9;
-        assert!((b.publish_cpus - a.publish_cpus - compress).abs() < 1e-12);
-        assert!((b.egress_bytes_per_sec - a.egress_bytes_per_sec * DEFLATE_RATIO).abs() < 1.0);
-        assert_eq!(a.delivery_cpus, b.delivery_cpus);
-        // Under --deflate-min-size nothing is compressed.
-        let small = Workload {
-            msg_size: 100,
-            ..deflate
-        };
-        let c = plan(&small, &machine(), &f);
-        let d = plan(
-            &Workload {
-                deflate: false,
-                ..small
-            },
-            &machine(),
-            &f,
-        );
-        assert_eq!(
-            (c.publish_cpus, c.egress_bytes_per_sec),
-            (d.publish_cpus, d.egress_bytes_per_sec)
-        );
-    }
-}
+mod tests;

@@ -12,6 +12,7 @@ pub mod service;
 pub mod shard;
 pub mod stats;
 pub mod sys;
+pub mod tls;
 
 use std::io;
 use std::net::SocketAddr;
@@ -70,6 +71,8 @@ pub struct Settings {
     /// Whether the service needs each peer's address (io_uring then accepts one
     /// connection per request, each with its own address buffer).
     pub peer_addresses: bool,
+    /// The listener speaks TLS with this certificate.
+    pub tls: Option<Arc<tls::Source>>,
 }
 
 /// What a shard's service is built with.
@@ -195,6 +198,7 @@ impl Server {
                     out_cap: cfg.out_ring,
                     drain: drain.clone(),
                     shared: stats.clone(),
+                    tls: cfg.tls.clone(),
                 },
                 fixed_files,
                 recv_buffers,

@@ -5,6 +5,7 @@
 //! mean.
 
 use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -84,6 +85,11 @@ pub struct Core<S: Service> {
     inbox: Vec<S::Msg>,
     /// What the backend must do for connections changed outside an event of their own.
     actions: Vec<(usize, Next)>,
+    /// TLS sessions, when the listener speaks TLS.
+    tls: Option<crate::reactor::tls::Sessions>,
+    /// The kernel reads sends after the call returns (io_uring): what a send points
+    /// into is pinned until it completes.
+    pub pin_sends: bool,
 }
 
 /// Generations are packed into 28 bits of io_uring user data.
@@ -121,6 +127,8 @@ pub struct CoreSetup<M> {
     pub out_cap: usize,
     pub drain: Arc<Drain>,
     pub shared: Arc<SharedStats>,
+    /// The certificate, when the listener speaks TLS.
+    pub tls: Option<Arc<crate::reactor::tls::Source>>,
 }
 
 impl<S: Service> Core<S> {
@@ -154,6 +162,8 @@ impl<S: Service> Core<S> {
             fixed_files: 0,
             inbox: Vec::new(),
             actions: Vec::new(),
+            tls: setup.tls.map(crate::reactor::tls::Sessions::new),
+            pin_sends: false,
         }
     }
 
@@ -206,6 +216,12 @@ impl<S: Service> Core<S> {
         let app = self.service.open(peer);
         let slot = self.cx.conns.insert(Conn::new(io, gen, app));
         self.cx.stats.accepted += 1;
+        if let Some(tls) = &mut self.tls {
+            // Without a session the connection is closed at its first bytes.
+            if let Err(e) = tls.open(slot) {
+                tracing::warn!(error = %e, "TLS session could not start");
+            }
+        }
         self.handshake_deadlines.push_back(Deadline {
             at: now + self.timeouts.handshake,
             slot: slot as u32,
@@ -224,9 +240,17 @@ impl<S: Service> Core<S> {
         self.cx.conns.get_mut(slot)
     }
 
-    /// Bytes arrived for `slot`. Only what the service cannot consume yet is copied into
-    /// the connection's tail; an idle connection's tail stays unallocated.
+    /// Bytes arrived for `slot` (in place: TLS records are opened where they lie).
     pub fn receive(&mut self, slot: usize, data: &mut [u8]) -> Next {
+        if self.tls.is_some() {
+            return self.receive_tls(slot, data);
+        }
+        self.receive_plain(slot, data)
+    }
+
+    /// Plaintext arrived for `slot`. Only what the service cannot consume yet is copied
+    /// into the connection's tail; an idle connection's tail stays unallocated.
+    fn receive_plain(&mut self, slot: usize, data: &mut [u8]) -> Next {
         let Some(conn) = self.cx.conns.get_mut(slot) else {
             return Next::Close;
         };
@@ -345,8 +369,34 @@ impl<S: Service> Core<S> {
         }
     }
 
-    /// `n` bytes of `slot`'s queue went out.
+    /// What `slot` sends next: slices of its queued frames (or, over TLS, of the records
+    /// sealing them), front first. With `pin_sends`, what they point into is pinned until
+    /// [`Core::sent`].
+    pub fn egress<'a>(&'a mut self, slot: usize, iov: &mut [IoSlice<'a>]) -> usize {
+        if self.tls.is_some() {
+            self.egress_tls(slot, iov)
+        } else {
+            let pin = self.pin_sends;
+            let Some(conn) = self.cx.conns.get_mut(slot) else {
+                return 0;
+            };
+            if pin {
+                conn.out.pin(conn.out.len().min(iov.len()));
+            }
+            conn.out.iovecs(iov)
+        }
+    }
+
+    /// `n` bytes of what [`Core::egress`] gave went out.
     pub fn sent(&mut self, slot: usize, n: usize) -> Next {
+        if let Some(next) = self.sent_tls(slot, n) {
+            return next;
+        }
+        self.sent_plain(slot, n)
+    }
+
+    /// `n` bytes of `slot`'s queued frames went out.
+    fn sent_plain(&mut self, slot: usize, n: usize) -> Next {
         let Some(conn) = self.cx.conns.get_mut(slot) else {
             return Next::Nothing;
         };
@@ -382,6 +432,9 @@ impl<S: Service> Core<S> {
     /// Forgets `slot`. The backend has closed its socket and no operation refers to it.
     pub fn remove(&mut self, slot: usize) {
         if let Some(conn) = self.cx.conns.try_remove(slot) {
+            if let Some(tls) = &mut self.tls {
+                tls.remove(slot);
+            }
             self.cx.stats.closed += 1;
             self.service.closed(&mut self.cx, slot, conn);
         }
@@ -507,6 +560,11 @@ impl<S: Service> Core<S> {
             if conn.is_closing() || conn.has(flag::ESTABLISHED) {
                 continue;
             }
+            if self.tls_handshaking(slot) {
+                self.cx.stats.handshake_timeouts += 1;
+                out.push(slot);
+                continue;
+            }
             if let Some(mut link) = self.cx.link_any(slot) {
                 self.service.handshake_timeout(&mut link);
             }
@@ -562,3 +620,4 @@ impl<S: Service> Core<S> {
 
 #[cfg(test)]
 mod tests;
+mod tls;

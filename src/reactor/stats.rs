@@ -93,6 +93,8 @@ shard_figures!(
     messages_out: Counter "roomcast_messages_out_total" "" "Messages queued to clients (echoes, replies, deliveries).",
     bytes_in: Counter "roomcast_bytes_in_total" "" "Bytes received from clients.",
     bytes_out: Counter "roomcast_bytes_out_total" "" "Bytes sent to clients.",
+    tls_handshakes: Counter "roomcast_tls_handshakes_total" "outcome=\"ok\"" "TLS handshakes, by outcome (failed: refused by rustls, plain HTTP on the TLS port, keys not taken over).",
+    tls_failed: Counter "roomcast_tls_handshakes_total" "outcome=\"failed\"" "",
     deflate_agreed: Counter "roomcast_deflate_agreed_total" "" "Handshakes that agreed to permessage-deflate (--deflate).",
     deflate_in: Counter "roomcast_deflate_messages_total" "direction=\"in\"" "Compressed messages: received (in); compressed to send (out: once per message of a room batch and encoding in use, shared by the members, or once per echo and replayed message).",
     deflate_out: Counter "roomcast_deflate_messages_total" "direction=\"out\"" "",

@@ -1,6 +1,8 @@
 // permessage-deflate as Node's `ws` (perMessageDeflate: true) and headless Chromium do it.
 //
 //   node deflate.mjs ws://127.0.0.1:PORT ROOM_PREFIX [CHROMIUM_BIN]
+//   ROOMCAST_CA=ca.pem ROOMCAST_SPKI=… node deflate.mjs wss://127.0.0.1:PORT …   (over TLS:
+//   Node trusts ca.pem, Chromium the server key whose SHA-256 SPKI hash is ROOMCAST_SPKI)
 //
 // For each client: a ~3 KB JSON text echoed on /echo, then two connections join a room on
 // /ws and one publishes ~1 KB of JSON. Prints one JSON line, {node: {…}, chromium: {…}},
@@ -63,9 +65,11 @@ async function scenario(base, room, WS) {
   return out;
 }
 
+const CA = process.env.ROOMCAST_CA ? fs.readFileSync(process.env.ROOMCAST_CA) : undefined;
+
 class NodeWS extends WebSocket {
   constructor(url) {
-    super(url, { perMessageDeflate: true });
+    super(url, { perMessageDeflate: true, ca: CA });
   }
 }
 
@@ -73,7 +77,8 @@ const report = { node: await scenario(BASE, `${PREFIX}-node`, NodeWS) };
 
 if (CHROMIUM) {
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), "roomcast-deflate-"));
-  const { proc, url } = startChromium(CHROMIUM, profile);
+  const spki = process.env.ROOMCAST_SPKI;
+  const { proc, url } = startChromium(CHROMIUM, profile, spki ? [`--ignore-certificate-errors-spki-list=${spki}`] : []);
   try {
     const browser = await cdp(await url);
     const { targetId } = await browser.send("Target.createTarget", { url: "about:blank" });

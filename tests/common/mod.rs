@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod redis;
+pub mod tls;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -247,9 +248,14 @@ impl Server {
     /// did, every resource of the connections it ended is released. The `/stats`
     /// request itself is one socket, so it counts `n + 1`.
     pub fn settles_to(&self, n: u64) {
+        self.settles_with(n, || self.stats());
+    }
+
+    /// [`Server::settles_to`] with `/stats` fetched by `stats` (over TLS, say).
+    pub fn settles_with(&self, n: u64, stats: impl Fn() -> serde_json::Value) {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let s = self.stats();
+            let s = stats();
             if s["connections"].as_u64() == Some(n + 1) {
                 return;
             }
@@ -423,6 +429,20 @@ impl Bystander {
 /// The real clients' folder (`tests/clients`: Python, Node, browser scripts).
 pub fn clients_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
+}
+
+/// The Python 3 of the venv scripts/test.sh makes (or `ROOMCAST_PYTHON`).
+pub fn python() -> std::path::PathBuf {
+    let p: std::path::PathBuf = std::env::var_os("ROOMCAST_PYTHON").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-py3/bin/python"),
+        Into::into,
+    );
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/test.sh",
+        p.display()
+    );
+    p
 }
 
 /// Debian's Chromium (or `ROOMCAST_CHROMIUM`), which scripts/test.sh installs.

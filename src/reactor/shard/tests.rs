@@ -122,6 +122,7 @@ fn core(out_cap: usize) -> (Core<Lines>, Arc<Drain>) {
         out_cap,
         drain: drain.clone(),
         shared: Arc::new(SharedStats::new(1)),
+        tls: None,
     };
     (Core::new(Lines::default(), setup), drain)
 }

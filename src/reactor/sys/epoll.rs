@@ -348,15 +348,14 @@ impl<S: Service> Epoll<S> {
     }
 
     fn flush_one(&mut self, slot: usize) {
-        let Some(conn) = self.core.conn(slot) else {
+        let Some(fd) = self.core.conn(slot).map(|c| c.io as RawFd) else {
             return;
         };
         let mut iov = [io::IoSlice::new(&[]); MAX_IOV];
-        let count = conn.out.iovecs(&mut iov);
+        let count = self.core.egress(slot, &mut iov);
         if count == 0 {
             return;
         }
-        let fd = conn.io as RawFd;
         // IoSlice is ABI-compatible with iovec.
         let res = syscall!(writev(fd, iov.as_ptr().cast(), count as i32));
         let total: usize = iov[..count].iter().map(|s| s.len()).sum();

@@ -194,6 +194,7 @@ pub fn run<S: Service>(setup: ShardSetup<S>) -> io::Result<()> {
         expired: Vec::new(),
     };
     lp.core.fixed_files = u64::from(lp.fixed_files);
+    lp.core.pin_sends = true;
     lp.core.reserve_slots(lp.fixed_files as usize);
     lp.arm_accept();
     lp.arm_wake();
@@ -704,14 +705,15 @@ impl<S: Service> Uring<S> {
             self.core.queue_flush(slot);
             return;
         }
-        let Some(conn) = self.core.conn(slot) else {
-            return;
-        };
         let i = self.arena.used;
-        self.arena.used += 1;
         let iovs = &mut self.arena.iovs[i * MAX_IOV..(i + 1) * MAX_IOV];
         let mut slices = [io::IoSlice::new(&[]); MAX_IOV];
-        let count = conn.out.iovecs(&mut slices);
+        // Pins what the slices point into until the completion.
+        let count = self.core.egress(slot, &mut slices);
+        if count == 0 {
+            return;
+        }
+        self.arena.used += 1;
         for (dst, src) in iovs.iter_mut().zip(&slices[..count]) {
             *dst = libc::iovec {
                 iov_base: src.as_ptr() as *mut libc::c_void,
@@ -721,8 +723,9 @@ impl<S: Service> Uring<S> {
         let hdr = &mut self.arena.hdrs[i];
         hdr.msg_iov = iovs.as_mut_ptr();
         hdr.msg_iovlen = count;
-        // The kernel reads these frames until the completion: none may be dropped before.
-        conn.out.pin(count);
+        let Some(conn) = self.core.conn(slot) else {
+            return;
+        };
         conn.set(flag::SENDING);
         let ud = UserData::new(Op::Send, slot, conn.gen);
         let entry = opcode::SendMsg::new(Fixed(conn.io), hdr)

@@ -1,0 +1,223 @@
+//! TLS as a transport layer between a connection's socket bytes and its service.
+//!
+//! rustls runs each handshake (its buffered `ServerConnection`, a few KB, alive only for
+//! the handshake). Once it is done, the session's traffic keys are extracted and the
+//! record layer ([`record`]) takes over: an open `wss` connection keeps ~100 bytes of keys
+//! and sequence numbers plus a few counters, in a side table next to the slab (the slot
+//! itself stays at 128 bytes), and no buffer while idle. Records are opened in place in
+//! the receive buffer; queued frames, shared by every recipient, are sealed per recipient
+//! when they are sent, into a buffer that lives only until the kernel has taken it.
+//!
+//! What the reactor core does with this lives in `shard/tls.rs`.
+
+pub mod ktls;
+pub mod record;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::ServerConnection;
+use rustls::ServerConfig;
+use thin_vec::ThinVec;
+
+use record::Records;
+
+/// The certificate and key the listener serves, reloadable (SIGHUP) for new connections.
+pub struct Source {
+    cert: PathBuf,
+    key: PathBuf,
+    current: RwLock<Arc<ServerConfig>>,
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Source {
+    /// Reads `cert` (PEM, the chain in order) and `key` (PEM: PKCS#8, PKCS#1 or SEC1) and
+    /// checks that they belong together.
+    pub fn load(cert: &Path, key: &Path) -> Result<Source, String> {
+        let config = server_config(cert, key)?;
+        Ok(Source {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            current: RwLock::new(config),
+        })
+    }
+
+    /// Reads the files again: new connections get the new certificate, open ones keep
+    /// theirs. A file that does not load leaves the current certificate in place.
+    pub fn reload(&self) -> Result<(), String> {
+        let config = server_config(&self.cert, &self.key)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = config;
+        Ok(())
+    }
+
+    /// The configuration a new connection's handshake uses.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "--tls-cert {}: no PEM certificate in the file",
+            cert.display()
+        ));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| {
+            format!(
+                "--tls-cert {} and --tls-key {} do not make a certificate: {e}",
+                cert.display(),
+                key.display()
+            )
+        })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // The record layer is ours once the handshake is done.
+    config.enable_secret_extraction = true;
+    // No TLS 1.3 tickets: each would be a post-handshake message per connection, and
+    // a resumed session saves a client little next to its WebSocket reconnect.
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
+/// Where a TLS connection is.
+pub enum Phase {
+    /// rustls runs the handshake.
+    Handshake(Box<ServerConnection>),
+    /// Established: the record layer holds the keys.
+    Open(Records),
+    /// The handshake failed (or its keys could not be taken over): closing.
+    Failed,
+}
+
+/// One TLS connection's transport state, beside its slab slot.
+pub struct Session {
+    pub phase: Phase,
+    /// Ciphertext received short of a whole record.
+    pub cin: ThinVec<u8>,
+    /// Records sealed for the kernel, and how much of them it has taken.
+    pub cout: Vec<u8>,
+    pub cout_sent: usize,
+    /// The frames at the front of the out-ring `cout` carries, and their bytes.
+    pub frames: u16,
+    pub plain: u32,
+    /// Frames at the front of the out-ring that are already wire bytes (the handshake's
+    /// own records, a sealed alert, the answer to plain HTTP), sent as they are.
+    pub raw: u16,
+    /// Whether our close_notify is queued.
+    pub notified: bool,
+    /// Whether any bytes have arrived (plain HTTP is recognised in the first ones).
+    pub heard: bool,
+}
+
+/// A shard's TLS sessions, indexed by slab slot.
+pub struct Sessions {
+    source: Arc<Source>,
+    table: Vec<Option<Box<Session>>>,
+}
+
+impl Sessions {
+    pub fn new(source: Arc<Source>) -> Sessions {
+        Sessions {
+            source,
+            table: Vec::new(),
+        }
+    }
+
+    /// A new connection in `slot` starts its handshake.
+    pub fn open(&mut self, slot: usize) -> Result<(), rustls::Error> {
+        let conn = ServerConnection::new(self.source.config())?;
+        if self.table.len() <= slot {
+            self.table.resize_with(slot + 1, || None);
+        }
+        self.table[slot] = Some(Box::new(Session {
+            phase: Phase::Handshake(Box::new(conn)),
+            cin: ThinVec::new(),
+            cout: Vec::new(),
+            cout_sent: 0,
+            frames: 0,
+            plain: 0,
+            raw: 0,
+            notified: false,
+            heard: false,
+        }));
+        Ok(())
+    }
+
+    pub fn get_mut(&mut self, slot: usize) -> Option<&mut Session> {
+        self.table.get_mut(slot).and_then(|s| s.as_deref_mut())
+    }
+
+    /// Takes `slot`'s session out while the core works on it (give it back with `put`).
+    pub fn take(&mut self, slot: usize) -> Option<Box<Session>> {
+        self.table.get_mut(slot).and_then(Option::take)
+    }
+
+    pub fn put(&mut self, slot: usize, session: Box<Session>) {
+        if let Some(s) = self.table.get_mut(slot) {
+            *s = Some(session);
+        }
+    }
+
+    pub fn remove(&mut self, slot: usize) {
+        if let Some(s) = self.table.get_mut(slot) {
+            *s = None;
+        }
+    }
+
+    pub fn is_handshaking(&self, slot: usize) -> bool {
+        matches!(
+            self.table.get(slot).and_then(|s| s.as_deref()),
+            Some(Session {
+                phase: Phase::Handshake(_),
+                ..
+            })
+        )
+    }
+}
+
+/// Whether the first bytes of a connection look like plain HTTP (a request line) rather
+/// than a TLS record: a TLS record starts with a content type between 20 and 24.
+pub fn looks_like_http(first: &[u8]) -> bool {
+    first.first().is_some_and(u8::is_ascii_uppercase)
+}
+
+/// What plain HTTP sent to the TLS port gets: an answer it can read, then the close.
+pub const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n\
+Content-Length: 50\r\nConnection: close\r\n\r\nthis port speaks TLS: use wss:// or https:// here\n";
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_plain_http_answer_says_its_length() {
+        let text = std::str::from_utf8(super::PLAIN_HTTP_ANSWER).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("Content-Length: {}", body.len())));
+        assert!(super::looks_like_http(b"GET / HTTP/1.1"));
+        assert!(!super::looks_like_http(&[22, 3, 1]));
+    }
+}
