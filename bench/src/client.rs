@@ -50,8 +50,9 @@ pub async fn handshake(
         )
     };
     socket.bind(SocketAddr::new(src, 0))?;
-    let mut stream = socket.connect(server).await?;
+    let stream = socket.connect(server).await?;
     stream.set_nodelay(true)?;
+    let mut stream = crate::tls::wrap(stream).await?;
     let offer = if deflate {
         format!("Sec-WebSocket-Extensions: {}\r\n", crate::deflate::OFFER)
     } else {

@@ -33,6 +33,7 @@ mod report;
 mod resume;
 mod sample;
 mod scenarios;
+mod tls;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -82,6 +83,10 @@ struct Cli {
     /// messages, publishers send theirs uncompressed.
     #[arg(long, global = true)]
     deflate: bool,
+    /// Every connection speaks TLS 1.3 to the server (`serve --tls-cert`), whatever
+    /// certificate it presents; see the `tls` module for how the scenarios use it.
+    #[arg(long, global = true)]
+    tls: bool,
     /// Source addresses to spread connections over: 127.0.0.2 … (at most 253).
     #[arg(long, default_value_t = 16, global = true)]
     sources: u8,
@@ -354,6 +359,9 @@ fn main() {
     }
     for (slot, p) in also_pids.iter_mut().zip(&cli.also_pid) {
         *slot = Some(*p);
+    }
+    if cli.tls {
+        tls::enable();
     }
     let t = Target {
         server: cli.server,

@@ -289,6 +289,7 @@ impl Workers {
                         .flat_map(|a| ["--also".to_owned(), a.to_string()]),
                 )
                 .args(t.deflate.then_some("--deflate"))
+                .args(crate::tls::enabled().then_some("--tls"))
                 .args(args(w))
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
