@@ -331,13 +331,19 @@ fn serve(
     let control = server.control();
     let window = cfg.drain_window_secs;
     let tls = running.tls;
+    let tls_on = tls.is_some();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || wait_for_signals(signals, control, window, tls))
         .expect("spawn the signal thread");
     // One line on stdout that scripts and tests wait for.
+    let tls_note = match (&tls_on, server.tls_addr) {
+        (_, Some(addr)) => format!(", TLS on {addr}"),
+        (true, None) => ", TLS".to_owned(),
+        (false, None) => String::new(),
+    };
     println!(
-        "roomcast {} listening on {} (backend {}, {} shards)",
+        "roomcast {} listening on {} (backend {}, {} shards{tls_note})",
         env!("CARGO_PKG_VERSION"),
         server.local_addr,
         server.backend,

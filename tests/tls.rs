@@ -237,6 +237,55 @@ both_backends! {
         assert!(text.contains("--tls-key"), "{text}");
     }
 
+    async fn tls_listen_serves_wss_beside_a_plain_listener(backend: &str) {
+        let pki = Pki::new(&format!("listen-{backend}"));
+        // Peer addresses wanted: io_uring arms single-shot accepts on both listeners.
+        let server = start(backend, &pki, &["--tls-listen", "127.0.0.1:0", "--shards", "2", "--max-conns-per-ip", "1000"]);
+        let tls_addr: std::net::SocketAddr = server
+            .line
+            .split("TLS on ")
+            .nth(1)
+            .and_then(|rest| rest.trim_end().trim_end_matches(')').parse().ok())
+            .unwrap_or_else(|| panic!("no TLS address in {:?}", server.line));
+        let config = pki.any_client();
+        // The plain port is plain: ws://, and /stats in clear.
+        let mut plain = common::connect(&server, "/ws?room=both").await;
+        assert_eq!(json_next(&mut plain).await["op"], "joined");
+        assert_eq!(server.get("/healthz").0, 200);
+        // The TLS port speaks TLS, to the same rooms.
+        let url = format!("wss://{tls_addr}/ws?room=both");
+        let (mut secure, _) = tokio_tungstenite::connect_async_tls_with_config(
+            url, None, false, Some(tokio_tungstenite::Connector::Rustls(config.clone())),
+        ).await.unwrap();
+        assert_eq!(json_next(&mut secure).await["op"], "joined");
+        for (from, to) in [(0, 1), (1, 0)] {
+            let pair = [&mut plain, &mut secure];
+            let text = format!("from {from}");
+            pair[from].send(Message::Text(json!({"op":"pub","room":"both","data":text}).to_string())).await.unwrap();
+            // (A member also gets its own messages: skip the earlier one.)
+            loop {
+                let v = json_next(pair[to]).await;
+                if v["op"] == "msg" && v["data"] == text.as_str() {
+                    break;
+                }
+            }
+        }
+        // Each port refuses the other's speech: TLS to the plain port, clear to the TLS one.
+        let wrong = tokio_tungstenite::connect_async_tls_with_config(
+            format!("wss://{}/echo", server.addr), None, false,
+            Some(tokio_tungstenite::Connector::Rustls(config.clone())),
+        ).await;
+        assert!(wrong.is_err());
+        let mut s = std::net::TcpStream::connect(tls_addr).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        drop((plain, secure));
+        server.settles_to(0);
+    }
+
     async fn python_node_and_chromium_speak_wss_on_echo_and_a_room(backend: &str) {
         let pki = Pki::new(&format!("clients-{backend}"));
         // With permessage-deflate too: compressed frames inside TLS records.

@@ -28,21 +28,21 @@ build=${BUILD:-1}
 bench=target/release/roomcast-bench
 roomcast=target/release/roomcast
 version=$("$roomcast" --version | awk '{print $2}')
-mkdir -p "$out/pki"
+mkdir -p "$out"
 results="$out/RESULTS.jsonl"
 : >"$results"
-if [ ! -s "$out/pki/cert.pem" ]; then
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
-    -subj "/CN=127.0.0.1" -addext "subjectAltName=IP:127.0.0.1" \
-    -keyout "$out/pki/key.pem" -out "$out/pki/cert.pem" 2>/dev/null
-fi
+# A throwaway certificate, outside the repository.
+pki=$(mktemp -d)
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+  -subj "/CN=127.0.0.1" -addext "subjectAltName=IP:127.0.0.1" \
+  -keyout "$pki/key.pem" -out "$pki/cert.pem" 2>/dev/null
 
 scenarios=(
   "fanout --members $members --rate $rate --secs $secs --size 1024"
   "fanout --members $members --rate 0 --secs $secs --size 1024"
   "echo --connections 100 --depth 16 --size 32 --secs $secs"
   "ramp --connections $handshakes --concurrency 64"
-  "idle --connections $idle --hold-secs 5 --workers 4"
+  "idle --connections $idle --hold-secs 5 --workers 4 --concurrency 64"
 )
 
 port=9700
@@ -53,7 +53,7 @@ stop_server() {
   wait "$pid" 2>/dev/null || true
   pid=""
 }
-trap stop_server EXIT
+trap 'stop_server; rm -rf "$pki"' EXIT
 
 for scenario in "${scenarios[@]}"; do
   for run in $(seq "$runs"); do
@@ -63,10 +63,10 @@ for scenario in "${scenarios[@]}"; do
         server_flags=(serve --shards 1 --rate 0 --backend "$backend" --listen "127.0.0.1:$port")
         client_flags=()
         if [ "$mode" = tls ]; then
-          server_flags+=(--tls-cert "$out/pki/cert.pem" --tls-key "$out/pki/key.pem")
+          server_flags+=(--tls-cert "$pki/cert.pem" --tls-key "$pki/key.pem")
           client_flags+=(--tls)
         fi
-        taskset -c 0 "$roomcast" "${server_flags[@]}" >/dev/null 2>"$out/server.log" &
+        taskset -c 0 "$roomcast" "${server_flags[@]}" >/dev/null 2>"$pki/server.log" &
         pid=$!
         for _ in $(seq 100); do
           (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break

@@ -95,7 +95,7 @@ pub(super) fn sent(core: &mut Core<App>, slot: usize) -> Vec<u8> {
 }
 
 pub(super) fn open(core: &mut Core<App>, path: &str) -> usize {
-    let (slot, _) = core.insert(0, None, Instant::now());
+    let (slot, _) = core.insert(0, None, Instant::now(), false);
     core.receive(slot, &mut upgrade(path));
     let resp = sent(core, slot);
     assert!(
@@ -123,7 +123,7 @@ pub(super) fn texts(mut bytes: &[u8]) -> Vec<String> {
 #[test]
 fn handshake_split_byte_by_byte_then_echo() {
     let mut core = shard(4, gate::Gate::default());
-    let (slot, _) = core.insert(0, None, Instant::now());
+    let (slot, _) = core.insert(0, None, Instant::now(), false);
     let mut stream = UPGRADE.to_vec();
     stream.extend(masked(OpCode::Text, b"hi"));
     for b in &stream {
@@ -171,7 +171,7 @@ fn violations_queue_a_close_with_the_mapped_code() {
 fn plain_requests_get_healthz_or_404() {
     let mut core = shard(4, gate::Gate::default());
     for (path, status) in [("/healthz", "200"), ("/nope", "404"), ("/ws", "400")] {
-        let (slot, _) = core.insert(0, None, Instant::now());
+        let (slot, _) = core.insert(0, None, Instant::now(), false);
         let mut req = format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").into_bytes();
         core.receive(slot, &mut req);
         assert!(core.conn(slot).unwrap().is_closing());
@@ -183,7 +183,7 @@ fn plain_requests_get_healthz_or_404() {
 #[test]
 fn unknown_upgrade_path_gets_404_before_upgrading() {
     let mut core = shard(4, gate::Gate::default());
-    let (slot, _) = core.insert(0, None, Instant::now());
+    let (slot, _) = core.insert(0, None, Instant::now(), false);
     core.receive(slot, &mut upgrade("/nope"));
     assert!(sent(&mut core, slot).starts_with(b"HTTP/1.1 404"));
 }

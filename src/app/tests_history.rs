@@ -252,7 +252,7 @@ fn events(bytes: &[u8]) -> Vec<(String, String, String)> {
 }
 
 fn stream(core: &mut Core<App>, query: &str, last_id: Option<&str>) -> usize {
-    let (slot, _) = core.insert(0, None, Instant::now());
+    let (slot, _) = core.insert(0, None, Instant::now(), false);
     let header = last_id.map_or(String::new(), |id| format!("Last-Event-ID: {id}\r\n"));
     let mut req = format!("GET /sse?{query} HTTP/1.1\r\nHost: h\r\n{header}\r\n").into_bytes();
     core.receive(slot, &mut req);

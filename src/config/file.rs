@@ -78,7 +78,7 @@ pub const GROUPS: &[(&str, &[&str])] = &[
     ),
     ("cluster", &["redis", "node-id", "presence-events"]),
     ("compression", &["deflate", "deflate-min-size"]),
-    ("tls", &["tls-cert", "tls-key"]),
+    ("tls", &["tls-cert", "tls-key", "tls-listen"]),
     ("capacity", &["memory-budget", "figures", "capacity-margin"]),
     ("logs", &["log-format", "log-level"]),
     ("browsers", &["demo"]),

@@ -417,6 +417,15 @@ pub struct ServeConfig {
     )]
     pub tls_cert: Option<std::path::PathBuf>,
 
+    /// Serve TLS on this address instead, and keep --listen plain (ws://, http://).
+    #[arg(
+        long = "tls-listen",
+        value_name = "ADDR",
+        env = "ROOMCAST_TLS_LISTEN",
+        requires = "tls_cert"
+    )]
+    pub tls_listen: Option<SocketAddr>,
+
     /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
     #[arg(
         long = "tls-key",
@@ -511,6 +520,7 @@ impl ServeConfig {
             drain_window: Duration::from_secs(self.drain_window_secs),
             peer_addresses: self.max_conns_per_ip > 0,
             tls: None,
+            tls_listen: self.tls_listen,
         }
     }
 

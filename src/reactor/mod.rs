@@ -71,8 +71,10 @@ pub struct Settings {
     /// Whether the service needs each peer's address (io_uring then accepts one
     /// connection per request, each with its own address buffer).
     pub peer_addresses: bool,
-    /// The listener speaks TLS with this certificate.
+    /// TLS with this certificate: on `listen`, or with `tls_listen` on that address only.
     pub tls: Option<Arc<tls::Source>>,
+    /// `--tls-listen`: TLS here, and `listen` stays plain.
+    pub tls_listen: Option<SocketAddr>,
 }
 
 /// What a shard's service is built with.
@@ -88,7 +90,8 @@ pub struct ShardInfo {
 /// Everything one shard starts with.
 pub struct ShardSetup<S: Service> {
     pub index: usize,
-    pub listener: socket2::Socket,
+    /// The main listener, then `--tls-listen`'s, and whether each speaks TLS.
+    pub listeners: Vec<(socket2::Socket, bool)>,
     pub service: S,
     pub core: CoreSetup<S::Msg>,
     /// io_uring only: fixed-file table size, provided buffers.
@@ -101,6 +104,8 @@ pub struct ShardSetup<S: Service> {
 /// A running server: its address, backend and shard threads.
 pub struct Server {
     pub local_addr: SocketAddr,
+    /// `--tls-listen`'s address, when set.
+    pub tls_addr: Option<SocketAddr>,
     pub backend: Backend,
     pub shards: usize,
     pub stats: Arc<SharedStats>,
@@ -154,6 +159,21 @@ impl Server {
         for _ in 1..shards {
             listeners.push(sys::listener(local_addr, cfg.backlog)?);
         }
+        // `--tls-listen`: a second set, the same way.
+        let mut tls_listeners = Vec::new();
+        let mut tls_addr = None;
+        if let Some(addr) = cfg.tls_listen {
+            sys::ensure_port_free(addr)?;
+            let first = sys::listener(addr, cfg.backlog)?;
+            let bound = first.local_addr()?.as_socket();
+            tls_listeners.push(first);
+            for _ in 1..shards {
+                let addr = bound.ok_or_else(|| io::Error::other("no inet address"))?;
+                tls_listeners.push(sys::listener(addr, cfg.backlog)?);
+            }
+            tls_addr = bound;
+        }
+        let main_tls = cfg.tls.is_some() && cfg.tls_listen.is_none();
         let pin = shards <= cpus.len();
         let fixed_files = nofile.min(1 << 20) as u32;
         let recv_buffers = cfg
@@ -175,8 +195,10 @@ impl Server {
         let drain = Arc::new(Drain::new(cfg.drain_window));
         let dups = listeners
             .iter()
+            .chain(&tls_listeners)
             .map(|l| l.try_clone().map(OwnedFd::from))
             .collect::<io::Result<Vec<_>>>()?;
+        let mut tls_listeners = tls_listeners.into_iter();
         let mut mesh = crate::mesh::build(shards, others)?;
         let extra = mesh.split_off(shards);
         let mut threads = Vec::with_capacity(shards);
@@ -187,9 +209,11 @@ impl Server {
                 stats: stats.clone(),
                 drain: drain.clone(),
             });
+            let mut shard_listeners = vec![(listener, main_tls)];
+            shard_listeners.extend(tls_listeners.next().map(|l| (l, true)));
             let setup = ShardSetup {
                 index,
-                listener,
+                listeners: shard_listeners,
                 service,
                 core: CoreSetup {
                     index,
@@ -227,6 +251,7 @@ impl Server {
         }
         let server = Server {
             local_addr,
+            tls_addr,
             backend,
             shards,
             stats,

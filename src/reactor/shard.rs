@@ -210,17 +210,15 @@ impl<S: Service> Core<S> {
         io: u32,
         peer: Option<std::net::IpAddr>,
         now: Instant,
+        tls: bool,
     ) -> (usize, u32) {
         self.next_gen = (self.next_gen + 1) & GEN_MASK;
         let gen = self.next_gen;
         let app = self.service.open(peer);
         let slot = self.cx.conns.insert(Conn::new(io, gen, app));
         self.cx.stats.accepted += 1;
-        if let Some(tls) = &mut self.tls {
-            // Without a session the connection is closed at its first bytes.
-            if let Err(e) = tls.open(slot) {
-                tracing::warn!(error = %e, "TLS session could not start");
-            }
+        if let Some(sessions) = self.tls.as_mut().filter(|_| tls) {
+            sessions.open(slot);
         }
         self.handshake_deadlines.push_back(Deadline {
             at: now + self.timeouts.handshake,
@@ -242,7 +240,7 @@ impl<S: Service> Core<S> {
 
     /// Bytes arrived for `slot` (in place: TLS records are opened where they lie).
     pub fn receive(&mut self, slot: usize, data: &mut [u8]) -> Next {
-        if self.tls.is_some() {
+        if self.is_tls(slot) {
             return self.receive_tls(slot, data);
         }
         self.receive_plain(slot, data)
@@ -373,7 +371,7 @@ impl<S: Service> Core<S> {
     /// sealing them), front first. With `pin_sends`, what they point into is pinned until
     /// [`Core::sent`].
     pub fn egress<'a>(&'a mut self, slot: usize, iov: &mut [IoSlice<'a>]) -> usize {
-        if self.tls.is_some() {
+        if self.is_tls(slot) {
             self.egress_tls(slot, iov)
         } else {
             let pin = self.pin_sends;

@@ -218,3 +218,30 @@ fn deflate_costs_the_shards_memory_and_each_message_cpu_not_the_connections() {
         (d.publish_cpus, d.egress_bytes_per_sec)
     );
 }
+
+#[test]
+fn tls_costs_each_connection_its_session_and_each_delivery_its_sealing() {
+    let f = Figures::builtin();
+    let plain = Workload {
+        connections: 100_000,
+        rooms: 10,
+        msg_rate: 10.0,
+        msg_size: 1000,
+        shards: Some(2),
+        ..idle(0)
+    };
+    let tls = Workload {
+        tls: true,
+        ..plain.clone()
+    };
+    let (a, b) = (plan(&plain, &machine(), &f), plan(&tls, &machine(), &f));
+    assert!((b.user_bytes - a.user_bytes - 100_000.0 * TLS_CONN_BYTES).abs() < 1.0);
+    let seal = TLS_DELIVERY_NS + 1048.0 * TLS_NS_PER_BYTE;
+    assert!((b.tls_cpus - a.deliveries_per_sec * seal / 1e9).abs() < 1e-9);
+    assert!((b.delivery_cpus - a.delivery_cpus - b.tls_cpus).abs() < 1e-9);
+    assert_eq!(a.publish_cpus, b.publish_cpus);
+    assert_eq!(b.handshake_cpu_secs, 100_000.0 * TLS_HANDSHAKE_US / 1e6);
+    let (text, _) = render(&tls, &machine(), &f, &b);
+    assert!(text.contains("sealing TLS records"), "{text}");
+    assert!(text.contains("for TLS"), "{text}");
+}

@@ -134,7 +134,7 @@ fn sent(core: &mut Core<Lines>, slot: usize) -> (Vec<u8>, Next) {
 #[test]
 fn partial_input_waits_in_the_tail_and_is_offered_again() {
     let (mut core, _) = core(8);
-    let (slot, _) = core.insert(0, None, Instant::now());
+    let (slot, _) = core.insert(0, None, Instant::now(), false);
     for b in b"ab\ncd\n" {
         assert_eq!(core.receive(slot, &mut [*b]), Next::Nothing);
     }
@@ -146,7 +146,7 @@ fn partial_input_waits_in_the_tail_and_is_offered_again() {
 #[test]
 fn a_full_ring_pauses_and_draining_it_resumes_with_the_held_input() {
     let (mut core, _) = core(2);
-    let (slot, _) = core.insert(0, None, Instant::now());
+    let (slot, _) = core.insert(0, None, Instant::now(), false);
     assert_eq!(
         core.receive(slot, &mut b"1\n2\n3\n4\n5\n".to_vec()),
         Next::StopReading
@@ -172,7 +172,7 @@ fn a_full_ring_pauses_and_draining_it_resumes_with_the_held_input() {
 #[test]
 fn finishing_sends_the_last_bytes_then_half_closes_and_drops_later_input() {
     let (mut core, _) = core(8);
-    let (slot, gen) = core.insert(0, None, Instant::now());
+    let (slot, gen) = core.insert(0, None, Instant::now(), false);
     assert_eq!(
         core.receive(slot, &mut b"x\nbye\nlost\n".to_vec()),
         Next::Nothing
@@ -198,7 +198,7 @@ fn finishing_sends_the_last_bytes_then_half_closes_and_drops_later_input() {
 #[test]
 fn the_last_bytes_get_out_even_past_a_full_ring() {
     let (mut core, _) = core(2);
-    let (slot, gen) = core.insert(0, None, Instant::now());
+    let (slot, gen) = core.insert(0, None, Instant::now(), false);
     let mut link = core.cx.link(slot, gen).unwrap();
     for i in 0..8u8 {
         link.send_up_to(frame(&[b'0' + i, b'\n']), 8).unwrap();
@@ -216,8 +216,8 @@ fn the_last_bytes_get_out_even_past_a_full_ring() {
 fn a_connection_not_established_in_time_is_handed_to_the_service_then_closed() {
     let (mut core, _) = core(8);
     let t0 = Instant::now();
-    let (slow, _) = core.insert(0, None, t0);
-    let (quick, _) = core.insert(1, None, t0);
+    let (slow, _) = core.insert(0, None, t0, false);
+    let (quick, _) = core.insert(1, None, t0, false);
     core.receive(quick, &mut b"hello\n".to_vec());
     let mut out = Vec::new();
     core.expired(t0 + 4 * SECOND, &mut out);
@@ -228,7 +228,7 @@ fn a_connection_not_established_in_time_is_handed_to_the_service_then_closed() {
 #[test]
 fn input_past_the_services_bound_is_an_overflow() {
     let (mut core, _) = core(8);
-    let (slot, _) = core.insert(0, None, Instant::now());
+    let (slot, _) = core.insert(0, None, Instant::now(), false);
     let next = core.receive(slot, &mut [b'a'; 17]);
     assert_eq!(core.service.log, ["overflow"]);
     assert_eq!(next, Next::Close, "aborted, nothing left to send");
@@ -238,9 +238,9 @@ fn input_past_the_services_bound_is_an_overflow() {
 fn heartbeats_tick_established_connections_and_drop_the_silent() {
     let (mut core, _) = core(8);
     let t0 = Instant::now();
-    let (talker, _) = core.insert(0, None, t0);
-    let (silent, _) = core.insert(1, None, t0);
-    let (never, _) = core.insert(2, None, t0);
+    let (talker, _) = core.insert(0, None, t0, false);
+    let (silent, _) = core.insert(1, None, t0, false);
+    let (never, _) = core.insert(2, None, t0, false);
     core.receive(talker, &mut b"hello\n".to_vec());
     core.receive(silent, &mut b"hello\n".to_vec());
     core.take_flush();
@@ -265,12 +265,12 @@ fn a_drain_says_goodbye_to_open_streams_over_the_window_and_ends() {
     let t0 = Instant::now();
     let open: Vec<usize> = (0..4)
         .map(|i| {
-            let (slot, _) = core.insert(i, None, t0);
+            let (slot, _) = core.insert(i, None, t0, false);
             core.receive(slot, &mut b"hello\n".to_vec());
             slot
         })
         .collect();
-    let (handshaking, _) = core.insert(9, None, t0);
+    let (handshaking, _) = core.insert(9, None, t0, false);
     assert!(drain.begin());
     let mut out = Vec::new();
     assert_eq!(
@@ -307,7 +307,7 @@ fn mesh_messages_reach_the_service_at_the_end_of_the_turn() {
 #[test]
 fn a_closing_connection_lingers_until_the_peers_goodbye() {
     let (mut core, _) = core(8);
-    let (slot, _) = core.insert(0, None, Instant::now());
+    let (slot, _) = core.insert(0, None, Instant::now(), false);
     core.receive(slot, &mut b"bye\n".to_vec());
     assert_eq!(sent(&mut core, slot).1, Next::ShutdownWrite);
     // The peer is still mid-way through what it was sending: read and dropped.
@@ -320,7 +320,7 @@ fn a_closing_connection_lingers_until_the_peers_goodbye() {
 #[test]
 fn a_closing_peer_that_floods_is_cut_off() {
     let (mut core, _) = core(8);
-    let (slot, _) = core.insert(0, None, Instant::now());
+    let (slot, _) = core.insert(0, None, Instant::now(), false);
     core.receive(slot, &mut b"bye\n".to_vec());
     let mut chunk = vec![b'z'; 1 << 20];
     let cut = (0..32).position(|_| core.receive(slot, &mut chunk) == Next::Close);

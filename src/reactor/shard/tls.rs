@@ -302,6 +302,11 @@ impl<S: Service> Core<S> {
         Some(next)
     }
 
+    /// Whether `slot` speaks TLS.
+    pub(super) fn is_tls(&self, slot: usize) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.has(slot))
+    }
+
     /// Whether `slot` is a TLS connection still in its handshake (its deadline closes it
     /// without a word: an HTTP 408 would not be TLS).
     pub(super) fn tls_handshaking(&self, slot: usize) -> bool {

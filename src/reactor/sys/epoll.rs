@@ -11,8 +11,9 @@ use crate::reactor::conn::flag;
 use crate::reactor::shard::{Core, DrainStatus, Next};
 use crate::reactor::{Service, ShardSetup};
 
-/// Token of the listener in epoll's user data; connections use `gen << 32 | slot`.
-const LISTENER: u64 = u64::MAX;
+/// Token of the first listener in epoll's user data (the next one's is one more);
+/// connections use `gen << 32 | slot`, with the generation under 2^28.
+const LISTENER: u64 = u64::MAX - 8;
 /// Token of the mesh eventfd: another shard has messages for us.
 const WAKE: u64 = u64::MAX - 1;
 
@@ -33,7 +34,8 @@ const READ_BUDGET: usize = 4;
 
 struct Epoll<S: Service> {
     ep: OwnedFd,
-    listener: socket2::Socket,
+    /// The main listener, then `--tls-listen`'s, and whether each speaks TLS.
+    listeners: Vec<(socket2::Socket, bool)>,
     core: Core<S>,
     scratch: Box<[u8]>,
     /// A descriptor held in reserve so that at the fd limit a pending connection can
@@ -55,7 +57,7 @@ pub fn run<S: Service>(setup: ShardSetup<S>) -> io::Result<()> {
     let ep = unsafe { OwnedFd::from_raw_fd(ep) };
     let mut lp = Epoll {
         ep,
-        listener: setup.listener,
+        listeners: setup.listeners,
         core: Core::new(setup.service, setup.core),
         scratch: vec![0u8; SCRATCH].into_boxed_slice(),
         reserve: open_reserve(),
@@ -66,11 +68,13 @@ pub fn run<S: Service>(setup: ShardSetup<S>) -> io::Result<()> {
     };
     // Every connection is a descriptor, so the process's limit bounds each shard's.
     lp.core.reserve_slots(setup.fixed_files as usize);
-    lp.add(
-        lp.listener.as_raw_fd(),
-        LISTENER,
-        libc::EPOLLIN as u32 | libc::EPOLLET as u32,
-    )?;
+    for (k, (listener, _)) in lp.listeners.iter().enumerate() {
+        lp.add(
+            listener.as_raw_fd(),
+            LISTENER + k as u64,
+            libc::EPOLLIN as u32 | libc::EPOLLET as u32,
+        )?;
+    }
     let wake = lp.core.mesh().wake_fd();
     lp.add(wake, WAKE, libc::EPOLLIN as u32 | libc::EPOLLET as u32)?;
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
@@ -99,8 +103,8 @@ pub fn run<S: Service>(setup: ShardSetup<S>) -> io::Result<()> {
         lp.read_again();
         for ev in &events[..n] {
             let (token, bits) = (ev.u64, ev.events);
-            if token == LISTENER {
-                lp.accept_all();
+            if (LISTENER..LISTENER + 2).contains(&token) {
+                lp.accept_all((token - LISTENER) as usize);
             } else if token == WAKE {
                 lp.core.mesh().consume_wake();
             } else {
@@ -142,25 +146,22 @@ impl<S: Service> Epoll<S> {
         .map(drop)
     }
 
-    /// Accepts until the backlog is empty. Cost: one accept4 + one epoll_ctl per socket.
-    fn accept_all(&mut self) {
+    /// Accepts until listener `k`'s backlog is empty. Cost: one accept4 + one epoll_ctl
+    /// per socket.
+    fn accept_all(&mut self, k: usize) {
+        let (listener, tls) = (self.listeners[k].0.as_raw_fd(), self.listeners[k].1);
         loop {
             let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
             // SAFETY: all-zero bytes are a valid sockaddr_storage.
             let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
             let mut len = std::mem::size_of_val(&addr) as libc::socklen_t;
-            let fd = match syscall!(accept4(
-                self.listener.as_raw_fd(),
-                (&raw mut addr).cast(),
-                &mut len,
-                flags
-            )) {
+            let fd = match syscall!(accept4(listener, (&raw mut addr).cast(), &mut len, flags)) {
                 Ok(fd) => fd,
                 Err(e) => match e.raw_os_error() {
                     Some(libc::EAGAIN) => return,
                     Some(libc::EINTR | libc::ECONNABORTED) => continue,
                     Some(errno @ (libc::EMFILE | libc::ENFILE)) => {
-                        if !self.refuse_one(errno) {
+                        if !self.refuse_one(listener, errno) {
                             return;
                         }
                         continue;
@@ -179,7 +180,7 @@ impl<S: Service> Epoll<S> {
             }
             let _ = socket2::SockRef::from(&BorrowedRaw(fd)).set_nodelay(true);
             let peer = super::peer_addr(&addr, len);
-            let (slot, gen) = self.core.insert(fd as u32, peer, Instant::now());
+            let (slot, gen) = self.core.insert(fd as u32, peer, Instant::now(), tls);
             let token = (u64::from(gen) << 32) | slot as u64;
             let interest =
                 (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
@@ -192,7 +193,7 @@ impl<S: Service> Epoll<S> {
 
     /// At the descriptor limit: accept one pending connection with the reserve
     /// descriptor and close it at once. Logs once per episode. Returns whether to go on.
-    fn refuse_one(&mut self, errno: i32) -> bool {
+    fn refuse_one(&mut self, listener: RawFd, errno: i32) -> bool {
         if !self.at_limit {
             self.at_limit = true;
             tracing::warn!(
@@ -206,7 +207,7 @@ impl<S: Service> Epoll<S> {
         };
         drop(reserve);
         let fd = syscall!(accept4(
-            self.listener.as_raw_fd(),
+            listener,
             std::ptr::null_mut(),
             std::ptr::null_mut(),
             libc::SOCK_CLOEXEC

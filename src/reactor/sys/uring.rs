@@ -28,8 +28,11 @@ use std::time::{Duration, Instant};
 use io_uring::types::{Fixed, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 
+mod accept;
 mod arena;
 mod bufring;
+use accept::AddrSlot;
+pub use accept::ADDR_ACCEPTS;
 use arena::SendArena;
 use bufring::BufRing;
 
@@ -62,10 +65,6 @@ enum Op {
 struct UserData(u64);
 
 impl UserData {
-    /// The multishot accept on this shard's listener.
-    const ACCEPT: UserData = UserData((Op::Accept as u64) << 60);
-    /// The listener poll armed while at the descriptor limit.
-    const LISTENER_POLL: UserData = UserData((Op::ListenerPoll as u64) << 60);
     /// Completions whose result is not needed.
     const IGNORE: UserData = UserData((Op::Ignore as u64) << 60);
     /// The poll on the mesh eventfd.
@@ -134,16 +133,6 @@ fn build_ring(entries: u32) -> io::Result<IoUring> {
         .build(entries)
 }
 
-/// Single-shot accepts kept armed when peer addresses are needed.
-pub const ADDR_ACCEPTS: usize = 16;
-
-/// Where one single-shot accept writes its peer's address.
-struct AddrSlot {
-    addr: libc::sockaddr_storage,
-    len: libc::socklen_t,
-    armed: bool,
-}
-
 struct Uring<S: Service> {
     // Field order matters for Drop: the ring goes before the buffers it points into.
     ring: IoUring,
@@ -151,7 +140,9 @@ struct Uring<S: Service> {
     /// Address buffers of the single-shot accepts (empty: multishot accept). A boxed
     /// slice, never resized, so the kernel's pointers stay valid.
     addrs: Box<[AddrSlot]>,
-    listener: socket2::Socket,
+    /// The shard's listeners (the main one, then `--tls-listen`'s) and whether each
+    /// speaks TLS; an accept's or a listener poll's generation bits say which.
+    listeners: Vec<(socket2::Socket, bool)>,
     core: Core<S>,
     /// The msghdrs and iovecs of the sends not submitted yet.
     arena: SendArena,
@@ -173,7 +164,12 @@ pub fn run<S: Service>(setup: ShardSetup<S>) -> io::Result<()> {
         "io_uring shard ready"
     );
     let want_peers = setup.peer_addresses;
-    let addrs = (0..if want_peers { ADDR_ACCEPTS } else { 0 })
+    let listeners = setup.listeners;
+    let addrs = (0..if want_peers {
+        ADDR_ACCEPTS * listeners.len()
+    } else {
+        0
+    })
         .map(|_| AddrSlot {
             // SAFETY: all-zero bytes are a valid sockaddr_storage.
             addr: unsafe { std::mem::zeroed() },
@@ -185,7 +181,7 @@ pub fn run<S: Service>(setup: ShardSetup<S>) -> io::Result<()> {
         ring,
         bufs,
         addrs,
-        listener: setup.listener,
+        listeners,
         core: Core::new(setup.service, setup.core),
         arena: SendArena::new(),
         fixed_files: setup.fixed_files,
@@ -237,37 +233,6 @@ impl<S: Service> Uring<S> {
                 tracing::warn!(error = %e, "io_uring submit failed while the queue was full");
             }
         }
-    }
-
-    fn arm_accept(&mut self) {
-        if !self.addrs.is_empty() {
-            for i in 0..self.addrs.len() {
-                self.arm_addr_accept(i);
-            }
-            return;
-        }
-        let fd = io_uring::types::Fd(self.listener.as_raw_fd());
-        let entry = opcode::AcceptMulti::new(fd)
-            .allocate_file_index(true)
-            .build()
-            .user_data(UserData::ACCEPT.0);
-        self.push(entry);
-    }
-
-    /// A single-shot accept that writes its peer into address buffer `i`.
-    fn arm_addr_accept(&mut self, i: usize) {
-        let fd = io_uring::types::Fd(self.listener.as_raw_fd());
-        let slot = &mut self.addrs[i];
-        if slot.armed {
-            return;
-        }
-        slot.armed = true;
-        slot.len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        let entry = opcode::Accept::new(fd, (&raw mut slot.addr).cast(), &raw mut slot.len)
-            .file_index(Some(io_uring::types::DestinationSlot::auto_target()))
-            .build()
-            .user_data(UserData::new(Op::Accept, i, 0).0);
-        self.push(entry);
     }
 
     /// Wakes the shard whose ring is `fd`: a CQE appears on its ring. Submitted with our
@@ -363,7 +328,7 @@ impl<S: Service> Uring<S> {
             x if x == Op::Send as u8 => self.on_send(ud, res),
             x if x == Op::Close as u8 => self.on_closed(ud),
             x if x == Op::Shutdown as u8 => self.on_shutdown(ud),
-            x if x == Op::ListenerPoll as u8 => self.on_listener_ready(),
+            x if x == Op::ListenerPoll as u8 => self.on_listener_ready(ud.gen() as usize),
             x if x == Op::Wake as u8 => {
                 self.core.mesh().consume_wake();
                 if !cqueue::more(flags) {
@@ -371,99 +336,6 @@ impl<S: Service> Uring<S> {
                 }
             }
             _ => {}
-        }
-    }
-
-    fn on_accept(&mut self, ud: UserData, res: i32, flags: u32) {
-        let single = !self.addrs.is_empty();
-        // Multishot accepts have no address buffer (`addrs` is empty).
-        if let Some(a) = self.addrs.get_mut(ud.slot()) {
-            a.armed = false;
-        }
-        if res >= 0 {
-            if self.at_limit {
-                self.at_limit = false;
-                tracing::info!("accepting again: fixed-file slots available");
-            }
-            let peer = self
-                .addrs
-                .get(ud.slot())
-                .and_then(|a| super::peer_addr(&a.addr, a.len));
-            let (slot, _) = self.core.insert(res as u32, peer, Instant::now());
-            self.arm_recv(slot);
-        } else {
-            let errno = -res;
-            match errno {
-                libc::ENFILE | libc::EMFILE | libc::ENOMEM | libc::ENOBUFS => self.hit_limit(errno),
-                libc::ECANCELED => return,
-                // The listener was shut down: a drain began. Accept no more.
-                _ if self.core.draining() => return,
-                _ => tracing::warn!(errno, "accept failed"),
-            }
-        }
-        if self.at_limit || self.core.draining() {
-            return;
-        }
-        if single {
-            self.arm_addr_accept(ud.slot());
-        } else if !cqueue::more(flags) {
-            self.arm_accept();
-        }
-    }
-
-    /// The fixed-file table (or memory) is exhausted. Log once per episode, refuse what
-    /// waits in the backlog, and watch the listener until a slot frees up.
-    fn hit_limit(&mut self, errno: i32) {
-        if !self.at_limit {
-            self.at_limit = true;
-            tracing::warn!(
-                limit = super::errno_name(errno),
-                open = self.core.len(),
-                table = self.fixed_files,
-                "out of descriptors: refusing new connections until some close"
-            );
-            self.refuse_backlog();
-            self.arm_listener_poll();
-        }
-    }
-
-    /// Accepts pending connections with plain descriptors and closes them at once: the
-    /// clients see a refusal instead of hanging in the backlog.
-    fn refuse_backlog(&mut self) {
-        let fd = self.listener.as_raw_fd();
-        let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
-        while let Ok(c) = super::syscall!(accept4(
-            fd,
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            flags
-        )) {
-            super::close_fd(c);
-        }
-    }
-
-    fn arm_listener_poll(&mut self) {
-        let fd = io_uring::types::Fd(self.listener.as_raw_fd());
-        let entry = opcode::PollAdd::new(fd, libc::POLLIN as u32)
-            .build()
-            .user_data(UserData::LISTENER_POLL.0);
-        self.push(entry);
-    }
-
-    fn on_listener_ready(&mut self) {
-        if !self.at_limit {
-            return;
-        }
-        self.refuse_backlog();
-        self.arm_listener_poll();
-    }
-
-    /// A slot freed up: if accepting was stopped, start again.
-    fn slot_freed(&mut self) {
-        if self.at_limit {
-            self.at_limit = false;
-            tracing::info!("accepting again: fixed-file slots available");
-            self.arm_accept();
         }
     }
 
@@ -765,8 +637,8 @@ mod tests {
             (Op::Send as u8, 123_456, GEN_MASK)
         );
         let reserved = [
-            UserData::ACCEPT,
-            UserData::LISTENER_POLL,
+            UserData::new(Op::Accept, 0, 1),
+            UserData::new(Op::ListenerPoll, 0, 1),
             UserData::IGNORE,
             UserData::WAKE,
             UserData::RING_WAKE,

@@ -148,14 +148,22 @@ impl Sessions {
         }
     }
 
-    /// A new connection in `slot` starts its handshake.
-    pub fn open(&mut self, slot: usize) -> Result<(), rustls::Error> {
-        let conn = ServerConnection::new(self.source.config())?;
+    /// A new connection in `slot` starts its handshake. If rustls cannot start one, the
+    /// session is failed from the start: the connection is closed at its first bytes
+    /// (never read as plain).
+    pub fn open(&mut self, slot: usize) {
+        let phase = match ServerConnection::new(self.source.config()) {
+            Ok(conn) => Phase::Handshake(Box::new(conn)),
+            Err(e) => {
+                tracing::warn!(error = %e, "TLS session could not start");
+                Phase::Failed
+            }
+        };
         if self.table.len() <= slot {
             self.table.resize_with(slot + 1, || None);
         }
         self.table[slot] = Some(Box::new(Session {
-            phase: Phase::Handshake(Box::new(conn)),
+            phase,
             cin: ThinVec::new(),
             cout: Vec::new(),
             cout_sent: 0,
@@ -165,7 +173,11 @@ impl Sessions {
             notified: false,
             heard: false,
         }));
-        Ok(())
+    }
+
+    /// Whether `slot` is a TLS connection.
+    pub fn has(&self, slot: usize) -> bool {
+        self.table.get(slot).is_some_and(Option::is_some)
     }
 
     pub fn get_mut(&mut self, slot: usize) -> Option<&mut Session> {
