@@ -19,18 +19,9 @@ rate=${RATE:-20}
 secs=${SECS:-10}
 idle=${IDLE:-15000}
 handshakes=${HANDSHAKES:-3000}
-runs=${RUNS:-3}
-backends=${BACKENDS:-uring epoll}
 out=${OUT:-bench/results-tls}
-build=${BUILD:-1}
-
-[ "$build" = 1 ] && cargo build --release --locked -p roomcast -p roomcast-bench 2>&1 | tail -1
-bench=target/release/roomcast-bench
-roomcast=target/release/roomcast
-version=$("$roomcast" --version | awk '{print $2}')
-mkdir -p "$out"
-results="$out/RESULTS.jsonl"
-: >"$results"
+# shellcheck source=bench/scripts/side-by-side.sh
+. bench/scripts/side-by-side.sh
 # A throwaway certificate, outside the repository.
 pki=$(mktemp -d)
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
@@ -46,43 +37,13 @@ scenarios=(
 )
 
 port=9700
-pid=""
-stop_server() {
-  [ -n "$pid" ] || return 0
-  kill "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  pid=""
+modes="plain tls"
+mode_flags() {
+  if [ "$1" = tls ]; then
+    server_extra=(--tls-cert "$pki/cert.pem" --tls-key "$pki/key.pem")
+    client_extra=(--tls)
+  fi
 }
+server_log="$pki/server.log"
 trap 'stop_server; rm -rf "$pki"' EXIT
-
-for scenario in "${scenarios[@]}"; do
-  for run in $(seq "$runs"); do
-    for backend in $backends; do
-      for mode in plain tls; do
-        port=$((port + 1))
-        server_flags=(serve --shards 1 --rate 0 --backend "$backend" --listen "127.0.0.1:$port")
-        client_flags=()
-        if [ "$mode" = tls ]; then
-          server_flags+=(--tls-cert "$pki/cert.pem" --tls-key "$pki/key.pem")
-          client_flags+=(--tls)
-        fi
-        taskset -c 0 "$roomcast" "${server_flags[@]}" >/dev/null 2>"$pki/server.log" &
-        pid=$!
-        for _ in $(seq 100); do
-          (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-          sleep 0.05
-        done
-        name="roomcast-$backend"
-        [ "$mode" = tls ] && name="$name+tls"
-        echo "== $name: $scenario (run $run/$runs)"
-        # shellcheck disable=SC2086
-        taskset -c 1 "$bench" --server "127.0.0.1:$port" --server-pid "$pid" --server-cpu 0 \
-          --server-name "$name" --server-version "$version" --out "$results" \
-          "${client_flags[@]}" $scenario
-        stop_server
-      done
-    done
-  done
-done
-
-"$bench" report "$results" --dir "$out"
+side_by_side

@@ -85,7 +85,7 @@ pub struct Core<S: Service> {
     inbox: Vec<S::Msg>,
     /// What the backend must do for connections changed outside an event of their own.
     actions: Vec<(usize, Next)>,
-    /// TLS sessions, when the listener speaks TLS.
+    /// TLS sessions, when a listener speaks TLS (only its connections have one).
     tls: Option<crate::reactor::tls::Sessions>,
     /// The kernel reads sends after the call returns (io_uring): what a send points
     /// into is pinned until it completes.
@@ -127,7 +127,7 @@ pub struct CoreSetup<M> {
     pub out_cap: usize,
     pub drain: Arc<Drain>,
     pub shared: Arc<SharedStats>,
-    /// The certificate, when the listener speaks TLS.
+    /// The certificate, when a listener speaks TLS.
     pub tls: Option<Arc<crate::reactor::tls::Source>>,
 }
 

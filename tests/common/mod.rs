@@ -293,11 +293,18 @@ impl Server {
 
 /// `GET path` over a fresh connection: (status code, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
+    let s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    get_over(s, path)
+}
+
+/// `GET path` over `s` (plain or TLS), read until the server closes: (status, body).
+pub fn get_over(mut s: impl Read + Write, path: &str) -> (u16, String) {
     write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
+    let mut out = Vec::new();
+    // The server closes after answering; what it sent arrived whatever the close says.
+    let _ = s.read_to_end(&mut out);
+    let out = String::from_utf8_lossy(&out).into_owned();
     let status = out
         .get(9..12)
         .and_then(|c| c.parse().ok())

@@ -1,7 +1,6 @@
 //! A test PKI (a CA and a certificate for 127.0.0.1 it signed, made by rcgen) and TLS
 //! clients for it: WebSocket (tokio-tungstenite over rustls) and blocking HTTPS.
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -149,18 +148,7 @@ pub fn stream(
 
 /// `GET path` over HTTPS: (status code, body).
 pub fn get(addr: SocketAddr, path: &str, config: Arc<ClientConfig>) -> (u16, String) {
-    let mut s = stream(addr, config);
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
-    let mut out = Vec::new();
-    // The server closes after answering; what it sent arrived whatever the close says.
-    let _ = s.read_to_end(&mut out);
-    let out = String::from_utf8_lossy(&out).into_owned();
-    let status = out
-        .get(9..12)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {out:?}"));
-    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
-    (status, body)
+    super::get_over(stream(addr, config), path)
 }
 
 /// [`Server::settles_to`] asking `/stats` over TLS.

@@ -178,17 +178,22 @@ fn a_cluster_splits_connections_and_deliveries_and_counts_redis() {
     assert!(p.redis_servers > 1, "{}", p.redis_cpus);
 }
 
-#[test]
-fn deflate_costs_the_shards_memory_and_each_message_cpu_not_the_connections() {
-    let f = Figures::builtin();
-    let plain = Workload {
+/// 100,000 members in 10 rooms, 10 msg/s of 1,000 B each, on 2 shards.
+fn ten_rooms() -> Workload {
+    Workload {
         connections: 100_000,
         rooms: 10,
         msg_rate: 10.0,
         msg_size: 1000,
         shards: Some(2),
         ..idle(0)
-    };
+    }
+}
+
+#[test]
+fn deflate_costs_the_shards_memory_and_each_message_cpu_not_the_connections() {
+    let f = Figures::builtin();
+    let plain = ten_rooms();
     let deflate = Workload {
         deflate: true,
         ..plain.clone()
@@ -222,14 +227,7 @@ fn deflate_costs_the_shards_memory_and_each_message_cpu_not_the_connections() {
 #[test]
 fn tls_costs_each_connection_its_session_and_each_delivery_its_sealing() {
     let f = Figures::builtin();
-    let plain = Workload {
-        connections: 100_000,
-        rooms: 10,
-        msg_rate: 10.0,
-        msg_size: 1000,
-        shards: Some(2),
-        ..idle(0)
-    };
+    let plain = ten_rooms();
     let tls = Workload {
         tls: true,
         ..plain.clone()
