@@ -224,6 +224,15 @@ Content-Length: 50\r\nConnection: close\r\n\r\nthis port speaks TLS: use wss:// 
 
 #[cfg(test)]
 mod tests {
+    /// An open connection's TLS state is one boxed `Session` (and a table entry): keep it
+    /// within mimalloc's 192-byte size class (bench/RESULTS.md measured 163–179 B per
+    /// idle connection over plain).
+    #[test]
+    fn a_session_fits_its_size_class() {
+        let bytes = std::mem::size_of::<super::Session>();
+        assert!(bytes <= 192, "{bytes}");
+    }
+
     #[test]
     fn the_plain_http_answer_says_its_length() {
         let text = std::str::from_utf8(super::PLAIN_HTTP_ANSWER).unwrap();
