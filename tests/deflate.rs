@@ -411,20 +411,7 @@ both_backends! {
     async fn python_node_and_chromium_agree_to_deflate_on_echo_and_a_room(backend: &str) {
         let server = Server::start(backend, &["--deflate", "--shards", "2"]);
         let base = server.url("");
-        let base = std::ffi::OsStr::new(base.trim_end_matches('/'));
-        let python = common::python();
-        let dir = common::clients_dir();
-        let mut reports = vec![(
-            "python",
-            run_client(&python, &[dir.join("deflate.py").as_os_str(), base, "py".as_ref()]),
-        )];
-        let chromium = common::chromium();
-        let both = run_client(
-            "node".as_ref(),
-            &[dir.join("deflate.mjs").as_os_str(), base, "js".as_ref(), chromium.as_os_str()],
-        );
-        reports.push(("node", both["node"].clone()));
-        reports.push(("chromium", both["chromium"].clone()));
+        let reports = common::deflate_clients(base.trim_end_matches('/'), "deflate", &[]);
         for (name, r) in &reports {
             for part in ["echo", "room"] {
                 let ext = r[part]["ext"].as_str().unwrap_or_default();
@@ -440,21 +427,4 @@ both_backends! {
         assert!(shard_sum(&s, "deflate_out") >= 6, "3 echoes and 3 deliveries: {s}");
         assert_eq!(shard_sum(&s, "protocol_errors"), 0, "{s}");
     }
-}
-
-/// Runs a client script against `server` and returns its JSON line.
-fn run_client(program: &std::path::Path, args: &[&std::ffi::OsStr]) -> Value {
-    let out = std::process::Command::new("timeout")
-        .arg("120")
-        .arg(program)
-        .args(args)
-        .output()
-        .expect("client");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
 }

@@ -291,33 +291,11 @@ both_backends! {
         // With permessage-deflate too: compressed frames inside TLS records.
         let server = start(backend, &pki, &["--deflate", "--shards", "2"]);
         let base = format!("wss://{}", server.addr);
-        let dir = common::clients_dir();
-        let python = common::python();
-        let run = |program: &std::ffi::OsStr, args: &[&std::ffi::OsStr]| -> Value {
-            let out = std::process::Command::new("timeout")
-                .arg("120")
-                .arg(program)
-                .args(args)
-                .env("ROOMCAST_CA", &pki.ca)
-                .env("ROOMCAST_SPKI", &pki.spki_sha256)
-                .output()
-                .expect("client");
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-            serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
-        };
-        let base_os = std::ffi::OsStr::new(&base);
-        let mut reports = vec![(
-            "python",
-            run(python.as_os_str(), &[dir.join("deflate.py").as_os_str(), base_os, "tls-py".as_ref()]),
-        )];
-        let chromium = common::chromium();
-        let both = run(
-            "node".as_ref(),
-            &[dir.join("deflate.mjs").as_os_str(), base_os, "tls-js".as_ref(), chromium.as_os_str()],
-        );
-        reports.push(("node", both["node"].clone()));
-        reports.push(("chromium", both["chromium"].clone()));
+        let envs = [
+            ("ROOMCAST_CA", pki.ca.as_os_str()),
+            ("ROOMCAST_SPKI", pki.spki_sha256.as_ref()),
+        ];
+        let reports = common::deflate_clients(&base, "tls", &envs);
         for (name, r) in &reports {
             for part in ["echo", "room"] {
                 assert_eq!(r[part]["same"], true, "{name} {part}: {r}");

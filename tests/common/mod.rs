@@ -452,6 +452,53 @@ pub fn python() -> std::path::PathBuf {
     p
 }
 
+/// Runs `tests/clients/deflate.py` (Python `websockets`) and `deflate.mjs` (Node `ws` and
+/// headless Chromium) against `base` (`ws://…` or `wss://…`, rooms named after `prefix`),
+/// with `envs` (a CA to trust, say); their reports, by client.
+pub fn deflate_clients(
+    base: &str,
+    prefix: &str,
+    envs: &[(&str, &std::ffi::OsStr)],
+) -> Vec<(&'static str, serde_json::Value)> {
+    let dir = clients_dir();
+    let run = |program: &std::ffi::OsStr, args: &[&std::ffi::OsStr]| -> serde_json::Value {
+        let out = Command::new("timeout")
+            .arg("120")
+            .arg(program)
+            .args(args)
+            .envs(envs.iter().copied())
+            .output()
+            .expect("client");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+    };
+    let base = std::ffi::OsStr::new(base);
+    let (py, js) = (format!("{prefix}-py"), format!("{prefix}-js"));
+    let python = run(
+        python().as_os_str(),
+        &[dir.join("deflate.py").as_os_str(), base, py.as_ref()],
+    );
+    let both = run(
+        "node".as_ref(),
+        &[
+            dir.join("deflate.mjs").as_os_str(),
+            base,
+            js.as_ref(),
+            chromium().as_os_str(),
+        ],
+    );
+    vec![
+        ("python", python),
+        ("node", both["node"].clone()),
+        ("chromium", both["chromium"].clone()),
+    ]
+}
+
 /// Debian's Chromium (or `ROOMCAST_CHROMIUM`), which scripts/test.sh installs.
 pub fn chromium() -> std::path::PathBuf {
     let p: std::path::PathBuf =
