@@ -272,6 +272,13 @@ impl<M: Message> Endpoint<M> {
         into.len() - before
     }
 
+    /// Moves only the messages this endpoint sent itself into `into`. Returns how many.
+    pub fn receive_local(&mut self, into: &mut Vec<M>) -> usize {
+        let before = into.len();
+        into.extend(self.local.drain(..));
+        into.len() - before
+    }
+
     /// Announces that this shard is about to sleep. Returns false if something arrived
     /// meanwhile (then don't sleep). Pair with [`Endpoint::awake`].
     pub fn prepare_sleep(&self) -> bool {

@@ -443,9 +443,14 @@ impl<S: Service> Core<S> {
     /// our figures.
     pub fn end_turn(&mut self) {
         self.cx.turn = self.cx.turn.wrapping_add(1);
-        self.drain_mesh();
+        self.drain_mesh(false);
         self.service.end_turn(&mut self.cx);
-        self.drain_mesh();
+        // What the service sent itself while ending the turn (an owner's deliveries to its
+        // own members) is handled now, so it leaves with this turn's flush. Messages from
+        // other shards that arrived meanwhile stay queued: the loop does not sleep on a
+        // non-empty queue, and the next turn handles them and then ends (a publish that
+        // arrived here is sealed then, not whenever the shard next wakes).
+        self.drain_mesh(true);
         self.cx.mesh.flush();
         for (slot, gen) in std::mem::take(&mut self.cx.resumes) {
             let paused = self
@@ -465,9 +470,19 @@ impl<S: Service> Core<S> {
         std::mem::take(&mut self.actions)
     }
 
-    fn drain_mesh(&mut self) {
+    /// Hands the mesh's messages to the service: all of them, or only those this shard
+    /// sent itself (`local_only`).
+    fn drain_mesh(&mut self, local_only: bool) {
         let mut inbox = std::mem::take(&mut self.inbox);
-        while self.cx.mesh.receive(&mut inbox) > 0 {
+        loop {
+            let n = if local_only {
+                self.cx.mesh.receive_local(&mut inbox)
+            } else {
+                self.cx.mesh.receive(&mut inbox)
+            };
+            if n == 0 {
+                break;
+            }
             for msg in inbox.drain(..) {
                 self.service.message(&mut self.cx, msg);
             }

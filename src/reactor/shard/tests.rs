@@ -14,6 +14,8 @@ use crate::reactor::service::Link;
 struct Lines {
     log: Vec<String>,
     closed: Vec<usize>,
+    /// Another shard's end of the mesh: sends us a note while we end our turn.
+    peer: Option<crate::mesh::Endpoint<Note>>,
 }
 
 #[derive(Debug)]
@@ -98,6 +100,13 @@ impl Service for Lines {
     }
 
     fn end_turn(&mut self, cx: &mut Cx<Lines>) {
+        if let Some(peer) = self.peer.as_mut() {
+            peer.send(0, Note("from shard 1"));
+            peer.flush();
+            self.peer = None;
+        }
+        cx.mesh.send(0, Note("sent myself"));
+        self.log.push("end".into());
         cx.stats.members = self.log.len() as u64;
     }
 
@@ -300,8 +309,27 @@ fn mesh_messages_reach_the_service_at_the_end_of_the_turn() {
     let (mut core, _) = core(8);
     core.mesh().send(0, Note("to myself"));
     core.end_turn();
-    assert_eq!(core.service.log, ["to myself"]);
-    assert_eq!(core.shared.shards[0].load().members, 1, "figures published");
+    assert_eq!(core.service.log, ["to myself", "end", "sent myself"]);
+    assert_eq!(core.shared.shards[0].load().members, 2, "figures published");
+}
+
+#[test]
+fn a_message_that_arrives_while_the_service_ends_its_turn_gets_a_turn_end_of_its_own() {
+    let (mut core, _) = core(8);
+    let mut ends = crate::mesh::build::<Note>(2, 0).unwrap();
+    core.service.peer = ends.pop();
+    core.cx.mesh = ends.pop().unwrap();
+    core.end_turn();
+    // The service's own message is handled in the turn that sent it; shard 1's waits,
+    // and the shard must not sleep on it.
+    assert_eq!(core.service.log, ["end", "sent myself"]);
+    assert!(!core.mesh().prepare_sleep(), "a message is waiting");
+    core.mesh().awake();
+    core.end_turn();
+    assert_eq!(
+        core.service.log[2..],
+        ["from shard 1", "end", "sent myself"]
+    );
 }
 
 #[test]
