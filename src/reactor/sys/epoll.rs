@@ -178,7 +178,6 @@ impl<S: Service> Epoll<S> {
                 self.at_limit = false;
                 tracing::info!("accepting again: descriptors available");
             }
-            let _ = socket2::SockRef::from(&BorrowedRaw(fd)).set_nodelay(true);
             let peer = super::peer_addr(&addr, len);
             let (slot, gen) = self.core.insert(fd as u32, peer, Instant::now(), tls);
             let token = (u64::from(gen) << 32) | slot as u64;
@@ -379,21 +378,5 @@ impl<S: Service> Epoll<S> {
             }
             Err(_) => self.close(slot),
         }
-    }
-}
-
-/// Lends a raw fd to socket2 for one setsockopt.
-struct BorrowedRaw(RawFd);
-
-impl AsRawFd for BorrowedRaw {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
-    }
-}
-
-impl std::os::fd::AsFd for BorrowedRaw {
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        // SAFETY: the fd is open for the lifetime of this value (it lives for one call).
-        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.0) }
     }
 }
