@@ -132,6 +132,8 @@ if [ "$quick" = 0 ]; then
     for scenario in "${scenarios[@]}"; do echo "- \`$scenario\`"; done
     echo
     sed 's#](\([a-z]\)#](results/\1#' "$out/REPORT.md"
+    # What other scripts measured (resume, Redis, deflate, TLS, kernel share) and how to
+    # read the figures: kept across runs in bench/NOTES.md.
     if [ -f bench/NOTES.md ]; then echo; cat bench/NOTES.md; fi
     # The million (scripts/million.sh) keeps its section.
     if [ -f bench/SCALE.md ]; then
