@@ -264,7 +264,7 @@ impl<M: Message> Endpoint<M> {
     /// each in order. Returns how many. Cost: O(messages).
     pub fn receive(&mut self, into: &mut Vec<M>) -> usize {
         let before = into.len();
-        into.extend(self.local.drain(..));
+        self.receive_local(into);
         for c in self.inp.iter_mut().flatten() {
             let n = c.slots();
             into.extend((0..n).filter_map(|_| c.pop().ok()));

@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
-use common::{chromium, clients_dir, Server};
+use common::{chromium, clients_dir, last_json, succeeds, Server};
 use serde_json::Value;
 
 fn js_dir() -> std::path::PathBuf {
@@ -27,17 +27,11 @@ fn the_clients_own_node_tests_pass() {
         "clients/js/node_modules is missing: run scripts/test.sh"
     );
     // Bounded: a client a failed test left open must not hang the suite.
-    let out = Command::new("timeout")
-        .args(["300", "node", "--test", "test/"])
-        .current_dir(js_dir())
-        .env("ROOMCAST_BIN", env!("CARGO_BIN_EXE_roomcast"))
-        .output()
-        .expect("node");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let text = succeeds(
+        Command::new("timeout")
+            .args(["300", "node", "--test", "test/"])
+            .current_dir(js_dir())
+            .env("ROOMCAST_BIN", env!("CARGO_BIN_EXE_roomcast")),
     );
     assert!(
         text.contains("# fail 0") && !text.contains("# pass 0"),
@@ -121,21 +115,14 @@ fn exactly_once(name: &str, r: &Value) {
 #[test]
 fn roomcast_js_in_headless_chromium() {
     let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/artifacts");
-    let out = Command::new("timeout")
-        .args(["300", "node"])
-        .arg(clients_dir().join("js_browser.mjs"))
-        .arg(env!("CARGO_BIN_EXE_roomcast"))
-        .arg(chromium())
-        .arg(&out_dir)
-        .output()
-        .expect("node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let report = last_json(&succeeds(
+        Command::new("timeout")
+            .args(["300", "node"])
+            .arg(clients_dir().join("js_browser.mjs"))
+            .arg(env!("CARGO_BIN_EXE_roomcast"))
+            .arg(chromium())
+            .arg(&out_dir),
+    ));
     for (name, r) in report.as_object().unwrap() {
         assert!(r.get("error").is_none(), "{name}: {}", r["error"]);
     }

@@ -462,20 +462,12 @@ pub fn deflate_clients(
 ) -> Vec<(&'static str, serde_json::Value)> {
     let dir = clients_dir();
     let run = |program: &std::ffi::OsStr, args: &[&std::ffi::OsStr]| -> serde_json::Value {
-        let out = Command::new("timeout")
-            .arg("120")
+        let mut cmd = Command::new("timeout");
+        cmd.arg("120")
             .arg(program)
             .args(args)
-            .envs(envs.iter().copied())
-            .output()
-            .expect("client");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+            .envs(envs.iter().copied());
+        last_json(&succeeds(&mut cmd))
     };
     let base = std::ffi::OsStr::new(base);
     let (py, js) = (format!("{prefix}-py"), format!("{prefix}-js"));
@@ -497,6 +489,24 @@ pub fn deflate_clients(
         ("node", both["node"].clone()),
         ("chromium", both["chromium"].clone()),
     ]
+}
+
+/// Runs a client program to its end: its standard output, once it exited with success
+/// (otherwise a failure that shows both its outputs).
+pub fn succeeds(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("client");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The last line of a client's output: its JSON report.
+pub fn last_json(stdout: &str) -> serde_json::Value {
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
 }
 
 /// Debian's Chromium (or `ROOMCAST_CHROMIUM`), which scripts/test.sh installs.
