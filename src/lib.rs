@@ -13,3 +13,5 @@ pub mod ops;
 pub mod protocol;
 pub mod reactor;
 pub mod rooms;
+pub mod server;
+pub mod sys;

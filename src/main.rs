@@ -1,6 +1,6 @@
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use roomcast::config::{LogFormat, ServeConfig};
-use roomcast::reactor::sys::Signals;
+use roomcast::sys::Signals;
 
 // glibc kept freed memory resident after mass disconnects; mimalloc returns it.
 #[global_allocator]
@@ -52,7 +52,7 @@ struct PlanArgs {
     #[arg(long, default_value_t = 64)]
     history_size: u64,
     /// The server's --history-bytes (data bytes kept per room).
-    #[arg(long, default_value = "256KiB", value_parser = roomcast::ops::capacity::parse_bytes)]
+    #[arg(long, default_value = "256KiB", value_parser = roomcast::config::parse_bytes)]
     history_bytes: u64,
     /// The server's --ping-interval.
     #[arg(long, default_value_t = 30)]
@@ -197,12 +197,12 @@ fn plan(a: &PlanArgs) -> std::process::ExitCode {
     let machine = plan::Machine {
         cpus: a
             .cpus
-            .unwrap_or(roomcast::reactor::sys::allowed_cpus().len().max(1) as u64),
+            .unwrap_or(roomcast::sys::allowed_cpus().len().max(1) as u64),
         memory_bytes: a.memory_gib.map_or(check::meminfo("MemTotal:"), |g| {
             (g * (1u64 << 30) as f64) as u64
         }),
         nofile: a.nofile.unwrap_or(check::nofile().1),
-        uring: roomcast::reactor::sys::uring::probe().is_ok(),
+        uring: roomcast::reactor::backend::uring::probe().is_ok(),
     };
     let workload = plan::Workload {
         connections: a.connections,
@@ -254,7 +254,10 @@ fn serve(
             return std::process::ExitCode::from(2);
         }
     };
-    let mut cfg = match cfg.validate() {
+    let mut cfg = match cfg
+        .validate()
+        .and_then(|c| roomcast::server::check(&c).map(|()| c))
+    {
         Ok(cfg) => cfg,
         Err(e) => {
             // A cross-flag check that keys from the file failed: say where they are.
@@ -291,9 +294,9 @@ fn serve(
     // Blocked here, before any thread starts, so every thread inherits the mask and the
     // signals are taken only by the thread that waits for them.
     let signals = Signals::block(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);
-    let running = match roomcast::app::start(&cfg) {
+    let running = match roomcast::server::start(&cfg) {
         Ok(r) => r,
-        Err(roomcast::app::StartError::Config(e)) => {
+        Err(roomcast::server::StartError::Config(e)) => {
             eprintln!("roomcast: {e}");
             return std::process::ExitCode::from(2);
         }
@@ -309,9 +312,9 @@ fn serve(
         );
     }
     if let Some(addr) = cfg.admin_listen {
-        let (stats, gate, drain) = (server.stats.clone(), running.gate, server.drain.clone());
+        let (stats, drain) = (server.stats.clone(), server.drain.clone());
         let main = server.local_addr;
-        match roomcast::ops::admin::spawn(addr, main, stats, gate, drain, running.info) {
+        match roomcast::ops::admin::spawn(addr, main, stats, drain, running.info) {
             Ok(local) => {
                 tracing::info!(%local, "admin endpoints (/healthz, /stats, /metrics, /api/)")
             }
@@ -362,8 +365,8 @@ fn serve(
 }
 
 fn check(connections: u64, shards: Option<u64>) -> std::process::ExitCode {
-    let shards = shards.unwrap_or(roomcast::reactor::sys::allowed_cpus().len().max(1) as u64);
-    let uring = roomcast::reactor::sys::uring::probe();
+    let shards = shards.unwrap_or(roomcast::sys::allowed_cpus().len().max(1) as u64);
+    let uring = roomcast::reactor::backend::uring::probe();
     let findings = roomcast::ops::check::findings(connections, shards, uring);
     println!("roomcast check: {connections} connections over {shards} shards");
     for f in &findings {

@@ -21,7 +21,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::reactor::sys::EventFd;
+use crate::sys::EventFd;
 
 /// Slots per queue, at most (with few shards).
 pub const QUEUE_CAPACITY: usize = 16 * 1024;
@@ -374,7 +374,7 @@ mod tests {
     #[test]
     fn a_sleeping_shard_is_woken_and_an_awake_one_is_not() {
         let mut ends = build::<Msg>(2, 0).unwrap();
-        let readable = |fd: RawFd| crate::reactor::sys::readable(fd);
+        let readable = |fd: RawFd| crate::sys::readable(fd);
         ends[0].send(1, deliver(1));
         ends[0].flush();
         assert!(

@@ -32,12 +32,10 @@ mod ws;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
-use crate::config::{MaxConns, ServeConfig};
 use crate::ops::admin::Info;
-use crate::ops::capacity::{self, Capacity};
 use crate::protocol::{Limits, OpCode, SharedFrame};
 use crate::reactor::stats::SharedStats;
-use crate::reactor::{Drain, Server, ShardInfo};
+use crate::reactor::{Drain, ShardInfo};
 use crate::rooms::{Local, Owner};
 
 /// What a `/ws` connection asked for, for its shard to carry out once the connection's
@@ -212,7 +210,7 @@ impl crate::mesh::Message for Msg {
 }
 
 /// What to do when a member's out-ring is full (`--slow-policy`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SlowPolicy {
     /// Drop the oldest queued delivery to make room (the member gets a `gap` notice).
     DropOldest,
@@ -383,141 +381,6 @@ fn epoch_seed(shard: usize) -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     nanos ^ (u64::from(std::process::id()) << 32) ^ (shard as u64).wrapping_mul(0x9E37_79B9)
-}
-
-/// A running roomcast: the reactor's server and the state the app shares with the admin
-/// endpoints.
-pub struct Running {
-    pub server: Server,
-    pub gate: Arc<gate::Gate>,
-    pub info: Arc<Info>,
-    /// The certificate the listener serves (reloaded on SIGHUP).
-    pub tls: Option<Arc<crate::reactor::tls::Source>>,
-}
-
-/// Why roomcast did not start.
-#[derive(Debug)]
-pub enum StartError {
-    /// A setting cannot work (exit 2, like a bad flag).
-    Config(String),
-    /// The listeners or the shards could not start.
-    Io(std::io::Error),
-}
-
-impl std::fmt::Display for StartError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StartError::Config(e) => f.write_str(e),
-            StartError::Io(e) => e.fmt(f),
-        }
-    }
-}
-
-/// Starts the reactor with the app on every shard.
-pub fn start(cfg: &ServeConfig) -> Result<Running, StartError> {
-    let capacity = capacity_of(cfg).map_err(StartError::Config)?;
-    let max_conns = match cfg.max_conns {
-        MaxConns::Limit(n) => n,
-        MaxConns::Auto if capacity.auto_limit == 0 => {
-            return Err(StartError::Config(format!(
-                "--max-conns auto: the memory budget ({} bytes, from {}) holds no connection \
-                 after the fixed cost of {} bytes",
-                capacity.memory_budget_bytes, capacity.memory_budget_source, capacity.fixed_bytes
-            )))
-        }
-        MaxConns::Auto => capacity.auto_limit as usize,
-    };
-    if cfg.max_conns == MaxConns::Auto {
-        tracing::info!(
-            max_conns,
-            capacity = capacity.connections,
-            memory_budget = capacity.memory_budget_bytes,
-            source = capacity.memory_budget_source,
-            "--max-conns auto: admitting up to the capacity model's count less the margin"
-        );
-    }
-    let gate = Arc::new(gate::Gate::new(
-        cfg.allow_origin.clone(),
-        cfg.auth().map_err(StartError::Config)?,
-        (max_conns, cfg.max_conns_per_ip, cfg.max_conns_per_user),
-    ));
-    let settings = Arc::new(cfg.app_settings());
-    let mut reactor = cfg.reactor_settings();
-    let backplane = settings.backplane.then(|| {
-        let shards = reactor
-            .shards
-            .unwrap_or(crate::reactor::sys::allowed_cpus().len().max(1));
-        cfg.backplane_settings(shards)
-    });
-    let status = backplane
-        .as_ref()
-        .map(|b| Arc::new(crate::backplane::Status::new(b)));
-    let info = Arc::new(Info {
-        settings: Info::settings_json(&cfg.effective),
-        capacity,
-        backplane: status.clone(),
-    });
-    // Per-address limits need each peer's address at accept.
-    reactor.peer_addresses = gate.max_per_ip > 0;
-    if let (Some(cert), Some(key)) = (&cfg.tls_cert, &cfg.tls_key) {
-        let source = crate::reactor::tls::Source::load(cert, key).map_err(StartError::Config)?;
-        reactor.tls = Some(Arc::new(source));
-    }
-    let tls = reactor.tls.clone();
-    let (server, mut others) =
-        Server::start_with(&reactor, usize::from(backplane.is_some()), |shard| {
-            App::new(settings.clone(), gate.clone(), info.clone(), &shard)
-        })
-        .map_err(StartError::Io)?;
-    if let (Some(b), Some(status), Some(mesh)) = (backplane, status, others.pop()) {
-        tracing::info!(node = %b.node, redis = b.targets.len(), "backplane: rooms are ordered through Redis");
-        crate::backplane::spawn(b, mesh, status).map_err(StartError::Io)?;
-    }
-    Ok(Running {
-        server,
-        gate,
-        info,
-        tls,
-    })
-}
-
-/// The capacity model for these settings on this machine.
-fn capacity_of(cfg: &ServeConfig) -> Result<Capacity, String> {
-    use crate::reactor::{sys, BackendChoice};
-    let figures = match &cfg.figures {
-        Some(path) => {
-            crate::ops::plan::Figures::load(path).map_err(|e| format!("--figures: {e}"))?
-        }
-        None => crate::ops::plan::Figures::builtin(),
-    };
-    let cpus = sys::allowed_cpus().len().max(1);
-    let shards = cfg.shards.unwrap_or(cpus);
-    let uring = match cfg.backend {
-        BackendChoice::Epoll => false,
-        BackendChoice::Uring => true,
-        BackendChoice::Auto => sys::uring::probe().is_ok(),
-    };
-    let recv_pool_bytes = if uring {
-        let buffers = cfg
-            .recv_buffers
-            .unwrap_or_else(|| crate::reactor::recv_buffers_for(shards, cpus));
-        u64::from(buffers) * u64::from(cfg.recv_buffer_size)
-    } else {
-        sys::epoll::SCRATCH as u64
-    };
-    let budget = cfg
-        .memory_budget
-        .map_or_else(capacity::default_budget, |b| (b, "--memory-budget"));
-    let shape = capacity::Shape {
-        shards: shards as u64,
-        recv_pool_bytes,
-        uring,
-        nofile: sys::nofile_limit().1,
-        margin_percent: cfg.capacity_margin,
-        deflate: cfg.deflate,
-        tls: cfg.tls_cert.is_some(),
-    };
-    Ok(Capacity::new(&figures, budget, &shape))
 }
 
 #[cfg(test)]

@@ -72,13 +72,8 @@ impl App {
             Parsed::Plain(req) => {
                 link.stats.http_requests += 1;
                 let draining = self.drain.active();
-                let (status, content_type, body) = crate::ops::admin::answer(
-                    req.path,
-                    &self.stats,
-                    &self.gate,
-                    draining,
-                    &self.info,
-                );
+                let (status, content_type, body) =
+                    crate::ops::admin::answer(req.path, &self.stats, draining, &self.info);
                 let mut out = Vec::new();
                 handshake::http_response(status, content_type, "", body.as_bytes(), true, &mut out);
                 link.finish(SharedFrame::from_encoded(Arc::from(out)));

@@ -109,7 +109,7 @@ impl Backplane {
                 }
             }
             let timeout = if self.mesh.prepare_sleep() { 50 } else { 0 };
-            if let Err(e) = crate::reactor::sys::poll(&mut fds, timeout) {
+            if let Err(e) = crate::sys::poll(&mut fds, timeout) {
                 tracing::error!(error = %e, "backplane: poll failed");
                 std::thread::sleep(Duration::from_millis(50));
             }

@@ -1,14 +1,38 @@
 //! Server configuration: command-line flags, each also settable from the environment
 //! (`ROOMCAST_*`) and from a config file ([`file`]), validated before anything starts.
 
+mod bytes;
 pub mod file;
+
+pub use bytes::parse_bytes;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
 
-pub use crate::reactor::BackendChoice;
+/// `--backend`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    /// io_uring where the kernel supports what roomcast uses, epoll otherwise.
+    Auto,
+    Uring,
+    Epoll,
+}
+
+/// `--slow-policy`: what to do when a member's out-ring is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SlowPolicy {
+    /// Drop the oldest queued delivery to make room (the member gets a `gap` notice).
+    DropOldest,
+    /// Drop the new delivery (the member gets a `gap` notice).
+    DropNewest,
+    /// Keep only the newest queued batch per room: the older ones queued for that room
+    /// are dropped (the member gets a `gap` notice for what it skipped).
+    Conflate,
+    /// Close the connection with 1008 "slow consumer".
+    Close,
+}
 
 /// `--log-format`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -58,7 +82,7 @@ pub struct ServeConfig {
 
     /// Memory the server may use, for the capacity headroom and `--max-conns auto`
     /// (bytes, or with K/M/G/T) [default: the cgroup's memory.max, else the machine's].
-    #[arg(long = "memory-budget", value_name = "BYTES", env = "ROOMCAST_MEMORY_BUDGET", value_parser = crate::ops::capacity::parse_bytes)]
+    #[arg(long = "memory-budget", value_name = "BYTES", env = "ROOMCAST_MEMORY_BUDGET", value_parser = parse_bytes)]
     pub memory_budget: Option<u64>,
 
     /// Per-unit figures from `roomcast-bench calibrate`, for the capacity model
@@ -162,8 +186,8 @@ pub struct ServeConfig {
     /// What happens to a room member whose out-ring is full of undelivered turns:
     /// close (1008 "slow consumer"), drop-oldest, drop-newest, or conflate (keep only the
     /// newest queued batch per room). A member that loses messages gets a `gap` notice.
-    #[arg(long, env = "ROOMCAST_SLOW_POLICY", value_enum, default_value_t = crate::app::SlowPolicy::Close)]
-    pub slow_policy: crate::app::SlowPolicy,
+    #[arg(long, env = "ROOMCAST_SLOW_POLICY", value_enum, default_value_t = SlowPolicy::Close)]
+    pub slow_policy: SlowPolicy,
 
     /// Unsent bytes a room member may have queued from earlier loop turns before the slow
     /// policy applies (alongside --out-ring frames).
@@ -185,7 +209,7 @@ pub struct ServeConfig {
         long = "history-bytes",
         env = "ROOMCAST_HISTORY_BYTES",
         default_value = "256KiB",
-        value_parser = crate::ops::capacity::parse_bytes
+        value_parser = parse_bytes
     )]
     pub history_bytes: u64,
 
@@ -206,7 +230,7 @@ pub struct ServeConfig {
         long = "history-idle-bytes",
         env = "ROOMCAST_HISTORY_IDLE_BYTES",
         default_value = "64MiB",
-        value_parser = crate::ops::capacity::parse_bytes
+        value_parser = parse_bytes
     )]
     pub history_idle_bytes: u64,
 
@@ -336,7 +360,7 @@ pub struct ServeConfig {
         value_name = "BYTES",
         env = "ROOMCAST_API_MAX_BODY",
         default_value = "1MiB",
-        value_parser = crate::ops::capacity::parse_bytes
+        value_parser = parse_bytes
     )]
     pub api_max_body: u64,
 
@@ -471,9 +495,6 @@ impl ServeConfig {
                 self.burst
             ));
         }
-        for url in &self.redis {
-            crate::backplane::Target::parse(url).map_err(|e| format!("--redis {url}: {e}"))?;
-        }
         if let Some(id) = &self.node_id {
             if id.is_empty() || id.len() > 64 || id.contains(char::is_whitespace) {
                 return Err("--node-id: 1 to 64 characters, no spaces".into());
@@ -499,96 +520,5 @@ impl ServeConfig {
     /// How long a closing connection has to finish closing.
     pub fn linger_timeout(&self) -> Duration {
         Duration::from_secs(self.close_timeout_secs)
-    }
-
-    /// What the reactor needs of these settings.
-    pub fn reactor_settings(&self) -> crate::reactor::Settings {
-        crate::reactor::Settings {
-            listen: self.listen,
-            backlog: self.backlog,
-            backend: self.backend,
-            shards: self.shards,
-            out_ring: self.out_ring,
-            recv_buffers: self.recv_buffers,
-            recv_buffer_size: self.recv_buffer_size,
-            timeouts: crate::reactor::Timeouts {
-                handshake: self.handshake_timeout(),
-                linger: self.linger_timeout(),
-                ping_interval: Duration::from_secs(self.ping_interval_secs),
-                pong_timeout: Duration::from_secs(self.pong_timeout_secs),
-            },
-            drain_window: Duration::from_secs(self.drain_window_secs),
-            peer_addresses: self.max_conns_per_ip > 0,
-            tls: None,
-            tls_listen: self.tls_listen,
-        }
-    }
-
-    /// What the app needs of these settings.
-    pub fn app_settings(&self) -> crate::app::Settings {
-        crate::app::Settings {
-            limits: crate::protocol::Limits::server(self.max_message),
-            max_header_bytes: self.max_header_bytes,
-            rate: self.rate,
-            burst: self.burst,
-            idle_ms: (self.idle_timeout_secs.saturating_mul(1000)).min(u64::from(u32::MAX / 2))
-                as u32,
-            slow_policy: self.slow_policy,
-            max_rooms_per_conn: self.max_rooms_per_conn,
-            max_queued_bytes: self.max_queued_bytes,
-            api_key: self
-                .api_key
-                .as_deref()
-                .filter(|k| !k.is_empty())
-                .map(Into::into),
-            api_max_body: self.api_max_body.min(u32::MAX as u64) as usize,
-            backplane: !self.redis.is_empty(),
-            presence_events: self.presence_events,
-            deflate: self.deflate,
-            deflate_min_size: self.deflate_min_size,
-            demo: self.demo,
-            history: crate::rooms::Retention {
-                size: self.history_size,
-                bytes: self.history_bytes.min(usize::MAX as u64) as usize,
-                ttl_ms: self.history_ttl_secs.saturating_mul(1000),
-                // The whole process's; each shard's owner gets its share (`App::new`).
-                idle_bytes: self.history_idle_bytes.min(usize::MAX as u64) as usize,
-            },
-        }
-    }
-
-    /// The backplane's settings (`--redis` given), for a server of `shards` shards.
-    pub fn backplane_settings(&self, shards: usize) -> crate::backplane::Settings {
-        crate::backplane::Settings {
-            targets: self
-                .redis
-                .iter()
-                .filter_map(|u| crate::backplane::Target::parse(u).ok())
-                .collect(),
-            node: self
-                .node_id
-                .clone()
-                .unwrap_or_else(crate::backplane::random_node_id),
-            shards,
-            history_size: self.history_size,
-            ttl_ms: self.history_ttl_secs.saturating_mul(1000),
-        }
-    }
-
-    /// The token checker the auth flags ask for, if any.
-    pub fn auth(&self) -> Result<Option<crate::app::auth::Auth>, String> {
-        use crate::app::auth::Auth;
-        let cookie = self.auth_cookie.clone();
-        if let Some(secret) = &self.jwt_secret {
-            return Ok(Some(Auth::with_secret(secret.as_bytes(), cookie)));
-        }
-        if let Some(path) = &self.jwt_public_key {
-            let pem = std::fs::read(path)
-                .map_err(|e| format!("--jwt-public-key {}: {e}", path.display()))?;
-            return Auth::with_public_key(&pem, cookie)
-                .map(Some)
-                .map_err(|e| format!("--jwt-public-key {}: {e}", path.display()));
-        }
-        Ok(None)
     }
 }

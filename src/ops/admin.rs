@@ -7,7 +7,6 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::app::gate::Gate;
 use crate::protocol::handshake::{http_response, parse, Parsed};
 use crate::protocol::Status;
 use crate::reactor::stats::SharedStats;
@@ -22,9 +21,21 @@ pub struct Info {
     /// `{"<flag>":{"value":…,"source":"flag|environment|file|default"},…}`; secrets are
     /// named, not shown.
     pub settings: String,
+    /// `--max-conns` in effect (0: no limit).
+    pub max_conns: usize,
     pub capacity: Capacity,
     /// With `--redis`: the backplane's state.
-    pub backplane: Option<Arc<crate::backplane::Status>>,
+    pub backplane: Option<Arc<dyn Report>>,
+}
+
+/// A part of the server beyond the shards that reports on itself (the backplane).
+pub trait Report: Send + Sync + std::fmt::Debug {
+    /// Whether the part is down in a way that still leaves this node serving.
+    fn degraded(&self) -> bool;
+    /// Its `/stats` object.
+    fn json(&self) -> String;
+    /// Appends its `/metrics` families.
+    fn metrics(&self, out: &mut String);
 }
 
 impl Info {
@@ -32,6 +43,7 @@ impl Info {
     pub fn empty() -> Info {
         Info {
             settings: "{}".into(),
+            max_conns: 0,
             capacity: Capacity::new(
                 &super::plan::Figures::builtin(),
                 (0, "none"),
@@ -49,16 +61,18 @@ impl Info {
         }
     }
 
-    /// The settings object from (flag, values, source) triples.
-    pub fn settings_json(effective: &[(String, Vec<String>, &'static str)]) -> String {
+    /// The settings object from (flag, values, source) triples; the values of the flags
+    /// named in `secrets` are not shown.
+    pub fn settings_json(
+        effective: &[(String, Vec<String>, &'static str)],
+        secrets: &[&str],
+    ) -> String {
         let map: serde_json::Map<String, serde_json::Value> = effective
             .iter()
             .map(|(key, values, source)| {
                 let value = match values.as_slice() {
                     [] => serde_json::Value::Null,
-                    _ if crate::config::file::SECRETS.contains(&key.as_str()) => {
-                        "(set, not shown)".into()
-                    }
+                    _ if secrets.contains(&key.as_str()) => "(set, not shown)".into(),
                     [one] => one.clone().into(),
                     many => many.to_vec().into(),
                 };
@@ -92,7 +106,6 @@ const TEXT: &str = "text/plain; charset=utf-8";
 pub fn answer(
     path: &str,
     stats: &SharedStats,
-    gate: &Gate,
     draining: bool,
     info: &Info,
 ) -> (Status, &'static str, String) {
@@ -111,7 +124,7 @@ pub fn answer(
             (Status::Ok, "application/json", stats.to_json_with(&extra))
         }
         "/metrics" => {
-            let mut text = super::metrics::render(stats, gate, draining, &info.capacity);
+            let mut text = super::metrics::render(stats, info.max_conns, draining, &info.capacity);
             if let Some(b) = &info.backplane {
                 b.metrics(&mut text);
             }
@@ -133,7 +146,6 @@ pub fn spawn(
     addr: SocketAddr,
     main: SocketAddr,
     stats: Arc<SharedStats>,
-    gate: Arc<Gate>,
     drain: Arc<Drain>,
     info: Arc<Info>,
 ) -> std::io::Result<SocketAddr> {
@@ -147,7 +159,7 @@ pub fn spawn(
         .name("admin".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                if let Err(e) = serve(stream, main, &stats, &gate, &drain, &info) {
+                if let Err(e) = serve(stream, main, &stats, &drain, &info) {
                     tracing::debug!(error = %e, "admin request failed");
                 }
             }
@@ -190,7 +202,6 @@ fn serve(
     mut stream: TcpStream,
     main: SocketAddr,
     stats: &SharedStats,
-    gate: &Gate,
     drain: &Drain,
     info: &Info,
 ) -> std::io::Result<()> {
@@ -216,7 +227,7 @@ fn serve(
                 return forward(&mut stream, main, &buf[..len], body, head_len);
             }
             Ok(Some((Parsed::Plain(req), _))) => {
-                let (status, ctype, body) = answer(req.path, stats, gate, drain.active(), info);
+                let (status, ctype, body) = answer(req.path, stats, drain.active(), info);
                 http_response(status, ctype, "", body.as_bytes(), true, &mut out);
             }
             _ => {

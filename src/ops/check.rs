@@ -51,7 +51,7 @@ pub fn meminfo(name: &str) -> u64 {
 
 /// RLIMIT_NOFILE: (soft, hard).
 pub fn nofile() -> (u64, u64) {
-    crate::reactor::sys::nofile_limit()
+    crate::sys::nofile_limit()
 }
 
 /// Everything `check` looks at, for `n` connections over `shards` shards.

@@ -3,7 +3,6 @@
 
 use std::fmt::Write;
 
-use crate::app::gate::Gate;
 use crate::reactor::stats::{Kind, SharedStats, META};
 
 use super::capacity::Capacity;
@@ -11,7 +10,12 @@ use super::capacity::Capacity;
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Renders the whole exposition.
-pub fn render(stats: &SharedStats, gate: &Gate, draining: bool, capacity: &Capacity) -> String {
+pub fn render(
+    stats: &SharedStats,
+    max_conns: usize,
+    draining: bool,
+    capacity: &Capacity,
+) -> String {
     let open: u64 = stats.snapshots().iter().map(|s| s.connections).sum();
     let snaps: Vec<Vec<u64>> = stats.snapshots().iter().map(|s| s.values()).collect();
     let mut out = String::with_capacity(16 * 1024);
@@ -49,7 +53,7 @@ pub fn render(stats: &SharedStats, gate: &Gate, draining: bool, capacity: &Capac
         (
             "roomcast_max_conns",
             "--max-conns (0: no limit).",
-            gate.max_conns as u64,
+            max_conns as u64,
         ),
         (
             "roomcast_draining",
@@ -86,7 +90,7 @@ fn open_fds() -> u64 {
 }
 
 fn fd_limit() -> u64 {
-    crate::reactor::sys::nofile_limit().0
+    crate::sys::nofile_limit().0
 }
 
 #[cfg(test)]
@@ -96,12 +100,7 @@ mod tests {
     #[test]
     fn every_sample_belongs_to_a_declared_family() {
         let stats = SharedStats::new(2);
-        let text = render(
-            &stats,
-            &Gate::default(),
-            false,
-            &crate::ops::admin::Info::empty().capacity,
-        );
+        let text = render(&stats, 0, false, &crate::ops::admin::Info::empty().capacity);
         let mut declared = std::collections::HashSet::new();
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {

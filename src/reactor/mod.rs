@@ -4,6 +4,7 @@
 //! The reactor knows sockets, buffers, out-rings, timers and the close lifecycle, and
 //! nothing of what runs on it: every shard runs a [`Service`], statically dispatched.
 
+pub mod backend;
 pub mod conn;
 pub mod drain;
 pub mod heartbeat;
@@ -11,7 +12,6 @@ pub mod outring;
 pub mod service;
 pub mod shard;
 pub mod stats;
-pub mod sys;
 pub mod tls;
 
 use std::io;
@@ -26,6 +26,8 @@ pub use service::{Cx, Link, Service};
 use shard::CoreSetup;
 pub use shard::Timeouts;
 use stats::SharedStats;
+
+use crate::sys;
 
 /// The event-loop implementation a server runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,7 +46,7 @@ impl std::fmt::Display for Backend {
 }
 
 /// `--backend`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendChoice {
     /// io_uring where the kernel supports what roomcast uses, epoll otherwise.
     Auto,
@@ -239,8 +241,8 @@ impl Server {
                         }
                     }
                     let result = match backend {
-                        Backend::Uring => sys::uring::run(setup),
-                        Backend::Epoll => sys::epoll::run(setup),
+                        Backend::Uring => backend::uring::run(setup),
+                        Backend::Epoll => backend::epoll::run(setup),
                     };
                     if let Err(e) = &result {
                         tracing::error!(shard = index, error = %e, "shard stopped");
@@ -315,11 +317,11 @@ fn choose_backend(choice: BackendChoice) -> io::Result<Backend> {
     match choice {
         BackendChoice::Epoll => Ok(Backend::Epoll),
         BackendChoice::Uring => {
-            sys::uring::probe()
+            backend::uring::probe()
                 .map_err(|why| io::Error::other(format!("io_uring unavailable: {why}")))?;
             Ok(Backend::Uring)
         }
-        BackendChoice::Auto => match sys::uring::probe() {
+        BackendChoice::Auto => match backend::uring::probe() {
             Ok(()) => Ok(Backend::Uring),
             Err(why) => {
                 tracing::info!("io_uring unavailable ({why}); using epoll");

@@ -11,6 +11,7 @@ use io_uring::{cqueue, opcode};
 
 use super::{Op, Uring, UserData};
 use crate::reactor::Service;
+use crate::sys::syscall;
 
 /// Single-shot accepts kept armed per listener when peer addresses are needed.
 pub const ADDR_ACCEPTS: usize = 16;
@@ -78,7 +79,7 @@ impl<S: Service> Uring<S> {
             let peer = self
                 .addrs
                 .get(ud.slot())
-                .and_then(|a| super::super::peer_addr(&a.addr, a.len));
+                .and_then(|a| crate::sys::peer_addr(&a.addr, a.len));
             let tls = self.listeners[k].1;
             let (slot, _) = self.core.insert(res as u32, peer, Instant::now(), tls);
             self.arm_recv(slot);
@@ -108,7 +109,7 @@ impl<S: Service> Uring<S> {
         if !self.at_limit {
             self.at_limit = true;
             tracing::warn!(
-                limit = super::super::errno_name(errno),
+                limit = crate::sys::errno_name(errno),
                 open = self.core.len(),
                 table = self.fixed_files,
                 "out of descriptors: refusing new connections until some close"
@@ -125,13 +126,13 @@ impl<S: Service> Uring<S> {
     fn refuse_backlog(&mut self, k: usize) {
         let fd = self.listeners[k].0.as_raw_fd();
         let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
-        while let Ok(c) = super::super::syscall!(accept4(
+        while let Ok(c) = syscall!(accept4(
             fd,
             std::ptr::null_mut(),
             std::ptr::null_mut(),
             flags
         )) {
-            super::super::close_fd(c);
+            crate::sys::close_fd(c);
         }
     }
 

@@ -6,10 +6,10 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
-use super::syscall;
 use crate::reactor::conn::flag;
 use crate::reactor::shard::{Core, DrainStatus, Next};
 use crate::reactor::{Service, ShardSetup};
+use crate::sys::{self, syscall};
 
 /// Token of the first listener in epoll's user data (the next one's is one more);
 /// connections use `gen << 32 | slot`, with the generation under 2^28.
@@ -178,7 +178,7 @@ impl<S: Service> Epoll<S> {
                 self.at_limit = false;
                 tracing::info!("accepting again: descriptors available");
             }
-            let peer = super::peer_addr(&addr, len);
+            let peer = sys::peer_addr(&addr, len);
             let (slot, gen) = self.core.insert(fd as u32, peer, Instant::now(), tls);
             let token = (u64::from(gen) << 32) | slot as u64;
             let interest =
@@ -196,7 +196,7 @@ impl<S: Service> Epoll<S> {
         if !self.at_limit {
             self.at_limit = true;
             tracing::warn!(
-                limit = super::errno_name(errno),
+                limit = sys::errno_name(errno),
                 open = self.core.len(),
                 "out of descriptors: refusing new connections until some close"
             );
@@ -212,7 +212,7 @@ impl<S: Service> Epoll<S> {
             libc::SOCK_CLOEXEC
         ));
         if let Ok(fd) = fd {
-            super::close_fd(fd);
+            sys::close_fd(fd);
         }
         self.reserve = open_reserve();
         fd.is_ok() && self.reserve.is_some()
@@ -315,7 +315,7 @@ impl<S: Service> Epoll<S> {
     fn close(&mut self, slot: usize) {
         if let Some(conn) = self.core.conn(slot) {
             // Closing removes it from the epoll set too.
-            super::close_fd(conn.io as RawFd);
+            sys::close_fd(conn.io as RawFd);
             self.core.remove(slot);
         }
     }
