@@ -61,6 +61,8 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/nul
 fi
 
 echo "== cargo test (workspace)"
+# Everything above is installed: a test that would skip for a missing program fails instead.
+export ROOMCAST_REQUIRE_ALL=1
 cargo test --workspace --release --locked 2>&1
 
 if [ "$quick" = 0 ] && [ -x scripts/autobahn.sh ]; then

@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Server;
+use common::{clients_dir, Server};
 
 const LIMITS: &[&str] = &[
     "--rate",
@@ -31,33 +31,14 @@ const CASES: &[(&str, u16)] = &[
     ("protocol", 1002),
 ];
 
-fn clients_dir() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
-}
-
 /// A client process: `python` (the venv scripts/test.sh makes) or `node` (with the `ws`
 /// package scripts/test.sh installs), running `cases` against `server`.
 fn client(kind: &str, server: &Server, cases: &[&str]) -> Child {
     let dir = clients_dir();
     let (program, script) = match kind {
-        "python" => (
-            std::env::var_os("ROOMCAST_PYTHON").map_or_else(
-                || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-py3/bin/python"),
-                Into::into,
-            ),
-            dir.join("closes.py"),
-        ),
+        "python" => (common::python(), dir.join("closes.py")),
         _ => ("node".into(), dir.join("closes.mjs")),
     };
-    assert!(
-        program.as_os_str() == "node" || program.exists(),
-        "{} is missing: run scripts/test.sh",
-        program.display()
-    );
-    assert!(
-        kind != "node" || dir.join("node_modules/ws").exists(),
-        "tests/clients/node_modules is missing: run scripts/test.sh"
-    );
     let base = server.url("");
     Command::new(program)
         .arg(script)
@@ -103,6 +84,7 @@ fn wait_output(mut child: Child, deadline: Instant) -> String {
 
 both_backends! {
     async fn python_and_node_clients_read_every_close_code_while_still_sending(backend: &str) {
+        need!(Python, Node);
         let server = Server::start(backend, LIMITS);
         let names: Vec<&str> = CASES.iter().map(|(n, _)| *n).collect();
         for kind in ["python", "node"] {
@@ -117,6 +99,7 @@ both_backends! {
     }
 
     async fn a_drain_reaches_clients_that_are_still_sending_with_1001(backend: &str) {
+        need!(Python, Node);
         let mut server = Server::start(backend, &["--drain-window", "1", "--close-timeout", "2", "--rate", "0"]);
         let mut children = Vec::new();
         for kind in ["python", "node"] {
@@ -138,6 +121,7 @@ both_backends! {
     }
 
     async fn node_ws_gets_its_close_code_and_reason_echoed(backend: &str) {
+        need!(Node);
         let server = Server::start(backend, &[]);
         let got = results(client("node", &server, &["echo-reason"]), Duration::from_secs(20));
         assert_eq!(got, [("echo-reason".to_owned(), 4001, "bye".to_owned())]);

@@ -105,6 +105,7 @@ fn api(server: &Server, method: &str, path: &str, body: Value) -> (u16, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_five_publishers_one_sequence() {
+    need!(Redis);
     let redis = Redis::start();
     let nodes = [
         node("uring", "n1", &[&redis], &[]),
@@ -182,6 +183,7 @@ async fn three_nodes_five_publishers_one_sequence() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_resumes_on_another_node_with_exactly_what_it_missed() {
+    need!(Redis);
     let redis = Redis::start();
     let a = node("epoll", "a", &[&redis], &["--history-size", "500"]);
     let b = node("uring", "b", &[&redis], &["--history-size", "500"]);
@@ -289,6 +291,7 @@ async fn publish(ws: &mut Ws, id: &mut u64) -> (u64, Option<u64>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_mid_broadcast_then_back() {
+    need!(Redis);
     let mut redis = Redis::start();
     let a = node("uring", "a", &[&redis], &["--history-size", "1000"]);
     let b = node("epoll", "b", &[&redis], &["--history-size", "1000"]);
@@ -399,6 +402,7 @@ async fn redis_killed_mid_broadcast_then_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_spread_over_two_redis_servers_keep_one_order_each() {
+    need!(Redis);
     let (r1, r2) = (Redis::start(), Redis::start());
     let a = node("uring", "a", &[&r1, &r2], &[]);
     let b = node("epoll", "b", &[&r1, &r2], &[]);
@@ -507,6 +511,7 @@ async fn presence(ws: &mut Ws, room: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_rooms_and_the_api_span_the_cluster_and_forget_a_killed_node() {
+    need!(Redis);
     let redis = Redis::start();
     let admin = format!("127.0.0.1:{}", common::free_port());
     let auth = ["--jwt-secret", SECRET, "--presence-events"];
@@ -648,6 +653,7 @@ async fn presence_rooms_and_the_api_span_the_cluster_and_forget_a_killed_node() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_loses_its_subscription_catches_up_from_the_stream() {
+    need!(Redis);
     let redis = Redis::start();
     let a = node("epoll", "a", &[&redis], &["--history-size", "1000"]);
     let b = node("uring", "b", &[&redis], &["--history-size", "1000"]);
@@ -687,6 +693,7 @@ async fn a_node_that_loses_its_subscription_catches_up_from_the_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_back_from_an_older_snapshot_starts_the_room_over_and_says_so() {
+    need!(Redis);
     // Redis restarted from a snapshot older than what the nodes saw: the room's seq went
     // back in the same epoch. The next messages must not be taken for ones already seen.
     let mut redis = Redis::start_with(false);

@@ -409,6 +409,7 @@ both_backends! {
     }
 
     async fn python_node_and_chromium_agree_to_deflate_on_echo_and_a_room(backend: &str) {
+        need!(Python, Node, Chromium);
         let server = Server::start(backend, &["--deflate", "--shards", "2"]);
         let base = server.url("");
         let reports = common::deflate_clients(base.trim_end_matches('/'), "deflate", &[]);

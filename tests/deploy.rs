@@ -63,6 +63,7 @@ fn panels(list: &serde_json::Value, out: &mut Vec<serde_json::Value>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_uses_only_metrics_a_live_server_exports() {
+    need!(Redis);
     let text = std::fs::read_to_string(sysctl("grafana-dashboard.json")).unwrap();
     let dash: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
     let mut all = Vec::new();
@@ -311,6 +312,7 @@ struct Moved {
 
 both_backends! {
     async fn clients_behind_haproxy_move_to_the_other_node_when_one_drains(backend: &str) {
+        need!(Haproxy);
         drain_behind_haproxy(backend).await;
     }
 }

@@ -22,10 +22,7 @@ fn js_dir() -> std::path::PathBuf {
 
 #[test]
 fn the_clients_own_node_tests_pass() {
-    assert!(
-        js_dir().join("node_modules/ws").exists(),
-        "clients/js/node_modules is missing: run scripts/test.sh"
-    );
+    need!(NodeJsClient);
     // Bounded: a client a failed test left open must not hang the suite.
     let text = succeeds(
         Command::new("timeout")
@@ -114,6 +111,7 @@ fn exactly_once(name: &str, r: &Value) {
 
 #[test]
 fn roomcast_js_in_headless_chromium() {
+    need!(Node, Chromium, Redis);
     let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/artifacts");
     let report = last_json(&succeeds(
         Command::new("timeout")

@@ -12,20 +12,6 @@ use tokio_tungstenite::tungstenite::Message;
 
 const SECOND: Duration = Duration::from_secs(1);
 
-/// The Python with `prometheus_client` that scripts/test.sh installs.
-fn python() -> std::path::PathBuf {
-    if let Some(p) = std::env::var_os("ROOMCAST_PYTHON") {
-        return p.into();
-    }
-    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-py3/bin/python");
-    assert!(
-        venv.exists(),
-        "{} is missing: run scripts/test.sh (it installs prometheus_client), or set ROOMCAST_PYTHON",
-        venv.display()
-    );
-    venv
-}
-
 /// Parses an exposition with `prometheus_client.parser` (which raises on anything
 /// malformed) and returns every sample as `name{labels}` → value, labels sorted.
 fn parse_metrics(text: &str) -> HashMap<String, f64> {
@@ -40,7 +26,7 @@ for family in text_string_to_metric_families(sys.stdin.read()):
         out[f"{s.name}{{{labels}}}"] = s.value
 print(json.dumps(out))
 "#;
-    let mut child = std::process::Command::new(python())
+    let mut child = std::process::Command::new(common::python())
         .args(["-c", script])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -70,6 +56,7 @@ fn total(m: &HashMap<String, f64>, name: &str, label: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_as_prometheus_text_and_move_as_clients_act() {
+    need!(Python);
     let admin = format!("127.0.0.1:{}", common::free_port());
     let server = Server::start(
         "uring",

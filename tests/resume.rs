@@ -11,7 +11,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -24,19 +23,6 @@ use serde_json::Value;
 /// default 64 would not hold them; 1,000 holds a whole second, and the browser case (200
 /// msg/s, away for its 1 s retry) fits too.
 const HISTORY: &[&str] = &["--history-size", "1000"];
-
-fn python() -> PathBuf {
-    let p = std::env::var_os("ROOMCAST_PYTHON").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-py3/bin/python"),
-        Into::into,
-    );
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/test.sh",
-        p.display()
-    );
-    p
-}
 
 fn http_base(server: &Server) -> String {
     format!("http://{}", server.addr)
@@ -68,7 +54,7 @@ impl Client {
     }
 
     fn python(server: &Server, case: &str) -> Client {
-        let mut cmd = Command::new(python());
+        let mut cmd = Command::new(common::python());
         cmd.arg(clients_dir().join("resume.py"))
             .arg(http_base(server))
             .arg(case);
@@ -151,6 +137,7 @@ fn range(first: u64, last: u64) -> Vec<u64> {
 
 both_backends! {
     async fn a_websockets_member_cut_mid_stream_rejoins_and_misses_nothing(backend: &str) {
+        need!(Python);
         let server = Server::start(backend, HISTORY);
         let mut client = Client::python(&server, "ws-cut");
         let r = client.next(Duration::from_secs(30));
@@ -222,6 +209,7 @@ both_backends! {
     }
 
     async fn a_rejoin_after_a_server_restart_is_not_recovered_and_gets_live_messages(backend: &str) {
+        need!(Python);
         let addr = format!("127.0.0.1:{}", common::free_port());
         let server = Server::start(backend, &["--listen", &addr]);
         let mut client = Client::python(&server, "ws-restart");
@@ -259,6 +247,7 @@ both_backends! {
     }
 
     async fn an_event_source_in_chromium_reconnects_after_a_cut_and_a_server_drop_and_misses_nothing(backend: &str) {
+        need!(Node, Chromium);
         const KEY: &str = "resume-test-key";
         const SECRET: &str = "resume-test-secret";
         let mut args = HISTORY.to_vec();
@@ -321,6 +310,7 @@ both_backends! {
     }
 
     async fn sse_on_two_rooms_replays_exactly_what_was_missed(backend: &str) {
+        need!(Python);
         let server = Server::start(backend, HISTORY);
         for bad in ["/sse", "/sse?room=", "/sse?room=bad~name", "/sse?other=a"] {
             assert_eq!(server.get(bad).0, 400, "GET {bad}");
@@ -428,6 +418,7 @@ both_backends! {
     }
 
     async fn sse_ends_with_a_close_event_on_drain(backend: &str) {
+        need!(Python);
         let mut server = Server::start(backend, &["--drain-window", "1"]);
         let mut client = Client::python(&server, "sse-drain");
         let ready = client.next(Duration::from_secs(10));

@@ -287,6 +287,7 @@ both_backends! {
     }
 
     async fn python_node_and_chromium_speak_wss_on_echo_and_a_room(backend: &str) {
+        need!(Python, Node, Chromium);
         let pki = Pki::new(&format!("clients-{backend}"));
         // With permessage-deflate too: compressed frames inside TLS records.
         let server = start(backend, &pki, &["--deflate", "--shards", "2"]);

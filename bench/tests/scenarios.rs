@@ -4,6 +4,16 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
+/// `need!`, the server's tests' skip for a missing outside program (Redis, here).
+#[path = "../../tests/common/need.rs"]
+#[allow(dead_code)]
+mod need;
+
+/// Where `need!` looks for its functions, as in the server's tests.
+mod common {
+    pub use super::need;
+}
+
 /// The roomcast binary next to ours (`cargo test --workspace` builds both).
 fn roomcast() -> std::path::PathBuf {
     let bench = std::path::PathBuf::from(env!("CARGO_BIN_EXE_roomcast-bench"));
@@ -460,6 +470,7 @@ impl Drop for Redis {
 /// their CPU and Redis's. The cluster options are refused where they mean nothing.
 #[test]
 fn fanout_spreads_members_over_a_cluster() {
+    need!(Redis);
     let redis = Redis::start();
     let url = format!("redis://127.0.0.1:{}", redis.port);
     let common = ["--shards", "1", "--rate", "0", "--redis", &url];

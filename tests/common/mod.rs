@@ -2,8 +2,11 @@
 
 #![allow(dead_code)]
 
+pub mod need;
 pub mod redis;
 pub mod tls;
+
+pub use need::{chromium, python};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -438,23 +441,10 @@ pub fn clients_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
 }
 
-/// The Python 3 of the venv scripts/test.sh makes (or `ROOMCAST_PYTHON`).
-pub fn python() -> std::path::PathBuf {
-    let p: std::path::PathBuf = std::env::var_os("ROOMCAST_PYTHON").map_or_else(
-        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-py3/bin/python"),
-        Into::into,
-    );
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/test.sh",
-        p.display()
-    );
-    p
-}
-
 /// Runs `tests/clients/deflate.py` (Python `websockets`) and `deflate.mjs` (Node `ws` and
 /// headless Chromium) against `base` (`ws://…` or `wss://…`, rooms named after `prefix`),
-/// with `envs` (a CA to trust, say); their reports, by client.
+/// with `envs` (a CA to trust, say); their reports, by client. The test starts with
+/// `need!(Python, Node, Chromium)`.
 pub fn deflate_clients(
     base: &str,
     prefix: &str,
@@ -507,18 +497,6 @@ pub fn succeeds(cmd: &mut Command) -> String {
 /// The last line of a client's output: its JSON report.
 pub fn last_json(stdout: &str) -> serde_json::Value {
     serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
-}
-
-/// Debian's Chromium (or `ROOMCAST_CHROMIUM`), which scripts/test.sh installs.
-pub fn chromium() -> std::path::PathBuf {
-    let p: std::path::PathBuf =
-        std::env::var_os("ROOMCAST_CHROMIUM").map_or("/usr/bin/chromium".into(), Into::into);
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/test.sh (it installs Debian's chromium), or set ROOMCAST_CHROMIUM",
-        p.display()
-    );
-    p
 }
 
 /// A free port on 127.0.0.1 (for `--admin-listen`, a proxy in front of the server).
