@@ -28,7 +28,9 @@ use tokio::sync::watch;
 
 use crate::client::{self, connect, mono_ns, source, Frames};
 use crate::sample::ProcSample;
-use crate::scenarios::{argv, bar, cpu_fields, probe, share, sums, with, Orders, Target, Workers};
+use crate::scenarios::measure::{cpu_fields, probe, with};
+use crate::scenarios::workers::{argv, share, sums, Orders, Workers};
+use crate::scenarios::{bar, Target};
 
 mod ledger;
 
