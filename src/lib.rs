@@ -8,6 +8,7 @@
 pub mod app;
 pub mod backplane;
 pub mod config;
+pub mod gather;
 pub mod mesh;
 pub mod ops;
 pub mod protocol;

@@ -20,56 +20,11 @@ use crate::rooms::owner_of;
 
 use super::conn::{flag, AppConn};
 use super::slow::end;
-use super::{wire, App, Msg, Reply};
+use super::{wire, Api, App, ToOwner};
+use crate::gather::{Answer, Ask, Reply};
 
 /// The most messages one history request returns.
 pub const MAX_HISTORY_LIMIT: usize = 1000;
-
-/// What a shard is asked on behalf of an API request elsewhere.
-#[derive(Clone, Debug)]
-pub enum Ask {
-    /// To the owner: `room`'s messages after `since`, at most `limit`.
-    History {
-        room: Arc<str>,
-        since: u64,
-        limit: usize,
-    },
-    /// To every shard: its members of `room` and their users.
-    Presence { room: Arc<str> },
-    /// To every shard: the rooms it owns, with their members.
-    Rooms,
-    /// To every shard: close `user`'s connections with `code` and `reason`.
-    Disconnect {
-        user: Arc<str>,
-        code: u16,
-        reason: Arc<str>,
-    },
-}
-
-/// A shard's answer to an [`Ask`].
-#[derive(Debug)]
-pub enum Answer {
-    History(Option<crate::rooms::Page>),
-    Presence {
-        members: u64,
-        users: Vec<Arc<str>>,
-    },
-    Rooms(Vec<(Arc<str>, u64)>),
-    Closed(u64),
-    /// A publish of a broadcast (or a publish) got `seq` in `epoch` (0, `None`: the room
-    /// does not exist).
-    Published {
-        index: u16,
-        seq: u64,
-        epoch: Option<u32>,
-    },
-    /// The backplane cannot reach Redis: publish `index` was not made (or the history
-    /// cannot be read); `unknown`: it was sent and the answer was lost with the connection.
-    Unavailable {
-        index: u16,
-        unknown: bool,
-    },
-}
 
 /// An API request waiting for its answers.
 #[derive(Debug)]
@@ -305,7 +260,7 @@ impl App {
         let req = self.next_req;
         for (index, room) in rooms.iter().enumerate() {
             link.stats.published += 1;
-            self.api_sends.push(Msg::Publish {
+            self.api_sends.push(ToOwner::Publish {
                 room: room.clone(),
                 data: data.clone(),
                 shard: self.shard as u16,
@@ -428,20 +383,21 @@ impl App {
     /// Sends what API requests of this connection's input asked of the shards.
     pub(super) fn send_api(&mut self, cx: &mut Cx<App>) {
         for msg in std::mem::take(&mut self.api_sends) {
-            let Msg::Publish { room, .. } = &msg else {
+            let ToOwner::Publish { room, .. } = &msg else {
                 continue;
             };
-            cx.mesh.send(self.orderer(room), msg);
+            cx.mesh.send(self.orderer(room), msg.into());
         }
         let me = self.shard as u16;
         for (shard, req, ask) in self.api_asks.drain(..) {
             cx.mesh.send(
                 shard,
-                Msg::Ask {
+                Api::Ask {
                     shard: me,
                     req,
                     ask,
-                },
+                }
+                .into(),
             );
         }
     }

@@ -22,7 +22,11 @@ mod batch;
 mod compress;
 pub mod conn;
 pub mod gate;
+mod member;
+mod msg;
+mod owner;
 mod presence;
+pub use msg::{Api, Msg, ToMember, ToOwner};
 pub mod service;
 pub mod slow;
 pub mod sse;
@@ -64,149 +68,6 @@ pub enum Intent {
     Login(auth::Session),
     /// A `refresh` op brought a valid token: it replaces the session if the user matches.
     Refresh(auth::Session),
-}
-
-/// What shards tell each other. Room names and data are shared (`Arc<str>`), frames are
-/// shared (`SharedFrame`): sending one copies no payload.
-#[derive(Debug)]
-pub enum Msg {
-    /// To the owner: a connection on `shard` wants to join, with its deliveries in
-    /// `encoding` ([`sse::ENC_WS`]…), resuming after `since = (seq, epoch)` if given.
-    Join {
-        room: Arc<str>,
-        shard: u16,
-        slot: u32,
-        gen: u32,
-        encoding: u8,
-        since: Option<(u64, u32)>,
-    },
-    /// From the owner: the join took effect after message `joined.seq`; `joined.replay` is
-    /// what the member missed, if it resumed.
-    Joined {
-        room: Arc<str>,
-        slot: u32,
-        gen: u32,
-        joined: crate::rooms::Joined,
-    },
-    /// To the owner: a member on `shard` (in `slot`) left (or closed).
-    Leave {
-        room: Arc<str>,
-        shard: u16,
-        slot: u32,
-        encoding: u8,
-    },
-    /// To the owner: publish `data` (raw JSON); answer `slot` as `reply` says.
-    Publish {
-        room: Arc<str>,
-        data: Arc<str>,
-        shard: u16,
-        slot: u32,
-        gen: u32,
-        reply: Reply,
-    },
-    /// API request `req` on `shard` asks this shard something ([`api::Ask`]).
-    Ask { shard: u16, req: u32, ask: api::Ask },
-    /// The answer, back to the requesting shard.
-    Answer { req: u32, answer: api::Answer },
-    /// From the owner: this turn's batch for `room`, messages `first..=last`, encoded once
-    /// per encoding some member uses (indexed by encoding).
-    Deliver {
-        room: Arc<str>,
-        first: u64,
-        last: u64,
-        frames: Arc<[Option<SharedFrame>; crate::rooms::ENCODINGS]>,
-    },
-    /// From the owner: the publish `id` of `slot` got sequence number `seq`.
-    Ack {
-        slot: u32,
-        gen: u32,
-        id: u64,
-        seq: u64,
-    },
-    /// From the backplane: the publish (`id`) of `slot` was not made (Redis is down), or
-    /// (`unknown`) its answer was lost with the connection.
-    Refused {
-        slot: u32,
-        gen: u32,
-        id: Option<u64>,
-        unknown: bool,
-    },
-    /// Owner to backplane: this node has members in `room` now: subscribe, and send its
-    /// state ([`Msg::Synced`]) with the messages after `after`.
-    Sub {
-        room: Arc<str>,
-        after: Option<u64>,
-        sub: u32,
-    },
-    /// Owner to backplane: no members here any more.
-    Unsub { room: Arc<str> },
-    /// Backplane to owner: `room` cannot be subscribed (its Redis is down): the joins
-    /// waiting for it are refused.
-    SubFailed { room: Arc<str> },
-    /// Owner to a member's shard: the join of `slot` was refused (the backplane cannot
-    /// reach Redis).
-    JoinFailed { room: Arc<str>, slot: u32, gen: u32 },
-    /// Owner to backplane: the messages after `after`, for a resume.
-    Fetch { room: Arc<str>, after: u64 },
-    /// Backplane to owner: the room's epoch and last seq in Redis, and the newest
-    /// messages after what was asked (in seq order). `fetch`: history asked for a resume
-    /// (it only adds older history and answers the joins that waited for it).
-    Synced {
-        room: Arc<str>,
-        epoch: u32,
-        seq: u64,
-        entries: Vec<(u64, Arc<str>)>,
-        fetch: bool,
-        /// The subscription it answers ([`Msg::Sub`]).
-        sub: u32,
-    },
-    /// Backplane to owner: a message of `room`, in the cluster's order.
-    Remote {
-        room: Arc<str>,
-        epoch: u32,
-        seq: u64,
-        data: Arc<str>,
-    },
-    /// A presence event of `room` (`--presence-events`): from a member's shard to the
-    /// owner, from the owner to the backplane, from the backplane (`remote`) to the owner.
-    Presence {
-        room: Arc<str>,
-        json: Arc<[u8]>,
-        remote: bool,
-    },
-    /// From the owner: a presence event for the members on this shard.
-    PresenceDeliver { room: Arc<str>, json: Arc<[u8]> },
-    /// Owner to the shards with members: `room`'s sequence started over in `epoch` after
-    /// `seq` (Redis lost it): positions held so far mean nothing.
-    Reset {
-        room: Arc<str>,
-        epoch: u32,
-        seq: u64,
-    },
-}
-
-/// What the owner answers a publish with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reply {
-    /// Nothing (a `pub` without `id`).
-    None,
-    /// `{"op":"ack","id":…}` to the publisher's WebSocket.
-    Ack(u64),
-    /// The `index`-th publish of API request `req` (its number on the publisher's shard).
-    Api(u32, u16),
-}
-
-impl crate::mesh::Message for Msg {
-    /// Deliveries and WebSocket publishes may be dropped past the backlog limit (counted);
-    /// membership, acknowledgements and the API's requests never: losing one would
-    /// corrupt a room or leave a request unanswered.
-    fn droppable(&self) -> bool {
-        match self {
-            Msg::Deliver { .. } | Msg::Presence { .. } | Msg::PresenceDeliver { .. } => true,
-            Msg::Publish { reply, .. } => !matches!(reply, Reply::Api(..)),
-            _ => false,
-        }
-    }
 }
 
 /// What to do when a member's out-ring is full (`--slow-policy`).
@@ -271,8 +132,8 @@ pub struct App {
     acks_owed: usize,
     /// What an API request of the connection being handled asks of the shards, sent
     /// right after; and the requests waiting for their answers.
-    api_sends: Vec<Msg>,
-    api_asks: Vec<(usize, u32, api::Ask)>,
+    api_sends: Vec<ToOwner>,
+    api_asks: Vec<(usize, u32, crate::gather::Ask)>,
     api_waits: Vec<api::Wait>,
     /// The number of the next API request on this shard.
     next_req: u32,

@@ -8,12 +8,13 @@
 
 use std::sync::Arc;
 
+use crate::backplane::Request;
 use crate::protocol::{OpCode, SharedFrame};
 use crate::reactor::Cx;
 use crate::rooms::owner_of;
 
 use super::sse;
-use super::{App, Msg};
+use super::{App, ToMember, ToOwner};
 
 impl App {
     /// The member in `slot` (on this shard) joined or left `room`.
@@ -38,11 +39,12 @@ impl App {
         let room = room.clone();
         cx.mesh.send(
             owner,
-            Msg::Presence {
+            ToOwner::Presence {
                 room,
                 json,
                 remote: false,
-            },
+            }
+            .into(),
         );
     }
 
@@ -57,12 +59,13 @@ impl App {
         for (shard, &n) in self.owner.members_of(&room).iter().enumerate() {
             if n > 0 {
                 let (room, json) = (room.clone(), json.clone());
-                cx.mesh.send(shard, Msg::PresenceDeliver { room, json });
+                cx.mesh
+                    .send(shard, ToMember::PresenceDeliver { room, json }.into());
             }
         }
         if self.cfg.backplane && !remote {
             cx.mesh
-                .send(self.shards, Msg::Presence { room, json, remote });
+                .send(self.shards, Request::Presence { room, json }.into());
         }
     }
 

@@ -16,14 +16,15 @@ use std::sync::Arc;
 use crate::protocol::{CloseCode, SharedFrame};
 use crate::reactor::conn::Conn;
 use crate::reactor::{Cx, Link, Service};
-use crate::rooms::{owner_of, JoinRefused, Need, Parked, ENCODINGS};
+use crate::rooms::{owner_of, JoinRefused};
 
 use super::auth::{unix_now, Session};
 use super::conn::{flag, AppConn, Endpoint};
-use super::slow::{offer, owe, send_gap};
+use super::slow::send_gap;
 use super::sse::{self, ENC_MANY, ENC_WS};
 use super::ws::{fail, reply};
-use super::{api, batch, gate, wire, App, Intent, Msg, Reply};
+use super::{gate, wire, Api, App, Intent, Msg, ToMember, ToOwner};
+use crate::gather::Reply;
 
 /// A publishing connection stops being read when the mesh queue towards the room's owner
 /// is fuller than capacity / PAUSE, and paused publishers are read again once every queue
@@ -125,13 +126,13 @@ impl Service for App {
         if self.cfg.backplane {
             for (room, p, joined) in self.owner.ready() {
                 let (slot, gen) = (p.slot, p.gen);
-                let msg = Msg::Joined {
+                let msg = ToMember::Joined {
                     room,
                     slot,
                     gen,
                     joined,
                 };
-                cx.mesh.send(p.shard, msg);
+                cx.mesh.send(p.shard, msg.into());
             }
         }
         self.flush_gaps(cx);
@@ -181,7 +182,7 @@ impl Service for App {
 }
 
 /// Queues a reply for the connection in `slot` (the one whose event is being handled).
-fn reply_to(cx: &mut Cx<App>, slot: usize, frame: SharedFrame) {
+pub(super) fn reply_to(cx: &mut Cx<App>, slot: usize, frame: SharedFrame) {
     if let Some(mut link) = cx.link_any(slot) {
         reply(&mut link, frame);
     }
@@ -237,7 +238,7 @@ impl App {
                         Ok(()) => {
                             let owner = owner_of(&room, shards);
                             let encoding = cx.app(slot).map_or(ENC_WS, AppConn::encoding) as u8;
-                            let msg = Msg::Join {
+                            let msg = ToOwner::Join {
                                 room,
                                 shard: me,
                                 slot: who,
@@ -245,7 +246,7 @@ impl App {
                                 encoding,
                                 since,
                             };
-                            cx.mesh.send(owner, msg);
+                            cx.mesh.send(owner, msg.into());
                         }
                         Err(JoinRefused::AlreadyJoined) => reply_to(
                             cx,
@@ -273,7 +274,7 @@ impl App {
                 Intent::Pub { room, data, id } => {
                     cx.stats.published += 1;
                     let owner = self.orderer(&room);
-                    let msg = Msg::Publish {
+                    let msg = ToOwner::Publish {
                         room,
                         data,
                         shard: me,
@@ -281,7 +282,7 @@ impl App {
                         gen,
                         reply: id.map_or(Reply::None, Reply::Ack),
                     };
-                    cx.mesh.send(owner, msg);
+                    cx.mesh.send(owner, msg.into());
                     // Flow control: a publisher faster than the owner can take stops being
                     // read until the mesh drains, instead of its messages being dropped.
                     if cx.mesh.pressure(owner) > cx.mesh.capacity() / MESH_PAUSE_DIVISOR {
@@ -304,12 +305,13 @@ impl App {
         let (shard, encoding) = (self.shard as u16, encoding as u8);
         cx.mesh.send(
             owner,
-            Msg::Leave {
+            ToOwner::Leave {
                 room,
                 shard,
                 slot,
                 encoding,
-            },
+            }
+            .into(),
         );
     }
 
@@ -369,38 +371,6 @@ impl App {
         }
     }
 
-    /// Hands each room's batch of this turn to the shards with members: encoded once per
-    /// encoding some member uses (WebSocket frames, event-stream events) into shared
-    /// frames. Cost: one encode and one allocation per room with traffic and encoding in
-    /// use, one mesh message per shard with members (ours included, through the local
-    /// queue).
-    fn seal(&mut self, cx: &mut Cx<App>) {
-        let (owner, mesh, buf) = (&mut self.owner, &mut cx.mesh, &mut self.encoded);
-        let codec = &mut self.codec;
-        owner.seal(|s| {
-            if s.members.iter().all(|&n| n == 0) {
-                // Kept for its history only: nobody to deliver to.
-                return;
-            }
-            let frames = Arc::new(batch::frames(&s, buf, codec));
-            for (shard, &n) in s.members.iter().enumerate() {
-                if n > 0 {
-                    let msg = Msg::Deliver {
-                        room: s.room.clone(),
-                        first: s.first,
-                        last: s.last,
-                        frames: frames.clone(),
-                    };
-                    mesh.send(shard, msg);
-                }
-            }
-        });
-        if buf.capacity() > 64 * 1024 {
-            // A burst is over; don't keep its buffer.
-            *buf = Vec::new();
-        }
-    }
-
     /// Queues the gap notices owed, where the members' rings have room again.
     fn flush_gaps(&mut self, cx: &mut Cx<App>) {
         if self.gaps.is_empty() {
@@ -438,312 +408,16 @@ impl App {
 
     fn on_mesh(&mut self, cx: &mut Cx<App>, msg: Msg) {
         match msg {
-            Msg::Join {
-                room,
-                shard,
-                slot,
-                gen,
-                encoding,
-                since,
-            } => {
-                let joined = if self.cfg.backplane {
-                    let parked = Parked {
-                        shard: shard.into(),
-                        slot,
-                        gen,
-                        encoding: encoding.into(),
-                        since,
-                        asked: false,
-                    };
-                    match self.owner.join_remote(&room, parked) {
-                        Need::Ready(joined) => joined,
-                        Need::Subscribe { after, sub } => {
-                            return cx.mesh.send(self.shards, Msg::Sub { room, after, sub })
-                        }
-                        Need::Fetch { after } => {
-                            return cx.mesh.send(self.shards, Msg::Fetch { room, after })
-                        }
-                        Need::Wait => return,
-                    }
-                } else {
-                    self.owner.join(&room, shard.into(), encoding.into(), since)
-                };
-                let joined = Msg::Joined {
-                    room,
-                    slot,
-                    gen,
-                    joined,
-                };
-                cx.mesh.send(shard.into(), joined);
-            }
-            Msg::Leave {
-                room,
-                shard,
-                slot,
-                encoding,
-            } => {
-                let who = (shard.into(), slot);
-                let gone = self.owner.leave(&room, who, encoding.into(), self.clock_ms);
-                if gone {
-                    cx.mesh.send(self.shards, Msg::Unsub { room });
-                }
-            }
-            Msg::Synced {
-                room,
-                epoch,
-                seq,
-                entries,
-                fetch,
-                sub,
-            } => {
-                // A catch-up may start the room's log over: this turn's batch goes first.
-                if !fetch {
-                    self.seal(cx);
-                }
-                let before = self.owner.position(&room).filter(|_| !fetch);
-                let (answered, fetch) =
-                    self.owner
-                        .synced(&room, (epoch, seq), entries, (fetch, sub));
-                if let Some((old, _)) = before.filter(|&(e, _)| e != epoch) {
-                    tracing::warn!(room = %room, old, epoch, "a room's sequence started over in Redis: members are told");
-                    self.reset(cx, &room);
-                }
-                for (p, joined) in answered {
-                    let msg = Msg::Joined {
-                        room: room.clone(),
-                        slot: p.slot,
-                        gen: p.gen,
-                        joined,
-                    };
-                    cx.mesh.send(p.shard, msg);
-                }
-                if let Some(after) = fetch {
-                    cx.mesh.send(self.shards, Msg::Fetch { room, after });
-                }
-            }
-            Msg::Remote {
-                room,
-                epoch,
-                seq,
-                data,
-            } => {
-                if self.owner.must_seal(&room, epoch, seq) {
-                    self.seal(cx);
-                }
-                if self.owner.arrive(&room, epoch, seq, data) {
-                    tracing::warn!(room = %room, epoch, "a room's sequence started over in Redis: members are told");
-                    self.reset(cx, &room);
-                }
-            }
-            Msg::Reset { room, epoch, seq } => {
-                self.local.reset(&room, seq);
-                let members = self.local.members(&room).to_vec();
-                for slot in members {
-                    let joined = crate::rooms::Joined {
-                        seq,
-                        epoch,
-                        recovered: Some(false),
-                        replay: Vec::new(),
-                    };
-                    self.on_joined(cx, slot as usize, &room, joined);
-                }
-            }
-            Msg::Refused {
-                slot,
-                gen,
-                id,
-                unknown,
-            } => {
-                if let Some(mut link) = cx.link(slot as usize, gen) {
-                    reply(&mut link, wire::unavailable(id, unknown));
-                }
-            }
-            Msg::Presence { room, json, remote } => self.on_presence(cx, room, json, remote),
-            Msg::PresenceDeliver { room, json } => self.deliver_presence(cx, &room, &json),
-            Msg::SubFailed { room } => {
-                for p in self.owner.sub_failed(&room) {
-                    let (room, slot, gen) = (room.clone(), p.slot, p.gen);
-                    cx.mesh.send(p.shard, Msg::JoinFailed { room, slot, gen });
-                }
-            }
-            Msg::JoinFailed { room, slot, gen } => {
-                // The owner dropped the join: no leave goes back to it.
-                if cx.gen(slot as usize) == Some(gen) && self.local.leave(&room, slot) {
-                    reply_to(cx, slot as usize, wire::join_unavailable(&room));
-                }
-            }
-            Msg::Sub { .. } | Msg::Unsub { .. } | Msg::Fetch { .. } => {}
-            Msg::Publish {
-                room,
-                data,
-                shard,
-                slot,
-                gen,
-                reply,
-            } => {
-                // No members anywhere: nothing is kept, and the ack says seq 0.
-                let published = self.owner.publish(&room, data, self.clock_ms);
-                let seq = published.map_or(0, |p| p.0);
-                let to = shard.into();
-                match reply {
-                    Reply::None => {}
-                    Reply::Ack(id) => cx.mesh.send(to, Msg::Ack { slot, gen, id, seq }),
-                    Reply::Api(req, index) => {
-                        let epoch = published.map(|p| p.1);
-                        let answer = api::Answer::Published { index, seq, epoch };
-                        cx.mesh.send(to, Msg::Answer { req, answer });
-                    }
-                }
-            }
-            Msg::Ask { shard, req, ask } => {
+            Msg::Owner(m) => self.on_owner(cx, m),
+            Msg::Member(m) => self.on_member(cx, m),
+            Msg::Api(Api::Ask { shard, req, ask }) => {
                 let answer = self.on_ask(cx, ask);
-                cx.mesh.send(shard.into(), Msg::Answer { req, answer });
+                cx.mesh
+                    .send(shard.into(), Api::Answer { req, answer }.into());
             }
-            Msg::Answer { req, answer } => self.on_answer(cx, req, answer),
-            Msg::Joined {
-                room,
-                slot,
-                gen,
-                joined,
-            } => {
-                if let Some((from, to)) = self.local.expect(&room, joined.seq) {
-                    // Batches the mesh dropped before this answer: owed to the members.
-                    let members = self.local.members(&room).to_vec();
-                    for member in members {
-                        if let Some(mut link) = cx.link_any(member as usize) {
-                            owe(&mut self.gaps, &mut link, room.clone(), from, to);
-                        }
-                    }
-                }
-                if cx.gen(slot as usize) == Some(gen) && self.local.joined(&room, slot) {
-                    self.on_joined(cx, slot as usize, &room, joined);
-                    self.presence_event(cx, &room, slot, true);
-                }
-            }
-            Msg::Ack { slot, gen, id, seq } => {
-                if let Some(mut link) = cx.link(slot as usize, gen) {
-                    reply(&mut link, wire::ack(id, seq));
-                }
-            }
-            Msg::Deliver {
-                room,
-                first,
-                last,
-                frames,
-            } => self.deliver(cx, &room, (first, last), &frames),
-        }
-    }
-
-    /// `room`'s sequence started over (a new epoch from Redis): every shard with members
-    /// tells them where they now are.
-    fn reset(&mut self, cx: &mut Cx<App>, room: &Arc<str>) {
-        let Some((epoch, seq)) = self.owner.position(room) else {
-            return;
-        };
-        let members = self.owner.members_of(room).to_vec();
-        for (shard, n) in members.into_iter().enumerate() {
-            if n > 0 {
-                let room = room.clone();
-                cx.mesh.send(shard, Msg::Reset { room, epoch, seq });
-            }
-        }
-    }
-
-    /// The owner answered a join: the `joined` op, then what the member missed (through
-    /// its ring and slow-consumer policy like any delivery), then live deliveries follow.
-    fn on_joined(
-        &mut self,
-        cx: &mut Cx<App>,
-        slot: usize,
-        room: &Arc<str>,
-        j: crate::rooms::Joined,
-    ) {
-        let (turn, out_cap) = (cx.turn, cx.out_cap);
-        let Some(mut link) = cx.link_any(slot) else {
-            return;
-        };
-        match j.recovered {
-            Some(true) => link.stats.resumed += 1,
-            Some(false) => link.stats.resume_failed += 1,
-            None => {}
-        }
-        link.stats.replayed += j.replay.len() as u64;
-        let encoding = link.app().encoding();
-        if !sse::is_stream(encoding) {
-            // Past a full ring like a notice: the replay and live messages behind it
-            // mean nothing without it.
-            let joined = wire::joined(room, j.seq, j.epoch, j.recovered);
-            if link.send_up_to(joined, out_cap * 4).is_ok() {
-                link.stats.messages_out += 1;
-            }
-        } else if let Some(stream) = link.app().sse() {
-            // The stream's position is what it has been given: where it resumes from
-            // until the replay is out.
-            let given = j.replay.first().map_or(j.seq, |&(seq, _)| seq - 1);
-            if let Some(pos) = stream.pos(room) {
-                (pos.epoch, pos.seq, pos.joined) = (j.epoch, given, true);
-            }
-            let cursor = stream.cursor();
-            let json = wire::joined_json(room, j.seq, j.epoch, j.recovered);
-            let _ = link.send_up_to(sse::event("joined", Some(&cursor), &json), out_cap * 4);
-            if j.recovered == Some(false) {
-                let lost = sse::event("gap", None, &wire::lost_json(room));
-                let _ = link.send_up_to(lost, out_cap * 4);
-            }
-        }
-        let (Some(&(first, _)), Some(&(last, _))) = (j.replay.first(), j.replay.last()) else {
-            return;
-        };
-        let mut buf = Vec::new();
-        let codec = &mut self.codec;
-        batch::encode(
-            room,
-            j.epoch,
-            j.replay.iter(),
-            encoding,
-            &mut buf,
-            codec,
-            false,
-        );
-        let frame = SharedFrame::from_encoded(Arc::from(buf));
-        let span = (first, last);
-        let (cfg, gaps) = (&self.cfg, &mut self.gaps);
-        let ok = offer(cfg, gaps, &mut link, room, span, frame, (turn, out_cap));
-        advance_stream(&mut link, room, last, ok, out_cap);
-    }
-
-    /// Puts this turn's batch of `room` in the out-ring of every member on this shard, in
-    /// the member's encoding. Cost: O(members on this shard), one refcount increment each;
-    /// no copy (a stream on several rooms adds its few bytes of position).
-    fn deliver(
-        &mut self,
-        cx: &mut Cx<App>,
-        room: &Arc<str>,
-        span: (u64, u64),
-        frames: &[Option<SharedFrame>; ENCODINGS],
-    ) {
-        let how = (cx.turn, cx.out_cap);
-        let missed = self.local.arrived(room, span.0, span.1);
-        let (cfg, gaps) = (&self.cfg, &mut self.gaps);
-        for &slot in self.local.members(room) {
-            let Some(mut link) = cx.link_any(slot as usize) else {
-                continue;
-            };
-            if link.is_closing() {
-                continue;
-            }
-            if let Some((from, to)) = missed {
-                // The mesh dropped a batch on its way here: said, not silent.
-                owe(gaps, &mut link, room.clone(), from, to);
-            }
-            let encoding = link.app().encoding();
-            let Some(frame) = &frames[encoding] else {
-                continue;
-            };
-            let ok = offer(cfg, gaps, &mut link, room, span, frame.clone(), how);
-            if sse::is_stream(encoding) {
-                advance_stream(&mut link, room, span.1, ok, how.1);
-            }
+            Msg::Api(Api::Answer { req, answer }) => self.on_answer(cx, req, answer),
+            // The backplane's own channel: a shard is never on its end.
+            Msg::Backplane(r) => debug_assert!(false, "a shard got a backplane request: {r:?}"),
         }
     }
 }
@@ -751,7 +425,7 @@ impl App {
 /// An event stream was given `room` up to `seq` (or skipped it, with a gap notice owed):
 /// its position moves there, and a stream on several rooms gets its id block (one on a
 /// single room had the id on every event).
-fn advance_stream(
+pub(super) fn advance_stream(
     link: &mut Link<'_, AppConn>,
     room: &str,
     seq: u64,

@@ -417,13 +417,13 @@ fn a_batch_the_mesh_dropped_becomes_a_gap_notice() {
     let mut buf = Vec::new();
     wire::write_msg("r", 4, "4", &mut buf);
     let frame = SharedFrame::from_encoded(std::sync::Arc::from(buf));
-    let deliver = Msg::Deliver {
+    let deliver = ToMember::Deliver {
         room: "r".into(),
         first: 4,
         last: 4,
         frames: std::sync::Arc::new([Some(frame), None, None, None, None]),
     };
-    crate::reactor::Service::message(&mut core.service, &mut core.cx, deliver);
+    crate::reactor::Service::message(&mut core.service, &mut core.cx, deliver.into());
     core.end_turn();
     let got = json(&mut core, member);
     assert_eq!(

@@ -7,13 +7,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::app::api::{Answer, Ask};
-use crate::app::Msg;
+use crate::gather::{empty, merge, Answer, Ask};
 
 use super::scripts::{keys, PAGE};
 use super::*;
 
-impl Backplane {
+impl<M: Carrier> Backplane<M> {
     /// A local shard's API request that the backplane answers for the other nodes.
     pub(super) fn ask(&mut self, shard: u16, req: u32, ask: Ask) {
         if let Ask::History { room, since, limit } = ask {
@@ -24,9 +23,7 @@ impl Backplane {
                     index: 0,
                     unknown: false,
                 };
-                return self
-                    .mesh
-                    .send(usize::from(shard), Msg::Answer { req, answer });
+                return self.tell(usize::from(shard), Event::Answer { req, answer });
             };
             let (m, st, _) = keys(&room);
             cmd.send(&[
@@ -51,9 +48,7 @@ impl Backplane {
         let s = &mut self.servers[0];
         let (Some(cmd), true) = (s.cmd.as_mut(), s.ctl) else {
             // The control channel is down: the local shards' counts stand alone.
-            return self
-                .mesh
-                .send(usize::from(shard), Msg::Answer { req, answer: acc });
+            return self.tell(usize::from(shard), Event::Answer { req, answer: acc });
         };
         let id = self.next_ctl;
         self.next_ctl += 1;
@@ -95,9 +90,9 @@ impl Backplane {
                 for shard in 0..self.cfg.shards {
                     let ask = ask.clone();
                     let me = self.me;
-                    self.mesh.send(
+                    self.tell(
                         shard,
-                        Msg::Ask {
+                        Event::Ask {
                             shard: me,
                             req: gid,
                             ask,
@@ -146,9 +141,9 @@ impl Backplane {
                     "backplane: a control request timed out; answering with the nodes that replied"
                 );
             }
-            self.mesh.send(
+            self.tell(
                 usize::from(w.shard),
-                Msg::Answer {
+                Event::Answer {
                     req: w.req,
                     answer: w.acc,
                 },
@@ -174,37 +169,6 @@ impl Backplane {
             cmd.send(&[b"PUBLISH", CTL, text.as_bytes()]);
             s.inflight.push_back((Pending::Ignore, Instant::now()));
         }
-    }
-}
-
-/// An answer that counts nothing yet, of the kind `ask` wants.
-pub(super) fn empty(ask: &Ask) -> Answer {
-    match ask {
-        Ask::Presence { .. } => Answer::Presence {
-            members: 0,
-            users: Vec::new(),
-        },
-        Ask::Rooms | Ask::History { .. } => Answer::Rooms(Vec::new()),
-        Ask::Disconnect { .. } => Answer::Closed(0),
-    }
-}
-
-/// Adds `more` into `acc` (answers of the same kind).
-pub(super) fn merge(acc: &mut Answer, more: Answer) {
-    match (acc, more) {
-        (
-            Answer::Presence { members, users },
-            Answer::Presence {
-                members: m,
-                users: u,
-            },
-        ) => {
-            *members += m;
-            users.extend(u);
-        }
-        (Answer::Rooms(all), Answer::Rooms(r)) => all.extend(r),
-        (Answer::Closed(n), Answer::Closed(m)) => *n += m,
-        _ => {}
     }
 }
 

@@ -11,16 +11,16 @@
 //!   delivers what arrives on the room's channel, in that order. Publishes are written to
 //!   Redis together, once per turn of this thread, not one round trip each.
 //! - **Subscriptions follow members.** A room's owner shard asks for the room's channel
-//!   when the node's first member joins ([`Msg::Sub`]) and gives it up when the last leaves
-//!   ([`Msg::Unsub`]). Once subscribed, this thread reads the room's state (epoch, seq,
-//!   and the messages a resuming member needs) and hands it to the owner ([`Msg::Synced`]);
+//!   when the node's first member joins ([`Request::Sub`]) and gives it up when the last leaves
+//!   ([`Request::Unsub`]). Once subscribed, this thread reads the room's state (epoch, seq,
+//!   and the messages a resuming member needs) and hands it to the owner ([`Event::Synced`]);
 //!   messages that arrived meanwhile are held and follow, without duplicates.
 //! - **No silent gap.** A message whose seq skips ahead (pub/sub lost some while a
 //!   connection was down) makes this thread hold it and read what is missing from the
 //!   stream first; what the stream no longer has becomes a `gap` notice on the shards.
 //!   After a reconnect every room catches up the same way.
 //! - **Resume anywhere.** A join with `since` that the node's own history does not cover
-//!   is served from the stream ([`Msg::Fetch`]).
+//!   is served from the stream ([`Request::Fetch`]).
 //! - **Presence, rooms, disconnect** are asked of every node over a control channel:
 //!   each node counts its own members and answers on the same channel. A node that died
 //!   is no longer subscribed, so it is not waited for and counts for nothing.
@@ -30,6 +30,7 @@
 
 pub mod conn;
 mod control;
+mod messages;
 pub mod resp;
 mod run;
 mod scripts;
@@ -41,11 +42,11 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::app::api::Answer;
-use crate::app::{Msg, Reply};
+use crate::gather::{Answer, Reply};
 use crate::mesh::Endpoint;
 use conn::Conn;
 pub use conn::Target;
+pub use messages::{Carrier, Event, Request};
 pub use status::Status;
 
 /// The control channel (on the first Redis): presence, rooms and disconnect requests.
@@ -75,7 +76,7 @@ pub struct Settings {
 
 /// Starts the backplane's thread on mesh endpoint `mesh` (the one after the shards),
 /// reporting to `status`.
-pub fn spawn(cfg: Settings, mesh: Endpoint<Msg>, status: Arc<Status>) -> io::Result<()> {
+pub fn spawn<M: Carrier>(cfg: Settings, mesh: Endpoint<M>, status: Arc<Status>) -> io::Result<()> {
     let mut bp = Backplane::new(cfg, mesh, status);
     // Connect once before serving, so the first joins do not wait for a retry.
     let now = Instant::now();
@@ -195,9 +196,9 @@ struct Gather {
     acc: Answer,
 }
 
-struct Backplane {
+struct Backplane<M> {
     cfg: Settings,
-    mesh: Endpoint<Msg>,
+    mesh: Endpoint<M>,
     /// Our mesh index (shards ask us, and we ask them, as this "shard").
     me: u16,
     status: Arc<Status>,

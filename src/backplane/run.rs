@@ -6,8 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::app::api::Answer;
-use crate::app::{Msg, Reply};
+use crate::gather::{Answer, Reply};
 use crate::mesh::Endpoint;
 use sha1::{Digest, Sha1};
 
@@ -19,8 +18,8 @@ use super::scripts::{channel, keys, message, room_of, state, PUBLISH, SCRIPTS, S
 use super::timers::refresh_every;
 use super::*;
 
-impl Backplane {
-    pub(super) fn new(cfg: Settings, mesh: Endpoint<Msg>, status: Arc<Status>) -> Backplane {
+impl<M: Carrier> Backplane<M> {
+    pub(super) fn new(cfg: Settings, mesh: Endpoint<M>, status: Arc<Status>) -> Backplane<M> {
         let now = Instant::now();
         let servers = cfg
             .targets
@@ -244,7 +243,7 @@ impl Backplane {
         for room in unjoined {
             self.rooms.remove(&room);
             let to = self.owner(&room);
-            self.mesh.send(to, Msg::SubFailed { room });
+            self.tell(to, Event::SubFailed { room });
         }
         // No confirmation will come on the lost connection, for rooms given up too.
         self.subs_pending.retain(|name, _| owner_of(name, n) != i);
@@ -252,9 +251,9 @@ impl Backplane {
             // Nobody else will answer: the local counts stand.
             let waits = std::mem::take(&mut self.ctl_waits);
             for w in waits {
-                self.mesh.send(
+                self.tell(
                     usize::from(w.shard),
-                    Msg::Answer {
+                    Event::Answer {
                         req: w.req,
                         answer: w.acc,
                     },
@@ -274,9 +273,9 @@ impl Backplane {
                 reply,
             } => self.refuse(shard, slot, gen, reply, lost),
             Pending::Sync { room, fetch: true } => self.fetch_failed(room),
-            Pending::Page { shard, req, .. } => self.mesh.send(
+            Pending::Page { shard, req, .. } => self.tell(
                 usize::from(shard),
-                Msg::Answer {
+                Event::Answer {
                     req,
                     answer: Answer::Unavailable {
                         index: 0,
@@ -304,7 +303,7 @@ impl Backplane {
     ) {
         let sub = self.rooms.get(&room).map_or(0, |r| r.sub);
         let to = self.owner(&room);
-        let msg = Msg::Synced {
+        let msg = Event::Synced {
             room,
             epoch,
             seq,
@@ -312,7 +311,7 @@ impl Backplane {
             fetch,
             sub,
         };
-        self.mesh.send(to, msg);
+        self.tell(to, msg);
     }
 
     /// A publish that was not made (`unknown`: or whose outcome is unknown: it was written
@@ -320,7 +319,7 @@ impl Backplane {
     pub(super) fn refuse(&mut self, shard: u16, slot: u32, gen: u32, reply: Reply, unknown: bool) {
         self.status.refused.fetch_add(1, Ordering::Relaxed);
         let msg = match reply {
-            Reply::None | Reply::Ack(_) => Msg::Refused {
+            Reply::None | Reply::Ack(_) => Event::Refused {
                 slot,
                 gen,
                 id: match reply {
@@ -329,17 +328,26 @@ impl Backplane {
                 },
                 unknown,
             },
-            Reply::Api(req, index) => Msg::Answer {
+            Reply::Api(req, index) => Event::Answer {
                 req,
                 answer: Answer::Unavailable { index, unknown },
             },
         };
-        self.mesh.send(usize::from(shard), msg);
+        self.tell(usize::from(shard), msg);
     }
 
-    pub(super) fn on_msg(&mut self, msg: Msg) {
+    /// Sends `event` to mesh endpoint `to` (a shard).
+    pub(super) fn tell(&mut self, to: usize, event: Event) {
+        self.mesh.send(to, M::from(event));
+    }
+
+    pub(super) fn on_msg(&mut self, msg: M) {
+        let msg = match msg.into_request() {
+            Ok(request) => request,
+            Err(other) => return tracing::debug!(?other, "backplane: not a request"),
+        };
         match msg {
-            Msg::Publish {
+            Request::Publish {
                 room,
                 data,
                 shard,
@@ -376,7 +384,7 @@ impl Backplane {
                 };
                 s.inflight.push_back((p, Instant::now()));
             }
-            Msg::Sub { room, after, sub } => {
+            Request::Sub { room, after, sub } => {
                 self.rooms.insert(
                     room.clone(),
                     Room {
@@ -395,14 +403,14 @@ impl Backplane {
                     // rather than left unanswered.
                     self.rooms.remove(&room);
                     let to = self.owner(&room);
-                    return self.mesh.send(to, Msg::SubFailed { room });
+                    return self.tell(to, Event::SubFailed { room });
                 }
                 self.subscribe(i, &[room]);
                 self.status
                     .rooms
                     .store(self.rooms.len() as u64, Ordering::Relaxed);
             }
-            Msg::Unsub { room } => {
+            Request::Unsub { room } => {
                 self.rooms.remove(&room);
                 let i = self.server_of(&room);
                 if let Some(sub) = self.servers[i].sub.as_mut() {
@@ -412,12 +420,12 @@ impl Backplane {
                     .rooms
                     .store(self.rooms.len() as u64, Ordering::Relaxed);
             }
-            Msg::Fetch { room, after } => {
+            Request::Fetch { room, after } => {
                 if !self.sync(&room, Some(after), true) {
                     self.fetch_failed(room);
                 }
             }
-            Msg::Presence { room, json, .. } => {
+            Request::Presence { room, json } => {
                 // To the other nodes, on the room's channel (no seq: not a message).
                 let i = self.server_of(&room);
                 let s = &mut self.servers[i];
@@ -428,9 +436,8 @@ impl Backplane {
                     s.inflight.push_back((Pending::Ignore, Instant::now()));
                 }
             }
-            Msg::Ask { shard, req, ask } => self.ask(shard, req, ask),
-            Msg::Answer { req, answer } => self.gathered(req, answer),
-            other => tracing::debug!(?other, "backplane: unexpected message"),
+            Request::Ask { shard, req, ask } => self.ask(shard, req, ask),
+            Request::Answer { req, answer } => self.gathered(req, answer),
         }
     }
 
@@ -563,11 +570,11 @@ impl Backplane {
                 let epoch = epoch as u32;
                 match reply {
                     Reply::None => {}
-                    Reply::Ack(id) => self.mesh.send(to, Msg::Ack { slot, gen, id, seq }),
+                    Reply::Ack(id) => self.tell(to, Event::Ack { slot, gen, id, seq }),
                     Reply::Api(req, index) => {
                         let epoch = Some(epoch);
                         let answer = Answer::Published { index, seq, epoch };
-                        self.mesh.send(to, Msg::Answer { req, answer });
+                        self.tell(to, Event::Answer { req, answer });
                     }
                 }
             }
@@ -602,8 +609,7 @@ impl Backplane {
                     messages,
                 });
                 let answer = Answer::History(page);
-                self.mesh
-                    .send(usize::from(shard), Msg::Answer { req, answer });
+                self.tell(usize::from(shard), Event::Answer { req, answer });
             }
             Pending::Ctl { id } => {
                 // Every subscriber got it, ourselves included.
@@ -665,9 +671,9 @@ impl Backplane {
         self.status.received.fetch_add(1, Ordering::Relaxed);
         let to = self.owner(room);
         let room = room.clone();
-        self.mesh.send(
+        self.tell(
             to,
-            Msg::Remote {
+            Event::Remote {
                 room,
                 epoch,
                 seq,
@@ -743,14 +749,7 @@ impl Backplane {
                     let json = &event[tab + 1..];
                     let to = self.owner(&name);
                     let json = Arc::from(json);
-                    return self.mesh.send(
-                        to,
-                        Msg::Presence {
-                            room: name,
-                            json,
-                            remote: true,
-                        },
-                    );
+                    return self.tell(to, Event::Presence { room: name, json });
                 }
                 if let Some((epoch, seq, data)) = message(payload) {
                     self.arrived(&name, epoch, seq, Arc::from(data));

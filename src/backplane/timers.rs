@@ -9,7 +9,7 @@ use crate::rooms::owner_of;
 use super::scripts::keys;
 use super::*;
 
-impl Backplane {
+impl<M: Carrier> Backplane<M> {
     pub(super) fn timers(&mut self, now: Instant) {
         if !self.ctl_waits.is_empty() {
             self.finish_ctl(true);
@@ -40,7 +40,7 @@ impl Backplane {
     }
 }
 
-impl Backplane {
+impl<M: Carrier> Backplane<M> {
     /// A connection that stopped answering (a half-open TCP connection: the host or the
     /// network gone) is given up after [`REPLY_TIMEOUT`]: a command unanswered that long,
     /// or a `PING` on the idle connections (every [`KEEPALIVE`]) unanswered.

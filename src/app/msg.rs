@@ -1,0 +1,276 @@
+//! What the shards and the backplane send each other over the mesh, by channel: each
+//! receiver matches only the channel it is on the end of. Room names and data are shared
+//! (`Arc<str>`), frames are shared (`SharedFrame`): sending one copies no payload.
+//!
+//! - [`ToOwner`]: to a room's owner shard, from a member's shard or from the backplane.
+//! - [`ToMember`]: from a room's owner (or the backplane) to the shard of its members.
+//! - [`Api`]: the server API's scatter-gather between shards (and the backplane).
+//! - [`Msg::Backplane`]: what the backplane receives, in its own types.
+//!
+//! The backplane speaks [`backplane::Request`] and [`backplane::Event`]; this file is where
+//! the app wraps them ([`backplane::Carrier`]).
+
+use std::sync::Arc;
+
+use crate::backplane::{self, Event, Request};
+use crate::gather::{Answer, Ask, Reply};
+use crate::protocol::SharedFrame;
+use crate::rooms::{Joined, ENCODINGS};
+
+/// One mesh message.
+#[derive(Debug)]
+pub enum Msg {
+    Owner(ToOwner),
+    Member(ToMember),
+    Api(Api),
+    /// To the backplane thread.
+    Backplane(Request),
+}
+
+/// To a room's owner shard.
+#[derive(Debug)]
+pub enum ToOwner {
+    /// A connection on `shard` wants to join, with its deliveries in `encoding`
+    /// ([`super::sse::ENC_WS`]…), resuming after `since = (seq, epoch)` if given.
+    Join {
+        room: Arc<str>,
+        shard: u16,
+        slot: u32,
+        gen: u32,
+        encoding: u8,
+        since: Option<(u64, u32)>,
+    },
+    /// A member on `shard` (in `slot`) left (or closed).
+    Leave {
+        room: Arc<str>,
+        shard: u16,
+        slot: u32,
+        encoding: u8,
+    },
+    /// Publish `data` (raw JSON); answer `slot` as `reply` says. Sent to the room's
+    /// orderer: its owner, or the backplane with `--redis` (which takes it as a
+    /// [`Request::Publish`]).
+    Publish {
+        room: Arc<str>,
+        data: Arc<str>,
+        shard: u16,
+        slot: u32,
+        gen: u32,
+        reply: Reply,
+    },
+    /// A presence event of `room` (`--presence-events`): from a member's shard to the
+    /// owner, from the owner to the backplane, from the backplane (`remote`) to the owner.
+    Presence {
+        room: Arc<str>,
+        json: Arc<[u8]>,
+        remote: bool,
+    },
+    /// From the backplane: the room's epoch and last seq in Redis, and the newest
+    /// messages after what was asked (in seq order). `fetch`: history asked for a resume
+    /// (it only adds older history and answers the joins that waited for it).
+    Synced {
+        room: Arc<str>,
+        epoch: u32,
+        seq: u64,
+        entries: Vec<(u64, Arc<str>)>,
+        fetch: bool,
+        /// The subscription it answers ([`Request::Sub`]).
+        sub: u32,
+    },
+    /// From the backplane: a message of `room`, in the cluster's order.
+    Remote {
+        room: Arc<str>,
+        epoch: u32,
+        seq: u64,
+        data: Arc<str>,
+    },
+    /// From the backplane: `room` cannot be subscribed (its Redis is down): the joins
+    /// waiting for it are refused.
+    SubFailed { room: Arc<str> },
+}
+
+/// From a room's owner (or the backplane) to a member's shard.
+#[derive(Debug)]
+pub enum ToMember {
+    /// The join took effect after message `joined.seq`; `joined.replay` is what the member
+    /// missed, if it resumed.
+    Joined {
+        room: Arc<str>,
+        slot: u32,
+        gen: u32,
+        joined: Joined,
+    },
+    /// The join of `slot` was refused (the backplane cannot reach Redis).
+    JoinFailed { room: Arc<str>, slot: u32, gen: u32 },
+    /// This turn's batch for `room`, messages `first..=last`, encoded once per encoding
+    /// some member uses (indexed by encoding).
+    Deliver {
+        room: Arc<str>,
+        first: u64,
+        last: u64,
+        frames: Arc<[Option<SharedFrame>; ENCODINGS]>,
+    },
+    /// A presence event for the members on this shard.
+    PresenceDeliver { room: Arc<str>, json: Arc<[u8]> },
+    /// The publish `id` of `slot` got sequence number `seq`.
+    Ack {
+        slot: u32,
+        gen: u32,
+        id: u64,
+        seq: u64,
+    },
+    /// From the backplane: the publish (`id`) of `slot` was not made (Redis is down), or
+    /// (`unknown`) its answer was lost with the connection.
+    Refused {
+        slot: u32,
+        gen: u32,
+        id: Option<u64>,
+        unknown: bool,
+    },
+    /// `room`'s sequence started over in `epoch` after `seq` (Redis lost it): positions
+    /// held so far mean nothing.
+    Reset {
+        room: Arc<str>,
+        epoch: u32,
+        seq: u64,
+    },
+}
+
+/// The server API's scatter-gather.
+#[derive(Debug)]
+pub enum Api {
+    /// API request `req` on `shard` asks this shard something.
+    Ask { shard: u16, req: u32, ask: Ask },
+    /// The answer, back to the requesting shard.
+    Answer { req: u32, answer: Answer },
+}
+
+impl crate::mesh::Message for Msg {
+    /// Deliveries and WebSocket publishes may be dropped past the backlog limit (counted);
+    /// membership, acknowledgements and the API's requests never: losing one would
+    /// corrupt a room or leave a request unanswered.
+    fn droppable(&self) -> bool {
+        match self {
+            Msg::Member(ToMember::Deliver { .. } | ToMember::PresenceDeliver { .. })
+            | Msg::Owner(ToOwner::Presence { .. })
+            | Msg::Backplane(Request::Presence { .. }) => true,
+            Msg::Owner(ToOwner::Publish { reply, .. })
+            | Msg::Backplane(Request::Publish { reply, .. }) => !matches!(reply, Reply::Api(..)),
+            _ => false,
+        }
+    }
+}
+
+impl From<ToOwner> for Msg {
+    fn from(m: ToOwner) -> Msg {
+        Msg::Owner(m)
+    }
+}
+
+impl From<ToMember> for Msg {
+    fn from(m: ToMember) -> Msg {
+        Msg::Member(m)
+    }
+}
+
+impl From<Api> for Msg {
+    fn from(m: Api) -> Msg {
+        Msg::Api(m)
+    }
+}
+
+impl From<Request> for Msg {
+    fn from(r: Request) -> Msg {
+        Msg::Backplane(r)
+    }
+}
+
+/// What the backplane emits, on the channel of the shard it goes to.
+impl From<Event> for Msg {
+    fn from(e: Event) -> Msg {
+        match e {
+            Event::Synced {
+                room,
+                epoch,
+                seq,
+                entries,
+                fetch,
+                sub,
+            } => ToOwner::Synced {
+                room,
+                epoch,
+                seq,
+                entries,
+                fetch,
+                sub,
+            }
+            .into(),
+            Event::Remote {
+                room,
+                epoch,
+                seq,
+                data,
+            } => ToOwner::Remote {
+                room,
+                epoch,
+                seq,
+                data,
+            }
+            .into(),
+            Event::Presence { room, json } => ToOwner::Presence {
+                room,
+                json,
+                remote: true,
+            }
+            .into(),
+            Event::SubFailed { room } => ToOwner::SubFailed { room }.into(),
+            Event::Ack { slot, gen, id, seq } => ToMember::Ack { slot, gen, id, seq }.into(),
+            Event::Refused {
+                slot,
+                gen,
+                id,
+                unknown,
+            } => ToMember::Refused {
+                slot,
+                gen,
+                id,
+                unknown,
+            }
+            .into(),
+            Event::Ask { shard, req, ask } => Api::Ask { shard, req, ask }.into(),
+            Event::Answer { req, answer } => Api::Answer { req, answer }.into(),
+        }
+    }
+}
+
+/// What the backplane takes from the mesh: requests sent to it as such, and the
+/// messages a shard sends to a room's orderer or to every endpoint (publishes, presence
+/// events, the API's asks and answers), which reach the backplane as its requests.
+impl backplane::Carrier for Msg {
+    fn into_request(self) -> Result<Request, Msg> {
+        match self {
+            Msg::Backplane(r) => Ok(r),
+            Msg::Owner(ToOwner::Publish {
+                room,
+                data,
+                shard,
+                slot,
+                gen,
+                reply,
+            }) => Ok(Request::Publish {
+                room,
+                data,
+                shard,
+                slot,
+                gen,
+                reply,
+            }),
+            Msg::Owner(ToOwner::Presence { room, json, .. }) => {
+                Ok(Request::Presence { room, json })
+            }
+            Msg::Api(Api::Ask { shard, req, ask }) => Ok(Request::Ask { shard, req, ask }),
+            Msg::Api(Api::Answer { req, answer }) => Ok(Request::Answer { req, answer }),
+            other => Err(other),
+        }
+    }
+}
