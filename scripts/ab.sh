@@ -18,6 +18,10 @@
 #   fanout 500     fanout --members 500 --rate 0 --secs S                -> server_cpu_ns_per_delivery
 #   fanout 5000    fanout --members 5000 --rate 0 --secs S               -> server_cpu_ns_per_delivery
 #   idle 15000     idle --connections 15000 --hold-secs H                -> user_bytes_per_conn_marginal
+#   slow           slow --members 500 --fraction 0.1 --rate 0 --secs S, server with
+#                  --slow-policy drop-oldest                             -> with.server_cpu_ns_per_delivery
+#   slowdeflate    the same with --deflate on both sides                 -> with.server_cpu_ns_per_delivery
+#   (slow and slowdeflate run only when ONLY names them: a slow member's cost to its shard)
 #
 # The default (4 scenarios × 2 backends × 2 sides × 5 runs, 80 fresh servers) takes about
 # 15 minutes on a 2-CPU box, plus the builds.
@@ -105,12 +109,15 @@ base_desc="$base_short $(git -C "$repo" log -1 --format=%s "$base_sha")"
 out=${OUT:-$abdir/results-$base_short-vs-$new_label-$(date +%Y%m%d-%H%M%S)}
 raw="$out/RAW.jsonl"
 
-# The scenarios: key | label | JSON field in .figures | unit | roomcast-bench arguments
+# The scenarios: key | label | JSON path in .figures | unit | roomcast-bench arguments
+# | extra server arguments
 scenarios_all=(
   "echo|echo 100×16×32 B|server_cpu_ns_per_msg|server ns/msg|echo --connections 100 --depth 16 --size 32 --secs $secs"
   "fanout500|fan-out 500, closed loop|server_cpu_ns_per_delivery|server ns/delivery|fanout --members 500 --rate 0 --secs $secs"
   "fanout5000|fan-out 5,000, closed loop|server_cpu_ns_per_delivery|server ns/delivery|fanout --members 5000 --rate 0 --secs $secs"
   "idle|idle $idle_conns|user_bytes_per_conn_marginal|user-space B/conn (marginal)|idle --connections $idle_conns --hold-secs $hold"
+  "slow|slow: 500 members, 10% never read, drop-oldest|with.server_cpu_ns_per_delivery|server ns/delivery|slow --members 500 --fraction 0.1 --rate 0 --secs $secs|--slow-policy drop-oldest"
+  "slowdeflate|slow, deflate: 500 members, 10% never read, drop-oldest|with.server_cpu_ns_per_delivery|server ns/delivery|slow --members 500 --fraction 0.1 --rate 0 --secs $secs --deflate|--slow-policy drop-oldest --deflate"
 )
 scenarios=()
 for key in $only; do
@@ -118,7 +125,7 @@ for key in $only; do
   for s in "${scenarios_all[@]}"; do
     if [ "${s%%|*}" = "$key" ]; then scenarios+=("$s"); found=1; fi
   done
-  [ "$found" = 1 ] || { echo "ab.sh: ONLY: unknown scenario '$key' (echo fanout500 fanout5000 idle)" >&2; exit 2; }
+  [ "$found" = 1 ] || { echo "ab.sh: ONLY: unknown scenario '$key' (echo fanout500 fanout5000 idle slow slowdeflate)" >&2; exit 2; }
 done
 
 # ---------------------------------------------------------------------------- report
@@ -303,7 +310,7 @@ trap 'log "interrupted"; exit 130' INT TERM
 
 # A fresh server (binary, backend, log) on the next free port; sets server_pid and port.
 start_server() {
-  local bin=$1 backend=$2 slog=$3
+  local bin=$1 backend=$2 slog=$3 extra=${4:-}
   local tries=0
   port=$((port + 1))
   while ss -Htan "( sport = :$port )" | grep -q .; do
@@ -311,8 +318,9 @@ start_server() {
     [ "$tries" -lt 200 ] || { echo "ab.sh: no free port near $port" >&2; exit 1; }
     port=$((port + 1))
   done
+  # shellcheck disable=SC2086
   taskset -c "$server_cpu" "$bin" serve --shards 1 --rate 0 --backend "$backend" \
-    --listen "127.0.0.1:$port" >"$slog" 2>&1 &
+    --listen "127.0.0.1:$port" $extra >"$slog" 2>&1 &
   server_pid=$!
   for _ in $(seq 100); do
     kill -0 "$server_pid" 2>/dev/null || break
@@ -335,7 +343,7 @@ log "$total runs (RUNS=$runs, backends: $backends); results in $out"
 failures=0
 n=0
 for s in "${scenarios[@]}"; do
-  IFS='|' read -r key label field unit args <<<"$s"
+  IFS='|' read -r key label field unit args server_args <<<"$s"
   for run in $(seq "$runs"); do
     for backend in $backends; do
       for side in base new; do
@@ -347,7 +355,7 @@ for s in "${scenarios[@]}"; do
         : >"$one"
         value=null
         notes='[]'
-        if start_server "$bin" "$backend" "$out/logs/$tag.server.log"; then
+        if start_server "$bin" "$backend" "$out/logs/$tag.server.log" "$server_args"; then
           # shellcheck disable=SC2086
           timeout --kill-after=10 "$(run_limit)" taskset -c "$client_cpu" "$bench" \
             --server "127.0.0.1:$port" --server-pid "$server_pid" \
@@ -379,7 +387,7 @@ for s in "${scenarios[@]}"; do
           --arg figure "$key" --arg flabel "$label" --arg unit "$unit" --arg field "$field" \
           --arg args "$args" --argjson notes "$notes" --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" '
           .figures as $f
-          | ($f[$field] | if type == "number" and . > 0 then . else null end) as $v
+          | ($f | getpath($field | split(".")) | if type == "number" and . > 0 then . else null end) as $v
           | .ab = {side: $side, rev: $rev, backend: $backend, run: $run, figure: $figure,
                    "label": $flabel, unit: $unit, field: $field, args: $args, date: $date, value: $v,
                    notes: ($notes
