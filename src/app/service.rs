@@ -20,7 +20,7 @@ use crate::rooms::{owner_of, JoinRefused, Need, Parked, ENCODINGS};
 
 use super::auth::{unix_now, Session};
 use super::conn::{flag, AppConn, Endpoint};
-use super::slow::{offer, owe, send_gap};
+use super::slow::{offer, owe, send_gap, Tag};
 use super::sse::{self, ENC_MANY, ENC_WS};
 use super::ws::{fail, reply};
 use super::{api, batch, gate, wire, App, Intent, Msg, Reply};
@@ -34,6 +34,7 @@ const MESH_RESUME_DIVISOR: usize = 8;
 impl Service for App {
     type Conn = AppConn;
     type Msg = Msg;
+    type Tag = Tag;
 
     fn open(&mut self, peer: Option<IpAddr>) -> AppConn {
         AppConn::new(peer.map_or(0, gate::peer_key))
@@ -56,7 +57,7 @@ impl Service for App {
         self.pending_bound(conn)
     }
 
-    fn overflow(&mut self, link: &mut Link<'_, AppConn>) {
+    fn overflow(&mut self, link: &mut Link<'_, AppConn, Tag>) {
         match link.app().ep {
             Endpoint::Http => super::ws::refuse(
                 link,
@@ -68,7 +69,7 @@ impl Service for App {
         }
     }
 
-    fn tick(&mut self, link: &mut Link<'_, AppConn>) -> bool {
+    fn tick(&mut self, link: &mut Link<'_, AppConn, Tag>) -> bool {
         let (idle_ms, now) = (self.cfg.idle_ms, link.now_ms);
         if link.app().sse().is_some() {
             // A comment line keeps proxies from timing the stream out; nothing comes back.
@@ -90,7 +91,7 @@ impl Service for App {
         true
     }
 
-    fn handshake_timeout(&mut self, link: &mut Link<'_, AppConn>) {
+    fn handshake_timeout(&mut self, link: &mut Link<'_, AppConn, Tag>) {
         link.stats.handshake_timeouts += 1;
         if link.app().route().is_some() {
             // Upgraded, but the `auth` op never came.
@@ -101,7 +102,7 @@ impl Service for App {
         }
     }
 
-    fn drain(&mut self, link: &mut Link<'_, AppConn>) {
+    fn drain(&mut self, link: &mut Link<'_, AppConn, Tag>) {
         if link.app().sse().is_some() {
             return link.finish(sse::goodbye());
         }
@@ -150,7 +151,7 @@ impl Service for App {
         s.members = self.local.memberships() as u64;
     }
 
-    fn closed(&mut self, cx: &mut Cx<App>, slot: usize, conn: Conn<AppConn>) {
+    fn closed(&mut self, cx: &mut Cx<App>, slot: usize, conn: Conn<AppConn, Tag>) {
         let encoding = conn.app.encoding();
         for room in self.local.leave_all(slot as u32) {
             self.presence_event(cx, &room, slot as u32, false);
@@ -606,12 +607,12 @@ impl App {
                 gen,
                 joined,
             } => {
-                if let Some((from, to)) = self.local.expect(&room, joined.seq) {
+                let missed = self.local.expect(&room, joined.seq);
+                if let (Some((from, to)), Some(id)) = (missed, self.local.id(&room)) {
                     // Batches the mesh dropped before this answer: owed to the members.
-                    let members = self.local.members(&room).to_vec();
-                    for member in members {
+                    for &member in self.local.members(&room) {
                         if let Some(mut link) = cx.link_any(member as usize) {
-                            owe(&mut self.gaps, &mut link, room.clone(), from, to);
+                            owe(&mut self.gaps, &mut link, (id, &room), from, to);
                         }
                     }
                 }
@@ -694,6 +695,10 @@ impl App {
         let (Some(&(first, _)), Some(&(last, _))) = (j.replay.first(), j.replay.last()) else {
             return;
         };
+        let Some(id) = self.local.id(room) else {
+            // Not a member here any more: what it missed goes nowhere.
+            return;
+        };
         let mut buf = Vec::new();
         let codec = &mut self.codec;
         batch::encode(
@@ -706,9 +711,9 @@ impl App {
             false,
         );
         let frame = SharedFrame::from_encoded(Arc::from(buf));
-        let span = (first, last);
-        let (cfg, gaps) = (&self.cfg, &mut self.gaps);
-        let ok = offer(cfg, gaps, &mut link, room, span, frame, (turn, out_cap));
+        let tag = Tag::delivery(id, (first, last));
+        let (shard, gaps) = ((&*self.cfg, &self.local), &mut self.gaps);
+        let ok = offer(shard, gaps, &mut link, room, tag, frame, (turn, out_cap));
         advance_stream(&mut link, room, last, ok, out_cap);
     }
 
@@ -724,7 +729,12 @@ impl App {
     ) {
         let how = (cx.turn, cx.out_cap);
         let missed = self.local.arrived(room, span.0, span.1);
-        let (cfg, gaps) = (&self.cfg, &mut self.gaps);
+        let Some(id) = self.local.id(room) else {
+            // No member here (any more).
+            return;
+        };
+        let tag = Tag::delivery(id, span);
+        let (shard, gaps) = ((&*self.cfg, &self.local), &mut self.gaps);
         for &slot in self.local.members(room) {
             let Some(mut link) = cx.link_any(slot as usize) else {
                 continue;
@@ -734,13 +744,13 @@ impl App {
             }
             if let Some((from, to)) = missed {
                 // The mesh dropped a batch on its way here: said, not silent.
-                owe(gaps, &mut link, room.clone(), from, to);
+                owe(gaps, &mut link, (id, room), from, to);
             }
             let encoding = link.app().encoding();
             let Some(frame) = &frames[encoding] else {
                 continue;
             };
-            let ok = offer(cfg, gaps, &mut link, room, span, frame.clone(), how);
+            let ok = offer(shard, gaps, &mut link, room, tag, frame.clone(), how);
             if sse::is_stream(encoding) {
                 advance_stream(&mut link, room, span.1, ok, how.1);
             }
@@ -752,7 +762,7 @@ impl App {
 /// its position moves there, and a stream on several rooms gets its id block (one on a
 /// single room had the id on every event).
 fn advance_stream(
-    link: &mut Link<'_, AppConn>,
+    link: &mut Link<'_, AppConn, Tag>,
     room: &str,
     seq: u64,
     queued: bool,
