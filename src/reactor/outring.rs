@@ -96,14 +96,27 @@ impl<T> Default for OutRing<T> {
     }
 }
 
-/// Frame slots a ring allocates on its first push (it grows by doubling from there).
-const INITIAL_SLOTS: usize = 4;
+/// Bytes of frame slots a ring allocates on its first push (it grows by doubling from
+/// there): four slots when the tag fits in the padding beside the frame's pointer (24
+/// bytes a slot), fewer with a larger tag, so that the allocation every ping or reply on
+/// an idle connection makes is as small whatever the service tags its frames with.
+const INITIAL_BYTES: usize = 96;
 
 /// Why a push was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Full;
 
 impl<T: Tag> OutRing<T> {
+    /// Frame slots a ring allocates on its first push.
+    const INITIAL_SLOTS: usize = {
+        let slots = INITIAL_BYTES / std::mem::size_of::<Option<Queued<T>>>();
+        if slots > 0 {
+            slots
+        } else {
+            1
+        }
+    };
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -143,7 +156,7 @@ impl<T: Tag> OutRing<T> {
             // reply, one delivery) sent and released within the turn; reserving the whole
             // cap made every heartbeat allocate ~0.5 KiB per connection, and at a 10 s
             // ping interval that showed up as +170 B per idle connection.
-            self.frames.reserve_exact(INITIAL_SLOTS.min(cap));
+            self.frames.reserve_exact(Self::INITIAL_SLOTS.min(cap));
         } else if self.frames.len() == self.frames.capacity() && self.head > 0 {
             // Reuse the sent slots at the front before growing.
             self.frames.drain(..usize::from(self.head));
@@ -468,6 +481,34 @@ mod tests {
         ring.advance(2);
         ring.clear();
         assert!(ring.is_empty());
+    }
+
+    #[test]
+    fn a_larger_tag_makes_the_first_allocation_no_larger() {
+        #[derive(Clone, Copy, Debug)]
+        struct Wide(Kind, [u64; 3]);
+        impl Tag for Wide {
+            const FIXED: Wide = Wide(Kind::Fixed, [0; 3]);
+            fn kind(&self) -> Kind {
+                self.0
+            }
+        }
+        assert_eq!(
+            size_of::<Option<Queued<Kind>>>(),
+            24,
+            "the kind fits beside"
+        );
+        assert_eq!(OutRing::<Kind>::INITIAL_SLOTS, 4);
+        let mut wide = OutRing::<Wide>::default();
+        wide.push(frame(b"p"), 32).unwrap();
+        let bytes = wide.frames.capacity() * size_of::<Option<Queued<Wide>>>();
+        assert!(bytes <= INITIAL_BYTES, "{bytes}");
+        for _ in 0..8 {
+            wide.push_tagged(frame(b"d"), Wide(Kind::Delivery, [1; 3]), 32)
+                .unwrap();
+        }
+        assert_eq!(wide.len(), 9, "and it grows as it must");
+        assert_eq!(wide.drop_oldest_data().map(|(_, t)| t.1), Some([1; 3]));
     }
 
     #[test]
