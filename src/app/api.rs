@@ -19,7 +19,7 @@ use crate::reactor::{Cx, Link};
 use crate::rooms::owner_of;
 
 use super::conn::{flag, AppConn};
-use super::slow::end;
+use super::slow::{end, Tag};
 use super::{wire, Api, App, ToOwner};
 use crate::gather::{Answer, Ask, Reply};
 
@@ -76,7 +76,7 @@ struct DisconnectBody {
     reason: Option<String>,
 }
 
-type L<'a, 'b> = &'a mut Link<'b, AppConn>;
+type L<'a, 'b> = &'a mut Link<'b, AppConn, Tag>;
 
 /// Answers with `status` and a JSON body, then closes.
 fn respond(link: L, status: Status, body: &str) {

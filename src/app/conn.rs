@@ -4,6 +4,8 @@
 use crate::protocol::Decoder;
 use crate::reactor::conn::TRANSPORT_BYTES;
 
+use super::slow::Tag;
+
 /// What an upgraded WebSocket connection speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
@@ -71,7 +73,7 @@ pub struct AppConn {
 // The whole slot stays at 128 bytes or less (an idle `/ws` connection must not cost more
 // than it did before the seam): the app's share is what the transport leaves.
 const _: () = assert!(std::mem::size_of::<AppConn>() <= 128 - TRANSPORT_BYTES);
-const _: () = assert!(std::mem::size_of::<crate::reactor::conn::Conn<AppConn>>() <= 128);
+const _: () = assert!(std::mem::size_of::<crate::reactor::conn::Conn<AppConn, Tag>>() <= 128);
 
 impl AppConn {
     pub fn new(peer: u32) -> AppConn {
@@ -143,10 +145,10 @@ mod tests {
 
     #[test]
     fn a_slot_fits_its_budget() {
-        let slot = std::mem::size_of::<crate::reactor::conn::Conn<AppConn>>();
+        let slot = std::mem::size_of::<crate::reactor::conn::Conn<AppConn, Tag>>();
         assert!(slot <= 128, "{slot}");
         // A vacant slab entry reuses a niche: no tag word on top.
-        let entry = std::mem::size_of::<Option<crate::reactor::conn::Conn<AppConn>>>();
+        let entry = std::mem::size_of::<Option<crate::reactor::conn::Conn<AppConn, Tag>>>();
         assert_eq!(entry, slot);
     }
 }

@@ -8,7 +8,7 @@ use crate::reactor::Cx;
 use crate::rooms::ENCODINGS;
 
 use super::service::{advance_stream, reply_to};
-use super::slow::{offer, owe};
+use super::slow::{offer, owe, Tag};
 use super::sse;
 use super::ws::reply;
 use super::{batch, wire, App, ToMember};
@@ -53,12 +53,12 @@ impl App {
                 gen,
                 joined,
             } => {
-                if let Some((from, to)) = self.local.expect(&room, joined.seq) {
+                let missed = self.local.expect(&room, joined.seq);
+                if let (Some((from, to)), Some(id)) = (missed, self.local.id(&room)) {
                     // Batches the mesh dropped before this answer: owed to the members.
-                    let members = self.local.members(&room).to_vec();
-                    for member in members {
+                    for &member in self.local.members(&room) {
                         if let Some(mut link) = cx.link_any(member as usize) {
-                            owe(&mut self.gaps, &mut link, room.clone(), from, to);
+                            owe(&mut self.gaps, &mut link, (id, &room), from, to);
                         }
                     }
                 }
@@ -126,6 +126,10 @@ impl App {
         let (Some(&(first, _)), Some(&(last, _))) = (j.replay.first(), j.replay.last()) else {
             return;
         };
+        let Some(id) = self.local.id(room) else {
+            // Not a member here any more: what it missed goes nowhere.
+            return;
+        };
         let mut buf = Vec::new();
         let codec = &mut self.codec;
         batch::encode(
@@ -138,9 +142,9 @@ impl App {
             false,
         );
         let frame = SharedFrame::from_encoded(Arc::from(buf));
-        let span = (first, last);
-        let (cfg, gaps) = (&self.cfg, &mut self.gaps);
-        let ok = offer(cfg, gaps, &mut link, room, span, frame, (turn, out_cap));
+        let tag = Tag::delivery(id, (first, last));
+        let (shard, gaps) = ((&*self.cfg, &self.local), &mut self.gaps);
+        let ok = offer(shard, gaps, &mut link, room, tag, frame, (turn, out_cap));
         advance_stream(&mut link, room, last, ok, out_cap);
     }
 
@@ -156,7 +160,12 @@ impl App {
     ) {
         let how = (cx.turn, cx.out_cap);
         let missed = self.local.arrived(room, span.0, span.1);
-        let (cfg, gaps) = (&self.cfg, &mut self.gaps);
+        let Some(id) = self.local.id(room) else {
+            // No member here (any more).
+            return;
+        };
+        let tag = Tag::delivery(id, span);
+        let (shard, gaps) = ((&*self.cfg, &self.local), &mut self.gaps);
         for &slot in self.local.members(room) {
             let Some(mut link) = cx.link_any(slot as usize) else {
                 continue;
@@ -166,13 +175,13 @@ impl App {
             }
             if let Some((from, to)) = missed {
                 // The mesh dropped a batch on its way here: said, not silent.
-                owe(gaps, &mut link, room.clone(), from, to);
+                owe(gaps, &mut link, (id, room), from, to);
             }
             let encoding = link.app().encoding();
             let Some(frame) = &frames[encoding] else {
                 continue;
             };
-            let ok = offer(cfg, gaps, &mut link, room, span, frame.clone(), how);
+            let ok = offer(shard, gaps, &mut link, room, tag, frame.clone(), how);
             if sse::is_stream(encoding) {
                 advance_stream(&mut link, room, span.1, ok, how.1);
             }

@@ -20,7 +20,7 @@ use crate::rooms::{owner_of, JoinRefused};
 
 use super::auth::{unix_now, Session};
 use super::conn::{flag, AppConn, Endpoint};
-use super::slow::send_gap;
+use super::slow::{send_gap, Tag};
 use super::sse::{self, ENC_MANY, ENC_WS};
 use super::ws::{fail, reply};
 use super::{gate, wire, Api, App, Intent, Msg, ToMember, ToOwner};
@@ -35,6 +35,7 @@ const MESH_RESUME_DIVISOR: usize = 8;
 impl Service for App {
     type Conn = AppConn;
     type Msg = Msg;
+    type Tag = Tag;
 
     fn open(&mut self, peer: Option<IpAddr>) -> AppConn {
         AppConn::new(peer.map_or(0, gate::peer_key))
@@ -57,7 +58,7 @@ impl Service for App {
         self.pending_bound(conn)
     }
 
-    fn overflow(&mut self, link: &mut Link<'_, AppConn>) {
+    fn overflow(&mut self, link: &mut Link<'_, AppConn, Tag>) {
         match link.app().ep {
             Endpoint::Http => super::ws::refuse(
                 link,
@@ -69,7 +70,7 @@ impl Service for App {
         }
     }
 
-    fn tick(&mut self, link: &mut Link<'_, AppConn>) -> bool {
+    fn tick(&mut self, link: &mut Link<'_, AppConn, Tag>) -> bool {
         let (idle_ms, now) = (self.cfg.idle_ms, link.now_ms);
         if link.app().sse().is_some() {
             // A comment line keeps proxies from timing the stream out; nothing comes back.
@@ -91,7 +92,7 @@ impl Service for App {
         true
     }
 
-    fn handshake_timeout(&mut self, link: &mut Link<'_, AppConn>) {
+    fn handshake_timeout(&mut self, link: &mut Link<'_, AppConn, Tag>) {
         link.stats.handshake_timeouts += 1;
         if link.app().route().is_some() {
             // Upgraded, but the `auth` op never came.
@@ -102,7 +103,7 @@ impl Service for App {
         }
     }
 
-    fn drain(&mut self, link: &mut Link<'_, AppConn>) {
+    fn drain(&mut self, link: &mut Link<'_, AppConn, Tag>) {
         if link.app().sse().is_some() {
             return link.finish(sse::goodbye());
         }
@@ -151,7 +152,7 @@ impl Service for App {
         s.members = self.local.memberships() as u64;
     }
 
-    fn closed(&mut self, cx: &mut Cx<App>, slot: usize, conn: Conn<AppConn>) {
+    fn closed(&mut self, cx: &mut Cx<App>, slot: usize, conn: Conn<AppConn, Tag>) {
         let encoding = conn.app.encoding();
         for room in self.local.leave_all(slot as u32) {
             self.presence_event(cx, &room, slot as u32, false);
@@ -426,7 +427,7 @@ impl App {
 /// its position moves there, and a stream on several rooms gets its id block (one on a
 /// single room had the id on every event).
 pub(super) fn advance_stream(
-    link: &mut Link<'_, AppConn>,
+    link: &mut Link<'_, AppConn, Tag>,
     room: &str,
     seq: u64,
     queued: bool,

@@ -17,6 +17,7 @@ use crate::protocol::{SharedFrame, Status};
 use crate::reactor::Link;
 
 use super::conn::{AppConn, Endpoint};
+use super::slow::Tag;
 use super::ws::refuse;
 use super::{wire, App, Intent};
 
@@ -175,7 +176,7 @@ impl App {
     /// `GET /sse`: checks the rooms and everything `/ws` checks at the handshake (drain,
     /// Origin, token, room rights, limits), then starts the stream and joins its rooms,
     /// resuming each from `Last-Event-ID` when the client sent one.
-    pub(super) fn open_stream(&mut self, link: &mut Link<'_, AppConn>, req: &Request<'_>) {
+    pub(super) fn open_stream(&mut self, link: &mut Link<'_, AppConn, Tag>, req: &Request<'_>) {
         let mut rooms: Vec<Arc<str>> = Vec::new();
         let asked = req.query_value("room");
         for room in asked.iter().flat_map(|v| v.split(',')) {

@@ -3,7 +3,6 @@
 //! Parsing borrows from the received message and keeps `data` as raw JSON text, so what a
 //! publisher sent is spliced into every delivery byte for byte and never re-serialized.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -295,108 +294,6 @@ pub fn lost_json(room: &str) -> Vec<u8> {
     .concat()
 }
 
-/// The room and the first and last seq of a batch this module encoded (a delivery that a
-/// slow-consumer policy is about to drop), or of a `gap` notice: WebSocket frames
-/// (compressed ones too: the start of the first and last message is inflated), or the
-/// event stream's `data:` lines. Cost: a walk over the frame headers or lines, nothing is
-/// copied but a compressed message's first bytes.
-pub fn span(bytes: &[u8]) -> Option<(Cow<'_, str>, u64, u64)> {
-    if matches!(bytes.first(), Some(0x81 | 0xC1)) {
-        // The batch's first and last frame: (RSV1, payload).
-        let (mut first, mut last, mut frames) = (None, None, 0);
-        let mut at = 0;
-        while at + 2 <= bytes.len() {
-            let (len, head) = match bytes[at + 1] & 0x7F {
-                126 => (
-                    usize::from(u16::from_be_bytes([
-                        *bytes.get(at + 2)?,
-                        *bytes.get(at + 3)?,
-                    ])),
-                    4,
-                ),
-                127 => (
-                    u64::from_be_bytes(bytes.get(at + 2..at + 10)?.try_into().ok()?) as usize,
-                    10,
-                ),
-                n => (usize::from(n), 2),
-            };
-            let frame = (
-                bytes[at] & 0x40 != 0,
-                bytes.get(at + head..at + head + len)?,
-            );
-            first.get_or_insert(frame);
-            last = Some(frame);
-            frames += 1;
-            at += head + len;
-        }
-        let (room, from, mut to) = frame_span(first?)?;
-        if frames > 1 {
-            to = frame_span(last?)?.2;
-        }
-        return Some((room, from, to));
-    }
-    let mut found: Option<(Cow<'_, str>, u64, u64)> = None;
-    for line in bytes.split(|&b| b == b'\n') {
-        let Some((room, from, to)) = line.strip_prefix(b"data: ").and_then(payload_span) else {
-            continue;
-        };
-        match &mut found {
-            None => found = Some((Cow::Borrowed(room), from, to)),
-            Some(f) => f.2 = to,
-        }
-    }
-    found
-}
-
-/// The room and range of one frame's `msg` or `gap` op; a compressed one is inflated as far
-/// as its envelope.
-fn frame_span((compressed, payload): (bool, &[u8])) -> Option<(Cow<'_, str>, u64, u64)> {
-    if !compressed {
-        let (room, from, to) = payload_span(payload)?;
-        return Some((Cow::Borrowed(room), from, to));
-    }
-    // The envelope: `{"op":"msg","room":"` (20), the name (≤ 128), `","seq":` (8), the
-    // seq (≤ 20 digits): 176 at most.
-    let mut head = [0u8; 192];
-    let n = crate::protocol::deflate::inflate_head(payload, &mut head);
-    let (room, from, to) = payload_span(&head[..n])?;
-    Some((Cow::Owned(room.to_owned()), from, to))
-}
-
-fn payload_span(payload: &[u8]) -> Option<(&str, u64, u64)> {
-    match envelope(payload) {
-        Some((room, seq)) => Some((room, seq, seq)),
-        None => gap_envelope(payload),
-    }
-}
-
-/// The room and range of a `gap` op.
-fn gap_envelope(payload: &[u8]) -> Option<(&str, u64, u64)> {
-    let rest = payload.strip_prefix(b"{\"op\":\"gap\",\"room\":\"")?;
-    let end = rest.iter().position(|&b| b == b'"')?;
-    let room = std::str::from_utf8(&rest[..end]).ok()?;
-    let (from, rest) = number(rest[end..].strip_prefix(b"\",\"from\":")?)?;
-    let (to, _) = number(rest.strip_prefix(b",\"to\":")?)?;
-    Some((room, from, to))
-}
-
-fn number(digits: &[u8]) -> Option<(u64, &[u8])> {
-    let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
-    let value = std::str::from_utf8(&digits[..n]).ok()?.parse().ok()?;
-    Some((value, &digits[n..]))
-}
-
-/// The room and seq at the start of a `msg` op.
-fn envelope(payload: &[u8]) -> Option<(&str, u64)> {
-    let rest = payload.strip_prefix(b"{\"op\":\"msg\",\"room\":\"")?;
-    let end = rest.iter().position(|&b| b == b'"')?;
-    let room = std::str::from_utf8(&rest[..end]).ok()?;
-    let digits = rest[end..].strip_prefix(b"\",\"seq\":")?;
-    let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
-    let seq = std::str::from_utf8(&digits[..n]).ok()?.parse().ok()?;
-    Some((room, seq))
-}
-
 /// `{"op":"left","room":…}`
 pub fn left(room: &str) -> SharedFrame {
     SharedFrame::from_parts(
@@ -647,48 +544,7 @@ mod tests {
     }
 
     #[test]
-    fn span_reads_back_a_batch_in_every_encoding() {
-        let span = |b: &[u8]| span(b).map(|(r, from, to)| (r.into_owned(), from, to));
-        let r1 = |from, to| Some(("r/1".to_owned(), from, to));
-        let mut ws = Vec::new();
-        write_msg("r/1", 41, "{\"seq\":1}", &mut ws);
-        write_msg("r/1", 42, &"x".repeat(300).replace('x', "1"), &mut ws);
-        assert_eq!(span(&ws), r1(41, 42));
-        let mut sse = Vec::new();
-        super::super::sse::write_msg("r/1", 7, 9, "\"data: {\\\"op\"", true, &mut sse);
-        super::super::sse::write_msg("r/1", 7, 10, "1", true, &mut sse);
-        assert_eq!(span(&sse), r1(9, 10));
-        assert_eq!(span(joined("r", 1, 1, None).as_bytes()), None);
-        let gap = SharedFrame::new(OpCode::Text, &gap_json("r", 3, 9));
-        assert_eq!(span(gap.as_bytes()), Some(("r".to_owned(), 3, 9)));
-        let gap = super::super::sse::event("gap", None, &gap_json("r", 3, 9));
-        assert_eq!(span(gap.as_bytes()), Some(("r".to_owned(), 3, 9)));
-        // permessage-deflate: compressed messages, and a small one left plain between.
-        let mut d = crate::protocol::deflate::Deflater::new(6);
-        let (mut deflated, mut json) = (Vec::new(), Vec::new());
-        for (seq, data) in [
-            (5, "[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1]"),
-            (6, "2"),
-            (7, "[3,3,3,3,3,3,3,3,3,3,3,3,3,3,3,3,3,3,3,3]"),
-        ] {
-            json.clear();
-            write_msg_json("r/1", seq, data, &mut json);
-            if seq == 6 {
-                write_msg("r/1", seq, data, &mut deflated);
-            } else {
-                d.write_frame(OpCode::Text, &json, false, &mut deflated);
-            }
-        }
-        assert_eq!(deflated[0], 0xC1, "compressed");
-        assert_eq!(span(&deflated), r1(5, 7));
-        // The longest envelope: a 128-byte name and a 20-digit seq.
-        let (room, seq) = ("r".repeat(MAX_ROOM_NAME), u64::MAX);
-        json.clear();
-        write_msg_json(&room, seq, &"[7,7,7,7,7,7,7,7,7,7,7]".repeat(20), &mut json);
-        let mut one = Vec::new();
-        d.write_frame(OpCode::Text, &json, false, &mut one);
-        assert_eq!(one[0], 0xC1);
-        assert_eq!(span(&one), Some((room, seq, seq)));
+    fn msg_json_len_is_the_length_written() {
         assert_eq!(msg_json_len("r/1", 5, "[1]"), {
             let mut j = Vec::new();
             write_msg_json("r/1", 5, "[1]", &mut j);

@@ -15,9 +15,10 @@ use crate::reactor::Link;
 
 use super::conn::{flag, AppConn, Endpoint, Route, Ws};
 use super::gate::{Admitted, Refusal};
+use super::slow::Tag;
 use super::{auth, wire, App, Intent};
 
-pub(super) type L<'a, 'b> = &'a mut Link<'b, AppConn>;
+pub(super) type L<'a, 'b> = &'a mut Link<'b, AppConn, Tag>;
 
 impl App {
     /// Bytes for one connection. Returns how many were consumed.

@@ -10,8 +10,6 @@
 //! which cannot refer back to earlier ones (uWebSockets' shared decompressor makes the same
 //! trade). Chromium, Firefox, Node `ws` and Python `websockets` accept the answer.
 
-use std::cell::RefCell;
-
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
 use super::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
@@ -263,26 +261,6 @@ impl Inflater {
     }
 }
 
-thread_local! {
-    static HEADS: RefCell<Option<Decompress>> = const { RefCell::new(None) };
-}
-
-/// Inflates the start of a compressed message into `out`, as much as fits: enough to read
-/// the envelope of a queued delivery the slow-consumer policy drops. Returns the bytes
-/// written. Cost: O(`out.len()`) plus one block header; one inflater per thread, made on
-/// first use.
-pub fn inflate_head(input: &[u8], out: &mut [u8]) -> usize {
-    HEADS.with(|cell| {
-        let mut cell = cell.borrow_mut();
-        let d = cell.get_or_insert_with(|| Decompress::new(false));
-        d.reset(false);
-        match d.decompress(input, out, FlushDecompress::Sync) {
-            Ok(_) => d.total_out() as usize,
-            Err(_) => 0,
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -452,19 +430,5 @@ mod tests {
         );
         assert!(out.capacity() <= 64 * 1024 + 1);
         assert!(t.elapsed() < std::time::Duration::from_secs(1));
-    }
-
-    #[test]
-    fn reads_the_head_of_a_compressed_message() {
-        let mut d = Deflater::new(6);
-        let msg = format!(
-            "{{\"op\":\"msg\",\"room\":\"r\",\"seq\":7,\"data\":{}}}",
-            String::from_utf8(json(100)).unwrap()
-        );
-        let mut frame = Vec::new();
-        d.write_frame(OpCode::Text, msg.as_bytes(), false, &mut frame);
-        let mut head = [0u8; 64];
-        let n = inflate_head(&frame[4..], &mut head);
-        assert_eq!(&head[..n], &msg.as_bytes()[..64]);
     }
 }

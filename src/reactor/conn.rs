@@ -5,7 +5,7 @@
 
 use thin_vec::ThinVec;
 
-use super::outring::OutRing;
+use super::outring::{Kind, OutRing};
 
 /// Flags the reactor keeps per connection.
 pub mod flag {
@@ -46,11 +46,12 @@ pub mod flag {
     pub const UNREAD: u16 = 1 << 14;
 }
 
-/// One slab slot: the transport's part and the service's part (`app`). Its size is part of
+/// One slab slot: the transport's part and the service's part (`app`); `T` is the
+/// service's [`Tag`](super::outring::Tag) on each queued frame. Its size is part of
 /// the per-connection memory budget (DESIGN.md: ≤ 256 B per idle connection, slab slot
 /// included); the transport's share is asserted below, the app's where it is defined.
 #[derive(Debug)]
-pub struct Conn<A> {
+pub struct Conn<A, T> {
     /// The socket: a plain fd (epoll) or a fixed-file index (io_uring).
     pub io: u32,
     /// Distinguishes this connection from earlier ones in the same slab slot.
@@ -59,7 +60,7 @@ pub struct Conn<A> {
     /// Bytes received since the connection started closing, read and dropped (bounded by
     /// [`LINGER_BYTES`](super::shard::LINGER_BYTES)).
     pub(crate) lingered: u32,
-    pub out: OutRing,
+    pub out: OutRing<T>,
     /// Bytes received but not yet consumed by the service: an incomplete handshake or
     /// frame tail, or input held back while paused. Empty, with no heap storage, while
     /// idle; a thin vector (one pointer) because it is empty nearly always.
@@ -69,12 +70,12 @@ pub struct Conn<A> {
 
 /// The transport's share of a slot: 56 bytes (io, gen, flags, the linger count, a 32-byte
 /// out-ring, the tail pointer), so a service's per-connection state may take 72 and keep the slot at
-/// 128 bytes.
-pub const TRANSPORT_BYTES: usize = std::mem::size_of::<Conn<()>>();
+/// 128 bytes. The tag type does not change it: tags live in the ring's heap entries.
+pub const TRANSPORT_BYTES: usize = std::mem::size_of::<Conn<(), Kind>>();
 const _: () = assert!(TRANSPORT_BYTES <= 56);
 
-impl<A> Conn<A> {
-    pub fn new(io: u32, gen: u32, app: A) -> Conn<A> {
+impl<A, T> Conn<A, T> {
+    pub fn new(io: u32, gen: u32, app: A) -> Conn<A, T> {
         Conn {
             io,
             gen,
@@ -113,7 +114,9 @@ impl<A> Conn<A> {
 mod tests {
     #[test]
     fn the_transport_share_fits_its_budget() {
-        let bytes = std::mem::size_of::<super::Conn<()>>();
+        let bytes = std::mem::size_of::<super::Conn<(), super::Kind>>();
         assert!(bytes <= 56, "{bytes}");
+        let tagged = std::mem::size_of::<super::Conn<(), (u64, u64, u64)>>();
+        assert_eq!(tagged, bytes, "the tags live on the heap");
     }
 }

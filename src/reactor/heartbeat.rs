@@ -33,9 +33,9 @@ pub struct Heartbeat {
 }
 
 /// What a tick asks of the shard.
-pub trait Beat<A> {
+pub trait Beat<A, T> {
     /// `conn` (in `slot`) is due a ping. Returns whether it must answer.
-    fn ping(&mut self, slot: usize, conn: &mut Conn<A>) -> bool;
+    fn ping(&mut self, slot: usize, conn: &mut Conn<A, T>) -> bool;
     /// `slot` missed its deadline: drop it.
     fn dead(&mut self, slot: usize);
 }
@@ -60,7 +60,12 @@ impl Heartbeat {
     /// does not replay the ticks it missed: it would judge connections whose pongs it had
     /// no chance to read. The missed buckets skip one ping, and a missed check only
     /// postpones that bucket's verdict by one interval.
-    pub fn run<A>(&mut self, now: Instant, conns: &mut Slab<Conn<A>>, beat: &mut impl Beat<A>) {
+    pub fn run<A, T>(
+        &mut self,
+        now: Instant,
+        conns: &mut Slab<Conn<A, T>>,
+        beat: &mut impl Beat<A, T>,
+    ) {
         if self.next > now {
             return;
         }
@@ -77,15 +82,15 @@ impl Heartbeat {
         (tick % self.interval) as usize
     }
 
-    fn slots<A>(
+    fn slots<A, T>(
         &self,
         bucket: usize,
-        conns: &Slab<Conn<A>>,
+        conns: &Slab<Conn<A, T>>,
     ) -> std::iter::StepBy<std::ops::Range<usize>> {
         (bucket..conns.capacity()).step_by(self.interval as usize)
     }
 
-    fn send_pings<A>(&self, conns: &mut Slab<Conn<A>>, beat: &mut impl Beat<A>) {
+    fn send_pings<A, T>(&self, conns: &mut Slab<Conn<A, T>>, beat: &mut impl Beat<A, T>) {
         for slot in self.slots(self.bucket(self.tick), conns) {
             let Some(conn) = conns.get_mut(slot) else {
                 continue;
@@ -100,7 +105,7 @@ impl Heartbeat {
         }
     }
 
-    fn check_pongs<A>(&self, conns: &mut Slab<Conn<A>>, beat: &mut impl Beat<A>) {
+    fn check_pongs<A, T>(&self, conns: &mut Slab<Conn<A, T>>, beat: &mut impl Beat<A, T>) {
         let Some(pinged_at) = self.tick.checked_sub(self.pong_timeout + 1) else {
             return;
         };
@@ -122,6 +127,7 @@ impl Heartbeat {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reactor::outring::Kind;
 
     #[derive(Default)]
     struct Log {
@@ -129,8 +135,8 @@ mod tests {
         dead: Vec<usize>,
     }
 
-    impl Beat<()> for Log {
-        fn ping(&mut self, slot: usize, _: &mut Conn<()>) -> bool {
+    impl Beat<(), Kind> for Log {
+        fn ping(&mut self, slot: usize, _: &mut Conn<(), Kind>) -> bool {
             self.pings.push(slot);
             true
         }
@@ -139,7 +145,7 @@ mod tests {
         }
     }
 
-    fn open_conns(n: usize) -> Slab<Conn<()>> {
+    fn open_conns(n: usize) -> Slab<Conn<(), Kind>> {
         let mut conns = Slab::new();
         for i in 0..n {
             let mut c = Conn::new(i as u32, i as u32, ());

@@ -2,11 +2,14 @@
 //!
 //! Entries are [`SharedFrame`]s: a broadcast puts the same bytes in every member's ring, a
 //! reply puts its own. The ring holds at most `cap` data frames; control frames (pong,
-//! close) may go past that by [`CONTROL_SLACK`] so they always get out. Each entry is
-//! marked with its [`Kind`]: a slow-consumer policy may drop deliveries, may take notices
-//! back to merge them into a newer one, and never touches anything else. Storage is
-//! allocated on the first push and released when the ring drains, so an idle connection
-//! holds no heap memory for it.
+//! close) may go past that by [`CONTROL_SLACK`] so they always get out. Each entry carries
+//! the service's [`Tag`], a small `Copy` value that says what the frame is (a room's
+//! delivery and its seqs, say): a slow-consumer policy decides on tags and never reads
+//! the bytes again. The ring reads only the tag's [`Kind`]: a policy may drop deliveries,
+//! may take notices back to merge them into a newer one, and never touches anything else.
+//! Storage is allocated on the first push and released when the ring drains, so an idle
+//! connection holds no heap memory for it (the tags live in the heap entries, beside the
+//! frames).
 //!
 //! The storage is a [`ThinVec`] (one pointer inline, length and capacity on the heap)
 //! used as a queue: sent frames are taken from the front and leave an empty slot until the
@@ -22,10 +25,10 @@ use crate::protocol::SharedFrame;
 /// How far past its capacity control frames may take a ring.
 pub const CONTROL_SLACK: usize = 4;
 
-#[derive(Debug, Default)]
-pub struct OutRing {
+#[derive(Debug)]
+pub struct OutRing<T> {
     /// `frames[head..]` are queued; the slots before `head` were sent and are empty.
-    frames: ThinVec<Option<Queued>>,
+    frames: ThinVec<Option<Queued<T>>>,
     head: u16,
     /// Bytes of the front frame already sent.
     sent: u32,
@@ -53,20 +56,67 @@ pub enum Kind {
     Notice,
 }
 
-#[derive(Debug)]
-struct Queued {
-    frame: SharedFrame,
-    kind: Kind,
+/// What a service marks each queued frame with ([`Service::Tag`](super::Service::Tag)):
+/// whatever its slow-consumer policies need to know of a frame without reading it (for
+/// roomcast's app: the room and the seqs). The ring reads only its [`Kind`].
+pub trait Tag: Copy + std::fmt::Debug {
+    /// The tag of a frame queued as [`Kind::Fixed`] (a control frame, a reply).
+    const FIXED: Self;
+
+    fn kind(&self) -> Kind;
 }
 
-/// Frame slots a ring allocates on its first push (it grows by doubling from there).
-const INITIAL_SLOTS: usize = 4;
+/// A service that needs nothing but the kind tags with it.
+impl Tag for Kind {
+    const FIXED: Kind = Kind::Fixed;
+
+    fn kind(&self) -> Kind {
+        *self
+    }
+}
+
+#[derive(Debug)]
+struct Queued<T> {
+    frame: SharedFrame,
+    tag: T,
+}
+
+impl<T> Default for OutRing<T> {
+    fn default() -> OutRing<T> {
+        OutRing {
+            frames: ThinVec::new(),
+            head: 0,
+            sent: 0,
+            pinned: 0,
+            before_turn: 0,
+            turn: 0,
+            bytes: 0,
+            bytes_before_turn: 0,
+        }
+    }
+}
+
+/// Bytes of frame slots a ring allocates on its first push (it grows by doubling from
+/// there): four slots when the tag fits in the padding beside the frame's pointer (24
+/// bytes a slot), fewer with a larger tag, so that the allocation every ping or reply on
+/// an idle connection makes is as small whatever the service tags its frames with.
+const INITIAL_BYTES: usize = 96;
 
 /// Why a push was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Full;
 
-impl OutRing {
+impl<T: Tag> OutRing<T> {
+    /// Frame slots a ring allocates on its first push.
+    const INITIAL_SLOTS: usize = {
+        let slots = INITIAL_BYTES / std::mem::size_of::<Option<Queued<T>>>();
+        if slots > 0 {
+            slots
+        } else {
+            1
+        }
+    };
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -91,11 +141,12 @@ impl OutRing {
     /// Queues a data frame. Cost: O(1) amortized (a compaction moves the queued frames'
     /// pointers, not their bytes), one refcount increment by the caller's clone.
     pub fn push(&mut self, frame: SharedFrame, cap: usize) -> Result<(), Full> {
-        self.push_marked(frame, cap, Kind::Fixed)
+        self.push_tagged(frame, T::FIXED, cap)
     }
 
-    /// Queues a frame, marked droppable or not, as long as fewer than `cap` are queued.
-    pub fn push_marked(&mut self, frame: SharedFrame, cap: usize, kind: Kind) -> Result<(), Full> {
+    /// Queues a frame with its tag (whose kind says whether a policy may drop it), as long
+    /// as fewer than `cap` are queued.
+    pub fn push_tagged(&mut self, frame: SharedFrame, tag: T, cap: usize) -> Result<(), Full> {
         let len = self.len();
         if len >= cap || len >= usize::from(u16::MAX) {
             return Err(Full);
@@ -105,23 +156,24 @@ impl OutRing {
             // reply, one delivery) sent and released within the turn; reserving the whole
             // cap made every heartbeat allocate ~0.5 KiB per connection, and at a 10 s
             // ping interval that showed up as +170 B per idle connection.
-            self.frames.reserve_exact(INITIAL_SLOTS.min(cap));
+            self.frames.reserve_exact(Self::INITIAL_SLOTS.min(cap));
         } else if self.frames.len() == self.frames.capacity() && self.head > 0 {
             // Reuse the sent slots at the front before growing.
             self.frames.drain(..usize::from(self.head));
             self.head = 0;
         }
         self.bytes = self.bytes.saturating_add(frame.len() as u32);
-        self.frames.push(Some(Queued { frame, kind }));
+        self.frames.push(Some(Queued { frame, tag }));
         Ok(())
     }
 
-    /// Queues a delivery from a room during loop turn `turn`. Refused when what is left
-    /// over from earlier turns already fills `cap` frames or `max_bytes` bytes, or this turn
-    /// alone has brought `4 × cap` frames.
+    /// Queues a delivery (`tag` of [`Kind::Delivery`]) during loop turn `turn`. Refused
+    /// when what is left over from earlier turns already fills `cap` frames or `max_bytes`
+    /// bytes, or this turn alone has brought `4 × cap` frames.
     pub fn push_delivery(
         &mut self,
         frame: SharedFrame,
+        tag: T,
         cap: usize,
         max_bytes: usize,
         turn: u32,
@@ -130,7 +182,8 @@ impl OutRing {
         if self.before_turn as usize >= cap || self.bytes_before_turn as usize >= max_bytes {
             return Err(Full);
         }
-        self.push_marked(frame, cap * 4, Kind::Delivery)
+        debug_assert_eq!(tag.kind(), Kind::Delivery);
+        self.push_tagged(frame, tag, cap * 4)
     }
 
     /// Notes that loop turn `turn` has begun for this ring, if it had not: what is queued
@@ -162,26 +215,27 @@ impl OutRing {
     }
 
     /// Drops the oldest delivery that no send is using (not a control frame or a reply,
-    /// not one partly sent or pinned by an in-flight send) and returns it.
-    pub fn drop_oldest_data(&mut self) -> Option<SharedFrame> {
+    /// not one partly sent or pinned by an in-flight send) and returns it with its tag.
+    /// Cost: O(queued frames) at worst, the tags only.
+    pub fn drop_oldest_data(&mut self) -> Option<(SharedFrame, T)> {
         let from = self.first_free().min(self.frames.len());
         let i = self.frames[from..]
             .iter()
-            .position(|q| q.as_ref().is_some_and(|q| q.kind == Kind::Delivery))?;
+            .position(|q| q.as_ref().is_some_and(|q| q.tag.kind() == Kind::Delivery))?;
         let q = self.frames.remove(from + i)?;
         self.forget(&q.frame);
-        Some(q.frame)
+        Some((q.frame, q.tag))
     }
 
     /// Removes every delivery and notice no send is using for which `doomed` says so,
     /// oldest first. Cost: O(queued frames).
-    pub fn remove_data(&mut self, mut doomed: impl FnMut(&SharedFrame, Kind) -> bool) {
+    pub fn remove_data(&mut self, mut doomed: impl FnMut(&SharedFrame, T) -> bool) {
         let from = self.first_free().min(self.frames.len());
         let mut i = from;
         while i < self.frames.len() {
             let hit = self.frames[i]
                 .as_ref()
-                .is_some_and(|q| q.kind != Kind::Fixed && doomed(&q.frame, q.kind));
+                .is_some_and(|q| q.tag.kind() != Kind::Fixed && doomed(&q.frame, q.tag));
             if hit {
                 if let Some(q) = self.frames.remove(i) {
                     self.forget(&q.frame);
@@ -190,6 +244,14 @@ impl OutRing {
                 i += 1;
             }
         }
+    }
+
+    /// The tags of the queued frames, front first.
+    pub fn tags(&self) -> impl Iterator<Item = T> + '_ {
+        self.frames[usize::from(self.head)..]
+            .iter()
+            .flatten()
+            .map(|q| q.tag)
     }
 
     /// An in-flight send points into the first `n` frames.
@@ -268,7 +330,7 @@ mod tests {
         SharedFrame::new(OpCode::Binary, payload)
     }
 
-    fn pending(ring: &OutRing) -> Vec<Vec<u8>> {
+    fn pending(ring: &OutRing<Kind>) -> Vec<Vec<u8>> {
         let mut iov = [IoSlice::new(&[]); 8];
         let n = ring.iovecs(&mut iov);
         iov[..n].iter().map(|s| s.to_vec()).collect()
@@ -276,7 +338,7 @@ mod tests {
 
     #[test]
     fn partial_sends_resume_at_the_right_offset() {
-        let mut ring = OutRing::default();
+        let mut ring = OutRing::<Kind>::default();
         ring.push(frame(b"abc"), 4).unwrap(); // 5 bytes framed
         ring.push(frame(b"defgh"), 4).unwrap(); // 7 bytes framed
         assert_eq!(pending(&ring).len(), 2);
@@ -294,7 +356,7 @@ mod tests {
 
     #[test]
     fn sent_slots_are_reused_before_the_storage_grows() {
-        let mut ring = OutRing::default();
+        let mut ring = OutRing::<Kind>::default();
         for i in 0..4u8 {
             ring.push(frame(&[i]), 8).unwrap();
         }
@@ -311,51 +373,60 @@ mod tests {
 
     #[test]
     fn deliveries_count_against_the_ring_only_once_a_turn_has_passed() {
-        let mut ring = OutRing::default();
+        let mut ring = OutRing::<Kind>::default();
         for _ in 0..8 {
-            ring.push_delivery(frame(b"d"), 2, 1 << 20, 1).unwrap();
+            ring.push_delivery(frame(b"d"), Kind::Delivery, 2, 1 << 20, 1)
+                .unwrap();
         }
         assert_eq!(
-            ring.push_delivery(frame(b"d"), 2, 1 << 20, 1),
+            ring.push_delivery(frame(b"d"), Kind::Delivery, 2, 1 << 20, 1),
             Err(Full),
             "4 x cap in one turn"
         );
         assert_eq!(
-            ring.push_delivery(frame(b"d"), 2, 1 << 20, 2),
+            ring.push_delivery(frame(b"d"), Kind::Delivery, 2, 1 << 20, 2),
             Err(Full),
             "a whole ring left over"
         );
         ring.advance(3 * 7);
         assert_eq!(ring.bytes(), 3);
-        ring.push_delivery(frame(b"d"), 2, 1 << 20, 3).unwrap();
+        ring.push_delivery(frame(b"d"), Kind::Delivery, 2, 1 << 20, 3)
+            .unwrap();
     }
 
     #[test]
     fn leftover_bytes_count_too() {
-        let mut ring = OutRing::default();
-        ring.push_delivery(frame(&[0; 100]), 32, 150, 1).unwrap();
-        ring.push_delivery(frame(&[0; 100]), 32, 150, 1).unwrap();
+        let mut ring = OutRing::<Kind>::default();
+        ring.push_delivery(frame(&[0; 100]), Kind::Delivery, 32, 150, 1)
+            .unwrap();
+        ring.push_delivery(frame(&[0; 100]), Kind::Delivery, 32, 150, 1)
+            .unwrap();
         assert_eq!(ring.bytes(), 204);
         assert_eq!(
-            ring.push_delivery(frame(b"x"), 32, 150, 2),
+            ring.push_delivery(frame(b"x"), Kind::Delivery, 32, 150, 2),
             Err(Full),
             "204 bytes left over"
         );
         ring.advance(102);
-        ring.push_delivery(frame(b"x"), 32, 150, 3).unwrap();
+        ring.push_delivery(frame(b"x"), Kind::Delivery, 32, 150, 3)
+            .unwrap();
     }
 
     #[test]
     fn drop_oldest_skips_control_partly_sent_and_pinned_frames() {
-        let mut ring = OutRing::default();
-        ring.push_delivery(frame(b"a"), 8, 1 << 20, 1).unwrap();
+        let mut ring = OutRing::<Kind>::default();
+        ring.push_delivery(frame(b"a"), Kind::Delivery, 8, 1 << 20, 1)
+            .unwrap();
         ring.push_control(SharedFrame::new(OpCode::Pong, b""), 8)
             .unwrap();
         ring.push(frame(b"r"), 8).unwrap();
-        ring.push_delivery(frame(b"b"), 8, 1 << 20, 1).unwrap();
-        ring.push_delivery(frame(b"c"), 8, 1 << 20, 1).unwrap();
+        ring.push_delivery(frame(b"b"), Kind::Delivery, 8, 1 << 20, 1)
+            .unwrap();
+        ring.push_delivery(frame(b"c"), Kind::Delivery, 8, 1 << 20, 1)
+            .unwrap();
         ring.pin(1);
-        let gone = ring.drop_oldest_data().unwrap();
+        let (gone, tag) = ring.drop_oldest_data().unwrap();
+        assert_eq!(tag, Kind::Delivery);
         assert_eq!(gone.as_bytes().last(), Some(&b'b'));
         let left: Vec<_> = pending(&ring).into_iter().map(|f| f[f.len() - 1]).collect();
         assert_eq!(
@@ -375,13 +446,14 @@ mod tests {
 
     #[test]
     fn remove_data_takes_only_unsent_deliveries() {
-        let mut ring = OutRing::default();
+        let mut ring = OutRing::<Kind>::default();
         for b in [b"x", b"y", b"x", b"z"] {
-            ring.push_delivery(frame(b), 8, 1 << 20, 1).unwrap();
+            ring.push_delivery(frame(b), Kind::Delivery, 8, 1 << 20, 1)
+                .unwrap();
         }
         ring.push(frame(b"x"), 8).unwrap();
         ring.advance(1);
-        ring.push_marked(frame(b"n"), 8, Kind::Notice).unwrap();
+        ring.push_tagged(frame(b"n"), Kind::Notice, 8).unwrap();
         ring.remove_data(|f, kind| f.as_bytes().last() == Some(&b'x') || kind == Kind::Notice);
         let left: Vec<_> = pending(&ring).into_iter().map(|f| f[f.len() - 1]).collect();
         assert_eq!(
@@ -394,7 +466,7 @@ mod tests {
 
     #[test]
     fn clearing_keeps_a_frame_partly_sent() {
-        let mut ring = OutRing::default();
+        let mut ring = OutRing::<Kind>::default();
         for b in [b"a", b"b", b"c"] {
             ring.push(frame(b), 8).unwrap();
         }
@@ -412,8 +484,36 @@ mod tests {
     }
 
     #[test]
+    fn a_larger_tag_makes_the_first_allocation_no_larger() {
+        #[derive(Clone, Copy, Debug)]
+        struct Wide(Kind, [u64; 3]);
+        impl Tag for Wide {
+            const FIXED: Wide = Wide(Kind::Fixed, [0; 3]);
+            fn kind(&self) -> Kind {
+                self.0
+            }
+        }
+        assert_eq!(
+            size_of::<Option<Queued<Kind>>>(),
+            24,
+            "the kind fits beside"
+        );
+        assert_eq!(OutRing::<Kind>::INITIAL_SLOTS, 4);
+        let mut wide = OutRing::<Wide>::default();
+        wide.push(frame(b"p"), 32).unwrap();
+        let bytes = wide.frames.capacity() * size_of::<Option<Queued<Wide>>>();
+        assert!(bytes <= INITIAL_BYTES, "{bytes}");
+        for _ in 0..8 {
+            wide.push_tagged(frame(b"d"), Wide(Kind::Delivery, [1; 3]), 32)
+                .unwrap();
+        }
+        assert_eq!(wide.len(), 9, "and it grows as it must");
+        assert_eq!(wide.drop_oldest_data().map(|(_, t)| t.1), Some([1; 3]));
+    }
+
+    #[test]
     fn capacity_is_enforced_and_control_frames_get_slack() {
-        let mut ring = OutRing::default();
+        let mut ring = OutRing::<Kind>::default();
         for _ in 0..2 {
             ring.push(frame(b"x"), 2).unwrap();
         }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use super::conn::{flag, Conn};
-use super::outring::{Full, Kind, OutRing};
+use super::outring::{Full, Kind, OutRing, Tag};
 use super::stats::Snapshot;
 use crate::mesh::Endpoint;
 use crate::protocol::SharedFrame;
@@ -29,6 +29,10 @@ pub trait Service: Sized + 'static {
     type Conn;
     /// What shards (and non-shard mesh endpoints) send each other.
     type Msg: crate::mesh::Message;
+    /// What the service marks each queued frame with (a room and its seqs, say), so that
+    /// its slow-consumer policies decide without reading the frame again. Lives in the
+    /// ring's heap entries, beside the frame: keep it small, it is paid per queued frame.
+    type Tag: Tag;
 
     /// A socket was accepted (from `peer`, when the backend knows it). Its state.
     fn open(&mut self, peer: Option<IpAddr>) -> Self::Conn;
@@ -48,19 +52,19 @@ pub trait Service: Sized + 'static {
     fn max_pending(&self, conn: &Self::Conn) -> usize;
 
     /// The connection held more unconsumed input than it may: close it.
-    fn overflow(&mut self, link: &mut Link<'_, Self::Conn>);
+    fn overflow(&mut self, link: &mut Link<'_, Self::Conn, Self::Tag>);
 
     /// A heartbeat tick reached a connection marked with [`Link::start_heartbeat`]: send a
     /// ping (or a comment line), or close it if it has been idle too long. Returns whether
     /// the peer must show a sign of life before the pong timeout.
-    fn tick(&mut self, link: &mut Link<'_, Self::Conn>) -> bool;
+    fn tick(&mut self, link: &mut Link<'_, Self::Conn, Self::Tag>) -> bool;
 
     /// The handshake deadline passed and the connection has not been
     /// [established](Link::establish). Close it (with [`Link::abort`] or a close frame).
-    fn handshake_timeout(&mut self, link: &mut Link<'_, Self::Conn>);
+    fn handshake_timeout(&mut self, link: &mut Link<'_, Self::Conn, Self::Tag>);
 
     /// The drain schedule reached this connection (one with a heartbeat): say goodbye.
-    fn drain(&mut self, link: &mut Link<'_, Self::Conn>);
+    fn drain(&mut self, link: &mut Link<'_, Self::Conn, Self::Tag>);
 
     /// A message from another shard (or from this one, or a non-shard endpoint).
     fn message(&mut self, cx: &mut Cx<Self>, msg: Self::Msg);
@@ -70,7 +74,7 @@ pub trait Service: Sized + 'static {
 
     /// The connection in `slot` is gone (its socket closed, nothing in flight); its state
     /// is handed back.
-    fn closed(&mut self, cx: &mut Cx<Self>, slot: usize, conn: Conn<Self::Conn>);
+    fn closed(&mut self, cx: &mut Cx<Self>, slot: usize, conn: Conn<Self::Conn, Self::Tag>);
 }
 
 /// A closing connection's deadline.
@@ -83,7 +87,7 @@ pub(crate) struct Deadline {
 
 /// The shard as a service sees it: its connections, its mesh endpoint, its counters.
 pub struct Cx<S: Service> {
-    pub(crate) conns: Slab<Conn<S::Conn>>,
+    pub(crate) conns: Slab<Conn<S::Conn, S::Tag>>,
     pub(crate) flush: Vec<usize>,
     // Constant timeouts expire in the order they were set, so a FIFO is a timer: O(1) to
     // add, O(expired) to check.
@@ -106,13 +110,13 @@ pub struct Cx<S: Service> {
 impl<S: Service> Cx<S> {
     /// The connection in `slot`, if that slot holds generation `gen` and is not being torn
     /// down.
-    pub fn link(&mut self, slot: usize, gen: u32) -> Option<Link<'_, S::Conn>> {
+    pub fn link(&mut self, slot: usize, gen: u32) -> Option<Link<'_, S::Conn, S::Tag>> {
         self.link_any(slot).filter(|l| l.conn.gen == gen)
     }
 
     /// The connection in `slot`, whatever its generation (the service is handling one of
     /// its events).
-    pub fn link_any(&mut self, slot: usize) -> Option<Link<'_, S::Conn>> {
+    pub fn link_any(&mut self, slot: usize) -> Option<Link<'_, S::Conn, S::Tag>> {
         let conn = self.conns.get_mut(slot)?;
         Some(Link {
             slot,
@@ -154,10 +158,11 @@ impl<S: Service> Cx<S> {
     }
 }
 
-/// One connection, lent to the service for one event.
-pub struct Link<'a, A> {
+/// One connection, lent to the service for one event (`A` its state, `T` the tags on its
+/// queued frames).
+pub struct Link<'a, A, T> {
     slot: usize,
-    conn: &'a mut Conn<A>,
+    conn: &'a mut Conn<A, T>,
     flush: &'a mut Vec<usize>,
     lingers: &'a mut VecDeque<Deadline>,
     /// The shard's counters.
@@ -172,15 +177,15 @@ pub struct Link<'a, A> {
     turn: u32,
 }
 
-impl<'a, A> Link<'a, A> {
+impl<'a, A, T: Tag> Link<'a, A, T> {
     pub(crate) fn new(
         slot: usize,
-        conn: &'a mut Conn<A>,
+        conn: &'a mut Conn<A, T>,
         flush: &'a mut Vec<usize>,
         lingers: &'a mut VecDeque<Deadline>,
         stats: &'a mut Snapshot,
         (now, now_ms, out_cap, linger, turn): (Instant, u32, usize, Duration, u32),
-    ) -> Link<'a, A> {
+    ) -> Link<'a, A, T> {
         Link {
             slot,
             conn,
@@ -209,7 +214,7 @@ impl<'a, A> Link<'a, A> {
     }
 
     /// Frames queued and not sent yet.
-    pub fn queued(&self) -> &OutRing {
+    pub fn queued(&self) -> &OutRing<T> {
         &self.conn.out
     }
 
@@ -247,15 +252,22 @@ impl<'a, A> Link<'a, A> {
         Ok(())
     }
 
-    /// Queues a room's delivery in loop turn `turn` (see [`OutRing::push_delivery`]).
-    pub fn deliver(&mut self, frame: SharedFrame, max_bytes: usize, turn: u32) -> Result<(), Full> {
+    /// Queues a room's delivery, tagged `tag` (of [`Kind::Delivery`]), in loop turn `turn`
+    /// (see [`OutRing::push_delivery`]).
+    pub fn deliver(
+        &mut self,
+        frame: SharedFrame,
+        tag: T,
+        max_bytes: usize,
+        turn: u32,
+    ) -> Result<(), Full> {
         if self.is_closing() {
             return Err(Full);
         }
         let pushed = self
             .conn
             .out
-            .push_delivery(frame, self.out_cap, max_bytes, turn);
+            .push_delivery(frame, tag, self.out_cap, max_bytes, turn);
         if !self.conn.out.is_empty() {
             self.queue_flush();
         }
@@ -264,38 +276,40 @@ impl<'a, A> Link<'a, A> {
 
     /// Queues a delivery as long as fewer than `cap` frames are queued, whatever the turn
     /// (after a slow-consumer policy made room).
-    pub fn deliver_up_to(&mut self, frame: SharedFrame, cap: usize) -> Result<(), Full> {
+    pub fn deliver_up_to(&mut self, frame: SharedFrame, tag: T, cap: usize) -> Result<(), Full> {
         if self.is_closing() {
             return Err(Full);
         }
+        debug_assert_eq!(tag.kind(), Kind::Delivery);
         self.conn.out.mark_turn(self.turn);
-        self.conn.out.push_marked(frame, cap, Kind::Delivery)?;
+        self.conn.out.push_tagged(frame, tag, cap)?;
         self.queue_flush();
         Ok(())
     }
 
-    /// Queues a notice about deliveries (see [`Kind::Notice`]) as long as fewer than `cap`
-    /// frames are queued.
-    pub fn send_notice(&mut self, frame: SharedFrame, cap: usize) -> Result<(), Full> {
+    /// Queues a notice about deliveries, tagged `tag` (of [`Kind::Notice`]), as long as
+    /// fewer than `cap` frames are queued.
+    pub fn send_notice(&mut self, frame: SharedFrame, tag: T, cap: usize) -> Result<(), Full> {
         if self.is_closing() {
             return Err(Full);
         }
+        debug_assert_eq!(tag.kind(), Kind::Notice);
         self.conn.out.mark_turn(self.turn);
-        self.conn.out.push_marked(frame, cap, Kind::Notice)?;
+        self.conn.out.push_tagged(frame, tag, cap)?;
         self.queue_flush();
         Ok(())
     }
 
     /// Drops the oldest queued delivery no send is using (drop-oldest slow policy), and
-    /// returns it.
-    pub fn drop_oldest(&mut self) -> Option<SharedFrame> {
-        self.conn.out.drop_oldest_data()
+    /// returns its tag: what the member will not get.
+    pub fn drop_oldest(&mut self) -> Option<T> {
+        self.conn.out.drop_oldest_data().map(|(_, tag)| tag)
     }
 
-    /// Removes the queued deliveries and notices no send is using that `doomed` picks
-    /// (conflation, merging notices).
-    pub fn remove_queued(&mut self, doomed: impl FnMut(&SharedFrame, Kind) -> bool) {
-        self.conn.out.remove_data(doomed)
+    /// Removes the queued deliveries and notices no send is using whose tags `doomed`
+    /// picks (conflation, merging notices). Cost: O(queued frames), tags only.
+    pub fn remove_queued(&mut self, mut doomed: impl FnMut(T) -> bool) {
+        self.conn.out.remove_data(|_, tag| doomed(tag))
     }
 
     /// Queues a control frame (a pong, a ping, a handshake response), which goes out even

@@ -106,8 +106,8 @@ struct Beats<'a, S: Service> {
     dead: &'a mut Vec<usize>,
 }
 
-impl<S: Service> Beat<S::Conn> for Beats<'_, S> {
-    fn ping(&mut self, slot: usize, conn: &mut Conn<S::Conn>) -> bool {
+impl<S: Service> Beat<S::Conn, S::Tag> for Beats<'_, S> {
+    fn ping(&mut self, slot: usize, conn: &mut Conn<S::Conn, S::Tag>) -> bool {
         let mut link = Link::new(slot, conn, self.flush, self.lingers, self.stats, self.clock);
         self.service.tick(&mut link)
     }
@@ -229,12 +229,12 @@ impl<S: Service> Core<S> {
     }
 
     /// The connection in `slot` if it is still generation `gen`.
-    pub fn get(&mut self, slot: usize, gen: u32) -> Option<&mut Conn<S::Conn>> {
+    pub fn get(&mut self, slot: usize, gen: u32) -> Option<&mut Conn<S::Conn, S::Tag>> {
         self.cx.conns.get_mut(slot).filter(|c| c.gen == gen)
     }
 
     /// The connection in `slot`, whatever its generation.
-    pub fn conn(&mut self, slot: usize) -> Option<&mut Conn<S::Conn>> {
+    pub fn conn(&mut self, slot: usize) -> Option<&mut Conn<S::Conn, S::Tag>> {
         self.cx.conns.get_mut(slot)
     }
 

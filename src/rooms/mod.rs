@@ -433,9 +433,23 @@ pub enum JoinRefused {
     TooManyRooms,
 }
 
+/// A room as the shard of its members knows it, for what is queued to them (a tag on a
+/// frame in a member's out-ring): a number the shard gives a room when it takes its first
+/// member or join, and never gives again (a serial count: 2^64 rooms at a million a second
+/// last half a million years). A room that loses its last member here and comes back gets
+/// a new id, so an id held past its room's end names nothing rather than another room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RoomId(u64);
+
+impl RoomId {
+    /// Names no room (the shard's count starts after it).
+    pub const NONE: RoomId = RoomId(0);
+}
+
 #[derive(Debug)]
 struct LocalRoom {
     name: Arc<str>,
+    id: RoomId,
     members: Vec<u32>,
     /// Joins sent to the owner and not yet answered.
     pending: Vec<u32>,
@@ -450,6 +464,9 @@ struct LocalRoom {
 pub struct Local {
     ids: HashMap<Arc<str>, usize>,
     rooms: Slab<LocalRoom>,
+    /// The rooms by [`RoomId`], and the last id given.
+    by_id: HashMap<RoomId, usize>,
+    last_id: u64,
     /// Rooms (joined or pending) of each connection that has any.
     by_conn: HashMap<u32, Vec<usize>>,
     memberships: usize,
@@ -488,13 +505,17 @@ impl Local {
         let id = match self.ids.get(room) {
             Some(&id) => id,
             None => {
+                self.last_id += 1;
+                let room_id = RoomId(self.last_id);
                 let id = self.rooms.insert(LocalRoom {
                     name: room.clone(),
+                    id: room_id,
                     members: Vec::new(),
                     pending: Vec::new(),
                     next: 0,
                 });
                 self.ids.insert(room.clone(), id);
+                self.by_id.insert(room_id, id);
                 id
             }
         };
@@ -593,6 +614,7 @@ impl Local {
         if r.members.is_empty() && r.pending.is_empty() {
             let r = self.rooms.remove(id);
             self.ids.remove(&r.name);
+            self.by_id.remove(&r.id);
         }
     }
 
@@ -601,6 +623,17 @@ impl Local {
         if let Some(&id) = self.ids.get(room) {
             self.rooms[id].next = seq + 1;
         }
+    }
+
+    /// The id of `room` on this shard, while it has a member or a join here. O(1).
+    pub fn id(&self, room: &str) -> Option<RoomId> {
+        self.ids.get(room).map(|&i| self.rooms[i].id)
+    }
+
+    /// The name of the room `id` stands for, if that room still has a member or a join
+    /// here (an id is never reused: an old one finds nothing). O(1).
+    pub fn name(&self, id: RoomId) -> Option<&Arc<str>> {
+        self.by_id.get(&id).map(|&i| &self.rooms[i].name)
     }
 
     /// The members of `room` on this shard.

@@ -181,6 +181,30 @@ fn local_joins_go_through_pending_and_leave_all_cleans_up() {
 }
 
 #[test]
+fn a_room_that_comes_back_gets_a_new_id_and_the_old_one_names_nothing() {
+    let mut l = Local::default();
+    let (a, b) = (name("a"), name("b"));
+    l.request_join(&a, 1, 8).unwrap();
+    let old = l.id("a").unwrap();
+    assert_eq!(l.name(old), Some(&a));
+    assert_eq!(
+        l.id("a"),
+        Some(old),
+        "stable while the room has a member here"
+    );
+    assert!(l.leave("a", 1));
+    assert_eq!((l.id("a"), l.name(old)), (None, None));
+    // The slab slot `a` had is taken by `b`, then `a` comes back elsewhere.
+    l.request_join(&b, 2, 8).unwrap();
+    l.request_join(&a, 3, 8).unwrap();
+    let (new_a, new_b) = (l.id("a").unwrap(), l.id("b").unwrap());
+    assert!(new_a != old && new_b != old, "ids are never given again");
+    assert_eq!((l.name(new_a), l.name(new_b)), (Some(&a), Some(&b)));
+    assert_eq!(l.name(old), None);
+    assert_eq!(l.name(RoomId::NONE), None);
+}
+
+#[test]
 fn a_batch_that_starts_late_reports_what_was_missed() {
     let mut l = Local::default();
     let a = name("a");

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::protocol::SharedFrame;
+use crate::reactor::outring::Kind;
 use crate::reactor::service::Link;
 
 /// A toy protocol: one command per line. `hello` establishes the connection (heartbeats
@@ -33,6 +34,7 @@ fn frame(bytes: &[u8]) -> SharedFrame {
 
 impl Service for Lines {
     type Conn = u32;
+    type Tag = Kind;
     type Msg = Note;
 
     fn open(&mut self, _: Option<std::net::IpAddr>) -> u32 {
@@ -76,22 +78,22 @@ impl Service for Lines {
         16
     }
 
-    fn overflow(&mut self, link: &mut Link<'_, u32>) {
+    fn overflow(&mut self, link: &mut Link<'_, u32, Kind>) {
         self.log.push("overflow".into());
         link.abort();
     }
 
-    fn tick(&mut self, link: &mut Link<'_, u32>) -> bool {
+    fn tick(&mut self, link: &mut Link<'_, u32, Kind>) -> bool {
         let _ = link.send_control(frame(b"ping\n"));
         true
     }
 
-    fn handshake_timeout(&mut self, link: &mut Link<'_, u32>) {
+    fn handshake_timeout(&mut self, link: &mut Link<'_, u32, Kind>) {
         self.log.push("handshake timeout".into());
         link.abort();
     }
 
-    fn drain(&mut self, link: &mut Link<'_, u32>) {
+    fn drain(&mut self, link: &mut Link<'_, u32, Kind>) {
         link.finish(frame(b"going away\n"));
     }
 
@@ -110,7 +112,7 @@ impl Service for Lines {
         cx.stats.members = self.log.len() as u64;
     }
 
-    fn closed(&mut self, _: &mut Cx<Lines>, slot: usize, _: Conn<u32>) {
+    fn closed(&mut self, _: &mut Cx<Lines>, slot: usize, _: Conn<u32, Kind>) {
         self.closed.push(slot);
     }
 }
