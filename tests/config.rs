@@ -323,7 +323,7 @@ fn json_logs_are_one_object_per_line_with_timestamp_level_target_message_and_fie
         .find(|l| l["message"].as_str().unwrap().contains("--max-conns auto"))
         .expect("the admission line");
     assert_eq!(capacity["level"], "INFO");
-    assert_eq!(capacity["target"], "roomcast::app");
+    assert_eq!(capacity["target"], "roomcast::server");
     assert!(
         capacity["max_conns"].as_u64().unwrap() > 0,
         "fields: {capacity}"
