@@ -30,16 +30,6 @@ impl App {
                     self.on_joined(cx, slot as usize, &room, joined);
                 }
             }
-            ToMember::Refused {
-                slot,
-                gen,
-                id,
-                unknown,
-            } => {
-                if let Some(mut link) = cx.link(slot as usize, gen) {
-                    reply(&mut link, wire::unavailable(id, unknown));
-                }
-            }
             ToMember::PresenceDeliver { room, json } => self.deliver_presence(cx, &room, &json),
             ToMember::JoinFailed { room, slot, gen } => {
                 // The owner dropped the join: no leave goes back to it.

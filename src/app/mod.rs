@@ -19,6 +19,7 @@ mod assets;
 pub mod auth;
 pub mod authz;
 mod batch;
+mod cluster;
 mod compress;
 pub mod conn;
 pub mod gate;

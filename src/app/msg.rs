@@ -2,13 +2,12 @@
 //! receiver matches only the channel it is on the end of. Room names and data are shared
 //! (`Arc<str>`), frames are shared (`SharedFrame`): sending one copies no payload.
 //!
-//! - [`ToOwner`]: to a room's owner shard, from a member's shard or from the backplane.
-//! - [`ToMember`]: from a room's owner (or the backplane) to the shard of its members.
+//! - [`ToOwner`]: to a room's owner shard, from a member's shard.
+//! - [`ToMember`]: from a room's owner to the shard of its members.
 //! - [`Api`]: the server API's scatter-gather between shards (and the backplane).
-//! - [`Msg::Backplane`]: what the backplane receives, in its own types.
-//!
-//! The backplane speaks [`backplane::Request`] and [`backplane::Event`]; this file is where
-//! the app wraps them ([`backplane::Carrier`]).
+//! - [`Msg::Backplane`] and [`Msg::FromBackplane`]: to and from the backplane, in its own
+//!   types ([`backplane::Request`], [`backplane::Event`]); this file is where the app wraps
+//!   them ([`backplane::Carrier`]).
 
 use std::sync::Arc;
 
@@ -25,6 +24,8 @@ pub enum Msg {
     Api(Api),
     /// To the backplane thread.
     Backplane(Request),
+    /// From the backplane thread, as it said it.
+    FromBackplane(Event),
 }
 
 /// To a room's owner shard.
@@ -59,37 +60,12 @@ pub enum ToOwner {
         reply: Reply,
     },
     /// A presence event of `room` (`--presence-events`): from a member's shard to the
-    /// owner, from the owner to the backplane, from the backplane (`remote`) to the owner.
-    Presence {
-        room: Arc<str>,
-        json: Arc<[u8]>,
-        remote: bool,
-    },
-    /// From the backplane: the room's epoch and last seq in Redis, and the newest
-    /// messages after what was asked (in seq order). `fetch`: history asked for a resume
-    /// (it only adds older history and answers the joins that waited for it).
-    Synced {
-        room: Arc<str>,
-        epoch: u32,
-        seq: u64,
-        entries: Vec<(u64, Arc<str>)>,
-        fetch: bool,
-        /// The subscription it answers ([`Request::Sub`]).
-        sub: u32,
-    },
-    /// From the backplane: a message of `room`, in the cluster's order.
-    Remote {
-        room: Arc<str>,
-        epoch: u32,
-        seq: u64,
-        data: Arc<str>,
-    },
-    /// From the backplane: `room` cannot be subscribed (its Redis is down): the joins
-    /// waiting for it are refused.
-    SubFailed { room: Arc<str> },
+    /// owner, and from the owner to the backplane (which takes it as a
+    /// [`Request::Presence`]).
+    Presence { room: Arc<str>, json: Arc<[u8]> },
 }
 
-/// From a room's owner (or the backplane) to a member's shard.
+/// From a room's owner to a member's shard.
 #[derive(Debug)]
 pub enum ToMember {
     /// The join took effect after message `joined.seq`; `joined.replay` is what the member
@@ -119,14 +95,6 @@ pub enum ToMember {
         id: u64,
         seq: u64,
     },
-    /// From the backplane: the publish (`id`) of `slot` was not made (Redis is down), or
-    /// (`unknown`) its answer was lost with the connection.
-    Refused {
-        slot: u32,
-        gen: u32,
-        id: Option<u64>,
-        unknown: bool,
-    },
     /// `room`'s sequence started over in `epoch` after `seq` (Redis lost it): positions
     /// held so far mean nothing.
     Reset {
@@ -153,7 +121,8 @@ impl crate::mesh::Message for Msg {
         match self {
             Msg::Member(ToMember::Deliver { .. } | ToMember::PresenceDeliver { .. })
             | Msg::Owner(ToOwner::Presence { .. })
-            | Msg::Backplane(Request::Presence { .. }) => true,
+            | Msg::Backplane(Request::Presence { .. })
+            | Msg::FromBackplane(Event::Presence { .. }) => true,
             Msg::Owner(ToOwner::Publish { reply, .. })
             | Msg::Backplane(Request::Publish { reply, .. }) => !matches!(reply, Reply::Api(..)),
             _ => false,
@@ -185,61 +154,9 @@ impl From<Request> for Msg {
     }
 }
 
-/// What the backplane emits, on the channel of the shard it goes to.
 impl From<Event> for Msg {
     fn from(e: Event) -> Msg {
-        match e {
-            Event::Synced {
-                room,
-                epoch,
-                seq,
-                entries,
-                fetch,
-                sub,
-            } => ToOwner::Synced {
-                room,
-                epoch,
-                seq,
-                entries,
-                fetch,
-                sub,
-            }
-            .into(),
-            Event::Remote {
-                room,
-                epoch,
-                seq,
-                data,
-            } => ToOwner::Remote {
-                room,
-                epoch,
-                seq,
-                data,
-            }
-            .into(),
-            Event::Presence { room, json } => ToOwner::Presence {
-                room,
-                json,
-                remote: true,
-            }
-            .into(),
-            Event::SubFailed { room } => ToOwner::SubFailed { room }.into(),
-            Event::Ack { slot, gen, id, seq } => ToMember::Ack { slot, gen, id, seq }.into(),
-            Event::Refused {
-                slot,
-                gen,
-                id,
-                unknown,
-            } => ToMember::Refused {
-                slot,
-                gen,
-                id,
-                unknown,
-            }
-            .into(),
-            Event::Ask { shard, req, ask } => Api::Ask { shard, req, ask }.into(),
-            Event::Answer { req, answer } => Api::Answer { req, answer }.into(),
-        }
+        Msg::FromBackplane(e)
     }
 }
 
@@ -265,9 +182,7 @@ impl backplane::Carrier for Msg {
                 gen,
                 reply,
             }),
-            Msg::Owner(ToOwner::Presence { room, json, .. }) => {
-                Ok(Request::Presence { room, json })
-            }
+            Msg::Owner(ToOwner::Presence { room, json }) => Ok(Request::Presence { room, json }),
             Msg::Api(Api::Ask { shard, req, ask }) => Ok(Request::Ask { shard, req, ask }),
             Msg::Api(Api::Answer { req, answer }) => Ok(Request::Answer { req, answer }),
             other => Err(other),

@@ -1,7 +1,7 @@
-//! The owner side of the rooms on a shard: what a room's owner shard is sent (joins,
-//! leaves, publishes, presence events, and the backplane's state and messages) and what it
-//! does with each. Sealing a turn's batch and encoding it once per encoding is in
-//! [`super::service`] (`seal`) and [`super::batch`].
+//! The owner side of the rooms on a shard: what a room's owner shard is sent by the
+//! members' shards (joins, leaves, publishes, presence events) and what it does with each,
+//! and sealing a turn's batch (`seal`, encoding it once per encoding in [`super::batch`]).
+//! What the backplane tells an owner is in [`super::cluster`].
 
 use std::sync::Arc;
 
@@ -70,62 +70,7 @@ impl App {
                     cx.mesh.send(self.shards, Request::Unsub { room }.into());
                 }
             }
-            ToOwner::Synced {
-                room,
-                epoch,
-                seq,
-                entries,
-                fetch,
-                sub,
-            } => {
-                // A catch-up may start the room's log over: this turn's batch goes first.
-                if !fetch {
-                    self.seal(cx);
-                }
-                let before = self.owner.position(&room).filter(|_| !fetch);
-                let (answered, fetch) =
-                    self.owner
-                        .synced(&room, (epoch, seq), entries, (fetch, sub));
-                if let Some((old, _)) = before.filter(|&(e, _)| e != epoch) {
-                    tracing::warn!(room = %room, old, epoch, "a room's sequence started over in Redis: members are told");
-                    self.reset(cx, &room);
-                }
-                for (p, joined) in answered {
-                    let msg = ToMember::Joined {
-                        room: room.clone(),
-                        slot: p.slot,
-                        gen: p.gen,
-                        joined,
-                    };
-                    cx.mesh.send(p.shard, msg.into());
-                }
-                if let Some(after) = fetch {
-                    cx.mesh
-                        .send(self.shards, Request::Fetch { room, after }.into());
-                }
-            }
-            ToOwner::Remote {
-                room,
-                epoch,
-                seq,
-                data,
-            } => {
-                if self.owner.must_seal(&room, epoch, seq) {
-                    self.seal(cx);
-                }
-                if self.owner.arrive(&room, epoch, seq, data) {
-                    tracing::warn!(room = %room, epoch, "a room's sequence started over in Redis: members are told");
-                    self.reset(cx, &room);
-                }
-            }
-            ToOwner::Presence { room, json, remote } => self.on_presence(cx, room, json, remote),
-            ToOwner::SubFailed { room } => {
-                for p in self.owner.sub_failed(&room) {
-                    let (room, slot, gen) = (room.clone(), p.slot, p.gen);
-                    cx.mesh
-                        .send(p.shard, ToMember::JoinFailed { room, slot, gen }.into());
-                }
-            }
+            ToOwner::Presence { room, json } => self.on_presence(cx, room, json, false),
             ToOwner::Publish {
                 room,
                 data,
@@ -182,22 +127,6 @@ impl App {
         if buf.capacity() > 64 * 1024 {
             // A burst is over; don't keep its buffer.
             *buf = Vec::new();
-        }
-    }
-
-    /// `room`'s sequence started over (a new epoch from Redis): every shard with members
-    /// tells them where they now are.
-    fn reset(&mut self, cx: &mut Cx<App>, room: &Arc<str>) {
-        let Some((epoch, seq)) = self.owner.position(room) else {
-            return;
-        };
-        let members = self.owner.members_of(room).to_vec();
-        for (shard, n) in members.into_iter().enumerate() {
-            if n > 0 {
-                let room = room.clone();
-                cx.mesh
-                    .send(shard, ToMember::Reset { room, epoch, seq }.into());
-            }
         }
     }
 }

@@ -37,15 +37,7 @@ impl App {
         let json: Arc<[u8]> = Arc::from(v.to_string().into_bytes());
         let owner = owner_of(room, self.shards);
         let room = room.clone();
-        cx.mesh.send(
-            owner,
-            ToOwner::Presence {
-                room,
-                json,
-                remote: false,
-            }
-            .into(),
-        );
+        cx.mesh.send(owner, ToOwner::Presence { room, json }.into());
     }
 
     /// At the owner: to every shard with members here, and to the other nodes.

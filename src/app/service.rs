@@ -417,6 +417,7 @@ impl App {
                     .send(shard.into(), Api::Answer { req, answer }.into());
             }
             Msg::Api(Api::Answer { req, answer }) => self.on_answer(cx, req, answer),
+            Msg::FromBackplane(e) => self.on_backplane(cx, e),
             // The backplane's own channel: a shard is never on its end.
             Msg::Backplane(r) => debug_assert!(false, "a shard got a backplane request: {r:?}"),
         }

@@ -1,0 +1,110 @@
+//! What the backplane tells this shard (`--redis`): a room's state and messages in the
+//! cluster's order, presence from other nodes, the fate of publishes, and the API's
+//! cluster-wide asks and answers. The backplane's [`Event`]s arrive here as they are.
+
+use std::sync::Arc;
+
+use crate::backplane::{Event, Request};
+use crate::reactor::Cx;
+
+use super::ws::reply;
+use super::{wire, Api, App, ToMember};
+
+impl App {
+    /// A message from the backplane.
+    pub(super) fn on_backplane(&mut self, cx: &mut Cx<App>, event: Event) {
+        match event {
+            Event::Synced {
+                room,
+                epoch,
+                seq,
+                entries,
+                fetch,
+                sub,
+            } => {
+                // A catch-up may start the room's log over: this turn's batch goes first.
+                if !fetch {
+                    self.seal(cx);
+                }
+                let before = self.owner.position(&room).filter(|_| !fetch);
+                let (answered, fetch) =
+                    self.owner
+                        .synced(&room, (epoch, seq), entries, (fetch, sub));
+                if let Some((old, _)) = before.filter(|&(e, _)| e != epoch) {
+                    tracing::warn!(room = %room, old, epoch, "a room's sequence started over in Redis: members are told");
+                    self.reset(cx, &room);
+                }
+                for (p, joined) in answered {
+                    let msg = ToMember::Joined {
+                        room: room.clone(),
+                        slot: p.slot,
+                        gen: p.gen,
+                        joined,
+                    };
+                    cx.mesh.send(p.shard, msg.into());
+                }
+                if let Some(after) = fetch {
+                    cx.mesh
+                        .send(self.shards, Request::Fetch { room, after }.into());
+                }
+            }
+            Event::Remote {
+                room,
+                epoch,
+                seq,
+                data,
+            } => {
+                if self.owner.must_seal(&room, epoch, seq) {
+                    self.seal(cx);
+                }
+                if self.owner.arrive(&room, epoch, seq, data) {
+                    tracing::warn!(room = %room, epoch, "a room's sequence started over in Redis: members are told");
+                    self.reset(cx, &room);
+                }
+            }
+            Event::Presence { room, json } => self.on_presence(cx, room, json, true),
+            Event::SubFailed { room } => {
+                for p in self.owner.sub_failed(&room) {
+                    let (room, slot, gen) = (room.clone(), p.slot, p.gen);
+                    cx.mesh
+                        .send(p.shard, ToMember::JoinFailed { room, slot, gen }.into());
+                }
+            }
+            Event::Ack { slot, gen, id, seq } => {
+                self.on_member(cx, ToMember::Ack { slot, gen, id, seq })
+            }
+            Event::Refused {
+                slot,
+                gen,
+                id,
+                unknown,
+            } => {
+                if let Some(mut link) = cx.link(slot as usize, gen) {
+                    reply(&mut link, wire::unavailable(id, unknown));
+                }
+            }
+            Event::Ask { shard, req, ask } => {
+                let answer = self.on_ask(cx, ask);
+                cx.mesh
+                    .send(shard.into(), Api::Answer { req, answer }.into());
+            }
+            Event::Answer { req, answer } => self.on_answer(cx, req, answer),
+        }
+    }
+
+    /// `room`'s sequence started over (a new epoch from Redis): every shard with members
+    /// tells them where they now are.
+    fn reset(&mut self, cx: &mut Cx<App>, room: &Arc<str>) {
+        let Some((epoch, seq)) = self.owner.position(room) else {
+            return;
+        };
+        let members = self.owner.members_of(room).to_vec();
+        for (shard, n) in members.into_iter().enumerate() {
+            if n > 0 {
+                let room = room.clone();
+                cx.mesh
+                    .send(shard, ToMember::Reset { room, epoch, seq }.into());
+            }
+        }
+    }
+}
