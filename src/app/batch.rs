@@ -8,7 +8,8 @@ use crate::protocol::SharedFrame;
 use crate::rooms::{Sealed, ENCODINGS};
 
 use super::compress::Codec;
-use super::sse::{self, ENC_DEFLATE, ENC_DEFLATE_NARROW, ENC_MANY, ENC_ONE, ENC_WS};
+use super::encoding::Encoding;
+use super::sse;
 use super::wire;
 
 /// The shared frames of one sealed batch, by encoding (`None`: no member uses it).
@@ -20,30 +21,32 @@ pub(super) type Frames = [Option<SharedFrame>; ENCODINGS];
 /// allocation per encoding in use (a compression per message for the deflate ones).
 pub(super) fn frames(s: &Sealed<'_>, buf: &mut Vec<u8>, codec: &mut Option<Box<Codec>>) -> Frames {
     let mut frames: Frames = Default::default();
-    let deflating = s.encodings[ENC_DEFLATE] + s.encodings[ENC_DEFLATE_NARROW] > 0;
+    let deflating = Encoding::ALL
+        .iter()
+        .any(|e| e.is_deflate() && s.encodings[e.index()] > 0);
     let plain_only = deflating
         && codec.as_deref().is_some_and(|c| {
             !s.batch
                 .clone()
                 .any(|(seq, d)| c.compresses(s.room, *seq, d))
         });
-    for encoding in 0..ENCODINGS {
-        if s.encodings[encoding] == 0 {
+    for encoding in Encoding::ALL {
+        if s.encodings[encoding.index()] == 0 {
             continue;
         }
         let like = match encoding {
-            ENC_DEFLATE | ENC_DEFLATE_NARROW if plain_only => ENC_WS,
+            e if e.is_deflate() && plain_only => Encoding::Ws,
             _ => encoding,
         };
-        if let Some(same) = frames[like].clone() {
-            frames[encoding] = Some(same);
+        if let Some(same) = frames[like.index()].clone() {
+            frames[encoding.index()] = Some(same);
             continue;
         }
         buf.clear();
         encode(s.room, s.epoch, s.batch.clone(), like, buf, codec, true);
         let frame = SharedFrame::from_encoded(Arc::from(&buf[..]));
-        frames[like] = Some(frame.clone());
-        frames[encoding] = Some(frame);
+        frames[like.index()] = Some(frame.clone());
+        frames[encoding.index()] = Some(frame);
     }
     frames
 }
@@ -55,18 +58,19 @@ pub(super) fn encode<'a>(
     room: &str,
     epoch: u32,
     batch: impl Iterator<Item = &'a (u64, Arc<str>)>,
-    encoding: usize,
+    encoding: Encoding,
     out: &mut Vec<u8>,
     codec: &mut Option<Box<Codec>>,
     shared: bool,
 ) {
     for (seq, data) in batch {
         match (encoding, codec.as_deref_mut()) {
-            (ENC_DEFLATE | ENC_DEFLATE_NARROW, Some(codec)) => {
+            (Encoding::Deflate | Encoding::DeflateNarrow, Some(codec)) => {
                 codec.write_msg((room, *seq, data), encoding, shared, out)
             }
-            (ENC_ONE | ENC_MANY, _) => {
-                sse::write_msg(room, epoch, *seq, data, encoding == ENC_ONE, out)
+            (Encoding::StreamOne | Encoding::StreamMany, _) => {
+                let with_id = encoding == Encoding::StreamOne;
+                sse::write_msg(room, epoch, *seq, data, with_id, out)
             }
             _ => wire::write_msg(room, *seq, data, out),
         }

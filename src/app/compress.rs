@@ -5,7 +5,7 @@
 use crate::protocol::deflate::{Deflater, InflateError, Inflater};
 use crate::protocol::{MessageKind, OpCode, SharedFrame};
 
-use super::sse::ENC_DEFLATE_NARROW;
+use super::encoding::Encoding;
 use super::wire;
 
 /// Compression level of the frames a room's members share: compressed once per batch,
@@ -54,7 +54,7 @@ impl Codec {
     pub fn write_msg(
         &mut self,
         msg: (&str, u64, &str),
-        encoding: usize,
+        encoding: Encoding,
         shared: bool,
         out: &mut Vec<u8>,
     ) {
@@ -65,7 +65,7 @@ impl Codec {
         if json.len() < self.min_size {
             return crate::protocol::encode::write_frame(OpCode::Text, json, out);
         }
-        let narrow = encoding == ENC_DEFLATE_NARROW;
+        let narrow = encoding == Encoding::DeflateNarrow;
         let deflater = if shared {
             &mut self.shared
         } else {

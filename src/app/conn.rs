@@ -4,6 +4,7 @@
 use crate::protocol::Decoder;
 use crate::reactor::conn::TRANSPORT_BYTES;
 
+use super::encoding::Encoding;
 use super::slow::Tag;
 
 /// What an upgraded WebSocket connection speaks.
@@ -120,21 +121,20 @@ impl AppConn {
         }
     }
 
-    /// How this connection's deliveries are encoded ([`super::sse::ENC_WS`]…).
-    pub fn encoding(&self) -> usize {
-        use super::sse::{ENC_DEFLATE, ENC_DEFLATE_NARROW, ENC_WS};
+    /// How this connection's deliveries are encoded.
+    pub fn encoding(&self) -> Encoding {
         match &self.ep {
             Endpoint::Sse(s) => s.encoding(),
             Endpoint::Ws(Ws {
                 deflate: Some(a), ..
             }) => {
                 if a.narrow {
-                    ENC_DEFLATE_NARROW
+                    Encoding::DeflateNarrow
                 } else {
-                    ENC_DEFLATE
+                    Encoding::Deflate
                 }
             }
-            _ => ENC_WS,
+            _ => Encoding::Ws,
         }
     }
 }

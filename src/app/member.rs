@@ -91,7 +91,7 @@ impl App {
         }
         link.stats.replayed += j.replay.len() as u64;
         let encoding = link.app().encoding();
-        if !sse::is_stream(encoding) {
+        if !encoding.is_stream() {
             // Past a full ring like a notice: the replay and live messages behind it
             // mean nothing without it.
             let joined = wire::joined(room, j.seq, j.epoch, j.recovered);
@@ -168,11 +168,11 @@ impl App {
                 owe(gaps, &mut link, (id, room), from, to);
             }
             let encoding = link.app().encoding();
-            let Some(frame) = &frames[encoding] else {
+            let Some(frame) = &frames[encoding.index()] else {
                 continue;
             };
             let ok = offer(shard, gaps, &mut link, room, tag, frame.clone(), how);
-            if sse::is_stream(encoding) {
+            if encoding.is_stream() {
                 advance_stream(&mut link, room, span.1, ok, how.1);
             }
         }

@@ -22,6 +22,7 @@ mod batch;
 mod cluster;
 mod compress;
 pub mod conn;
+mod encoding;
 pub mod gate;
 mod member;
 mod msg;

@@ -16,6 +16,8 @@ use crate::gather::{Answer, Ask, Reply};
 use crate::protocol::SharedFrame;
 use crate::rooms::{Joined, ENCODINGS};
 
+use super::encoding::Encoding;
+
 /// One mesh message.
 #[derive(Debug)]
 pub enum Msg {
@@ -32,13 +34,13 @@ pub enum Msg {
 #[derive(Debug)]
 pub enum ToOwner {
     /// A connection on `shard` wants to join, with its deliveries in `encoding`
-    /// ([`super::sse::ENC_WS`]…), resuming after `since = (seq, epoch)` if given.
+    /// , resuming after `since = (seq, epoch)` if given.
     Join {
         room: Arc<str>,
         shard: u16,
         slot: u32,
         gen: u32,
-        encoding: u8,
+        encoding: Encoding,
         since: Option<(u64, u32)>,
     },
     /// A member on `shard` (in `slot`) left (or closed).
@@ -46,7 +48,7 @@ pub enum ToOwner {
         room: Arc<str>,
         shard: u16,
         slot: u32,
-        encoding: u8,
+        encoding: Encoding,
     },
     /// Publish `data` (raw JSON); answer `slot` as `reply` says. Sent to the room's
     /// orderer: its owner, or the backplane with `--redis` (which takes it as a

@@ -29,7 +29,7 @@ impl App {
                         shard: shard.into(),
                         slot,
                         gen,
-                        encoding: encoding.into(),
+                        encoding: encoding.index(),
                         since,
                         asked: false,
                     };
@@ -48,7 +48,8 @@ impl App {
                         Need::Wait => return,
                     }
                 } else {
-                    self.owner.join(&room, shard.into(), encoding.into(), since)
+                    self.owner
+                        .join(&room, shard.into(), encoding.index(), since)
                 };
                 let joined = ToMember::Joined {
                     room,
@@ -65,7 +66,9 @@ impl App {
                 encoding,
             } => {
                 let who = (shard.into(), slot);
-                let gone = self.owner.leave(&room, who, encoding.into(), self.clock_ms);
+                let gone = self
+                    .owner
+                    .leave(&room, who, encoding.index(), self.clock_ms);
                 if gone {
                     cx.mesh.send(self.shards, Request::Unsub { room }.into());
                 }

@@ -73,7 +73,7 @@ impl App {
             if link.is_closing() {
                 continue;
             }
-            let frame = if sse::is_stream(link.app().encoding()) {
+            let frame = if link.app().encoding().is_stream() {
                 &stream
             } else {
                 &ws

@@ -20,8 +20,9 @@ use crate::rooms::{owner_of, JoinRefused};
 
 use super::auth::{unix_now, Session};
 use super::conn::{flag, AppConn, Endpoint};
+use super::encoding::Encoding;
 use super::slow::{send_gap, Tag};
-use super::sse::{self, ENC_MANY, ENC_WS};
+use super::sse;
 use super::ws::{fail, reply};
 use super::{gate, wire, Api, App, Intent, Msg, ToMember, ToOwner};
 use crate::gather::Reply;
@@ -238,7 +239,7 @@ impl App {
                     match self.local.request_join(&room, who, max) {
                         Ok(()) => {
                             let owner = owner_of(&room, shards);
-                            let encoding = cx.app(slot).map_or(ENC_WS, AppConn::encoding) as u8;
+                            let encoding = cx.app(slot).map_or(Encoding::Ws, AppConn::encoding);
                             let msg = ToOwner::Join {
                                 room,
                                 shard: me,
@@ -265,7 +266,7 @@ impl App {
                     if self.local.leave(&room, who) {
                         reply_to(cx, slot, wire::left(&room));
                         self.presence_event(cx, &room, who, false);
-                        let encoding = cx.app(slot).map_or(ENC_WS, AppConn::encoding);
+                        let encoding = cx.app(slot).map_or(Encoding::Ws, AppConn::encoding);
                         self.tell_owner_left(cx, room, who, encoding);
                     } else {
                         let e = wire::error("not_joined", "not a member of that room");
@@ -301,9 +302,9 @@ impl App {
     }
 
     /// Tells `room`'s owner that a member here, with its deliveries in `encoding`, left.
-    fn tell_owner_left(&mut self, cx: &mut Cx<App>, room: Arc<str>, slot: u32, encoding: usize) {
+    fn tell_owner_left(&mut self, cx: &mut Cx<App>, room: Arc<str>, slot: u32, encoding: Encoding) {
         let owner = owner_of(&room, self.shards);
-        let (shard, encoding) = (self.shard as u16, encoding as u8);
+        let shard = self.shard as u16;
         cx.mesh.send(
             owner,
             ToOwner::Leave {
@@ -440,7 +441,7 @@ pub(super) fn advance_stream(
     if let Some(pos) = stream.pos(room) {
         pos.seq = seq;
     }
-    if queued && stream.encoding() == ENC_MANY {
+    if queued && stream.encoding() == Encoding::StreamMany {
         let block = sse::id_block(&stream.cursor());
         let _ = link.send_up_to(block, out_cap * 4);
     }

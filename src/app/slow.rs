@@ -225,7 +225,7 @@ pub(super) fn send_gap(link: L<'_, '_>, g: &mut Gap, cap: usize) -> bool {
         hit
     });
     let json = wire::gap_json(&g.name, from, to);
-    let frame = match sse::is_stream(link.app().encoding()) {
+    let frame = match link.app().encoding().is_stream() {
         false => SharedFrame::new(OpCode::Text, &json),
         true => sse::event("gap", None, &json),
     };

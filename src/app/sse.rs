@@ -17,26 +17,10 @@ use crate::protocol::{SharedFrame, Status};
 use crate::reactor::Link;
 
 use super::conn::{AppConn, Endpoint};
+use super::encoding::Encoding;
 use super::slow::Tag;
 use super::ws::refuse;
 use super::{wire, App, Intent};
-
-/// How a member's deliveries are encoded ([`crate::rooms::ENCODINGS`]).
-pub const ENC_WS: usize = 0;
-/// A stream on one room: every `msg` event has its `id:`.
-pub const ENC_ONE: usize = 1;
-/// A stream on several rooms: events without `id:`, then the stream's own id block.
-pub const ENC_MANY: usize = 2;
-/// WebSocket frames for a client that agreed to permessage-deflate: messages from
-/// `--deflate-min-size` up compressed, with the default window or with the narrow one
-/// (the client asked for `server_max_window_bits` below 15).
-pub const ENC_DEFLATE: usize = 3;
-pub const ENC_DEFLATE_NARROW: usize = 4;
-
-/// Whether `encoding` is an event stream's (else: WebSocket frames).
-pub fn is_stream(encoding: usize) -> bool {
-    encoding == ENC_ONE || encoding == ENC_MANY
-}
 
 /// Where a stream stands in one of its rooms.
 #[derive(Debug)]
@@ -56,11 +40,11 @@ pub struct Sse {
 }
 
 impl Sse {
-    pub fn encoding(&self) -> usize {
+    pub fn encoding(&self) -> Encoding {
         if self.rooms.len() > 1 {
-            ENC_MANY
+            Encoding::StreamMany
         } else {
-            ENC_ONE
+            Encoding::StreamOne
         }
     }
 
