@@ -48,24 +48,9 @@ use crate::rooms::{Local, Owner};
 /// bytes are handled: the shard, not the connection, has the rooms and the mesh.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Intent {
-    Join {
-        room: Arc<str>,
-        /// Resume after `(seq, epoch)`.
-        since: Option<(u64, u32)>,
-    },
-    Leave {
-        room: Arc<str>,
-    },
-    Presence {
-        room: Arc<str>,
-    },
-    /// `data` is the raw JSON text of the message's `data`, copied once out of the read
-    /// buffer; it is spliced into the delivered frame as it is.
-    Pub {
-        room: Arc<str>,
-        data: Arc<str>,
-        id: Option<u64>,
-    },
+    /// A room op. A publish's `data` is the raw JSON text of the message's `data`, copied
+    /// once out of the read buffer; it is spliced into the delivered frame as it is.
+    Room(wire::RoomOp<Arc<str>>),
     /// A token was accepted (at the handshake or in an `auth` op): record the session.
     Login(auth::Session),
     /// A `refresh` op brought a valid token: it replaces the session if the user matches.

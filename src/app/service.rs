@@ -23,6 +23,7 @@ use super::conn::{flag, AppConn, Endpoint};
 use super::encoding::Encoding;
 use super::slow::{send_gap, Tag};
 use super::sse;
+use super::wire::RoomOp;
 use super::ws::{fail, reply};
 use super::{gate, wire, Api, App, Intent, Msg, ToMember, ToOwner};
 use crate::gather::Reply;
@@ -205,36 +206,38 @@ impl App {
             match intent {
                 Intent::Login(session) => self.login(slot, gen, session),
                 Intent::Refresh(session) => self.refresh(cx, slot, gen, session),
-                Intent::Join { .. } | Intent::Pub { .. } | Intent::Presence { .. }
-                    if self.sessions.required && self.sessions.get(who).is_none() =>
-                {
+                Intent::Room(
+                    RoomOp::Join { .. } | RoomOp::Pub { .. } | RoomOp::Presence { .. },
+                ) if self.sessions.required && self.sessions.get(who).is_none() => {
                     let id = match intent {
-                        Intent::Pub { id, .. } => id,
+                        Intent::Room(RoomOp::Pub { id, .. }) => id,
                         _ => None,
                     };
                     reply_to(cx, slot, wire::unauthenticated(id));
                 }
-                Intent::Presence { room } if !self.sessions.may_join(who, &room) => {
+                Intent::Room(RoomOp::Presence { room }) if !self.sessions.may_join(who, &room) => {
                     cx.stats.forbidden += 1;
                     let e = wire::error("forbidden", "not allowed to see that room");
                     reply_to(cx, slot, e);
                 }
-                Intent::Presence { room } => {
+                Intent::Room(RoomOp::Presence { room }) => {
                     if let Some(mut link) = cx.link_any(slot) {
                         self.ask_presence(&mut link, room, true);
                     }
                 }
-                Intent::Join { room, .. } if !self.sessions.may_join(who, &room) => {
+                Intent::Room(RoomOp::Join { room, .. }) if !self.sessions.may_join(who, &room) => {
                     cx.stats.forbidden += 1;
                     let e = wire::error("forbidden", "not allowed to join that room");
                     reply_to(cx, slot, e);
                 }
-                Intent::Pub { room, id, .. } if !self.sessions.may_publish(who, &room) => {
+                Intent::Room(RoomOp::Pub { room, id, .. })
+                    if !self.sessions.may_publish(who, &room) =>
+                {
                     cx.stats.forbidden += 1;
                     let msg = "not allowed to publish to that room";
                     reply_to(cx, slot, wire::error_id("forbidden", msg, id));
                 }
-                Intent::Join { room, since } => {
+                Intent::Room(RoomOp::Join { room, since }) => {
                     let max = self.cfg.max_rooms_per_conn;
                     match self.local.request_join(&room, who, max) {
                         Ok(()) => {
@@ -262,7 +265,7 @@ impl App {
                         ),
                     }
                 }
-                Intent::Leave { room } => {
+                Intent::Room(RoomOp::Leave { room }) => {
                     if self.local.leave(&room, who) {
                         reply_to(cx, slot, wire::left(&room));
                         self.presence_event(cx, &room, who, false);
@@ -273,7 +276,7 @@ impl App {
                         reply_to(cx, slot, e);
                     }
                 }
-                Intent::Pub { room, data, id } => {
+                Intent::Room(RoomOp::Pub { room, data, id }) => {
                     cx.stats.published += 1;
                     let owner = self.orderer(&room);
                     let msg = ToOwner::Publish {

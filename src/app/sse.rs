@@ -19,6 +19,7 @@ use crate::reactor::Link;
 use super::conn::{AppConn, Endpoint};
 use super::encoding::Encoding;
 use super::slow::Tag;
+use super::wire::RoomOp;
 use super::ws::refuse;
 use super::{wire, App, Intent};
 
@@ -237,7 +238,8 @@ impl App {
                 .map(|&(_, epoch, seq)| (seq, epoch))
                 // A cursor that does not name this room still asked to resume.
                 .or((!last.is_empty()).then_some((0, u32::MAX)));
-            self.intents.push(Intent::Join { room, since });
+            self.intents
+                .push(Intent::Room(RoomOp::Join { room, since }));
         }
     }
 }

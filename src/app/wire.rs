@@ -13,14 +13,16 @@ use crate::protocol::{OpCode, SharedFrame};
 /// The longest room name, in bytes.
 pub const MAX_ROOM_NAME: usize = 128;
 
-/// A request from a client, validated.
+/// A room op a client asks for: parsed from a `/ws` message, or implied by the request
+/// (`/ws?room=…`, `/sse?room=…`). `D` is the published data: borrowed from the read buffer
+/// when parsed, shared (`Arc<str>`) once it is queued for the shard to carry out.
 #[derive(Debug, PartialEq, Eq)]
-pub enum ClientOp<'a> {
+pub enum RoomOp<D> {
     Join {
         room: Arc<str>,
-        /// Resume: the last seq seen and the epoch it belongs to (`None`: not given).
-        since: Option<u64>,
-        epoch: Option<std::borrow::Cow<'a, str>>,
+        /// Resume after `(seq, epoch)`; an epoch that was not given (or is not one) is
+        /// `u32::MAX`, which no room has: the join is then not recovered.
+        since: Option<(u64, u32)>,
     },
     Leave {
         room: Arc<str>,
@@ -31,9 +33,31 @@ pub enum ClientOp<'a> {
     },
     Pub {
         room: Arc<str>,
-        data: &'a str,
+        data: D,
         id: Option<u64>,
     },
+}
+
+impl<D> RoomOp<D> {
+    /// The same op with its data turned by `f` (the one copy out of the read buffer).
+    pub fn map_data<E>(self, f: impl FnOnce(D) -> E) -> RoomOp<E> {
+        match self {
+            RoomOp::Join { room, since } => RoomOp::Join { room, since },
+            RoomOp::Leave { room } => RoomOp::Leave { room },
+            RoomOp::Presence { room } => RoomOp::Presence { room },
+            RoomOp::Pub { room, data, id } => RoomOp::Pub {
+                room,
+                data: f(data),
+                id,
+            },
+        }
+    }
+}
+
+/// One client op, as parsed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientOp<'a> {
+    Room(RoomOp<&'a str>),
     /// First-message authentication (when no token came with the handshake).
     Auth {
         token: std::borrow::Cow<'a, str>,
@@ -106,22 +130,25 @@ fn parse_raw(raw: Raw<'_>) -> Result<ClientOp<'_>, OpError> {
         Ok(Arc::from(room))
     };
     match &*op {
-        "join" => Ok(ClientOp::Join {
-            room: room()?,
-            since: raw.since,
-            epoch: raw.epoch,
-        }),
-        "leave" => Ok(ClientOp::Leave { room: room()? }),
-        "presence" => Ok(ClientOp::Presence { room: room()? }),
+        "join" => {
+            // `since` without the epoch it counts in cannot be honoured.
+            let epoch = raw.epoch.as_deref().map_or(u32::MAX, parse_epoch);
+            Ok(ClientOp::Room(RoomOp::Join {
+                room: room()?,
+                since: raw.since.map(|seq| (seq, epoch)),
+            }))
+        }
+        "leave" => Ok(ClientOp::Room(RoomOp::Leave { room: room()? })),
+        "presence" => Ok(ClientOp::Room(RoomOp::Presence { room: room()? })),
         "pub" => {
             let data = raw
                 .data
                 .ok_or_else(|| OpError::new("missing_field", "\"data\" is required"))?;
-            Ok(ClientOp::Pub {
+            Ok(ClientOp::Room(RoomOp::Pub {
                 room: room()?,
                 data: data.get(),
                 id: raw.id,
-            })
+            }))
         }
         "auth" | "refresh" => {
             let token = raw
@@ -436,20 +463,19 @@ mod tests {
     fn parses_the_three_ops() {
         assert_eq!(
             parse(r#"{"op":"join","room":"lobby","since":4}"#),
-            Ok(ClientOp::Join {
+            Ok(ClientOp::Room(RoomOp::Join {
                 room: "lobby".into(),
-                since: Some(4),
-                epoch: None,
-            })
+                since: Some((4, u32::MAX)),
+            }))
         );
         assert_eq!(
             parse(r#"{"op":"leave","room":"a"}"#),
-            Ok(ClientOp::Leave { room: "a".into() })
+            Ok(ClientOp::Room(RoomOp::Leave { room: "a".into() }))
         );
         let data = r#"{"t": 1.50, "x":[1, "é\u00e9"]}"#;
         let text = format!(r#"{{"op":"pub","room":"r","data":{data},"id":7}}"#);
         match parse(&text).unwrap() {
-            ClientOp::Pub { room, data: d, id } => {
+            ClientOp::Room(RoomOp::Pub { room, data: d, id }) => {
                 assert_eq!(
                     (&*room, d, id),
                     ("r", data, Some(7)),

@@ -16,6 +16,7 @@ use crate::reactor::Link;
 use super::conn::{flag, AppConn, Endpoint, Route, Ws};
 use super::gate::{Admitted, Refusal};
 use super::slow::Tag;
+use super::wire::RoomOp;
 use super::{auth, wire, App, Intent};
 
 pub(super) type L<'a, 'b> = &'a mut Link<'b, AppConn, Tag>;
@@ -112,10 +113,10 @@ impl App {
                     let asked = req.query_value("room");
                     for room in asked.iter().flat_map(|v| v.split(',')) {
                         match wire::validate_room(room) {
-                            Ok(()) => self.intents.push(Intent::Join {
+                            Ok(()) => self.intents.push(Intent::Room(RoomOp::Join {
                                 room: Arc::from(room),
                                 since: None,
-                            }),
+                            })),
                             Err(e) => reply(link, wire::error(e.code, &e.msg)),
                         }
                     }
@@ -398,7 +399,7 @@ impl App {
         let pending = link.app().has(flag::AUTH_PENDING);
         if pending && !matches!(op, Ok(wire::ClientOp::Auth { .. })) {
             let id = match &op {
-                Ok(wire::ClientOp::Pub { id, .. }) => *id,
+                Ok(wire::ClientOp::Room(RoomOp::Pub { id, .. })) => *id,
                 Err(e) => e.id,
                 _ => None,
             };
@@ -407,22 +408,12 @@ impl App {
         match op {
             Ok(wire::ClientOp::Auth { token }) => self.authenticate(link, &token, false),
             Ok(wire::ClientOp::Refresh { token }) => self.authenticate(link, &token, true),
-            Ok(wire::ClientOp::Join { room, since, epoch }) => {
-                // `since` without the epoch it counts in cannot be honoured.
-                let epoch = epoch.as_deref().map_or(u32::MAX, wire::parse_epoch);
-                let since = since.map(|seq| (seq, epoch));
-                self.intents.push(Intent::Join { room, since })
-            }
-            Ok(wire::ClientOp::Leave { room }) => self.intents.push(Intent::Leave { room }),
-            Ok(wire::ClientOp::Presence { room }) => self.intents.push(Intent::Presence { room }),
-            // The one copy of the data out of the read buffer; every delivery shares it.
-            Ok(wire::ClientOp::Pub { room, data, id }) => {
-                self.acks_owed += usize::from(id.is_some());
-                self.intents.push(Intent::Pub {
-                    room,
-                    data: Arc::from(data),
-                    id,
-                })
+            Ok(wire::ClientOp::Room(op)) => {
+                if let RoomOp::Pub { id: Some(_), .. } = op {
+                    self.acks_owed += 1;
+                }
+                // The one copy of the data out of the read buffer; every delivery shares it.
+                self.intents.push(Intent::Room(op.map_data(Arc::from)))
             }
             Err(e) => reply(link, e.frame()),
         }
