@@ -111,7 +111,7 @@ impl App {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("apikey"))
             .map(|(_, k)| k.trim());
         if !given.is_some_and(|k| same(k.as_bytes(), key.as_bytes())) {
-            link.stats.auth_failures += 1;
+            link.stats().auth_failures += 1;
             error(
                 link,
                 Status::Unauthorized,
@@ -259,7 +259,7 @@ impl App {
         let rooms: Vec<Arc<str>> = rooms.iter().map(|r| Arc::from(&**r)).collect();
         let req = self.next_req;
         for (index, room) in rooms.iter().enumerate() {
-            link.stats.published += 1;
+            link.stats().published += 1;
             self.api_sends.push(ToOwner::Publish {
                 room: room.clone(),
                 data: data.clone(),
@@ -386,11 +386,11 @@ impl App {
             let ToOwner::Publish { room, .. } = &msg else {
                 continue;
             };
-            cx.mesh.send(self.orderer(room), msg.into());
+            cx.mesh().send(self.orderer(room), msg.into());
         }
         let me = self.shard as u16;
         for (shard, req, ask) in self.api_asks.drain(..) {
-            cx.mesh.send(
+            cx.mesh().send(
                 shard,
                 Api::Ask {
                     shard: me,

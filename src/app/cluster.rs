@@ -41,10 +41,10 @@ impl App {
                         gen: p.gen,
                         joined,
                     };
-                    cx.mesh.send(p.shard, msg.into());
+                    cx.mesh().send(p.shard, msg.into());
                 }
                 if let Some(after) = fetch {
-                    cx.mesh
+                    cx.mesh()
                         .send(self.shards, Request::Fetch { room, after }.into());
                 }
             }
@@ -66,7 +66,7 @@ impl App {
             Event::SubFailed { room } => {
                 for p in self.owner.sub_failed(&room) {
                     let (room, slot, gen) = (room.clone(), p.slot, p.gen);
-                    cx.mesh
+                    cx.mesh()
                         .send(p.shard, ToMember::JoinFailed { room, slot, gen }.into());
                 }
             }
@@ -85,7 +85,7 @@ impl App {
             }
             Event::Ask { shard, req, ask } => {
                 let answer = self.on_ask(cx, ask);
-                cx.mesh
+                cx.mesh()
                     .send(shard.into(), Api::Answer { req, answer }.into());
             }
             Event::Answer { req, answer } => self.on_answer(cx, req, answer),
@@ -102,7 +102,7 @@ impl App {
         for (shard, n) in members.into_iter().enumerate() {
             if n > 0 {
                 let room = room.clone();
-                cx.mesh
+                cx.mesh()
                     .send(shard, ToMember::Reset { room, epoch, seq }.into());
             }
         }

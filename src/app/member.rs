@@ -80,23 +80,23 @@ impl App {
         room: &Arc<str>,
         j: crate::rooms::Joined,
     ) {
-        let (turn, out_cap) = (cx.turn, cx.out_cap);
+        let (turn, out_cap) = (cx.clock().turn, cx.out_cap());
         let Some(mut link) = cx.link_any(slot) else {
             return;
         };
         match j.recovered {
-            Some(true) => link.stats.resumed += 1,
-            Some(false) => link.stats.resume_failed += 1,
+            Some(true) => link.stats().resumed += 1,
+            Some(false) => link.stats().resume_failed += 1,
             None => {}
         }
-        link.stats.replayed += j.replay.len() as u64;
+        link.stats().replayed += j.replay.len() as u64;
         let encoding = link.app().encoding();
         if !encoding.is_stream() {
             // Past a full ring like a notice: the replay and live messages behind it
             // mean nothing without it.
             let joined = wire::joined(room, j.seq, j.epoch, j.recovered);
             if link.send_up_to(joined, out_cap * 4).is_ok() {
-                link.stats.messages_out += 1;
+                link.stats().messages_out += 1;
             }
         } else if let Some(stream) = link.app().sse() {
             // The stream's position is what it has been given: where it resumes from
@@ -148,7 +148,7 @@ impl App {
         span: (u64, u64),
         frames: &[Option<SharedFrame>; ENCODINGS],
     ) {
-        let how = (cx.turn, cx.out_cap);
+        let how = (cx.clock().turn, cx.out_cap());
         let missed = self.local.arrived(room, span.0, span.1);
         let Some(id) = self.local.id(room) else {
             // No member here (any more).

@@ -37,12 +37,12 @@ impl App {
                         Need::Ready(joined) => joined,
                         Need::Subscribe { after, sub } => {
                             return cx
-                                .mesh
+                                .mesh()
                                 .send(self.shards, Request::Sub { room, after, sub }.into())
                         }
                         Need::Fetch { after } => {
                             return cx
-                                .mesh
+                                .mesh()
                                 .send(self.shards, Request::Fetch { room, after }.into())
                         }
                         Need::Wait => return,
@@ -57,7 +57,7 @@ impl App {
                     gen,
                     joined,
                 };
-                cx.mesh.send(shard.into(), joined.into());
+                cx.mesh().send(shard.into(), joined.into());
             }
             ToOwner::Leave {
                 room,
@@ -70,7 +70,7 @@ impl App {
                     .owner
                     .leave(&room, who, encoding.index(), self.clock_ms);
                 if gone {
-                    cx.mesh.send(self.shards, Request::Unsub { room }.into());
+                    cx.mesh().send(self.shards, Request::Unsub { room }.into());
                 }
             }
             ToOwner::Presence { room, json } => self.on_presence(cx, room, json, false),
@@ -89,12 +89,12 @@ impl App {
                 match reply {
                     Reply::None => {}
                     Reply::Ack(id) => cx
-                        .mesh
+                        .mesh()
                         .send(to, ToMember::Ack { slot, gen, id, seq }.into()),
                     Reply::Api(req, index) => {
                         let epoch = published.map(|p| p.1);
                         let answer = Answer::Published { index, seq, epoch };
-                        cx.mesh.send(to, Api::Answer { req, answer }.into());
+                        cx.mesh().send(to, Api::Answer { req, answer }.into());
                     }
                 }
             }
@@ -107,7 +107,7 @@ impl App {
     /// use, one mesh message per shard with members (ours included, through the local
     /// queue).
     pub(super) fn seal(&mut self, cx: &mut Cx<App>) {
-        let (owner, mesh, buf) = (&mut self.owner, &mut cx.mesh, &mut self.encoded);
+        let (owner, mesh, buf) = (&mut self.owner, &mut cx.mesh(), &mut self.encoded);
         let codec = &mut self.codec;
         owner.seal(|s| {
             if s.members.iter().all(|&n| n == 0) {

@@ -37,7 +37,8 @@ impl App {
         let json: Arc<[u8]> = Arc::from(v.to_string().into_bytes());
         let owner = owner_of(room, self.shards);
         let room = room.clone();
-        cx.mesh.send(owner, ToOwner::Presence { room, json }.into());
+        cx.mesh()
+            .send(owner, ToOwner::Presence { room, json }.into());
     }
 
     /// At the owner: to every shard with members here, and to the other nodes.
@@ -51,12 +52,12 @@ impl App {
         for (shard, &n) in self.owner.members_of(&room).iter().enumerate() {
             if n > 0 {
                 let (room, json) = (room.clone(), json.clone());
-                cx.mesh
+                cx.mesh()
                     .send(shard, ToMember::PresenceDeliver { room, json }.into());
             }
         }
         if self.cfg.backplane && !remote {
-            cx.mesh
+            cx.mesh()
                 .send(self.shards, Request::Presence { room, json }.into());
         }
     }
@@ -65,7 +66,7 @@ impl App {
     pub(super) fn deliver_presence(&mut self, cx: &mut Cx<App>, room: &Arc<str>, json: &[u8]) {
         let ws = SharedFrame::new(OpCode::Text, json);
         let stream = sse::event("presence", None, json);
-        let out_cap = cx.out_cap;
+        let out_cap = cx.out_cap();
         for &slot in self.local.members(room) {
             let Some(mut link) = cx.link_any(slot as usize) else {
                 continue;
@@ -79,7 +80,7 @@ impl App {
                 &ws
             };
             if link.send_up_to(frame.clone(), out_cap).is_ok() {
-                link.stats.messages_out += 1;
+                link.stats().messages_out += 1;
             }
         }
     }

@@ -14,7 +14,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::protocol::{CloseCode, SharedFrame};
-use crate::reactor::conn::Conn;
 use crate::reactor::{Cx, Link, Service};
 use crate::rooms::{owner_of, JoinRefused};
 
@@ -73,7 +72,7 @@ impl Service for App {
     }
 
     fn tick(&mut self, link: &mut Link<'_, AppConn, Tag>) -> bool {
-        let (idle_ms, now) = (self.cfg.idle_ms, link.now_ms);
+        let (idle_ms, now) = (self.cfg.idle_ms, link.now_ms());
         if link.app().sse().is_some() {
             // A comment line keeps proxies from timing the stream out; nothing comes back.
             let _ = link.send_control(self.sse_beat.clone());
@@ -83,22 +82,22 @@ impl Service for App {
             return false;
         };
         if idle_ms > 0 && now.wrapping_sub(ws.last_msg) >= idle_ms {
-            link.stats.idle_timeouts += 1;
+            link.stats().idle_timeouts += 1;
             fail(link, CloseCode::NORMAL, "idle timeout");
             return false;
         }
         // A control frame: it goes out even past a full ring (up to the control slack).
         if link.send_control(self.ping.clone()).is_ok() {
-            link.stats.pings_sent += 1;
+            link.stats().pings_sent += 1;
         }
         true
     }
 
     fn handshake_timeout(&mut self, link: &mut Link<'_, AppConn, Tag>) {
-        link.stats.handshake_timeouts += 1;
+        link.stats().handshake_timeouts += 1;
         if link.app().route().is_some() {
             // Upgraded, but the `auth` op never came.
-            link.stats.auth_failures += 1;
+            link.stats().auth_failures += 1;
             fail(link, CloseCode::POLICY_VIOLATION, "authentication timeout");
         } else {
             link.abort();
@@ -115,16 +114,16 @@ impl Service for App {
     fn message(&mut self, cx: &mut Cx<App>, msg: Msg) {
         // A shard that slept through a room's TTL frees it before it answers anything about
         // it (O(1) when nothing is due).
-        let now = self.clock(cx.now_ms);
+        let now = self.clock(cx.clock().now_ms);
         self.owner.expire(now);
         self.on_mesh(cx, msg);
     }
 
     fn end_turn(&mut self, cx: &mut Cx<App>) {
-        self.clock(cx.now_ms);
+        self.clock(cx.clock().now_ms);
         self.seal(cx);
         if let Some(codec) = self.codec.as_deref_mut() {
-            cx.stats.deflate_out += std::mem::take(&mut codec.compressed);
+            cx.stats().deflate_out += std::mem::take(&mut codec.compressed);
         }
         if self.cfg.backplane {
             for (room, p, joined) in self.owner.ready() {
@@ -135,14 +134,14 @@ impl Service for App {
                     gen,
                     joined,
                 };
-                cx.mesh.send(p.shard, msg.into());
+                cx.mesh().send(p.shard, msg.into());
             }
         }
         self.flush_gaps(cx);
         self.owner.expire(self.clock_ms);
         self.resume_publishers(cx);
         self.expire_tokens(cx);
-        let s = &mut cx.stats;
+        let s = &mut cx.stats();
         if self.clock_ms >= self.gauge_ms + 1000 {
             self.gauge_ms = self.clock_ms;
             s.history_bytes = self.owner.history_bytes() as u64;
@@ -154,20 +153,19 @@ impl Service for App {
         s.members = self.local.memberships() as u64;
     }
 
-    fn closed(&mut self, cx: &mut Cx<App>, slot: usize, conn: Conn<AppConn, Tag>) {
-        let encoding = conn.app.encoding();
+    fn closed(&mut self, cx: &mut Cx<App>, slot: usize, mut app: AppConn) {
+        let encoding = app.encoding();
         for room in self.local.leave_all(slot as u32) {
             self.presence_event(cx, &room, slot as u32, false);
             self.tell_owner_left(cx, room, slot as u32, encoding);
         }
-        let mut app = conn.app;
         if app.sse().is_some() {
             self.sse_closed += 1;
         }
         if app.route().is_some() {
             self.ws_closed += 1;
             if !app.has(flag::CLOSE_SENT) {
-                cx.stats.close_none += 1;
+                cx.stats().close_none += 1;
             }
         }
         self.release(&mut app);
@@ -216,7 +214,7 @@ impl App {
                     reply_to(cx, slot, wire::unauthenticated(id));
                 }
                 Intent::Room(RoomOp::Presence { room }) if !self.sessions.may_join(who, &room) => {
-                    cx.stats.forbidden += 1;
+                    cx.stats().forbidden += 1;
                     let e = wire::error("forbidden", "not allowed to see that room");
                     reply_to(cx, slot, e);
                 }
@@ -226,14 +224,14 @@ impl App {
                     }
                 }
                 Intent::Room(RoomOp::Join { room, .. }) if !self.sessions.may_join(who, &room) => {
-                    cx.stats.forbidden += 1;
+                    cx.stats().forbidden += 1;
                     let e = wire::error("forbidden", "not allowed to join that room");
                     reply_to(cx, slot, e);
                 }
                 Intent::Room(RoomOp::Pub { room, id, .. })
                     if !self.sessions.may_publish(who, &room) =>
                 {
-                    cx.stats.forbidden += 1;
+                    cx.stats().forbidden += 1;
                     let msg = "not allowed to publish to that room";
                     reply_to(cx, slot, wire::error_id("forbidden", msg, id));
                 }
@@ -251,7 +249,7 @@ impl App {
                                 encoding,
                                 since,
                             };
-                            cx.mesh.send(owner, msg.into());
+                            cx.mesh().send(owner, msg.into());
                         }
                         Err(JoinRefused::AlreadyJoined) => reply_to(
                             cx,
@@ -277,7 +275,7 @@ impl App {
                     }
                 }
                 Intent::Room(RoomOp::Pub { room, data, id }) => {
-                    cx.stats.published += 1;
+                    cx.stats().published += 1;
                     let owner = self.orderer(&room);
                     let msg = ToOwner::Publish {
                         room,
@@ -287,10 +285,10 @@ impl App {
                         gen,
                         reply: id.map_or(Reply::None, Reply::Ack),
                     };
-                    cx.mesh.send(owner, msg.into());
+                    cx.mesh().send(owner, msg.into());
                     // Flow control: a publisher faster than the owner can take stops being
                     // read until the mesh drains, instead of its messages being dropped.
-                    if cx.mesh.pressure(owner) > cx.mesh.capacity() / MESH_PAUSE_DIVISOR {
+                    if cx.mesh().pressure(owner) > cx.mesh().capacity() / MESH_PAUSE_DIVISOR {
                         if let Some(mut link) = cx.link_any(slot) {
                             if !link.is_paused() {
                                 link.pause();
@@ -308,7 +306,7 @@ impl App {
     fn tell_owner_left(&mut self, cx: &mut Cx<App>, room: Arc<str>, slot: u32, encoding: Encoding) {
         let owner = owner_of(&room, self.shards);
         let shard = self.shard as u16;
-        cx.mesh.send(
+        cx.mesh().send(
             owner,
             ToOwner::Leave {
                 room,
@@ -370,7 +368,7 @@ impl App {
                 continue;
             }
             if let Some(mut link) = cx.link(slot as usize, gen) {
-                link.stats.tokens_expired += 1;
+                link.stats().tokens_expired += 1;
                 fail(&mut link, CloseCode::POLICY_VIOLATION, "token expired");
             }
         }
@@ -381,7 +379,7 @@ impl App {
         if self.gaps.is_empty() {
             return;
         }
-        let cap = cx.out_cap * 4;
+        let cap = cx.out_cap() * 4;
         self.gaps.retain(|&(slot, gen), mine| {
             let Some(mut link) = cx.link(slot as usize, gen) else {
                 // Closed: nothing is owed any more.
@@ -402,7 +400,7 @@ impl App {
     /// Reads paused publishers again once the mesh has drained.
     fn resume_publishers(&mut self, cx: &mut Cx<App>) {
         if self.mesh_paused.is_empty()
-            || cx.mesh.max_pressure() > cx.mesh.capacity() / MESH_RESUME_DIVISOR
+            || cx.mesh().max_pressure() > cx.mesh().capacity() / MESH_RESUME_DIVISOR
         {
             return;
         }
@@ -417,7 +415,7 @@ impl App {
             Msg::Member(m) => self.on_member(cx, m),
             Msg::Api(Api::Ask { shard, req, ask }) => {
                 let answer = self.on_ask(cx, ask);
-                cx.mesh
+                cx.mesh()
                     .send(shard.into(), Api::Answer { req, answer }.into());
             }
             Msg::Api(Api::Answer { req, answer }) => self.on_answer(cx, req, answer),

@@ -187,7 +187,7 @@ impl App {
         };
         if let Some(s) = &session {
             if !rooms.iter().all(|r| s.rights.may_join(r)) {
-                link.stats.forbidden += 1;
+                link.stats().forbidden += 1;
                 self.release(link.app());
                 self.gate.release_user(&s.sub);
                 return refuse(link, Status::Forbidden, "not allowed to join that room");
@@ -225,7 +225,7 @@ impl App {
                 })
                 .collect(),
         });
-        link.stats.sse_opened += 1;
+        link.stats().sse_opened += 1;
         link.start_heartbeat();
         link.establish();
         if let Some(s) = session {

@@ -72,7 +72,7 @@ impl App {
             }
             Parsed::Plain(req) if self.asset(link, &req) => buf.len(),
             Parsed::Plain(req) => {
-                link.stats.http_requests += 1;
+                link.stats().http_requests += 1;
                 let draining = self.drain.active();
                 let (status, content_type, body) =
                     crate::ops::admin::answer(req.path, &self.stats, draining, &self.info);
@@ -152,13 +152,13 @@ impl App {
             match auth.find_token(req).map(|t| auth.verify(t)) {
                 Some(Ok(s)) => session = Some(s),
                 Some(Err(e)) => {
-                    link.stats.auth_failures += 1;
+                    link.stats().auth_failures += 1;
                     refuse(link, Status::Unauthorized, e.reason());
                     return None;
                 }
                 None if late_auth => link.app().set(flag::AUTH_PENDING),
                 None => {
-                    link.stats.auth_failures += 1;
+                    link.stats().auth_failures += 1;
                     refuse(link, Status::Unauthorized, "missing token");
                     return None;
                 }
@@ -207,7 +207,7 @@ impl App {
         {
             return link.abort();
         }
-        let now = link.now_ms;
+        let now = link.now_ms();
         link.app().ep = Endpoint::Ws(Ws {
             route,
             decoder: Decoder::new(),
@@ -216,8 +216,8 @@ impl App {
             last_msg: now,
             deflate: agreed.as_ref().map(|(a, _)| *a),
         });
-        link.stats.upgraded += 1;
-        link.stats.deflate_agreed += u64::from(agreed.is_some());
+        link.stats().upgraded += 1;
+        link.stats().deflate_agreed += u64::from(agreed.is_some());
         link.start_heartbeat();
         if !link.app().has(flag::AUTH_PENDING) {
             link.establish();
@@ -227,7 +227,7 @@ impl App {
     /// Takes one message's worth from the rate-limit bucket; past the burst the
     /// connection is closed with 1008. Cost: a few integer operations.
     fn within_rate(&self, link: L) -> bool {
-        let (rate, burst, now) = (self.cfg.rate, self.cfg.burst, link.now_ms);
+        let (rate, burst, now) = (self.cfg.rate, self.cfg.burst, link.now_ms());
         if rate == 0 {
             return true;
         }
@@ -241,7 +241,7 @@ impl App {
         ws.stamp = now;
         if tokens < 1000 {
             ws.tokens = tokens as u32;
-            link.stats.rate_limited += 1;
+            link.stats().rate_limited += 1;
             fail(link, CloseCode::POLICY_VIOLATION, "rate limit exceeded");
             return false;
         }
@@ -255,7 +255,7 @@ impl App {
         let (mut at, end) = (0, buf.len());
         loop {
             let owed = link.queued().len() + self.acks_owed;
-            if (link.is_full() || owed >= link.out_cap) && !link.is_closing() {
+            if (link.is_full() || owed >= link.out_cap()) && !link.is_closing() {
                 // Backpressure: stop consuming until what we owe the peer has gone out
                 // (acknowledgements count: they come back from the room's owner).
                 link.pause();
@@ -302,8 +302,8 @@ impl App {
                 payload,
                 compressed,
             } => {
-                link.stats.messages_in += 1;
-                let now = link.now_ms;
+                link.stats().messages_in += 1;
+                let now = link.now_ms();
                 let Some(ws) = link.app().ws() else {
                     return;
                 };
@@ -317,7 +317,7 @@ impl App {
                 let Some(codec) = self.codec.as_deref_mut() else {
                     return;
                 };
-                link.stats.deflate_in += 1;
+                link.stats().deflate_in += 1;
                 match codec.inflate(kind, &payload, self.cfg.limits.max_message) {
                     Ok(inflated) => {
                         self.on_message(link, kind, &inflated);
@@ -326,7 +326,7 @@ impl App {
                         }
                     }
                     Err(refused) => {
-                        link.stats.protocol_errors += 1;
+                        link.stats().protocol_errors += 1;
                         let (code, reason) = refused.close();
                         fail(link, code, reason);
                     }
@@ -370,14 +370,14 @@ impl App {
             (Route::Echo, Some(agreed), Some(codec)) => {
                 let frame = codec.frame(kind, payload, agreed.narrow);
                 if link.send(frame).is_ok() {
-                    link.stats.messages_out += 1;
+                    link.stats().messages_out += 1;
                 }
             }
             (Route::Echo, ..) => {
                 // Echo: one allocation for the reply frame, one copy of the payload.
                 let frame = SharedFrame::new(kind.opcode(), payload);
                 if link.send(frame).is_ok() {
-                    link.stats.messages_out += 1;
+                    link.stats().messages_out += 1;
                 }
             }
         }
@@ -441,7 +441,7 @@ impl App {
         let session = match auth.verify(token) {
             Ok(s) => s,
             Err(e) => {
-                link.stats.auth_failures += 1;
+                link.stats().auth_failures += 1;
                 if refresh {
                     return reply(link, wire::error("invalid_token", e.reason()));
                 }
@@ -475,15 +475,15 @@ impl App {
 /// Queues a reply to this connection's own request: past a full ring, up to 4 × its
 /// size (a connection that owes this many replies is not being read).
 pub(super) fn reply(link: L, frame: SharedFrame) {
-    let cap = link.out_cap * 4;
+    let cap = link.out_cap() * 4;
     if link.app().route().is_some() && link.send_up_to(frame, cap).is_ok() {
-        link.stats.messages_out += 1;
+        link.stats().messages_out += 1;
     }
 }
 
 /// The peer broke the protocol: close with the code the rule maps to.
 fn violation(link: L, e: &ProtocolError) {
-    link.stats.protocol_errors += 1;
+    link.stats().protocol_errors += 1;
     link.app().set(flag::BROKEN);
     tracing::debug!(conn = link.gen(), error = %e, "protocol violation");
     fail(link, e.close_code(), e.reason());
@@ -503,7 +503,7 @@ pub(super) fn fail(link: L, code: CloseCode, reason: &str) {
 /// (a close before the upgrade is a refusal, counted by `refuse`).
 fn finish_with_close(link: L, code: u16, frame: Vec<u8>) {
     if link.app().route().is_some() {
-        link.stats.count_close(code);
+        link.stats().count_close(code);
         link.app().set(flag::CLOSE_SENT);
     }
     link.finish(SharedFrame::from_encoded(Arc::from(frame)));
@@ -511,7 +511,7 @@ fn finish_with_close(link: L, code: u16, frame: Vec<u8>) {
 
 /// Refuses a request with an HTTP status and a plain-text reason, then closes.
 pub(super) fn refuse(link: L, status: Status, body: &str) {
-    link.stats.count_refusal(status.code());
+    link.stats().count_refusal(status.code());
     let mut out = Vec::new();
     handshake::reject_response(status, body, &mut out);
     link.finish(SharedFrame::from_encoded(Arc::from(out)));

@@ -72,9 +72,29 @@ pub trait Service: Sized + 'static {
     /// The end of a loop turn, after the mesh was drained: seal batches, publish figures.
     fn end_turn(&mut self, cx: &mut Cx<Self>);
 
-    /// The connection in `slot` is gone (its socket closed, nothing in flight); its state
-    /// is handed back.
-    fn closed(&mut self, cx: &mut Cx<Self>, slot: usize, conn: Conn<Self::Conn, Self::Tag>);
+    /// The connection in `slot` is gone (its socket closed, nothing in flight); the
+    /// service's state of it is handed back (what was still queued is dropped).
+    fn closed(&mut self, cx: &mut Cx<Self>, slot: usize, conn: Self::Conn);
+}
+
+/// The loop turn's clock, read once when the turn starts and lent to every event of it.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    /// When the turn started.
+    pub now: Instant,
+    /// The same in milliseconds since the shard started (coarse; wraps after 49 days).
+    pub now_ms: u32,
+    /// Loop turns so far (a member is slow when frames from earlier turns fill its ring).
+    pub turn: u32,
+}
+
+/// What every connection of a shard is held to, the same for all of them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Rules {
+    /// `--out-ring`: data frames a connection may have queued.
+    pub out_cap: usize,
+    /// How long a closing connection may take to finish closing.
+    pub linger: Duration,
 }
 
 /// A closing connection's deadline.
@@ -87,27 +107,41 @@ pub(crate) struct Deadline {
 
 /// The shard as a service sees it: its connections, its mesh endpoint, its counters.
 pub struct Cx<S: Service> {
-    pub(crate) conns: Slab<Conn<S::Conn, S::Tag>>,
-    pub(crate) flush: Vec<usize>,
+    pub(super) conns: Slab<Conn<S::Conn, S::Tag>>,
+    pub(super) flush: Vec<usize>,
     // Constant timeouts expire in the order they were set, so a FIFO is a timer: O(1) to
     // add, O(expired) to check.
-    pub(crate) lingers: VecDeque<Deadline>,
+    pub(super) lingers: VecDeque<Deadline>,
     /// Paused connections the service wants read again, handled after the turn.
-    pub(crate) resumes: Vec<(usize, u32)>,
+    pub(super) resumes: Vec<(usize, u32)>,
     /// This shard's counters, published once per turn.
-    pub stats: Snapshot,
-    pub mesh: Endpoint<S::Msg>,
-    /// The loop turn's clock, and the same in milliseconds since the shard started.
-    pub(crate) now: Instant,
-    pub now_ms: u32,
-    /// Loop turns so far (a member is slow when frames from earlier turns fill its ring).
-    pub turn: u32,
-    /// `--out-ring`: data frames a connection may have queued.
-    pub out_cap: usize,
-    pub(crate) linger: Duration,
+    pub(super) stats: Snapshot,
+    pub(super) mesh: Endpoint<S::Msg>,
+    pub(super) clock: Clock,
+    pub(super) rules: Rules,
 }
 
 impl<S: Service> Cx<S> {
+    /// This shard's counters (published once per turn).
+    pub fn stats(&mut self) -> &mut Snapshot {
+        &mut self.stats
+    }
+
+    /// This shard's mesh endpoint: send to other shards (and the off-shard threads).
+    pub fn mesh(&mut self) -> &mut Endpoint<S::Msg> {
+        &mut self.mesh
+    }
+
+    /// This loop turn's clock.
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    /// `--out-ring`: data frames a connection may have queued.
+    pub fn out_cap(&self) -> usize {
+        self.rules.out_cap
+    }
+
     /// The connection in `slot`, if that slot holds generation `gen` and is not being torn
     /// down.
     pub fn link(&mut self, slot: usize, gen: u32) -> Option<Link<'_, S::Conn, S::Tag>> {
@@ -124,11 +158,8 @@ impl<S: Service> Cx<S> {
             flush: &mut self.flush,
             lingers: &mut self.lingers,
             stats: &mut self.stats,
-            now: self.now,
-            now_ms: self.now_ms,
-            out_cap: self.out_cap,
-            linger: self.linger,
-            turn: self.turn,
+            clock: self.clock,
+            rules: self.rules,
         })
     }
 
@@ -165,16 +196,10 @@ pub struct Link<'a, A, T> {
     conn: &'a mut Conn<A, T>,
     flush: &'a mut Vec<usize>,
     lingers: &'a mut VecDeque<Deadline>,
-    /// The shard's counters.
-    pub stats: &'a mut Snapshot,
-    now: Instant,
-    /// The shard's coarse clock (ms since it started), set once per loop turn.
-    pub now_ms: u32,
-    /// `--out-ring`.
-    pub out_cap: usize,
-    linger: Duration,
+    stats: &'a mut Snapshot,
     /// The loop turn: what a ring holds from earlier turns is what makes a member slow.
-    turn: u32,
+    clock: Clock,
+    rules: Rules,
 }
 
 impl<'a, A, T: Tag> Link<'a, A, T> {
@@ -184,7 +209,8 @@ impl<'a, A, T: Tag> Link<'a, A, T> {
         flush: &'a mut Vec<usize>,
         lingers: &'a mut VecDeque<Deadline>,
         stats: &'a mut Snapshot,
-        (now, now_ms, out_cap, linger, turn): (Instant, u32, usize, Duration, u32),
+        clock: Clock,
+        rules: Rules,
     ) -> Link<'a, A, T> {
         Link {
             slot,
@@ -192,12 +218,24 @@ impl<'a, A, T: Tag> Link<'a, A, T> {
             flush,
             lingers,
             stats,
-            now,
-            now_ms,
-            out_cap,
-            linger,
-            turn,
+            clock,
+            rules,
         }
+    }
+
+    /// The shard's counters.
+    pub fn stats(&mut self) -> &mut Snapshot {
+        self.stats
+    }
+
+    /// The shard's coarse clock (ms since it started), set once per loop turn.
+    pub fn now_ms(&self) -> u32 {
+        self.clock.now_ms
+    }
+
+    /// `--out-ring`: data frames the connection may have queued.
+    pub fn out_cap(&self) -> usize {
+        self.rules.out_cap
     }
 
     pub fn slot(&self) -> usize {
@@ -220,7 +258,7 @@ impl<'a, A, T: Tag> Link<'a, A, T> {
 
     /// Whether a data frame would be refused: stop consuming input and [`Link::pause`].
     pub fn is_full(&self) -> bool {
-        self.conn.out.is_full(self.out_cap)
+        self.conn.out.is_full(self.rules.out_cap)
     }
 
     /// Whether the connection is closing (its last bytes are queued): send nothing more.
@@ -238,7 +276,7 @@ impl<'a, A, T: Tag> Link<'a, A, T> {
     /// Queues a data frame (a reply, an echo, a delivery). Refused when the ring holds
     /// `--out-ring` frames. Cost: O(1), the caller's clone is the only refcount touched.
     pub fn send(&mut self, frame: SharedFrame) -> Result<(), Full> {
-        self.send_up_to(frame, self.out_cap)
+        self.send_up_to(frame, self.rules.out_cap)
     }
 
     /// Queues a data frame as long as fewer than `cap` are queued.
@@ -246,7 +284,7 @@ impl<'a, A, T: Tag> Link<'a, A, T> {
         if self.is_closing() {
             return Err(Full);
         }
-        self.conn.out.mark_turn(self.turn);
+        self.conn.out.mark_turn(self.clock.turn);
         self.conn.out.push(frame, cap)?;
         self.queue_flush();
         Ok(())
@@ -267,7 +305,7 @@ impl<'a, A, T: Tag> Link<'a, A, T> {
         let pushed = self
             .conn
             .out
-            .push_delivery(frame, tag, self.out_cap, max_bytes, turn);
+            .push_delivery(frame, tag, self.rules.out_cap, max_bytes, turn);
         if !self.conn.out.is_empty() {
             self.queue_flush();
         }
@@ -281,7 +319,7 @@ impl<'a, A, T: Tag> Link<'a, A, T> {
             return Err(Full);
         }
         debug_assert_eq!(tag.kind(), Kind::Delivery);
-        self.conn.out.mark_turn(self.turn);
+        self.conn.out.mark_turn(self.clock.turn);
         self.conn.out.push_tagged(frame, tag, cap)?;
         self.queue_flush();
         Ok(())
@@ -294,7 +332,7 @@ impl<'a, A, T: Tag> Link<'a, A, T> {
             return Err(Full);
         }
         debug_assert_eq!(tag.kind(), Kind::Notice);
-        self.conn.out.mark_turn(self.turn);
+        self.conn.out.mark_turn(self.clock.turn);
         self.conn.out.push_tagged(frame, tag, cap)?;
         self.queue_flush();
         Ok(())
@@ -319,8 +357,8 @@ impl<'a, A, T: Tag> Link<'a, A, T> {
         if self.is_closing() {
             return Err(Full);
         }
-        self.conn.out.mark_turn(self.turn);
-        self.conn.out.push_control(frame, self.out_cap)?;
+        self.conn.out.mark_turn(self.clock.turn);
+        self.conn.out.push_control(frame, self.rules.out_cap)?;
         self.queue_flush();
         Ok(())
     }
@@ -333,12 +371,12 @@ impl<'a, A, T: Tag> Link<'a, A, T> {
         if self.is_closing() {
             return;
         }
-        self.conn.out.mark_turn(self.turn);
-        if let Err(Full) = self.conn.out.push_control(last.clone(), self.out_cap) {
+        self.conn.out.mark_turn(self.clock.turn);
+        if let Err(Full) = self.conn.out.push_control(last.clone(), self.rules.out_cap) {
             // Past even the control slack: what is queued goes (the peer is not reading
             // it), the last bytes still do.
             self.conn.out.clear();
-            let _ = self.conn.out.push_control(last, self.out_cap);
+            let _ = self.conn.out.push_control(last, self.rules.out_cap);
         }
         self.closing();
         self.queue_flush();
@@ -365,7 +403,7 @@ impl<'a, A, T: Tag> Link<'a, A, T> {
         if !self.conn.has(flag::DEADLINE) {
             self.conn.set(flag::DEADLINE);
             self.lingers.push_back(Deadline {
-                at: self.now + self.linger,
+                at: self.clock.now + self.rules.linger,
                 slot: self.slot as u32,
                 gen: self.conn.gen,
             });

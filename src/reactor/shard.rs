@@ -14,7 +14,7 @@ use slab::Slab;
 use super::conn::{flag, Conn};
 use super::drain::{Drain, Schedule};
 use super::heartbeat::{Beat, Heartbeat};
-use super::service::{Cx, Deadline, Link, Service};
+use super::service::{Clock, Cx, Deadline, Link, Rules, Service};
 use super::stats::SharedStats;
 use crate::mesh::Endpoint;
 
@@ -102,13 +102,22 @@ struct Beats<'a, S: Service> {
     flush: &'a mut Vec<usize>,
     lingers: &'a mut VecDeque<Deadline>,
     stats: &'a mut super::stats::Snapshot,
-    clock: (Instant, u32, usize, Duration, u32),
+    clock: Clock,
+    rules: Rules,
     dead: &'a mut Vec<usize>,
 }
 
 impl<S: Service> Beat<S::Conn, S::Tag> for Beats<'_, S> {
     fn ping(&mut self, slot: usize, conn: &mut Conn<S::Conn, S::Tag>) -> bool {
-        let mut link = Link::new(slot, conn, self.flush, self.lingers, self.stats, self.clock);
+        let mut link = Link::new(
+            slot,
+            conn,
+            self.flush,
+            self.lingers,
+            self.stats,
+            self.clock,
+            self.rules,
+        );
         self.service.tick(&mut link)
     }
 
@@ -143,11 +152,15 @@ impl<S: Service> Core<S> {
                 resumes: Vec::new(),
                 stats: Default::default(),
                 mesh: setup.mesh,
-                now,
-                now_ms: 0,
-                turn: 0,
-                out_cap: setup.out_cap,
-                linger: t.linger,
+                clock: Clock {
+                    now,
+                    now_ms: 0,
+                    turn: 0,
+                },
+                rules: Rules {
+                    out_cap: setup.out_cap,
+                    linger: t.linger,
+                },
             },
             service,
             index: setup.index,
@@ -199,8 +212,8 @@ impl<S: Service> Core<S> {
 
     /// Starts a loop turn: sets the coarse clock.
     pub fn begin_turn(&mut self, now: Instant) {
-        self.cx.now = now;
-        self.cx.now_ms = now.saturating_duration_since(self.started).as_millis() as u32;
+        self.cx.clock.now = now;
+        self.cx.clock.now_ms = now.saturating_duration_since(self.started).as_millis() as u32;
     }
 
     /// Registers an accepted socket from `peer` (when known). Returns its slot and
@@ -402,7 +415,8 @@ impl<S: Service> Core<S> {
         conn.out.advance(n);
         // What is left waits for the backend: io_uring sends again at once (the kernel
         // waits for room), epoll waits for EPOLLOUT.
-        if !conn.out.is_empty() && (!conn.has(flag::PAUSED) || conn.out.len() * 2 > self.cx.out_cap)
+        if !conn.out.is_empty()
+            && (!conn.has(flag::PAUSED) || conn.out.len() * 2 > self.cx.rules.out_cap)
         {
             return Next::Nothing;
         }
@@ -434,7 +448,7 @@ impl<S: Service> Core<S> {
                 tls.remove(slot);
             }
             self.cx.stats.closed += 1;
-            self.service.closed(&mut self.cx, slot, conn);
+            self.service.closed(&mut self.cx, slot, conn.app);
         }
     }
 
@@ -442,7 +456,7 @@ impl<S: Service> Core<S> {
     /// batches, push our own messages out, read resumed connections again and publish
     /// our figures.
     pub fn end_turn(&mut self) {
-        self.cx.turn = self.cx.turn.wrapping_add(1);
+        self.cx.clock.turn = self.cx.clock.turn.wrapping_add(1);
         self.drain_mesh(false);
         self.service.end_turn(&mut self.cx);
         // What the service sent itself while ending the turn (an owner's deliveries to its
@@ -557,7 +571,8 @@ impl<S: Service> Core<S> {
             flush: &mut cx.flush,
             lingers: &mut cx.lingers,
             stats: &mut cx.stats,
-            clock: (cx.now, cx.now_ms, cx.out_cap, cx.linger, cx.turn),
+            clock: cx.clock,
+            rules: cx.rules,
             dead: out,
         };
         self.heartbeat.run(now, &mut cx.conns, &mut beats);

@@ -112,7 +112,7 @@ impl Service for Lines {
         cx.stats.members = self.log.len() as u64;
     }
 
-    fn closed(&mut self, _: &mut Cx<Lines>, slot: usize, _: Conn<u32, Kind>) {
+    fn closed(&mut self, _: &mut Cx<Lines>, slot: usize, _: u32) {
         self.closed.push(slot);
     }
 }

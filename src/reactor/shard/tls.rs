@@ -178,7 +178,7 @@ impl<S: Service> Core<S> {
         if wire.is_empty() {
             return;
         }
-        let cap = self.cx.out_cap;
+        let cap = self.cx.rules.out_cap;
         let Some(conn) = self.cx.conns.get_mut(slot) else {
             return;
         };
@@ -287,7 +287,7 @@ impl<S: Service> Core<S> {
             records.seal(record::ALERT, [&[1u8, 0][..]], &mut alert);
             if conn
                 .out
-                .push_control(raw_frame(alert), self.cx.out_cap)
+                .push_control(raw_frame(alert), self.cx.rules.out_cap)
                 .is_ok()
             {
                 s.raw += 1;
