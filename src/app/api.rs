@@ -19,6 +19,7 @@ use crate::reactor::{Cx, Link};
 use crate::rooms::owner_of;
 
 use super::conn::{flag, AppConn};
+use super::figures::Counts;
 use super::slow::{end, Tag};
 use super::{wire, Api, App, ToOwner};
 use crate::gather::{Answer, Ask, Reply};
@@ -76,7 +77,7 @@ struct DisconnectBody {
     reason: Option<String>,
 }
 
-type L<'a, 'b> = &'a mut Link<'b, AppConn, Tag>;
+type L<'a, 'b> = &'a mut Link<'b, AppConn, Tag, Counts>;
 
 /// Answers with `status` and a JSON body, then closes.
 fn respond(link: L, status: Status, body: &str) {
@@ -111,7 +112,7 @@ impl App {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("apikey"))
             .map(|(_, k)| k.trim());
         if !given.is_some_and(|k| same(k.as_bytes(), key.as_bytes())) {
-            link.stats().auth_failures += 1;
+            link.figures().auth_failures += 1;
             error(
                 link,
                 Status::Unauthorized,
@@ -259,7 +260,7 @@ impl App {
         let rooms: Vec<Arc<str>> = rooms.iter().map(|r| Arc::from(&**r)).collect();
         let req = self.next_req;
         for (index, room) in rooms.iter().enumerate() {
-            link.stats().published += 1;
+            link.figures().published += 1;
             self.api_sends.push(ToOwner::Publish {
                 room: room.clone(),
                 data: data.clone(),

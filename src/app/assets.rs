@@ -44,13 +44,13 @@ impl App {
                 let ctype = "text/plain; charset=utf-8";
                 let body = format!("{text}\n");
                 handshake::http_response(status, ctype, &cors, body.as_bytes(), true, &mut out);
-                link.stats().http_requests += 1;
+                link.figures().http_requests += 1;
                 link.finish(SharedFrame::from_encoded(Arc::from(out)));
                 return true;
             }
             _ => return false,
         };
-        link.stats().http_requests += 1;
+        link.figures().http_requests += 1;
         let mut out = Vec::with_capacity(body.len() + 256);
         handshake::http_response(status, ctype, &extra, body, true, &mut out);
         link.finish(SharedFrame::from_encoded(Arc::from(out)));

@@ -85,18 +85,18 @@ impl App {
             return;
         };
         match j.recovered {
-            Some(true) => link.stats().resumed += 1,
-            Some(false) => link.stats().resume_failed += 1,
+            Some(true) => link.figures().resumed += 1,
+            Some(false) => link.figures().resume_failed += 1,
             None => {}
         }
-        link.stats().replayed += j.replay.len() as u64;
+        link.figures().replayed += j.replay.len() as u64;
         let encoding = link.app().encoding();
         if !encoding.is_stream() {
             // Past a full ring like a notice: the replay and live messages behind it
             // mean nothing without it.
             let joined = wire::joined(room, j.seq, j.epoch, j.recovered);
             if link.send_up_to(joined, out_cap * 4).is_ok() {
-                link.stats().messages_out += 1;
+                link.figures().messages_out += 1;
             }
         } else if let Some(stream) = link.app().sse() {
             // The stream's position is what it has been given: where it resumes from

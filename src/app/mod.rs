@@ -23,6 +23,7 @@ mod cluster;
 mod compress;
 pub mod conn;
 mod encoding;
+pub mod figures;
 pub mod gate;
 mod member;
 mod msg;

@@ -80,7 +80,7 @@ impl App {
                 &ws
             };
             if link.send_up_to(frame.clone(), out_cap).is_ok() {
-                link.stats().messages_out += 1;
+                link.figures().messages_out += 1;
             }
         }
     }

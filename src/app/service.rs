@@ -20,6 +20,7 @@ use crate::rooms::{owner_of, JoinRefused};
 use super::auth::{unix_now, Session};
 use super::conn::{flag, AppConn, Endpoint};
 use super::encoding::Encoding;
+use super::figures::Counts;
 use super::slow::{send_gap, Tag};
 use super::sse;
 use super::wire::RoomOp;
@@ -37,6 +38,7 @@ impl Service for App {
     type Conn = AppConn;
     type Msg = Msg;
     type Tag = Tag;
+    type Figures = Counts;
 
     fn open(&mut self, peer: Option<IpAddr>) -> AppConn {
         AppConn::new(peer.map_or(0, gate::peer_key))
@@ -59,7 +61,7 @@ impl Service for App {
         self.pending_bound(conn)
     }
 
-    fn overflow(&mut self, link: &mut Link<'_, AppConn, Tag>) {
+    fn overflow(&mut self, link: &mut Link<'_, AppConn, Tag, Counts>) {
         match link.app().ep {
             Endpoint::Http => super::ws::refuse(
                 link,
@@ -71,7 +73,7 @@ impl Service for App {
         }
     }
 
-    fn tick(&mut self, link: &mut Link<'_, AppConn, Tag>) -> bool {
+    fn tick(&mut self, link: &mut Link<'_, AppConn, Tag, Counts>) -> bool {
         let (idle_ms, now) = (self.cfg.idle_ms, link.now_ms());
         if link.app().sse().is_some() {
             // A comment line keeps proxies from timing the stream out; nothing comes back.
@@ -82,29 +84,28 @@ impl Service for App {
             return false;
         };
         if idle_ms > 0 && now.wrapping_sub(ws.last_msg) >= idle_ms {
-            link.stats().idle_timeouts += 1;
+            link.figures().idle_timeouts += 1;
             fail(link, CloseCode::NORMAL, "idle timeout");
             return false;
         }
         // A control frame: it goes out even past a full ring (up to the control slack).
         if link.send_control(self.ping.clone()).is_ok() {
-            link.stats().pings_sent += 1;
+            link.figures().pings_sent += 1;
         }
         true
     }
 
-    fn handshake_timeout(&mut self, link: &mut Link<'_, AppConn, Tag>) {
-        link.stats().handshake_timeouts += 1;
+    fn handshake_timeout(&mut self, link: &mut Link<'_, AppConn, Tag, Counts>) {
         if link.app().route().is_some() {
             // Upgraded, but the `auth` op never came.
-            link.stats().auth_failures += 1;
+            link.figures().auth_failures += 1;
             fail(link, CloseCode::POLICY_VIOLATION, "authentication timeout");
         } else {
             link.abort();
         }
     }
 
-    fn drain(&mut self, link: &mut Link<'_, AppConn, Tag>) {
+    fn drain(&mut self, link: &mut Link<'_, AppConn, Tag, Counts>) {
         if link.app().sse().is_some() {
             return link.finish(sse::goodbye());
         }
@@ -123,7 +124,7 @@ impl Service for App {
         self.clock(cx.clock().now_ms);
         self.seal(cx);
         if let Some(codec) = self.codec.as_deref_mut() {
-            cx.stats().deflate_out += std::mem::take(&mut codec.compressed);
+            cx.figures().deflate_out += std::mem::take(&mut codec.compressed);
         }
         if self.cfg.backplane {
             for (room, p, joined) in self.owner.ready() {
@@ -141,7 +142,7 @@ impl Service for App {
         self.owner.expire(self.clock_ms);
         self.resume_publishers(cx);
         self.expire_tokens(cx);
-        let s = &mut cx.stats();
+        let s = &mut cx.figures();
         if self.clock_ms >= self.gauge_ms + 1000 {
             self.gauge_ms = self.clock_ms;
             s.history_bytes = self.owner.history_bytes() as u64;
@@ -165,7 +166,7 @@ impl Service for App {
         if app.route().is_some() {
             self.ws_closed += 1;
             if !app.has(flag::CLOSE_SENT) {
-                cx.stats().close_none += 1;
+                cx.figures().close_none += 1;
             }
         }
         self.release(&mut app);
@@ -214,7 +215,7 @@ impl App {
                     reply_to(cx, slot, wire::unauthenticated(id));
                 }
                 Intent::Room(RoomOp::Presence { room }) if !self.sessions.may_join(who, &room) => {
-                    cx.stats().forbidden += 1;
+                    cx.figures().forbidden += 1;
                     let e = wire::error("forbidden", "not allowed to see that room");
                     reply_to(cx, slot, e);
                 }
@@ -224,14 +225,14 @@ impl App {
                     }
                 }
                 Intent::Room(RoomOp::Join { room, .. }) if !self.sessions.may_join(who, &room) => {
-                    cx.stats().forbidden += 1;
+                    cx.figures().forbidden += 1;
                     let e = wire::error("forbidden", "not allowed to join that room");
                     reply_to(cx, slot, e);
                 }
                 Intent::Room(RoomOp::Pub { room, id, .. })
                     if !self.sessions.may_publish(who, &room) =>
                 {
-                    cx.stats().forbidden += 1;
+                    cx.figures().forbidden += 1;
                     let msg = "not allowed to publish to that room";
                     reply_to(cx, slot, wire::error_id("forbidden", msg, id));
                 }
@@ -275,7 +276,7 @@ impl App {
                     }
                 }
                 Intent::Room(RoomOp::Pub { room, data, id }) => {
-                    cx.stats().published += 1;
+                    cx.figures().published += 1;
                     let owner = self.orderer(&room);
                     let msg = ToOwner::Publish {
                         room,
@@ -368,7 +369,7 @@ impl App {
                 continue;
             }
             if let Some(mut link) = cx.link(slot as usize, gen) {
-                link.stats().tokens_expired += 1;
+                link.figures().tokens_expired += 1;
                 fail(&mut link, CloseCode::POLICY_VIOLATION, "token expired");
             }
         }
@@ -430,7 +431,7 @@ impl App {
 /// its position moves there, and a stream on several rooms gets its id block (one on a
 /// single room had the id on every event).
 pub(super) fn advance_stream(
-    link: &mut Link<'_, AppConn, Tag>,
+    link: &mut Link<'_, AppConn, Tag, Counts>,
     room: &str,
     seq: u64,
     queued: bool,

@@ -114,22 +114,22 @@ pub(super) fn offer(
         .deliver(frame.clone(), tag, cfg.max_queued_bytes, turn)
         .is_ok()
     {
-        link.stats().delivered += 1;
+        link.figures().delivered += 1;
         return true;
     }
     let queued = match cfg.slow_policy {
         SlowPolicy::Close => {
-            link.stats().closed_slow += 1;
+            link.figures().closed_slow += 1;
             end(link, CloseCode::POLICY_VIOLATION, "slow consumer");
             return false;
         }
         SlowPolicy::DropNewest => {
-            link.stats().dropped_newest += 1;
+            link.figures().dropped_newest += 1;
             false
         }
         SlowPolicy::DropOldest => {
             if let Some(old) = link.drop_oldest() {
-                link.stats().dropped_oldest += 1;
+                link.figures().dropped_oldest += 1;
                 // A room that no longer has a member here is not this member's any more:
                 // nothing is owed for it.
                 let old_name = if old.room == room {
@@ -157,7 +157,7 @@ pub(super) fn offer(
                 }
                 hit
             });
-            link.stats().dropped_conflated += skipped.len() as u64;
+            link.figures().dropped_conflated += skipped.len() as u64;
             for (from, to) in skipped {
                 owe(gaps, link, (room, name), from, to);
             }
@@ -166,7 +166,7 @@ pub(super) fn offer(
         }
     };
     if queued {
-        link.stats().delivered += 1;
+        link.figures().delivered += 1;
     } else {
         owe(gaps, link, (room, name), tag.first, tag.last);
     }
@@ -233,7 +233,7 @@ pub(super) fn send_gap(link: L<'_, '_>, g: &mut Gap, cap: usize) -> bool {
         .send_notice(frame, Tag::notice(room, from, to), cap)
         .is_ok();
     if sent {
-        link.stats().gap_notices += 1;
+        link.figures().gap_notices += 1;
     } else {
         (g.from, g.to) = (from, to);
     }
@@ -395,7 +395,7 @@ mod tests {
             }
             // b's second batch found two batches left over: a's, the oldest, gave way.
             core.end_turn();
-            assert_eq!(core.cx.stats().dropped_oldest, 1);
+            assert_eq!(core.cx.figures().dropped_oldest, 1);
             let tags = [
                 delivery(&core, "b", 1, 2),
                 delivery(&core, "b", 3, 4),
@@ -421,7 +421,7 @@ mod tests {
             let rooms: Vec<RoomId> = held.iter().map(|t| t.room).collect();
             assert_eq!(rooms, [b_id, a_id, a_id], "deflate: {deflate}");
             publish(&mut core, publisher, &["b"], 2);
-            assert_eq!(core.cx.stats().dropped_conflated, 2);
+            assert_eq!(core.cx.figures().dropped_conflated, 2);
             let tags = [
                 notice(&core, "a", 1, 2),
                 delivery(&core, "a", 3, 4),
@@ -448,7 +448,7 @@ mod tests {
                 publish(&mut core, publisher, &["a", "b"], 2);
             }
             core.end_turn();
-            assert_eq!(core.cx.stats().dropped_newest, 6);
+            assert_eq!(core.cx.figures().dropped_newest, 6);
             let tags = [
                 delivery(&core, "a", 1, 1),
                 delivery(&core, "b", 1, 1),
@@ -475,7 +475,7 @@ mod tests {
                 publish(&mut core, publisher, &["b"], 2);
             }
             core.end_turn();
-            assert_eq!(core.cx.stats().dropped_oldest, 2);
+            assert_eq!(core.cx.figures().dropped_oldest, 2);
             let tags = [
                 <Tag as outring::Tag>::FIXED,
                 delivery(&core, "b", 3, 4),

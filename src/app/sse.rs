@@ -18,6 +18,7 @@ use crate::reactor::Link;
 
 use super::conn::{AppConn, Endpoint};
 use super::encoding::Encoding;
+use super::figures::Counts;
 use super::slow::Tag;
 use super::wire::RoomOp;
 use super::ws::refuse;
@@ -161,7 +162,11 @@ impl App {
     /// `GET /sse`: checks the rooms and everything `/ws` checks at the handshake (drain,
     /// Origin, token, room rights, limits), then starts the stream and joins its rooms,
     /// resuming each from `Last-Event-ID` when the client sent one.
-    pub(super) fn open_stream(&mut self, link: &mut Link<'_, AppConn, Tag>, req: &Request<'_>) {
+    pub(super) fn open_stream(
+        &mut self,
+        link: &mut Link<'_, AppConn, Tag, Counts>,
+        req: &Request<'_>,
+    ) {
         let mut rooms: Vec<Arc<str>> = Vec::new();
         let asked = req.query_value("room");
         for room in asked.iter().flat_map(|v| v.split(',')) {
@@ -187,7 +192,7 @@ impl App {
         };
         if let Some(s) = &session {
             if !rooms.iter().all(|r| s.rights.may_join(r)) {
-                link.stats().forbidden += 1;
+                link.figures().forbidden += 1;
                 self.release(link.app());
                 self.gate.release_user(&s.sub);
                 return refuse(link, Status::Forbidden, "not allowed to join that room");
@@ -225,7 +230,7 @@ impl App {
                 })
                 .collect(),
         });
-        link.stats().sse_opened += 1;
+        link.figures().sse_opened += 1;
         link.start_heartbeat();
         link.establish();
         if let Some(s) = session {

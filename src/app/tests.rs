@@ -41,7 +41,10 @@ fn shard(out_cap: usize, gate: gate::Gate) -> Core<App> {
 }
 
 pub(super) fn shard_with(out_cap: usize, gate: gate::Gate, settings: Settings) -> Core<App> {
-    let stats = Arc::new(SharedStats::new(1));
+    let stats = Arc::new(SharedStats::new(
+        1,
+        <super::figures::Counts as crate::reactor::stats::Figures>::META,
+    ));
     let drain = Arc::new(Drain::new(Duration::from_secs(1)));
     let info = ShardInfo {
         index: 0,
@@ -164,7 +167,7 @@ fn violations_queue_a_close_with_the_mapped_code() {
     core.receive(slot, &mut masked(OpCode::Text, &[0xFF]));
     assert!(core.conn(slot).unwrap().is_closing());
     assert_eq!(&sent(&mut core, slot)[..4], &[0x88, 0x0F, 0x03, 0xEF]); // 1007
-    assert_eq!(core.cx.stats().close_1007, 1);
+    assert_eq!(core.cx.figures().close_1007, 1);
 }
 
 #[test]
@@ -224,7 +227,7 @@ fn a_publish_is_sequenced_encoded_once_and_delivered_to_every_member() {
     assert_eq!(texts(&to_a)[0], r#"{"op":"ack","id":7,"seq":1}"#);
     assert_eq!(texts(&to_b), msgs, "one batch frame holds both");
     assert_eq!(
-        core.cx.stats().delivered,
+        core.cx.figures().delivered,
         2,
         "one shared frame per member per turn"
     );
@@ -235,14 +238,14 @@ fn a_closed_member_leaves_its_rooms() {
     let mut core = shard(8, gate::Gate::default());
     let a = open(&mut core, "/ws?room=r");
     core.end_turn();
-    assert_eq!(core.cx.stats().members, 1);
+    assert_eq!(core.cx.figures().members, 1);
     core.remove(a);
     core.end_turn();
     core.end_turn();
-    assert_eq!(core.cx.stats().members, 0);
-    assert_eq!(core.cx.stats().rooms_owned, 1, "kept for --history-ttl");
+    assert_eq!(core.cx.figures().members, 0);
+    assert_eq!(core.cx.figures().rooms_owned, 1, "kept for --history-ttl");
     assert_eq!(
-        core.cx.stats().close_none,
+        core.cx.figures().close_none,
         1,
         "dropped without a close frame"
     );
@@ -267,7 +270,7 @@ fn without_a_token_in_time_an_upgraded_connection_is_closed_with_1008() {
         &[0x88, 24, 0x03, 0xF0],
         "1008 authentication timeout"
     );
-    assert_eq!(core.cx.stats().auth_failures, 1);
+    assert_eq!(core.cx.figures().auth_failures, 1);
 }
 
 #[test]
@@ -293,7 +296,7 @@ fn after_our_close_frames_are_dropped_until_the_peers_close_ends_it() {
         Next::Nothing
     );
     assert_eq!(
-        core.cx.stats().messages_out,
+        core.cx.figures().messages_out,
         1,
         "nothing echoed after the close"
     );
@@ -365,7 +368,7 @@ fn drop_oldest_keeps_the_newest_when_what_is_queued_is_being_sent() {
         String::from_utf8_lossy(&rest)
     );
     assert_eq!(
-        (core.cx.stats().delivered, core.cx.stats().gap_notices),
+        (core.cx.figures().delivered, core.cx.figures().gap_notices),
         (2, 0)
     );
 }

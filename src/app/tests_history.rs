@@ -81,7 +81,10 @@ fn a_member_that_comes_back_gets_what_it_missed_then_live_without_duplicates() {
         "replay 3..8, then 9 live, once each"
     );
     assert!(got[1..].iter().all(|m| m["data"] == m["seq"]));
-    assert_eq!((core.cx.stats().resumed, core.cx.stats().replayed), (1, 6));
+    assert_eq!(
+        (core.cx.figures().resumed, core.cx.figures().replayed),
+        (1, 6)
+    );
 
     // Another epoch, or no epoch at all: told plainly, then live.
     for join in [
@@ -97,7 +100,7 @@ fn a_member_that_comes_back_gets_what_it_missed_then_live_without_duplicates() {
             (&false.into(), &9.into(), 1)
         );
     }
-    assert_eq!(core.cx.stats().resume_failed, 2);
+    assert_eq!(core.cx.figures().resume_failed, 2);
 }
 
 /// Every seq from 1 to `last` either arrived as a `msg` or inside exactly one `gap`
@@ -178,7 +181,7 @@ fn every_policy_that_skips_messages_says_which_in_gap_notices() {
                 );
             }
         }
-        let s = &core.cx.stats();
+        let s = &core.cx.figures();
         assert!(s.gap_notices > 0);
         let dropped = match policy {
             SlowPolicy::DropOldest => s.dropped_oldest,
@@ -365,7 +368,7 @@ fn a_stream_without_a_room_is_a_400_and_a_drain_ends_streams_with_a_close_event(
     let s = stream(&mut core, "room=a", None);
     core.end_turn();
     sent(&mut core, s);
-    assert_eq!(core.cx.stats().sse_open, 1);
+    assert_eq!(core.cx.figures().sse_open, 1);
     let mut link = core.cx.link_any(s).unwrap();
     crate::reactor::Service::drain(&mut core.service, &mut link);
     let ev = events(&sent(&mut core, s));

@@ -14,12 +14,13 @@ use crate::protocol::{
 use crate::reactor::Link;
 
 use super::conn::{flag, AppConn, Endpoint, Route, Ws};
+use super::figures::Counts;
 use super::gate::{Admitted, Refusal};
 use super::slow::Tag;
 use super::wire::RoomOp;
 use super::{auth, wire, App, Intent};
 
-pub(super) type L<'a, 'b> = &'a mut Link<'b, AppConn, Tag>;
+pub(super) type L<'a, 'b> = &'a mut Link<'b, AppConn, Tag, Counts>;
 
 impl App {
     /// Bytes for one connection. Returns how many were consumed.
@@ -72,7 +73,7 @@ impl App {
             }
             Parsed::Plain(req) if self.asset(link, &req) => buf.len(),
             Parsed::Plain(req) => {
-                link.stats().http_requests += 1;
+                link.figures().http_requests += 1;
                 let draining = self.drain.active();
                 let (status, content_type, body) =
                     crate::ops::admin::answer(req.path, &self.stats, draining, &self.info);
@@ -152,13 +153,13 @@ impl App {
             match auth.find_token(req).map(|t| auth.verify(t)) {
                 Some(Ok(s)) => session = Some(s),
                 Some(Err(e)) => {
-                    link.stats().auth_failures += 1;
+                    link.figures().auth_failures += 1;
                     refuse(link, Status::Unauthorized, e.reason());
                     return None;
                 }
                 None if late_auth => link.app().set(flag::AUTH_PENDING),
                 None => {
-                    link.stats().auth_failures += 1;
+                    link.figures().auth_failures += 1;
                     refuse(link, Status::Unauthorized, "missing token");
                     return None;
                 }
@@ -216,8 +217,8 @@ impl App {
             last_msg: now,
             deflate: agreed.as_ref().map(|(a, _)| *a),
         });
-        link.stats().upgraded += 1;
-        link.stats().deflate_agreed += u64::from(agreed.is_some());
+        link.figures().upgraded += 1;
+        link.figures().deflate_agreed += u64::from(agreed.is_some());
         link.start_heartbeat();
         if !link.app().has(flag::AUTH_PENDING) {
             link.establish();
@@ -241,7 +242,7 @@ impl App {
         ws.stamp = now;
         if tokens < 1000 {
             ws.tokens = tokens as u32;
-            link.stats().rate_limited += 1;
+            link.figures().rate_limited += 1;
             fail(link, CloseCode::POLICY_VIOLATION, "rate limit exceeded");
             return false;
         }
@@ -302,7 +303,7 @@ impl App {
                 payload,
                 compressed,
             } => {
-                link.stats().messages_in += 1;
+                link.figures().messages_in += 1;
                 let now = link.now_ms();
                 let Some(ws) = link.app().ws() else {
                     return;
@@ -317,7 +318,7 @@ impl App {
                 let Some(codec) = self.codec.as_deref_mut() else {
                     return;
                 };
-                link.stats().deflate_in += 1;
+                link.figures().deflate_in += 1;
                 match codec.inflate(kind, &payload, self.cfg.limits.max_message) {
                     Ok(inflated) => {
                         self.on_message(link, kind, &inflated);
@@ -326,7 +327,7 @@ impl App {
                         }
                     }
                     Err(refused) => {
-                        link.stats().protocol_errors += 1;
+                        link.figures().protocol_errors += 1;
                         let (code, reason) = refused.close();
                         fail(link, code, reason);
                     }
@@ -370,14 +371,14 @@ impl App {
             (Route::Echo, Some(agreed), Some(codec)) => {
                 let frame = codec.frame(kind, payload, agreed.narrow);
                 if link.send(frame).is_ok() {
-                    link.stats().messages_out += 1;
+                    link.figures().messages_out += 1;
                 }
             }
             (Route::Echo, ..) => {
                 // Echo: one allocation for the reply frame, one copy of the payload.
                 let frame = SharedFrame::new(kind.opcode(), payload);
                 if link.send(frame).is_ok() {
-                    link.stats().messages_out += 1;
+                    link.figures().messages_out += 1;
                 }
             }
         }
@@ -441,7 +442,7 @@ impl App {
         let session = match auth.verify(token) {
             Ok(s) => s,
             Err(e) => {
-                link.stats().auth_failures += 1;
+                link.figures().auth_failures += 1;
                 if refresh {
                     return reply(link, wire::error("invalid_token", e.reason()));
                 }
@@ -477,13 +478,13 @@ impl App {
 pub(super) fn reply(link: L, frame: SharedFrame) {
     let cap = link.out_cap() * 4;
     if link.app().route().is_some() && link.send_up_to(frame, cap).is_ok() {
-        link.stats().messages_out += 1;
+        link.figures().messages_out += 1;
     }
 }
 
 /// The peer broke the protocol: close with the code the rule maps to.
 fn violation(link: L, e: &ProtocolError) {
-    link.stats().protocol_errors += 1;
+    link.figures().protocol_errors += 1;
     link.app().set(flag::BROKEN);
     tracing::debug!(conn = link.gen(), error = %e, "protocol violation");
     fail(link, e.close_code(), e.reason());
@@ -503,7 +504,7 @@ pub(super) fn fail(link: L, code: CloseCode, reason: &str) {
 /// (a close before the upgrade is a refusal, counted by `refuse`).
 fn finish_with_close(link: L, code: u16, frame: Vec<u8>) {
     if link.app().route().is_some() {
-        link.stats().count_close(code);
+        link.figures().count_close(code);
         link.app().set(flag::CLOSE_SENT);
     }
     link.finish(SharedFrame::from_encoded(Arc::from(frame)));
@@ -511,7 +512,7 @@ fn finish_with_close(link: L, code: u16, frame: Vec<u8>) {
 
 /// Refuses a request with an HTTP status and a plain-text reason, then closes.
 pub(super) fn refuse(link: L, status: Status, body: &str) {
-    link.stats().count_refusal(status.code());
+    link.figures().count_refusal(status.code());
     let mut out = Vec::new();
     handshake::reject_response(status, body, &mut out);
     link.finish(SharedFrame::from_encoded(Arc::from(out)));

@@ -119,7 +119,7 @@ pub fn answer(
         ),
         "/healthz" => (Status::Ok, TEXT, "ok\n".into()),
         "/stats" => {
-            let open = stats.snapshots().iter().map(|s| s.connections).sum();
+            let open = stats.total("connections");
             let extra = info.stats_members(open);
             (Status::Ok, "application/json", stats.to_json_with(&extra))
         }

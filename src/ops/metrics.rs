@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::reactor::stats::{Kind, SharedStats, META};
+use crate::reactor::stats::{Kind, SharedStats};
 
 use super::capacity::Capacity;
 
@@ -16,11 +16,11 @@ pub fn render(
     draining: bool,
     capacity: &Capacity,
 ) -> String {
-    let open: u64 = stats.snapshots().iter().map(|s| s.connections).sum();
-    let snaps: Vec<Vec<u64>> = stats.snapshots().iter().map(|s| s.values()).collect();
+    let open = stats.total("connections");
+    let snaps = stats.values();
     let mut out = String::with_capacity(16 * 1024);
     let mut family = "";
-    for (i, meta) in META.iter().enumerate() {
+    for (i, meta) in stats.meta().enumerate() {
         if meta.family != family {
             family = meta.family;
             let kind = match meta.kind {
@@ -97,9 +97,18 @@ fn fd_limit() -> u64 {
 mod tests {
     use super::*;
 
+    crate::reactor::stats::figures!(
+        /// A service's figures, as the app declares its own.
+        Service {
+            close_1000: Counter "roomcast_closed_total" "code=\"1000\"" "Closes, by code.",
+            close_1008: Counter "roomcast_closed_total" "code=\"1008\"" "",
+        }
+    );
+
     #[test]
     fn every_sample_belongs_to_a_declared_family() {
-        let stats = SharedStats::new(2);
+        use crate::reactor::stats::Figures;
+        let stats = SharedStats::new(2, Service::META);
         let text = render(&stats, 0, false, &crate::ops::admin::Info::empty().capacity);
         let mut declared = std::collections::HashSet::new();
         for line in text.lines() {

@@ -181,7 +181,7 @@ impl Server {
         let recv_buffers = cfg
             .recv_buffers
             .unwrap_or_else(|| recv_buffers_for(shards, cpus.len()));
-        let mut stats = SharedStats::new(shards);
+        let mut stats = SharedStats::new(shards, <S::Figures as stats::Figures>::META);
         stats.config = serde_json::json!({
             "backend": backend.to_string(),
             "shards": shards,

@@ -17,7 +17,7 @@ use slab::Slab;
 
 use super::conn::{flag, Conn};
 use super::outring::{Full, Kind, OutRing, Tag};
-use super::stats::Snapshot;
+use super::stats::{Figures, Transport};
 use crate::mesh::Endpoint;
 use crate::protocol::SharedFrame;
 
@@ -29,6 +29,8 @@ pub trait Service: Sized + 'static {
     type Conn;
     /// What shards (and non-shard mesh endpoints) send each other.
     type Msg: crate::mesh::Message;
+    /// What the service counts on each shard, published with the reactor's figures.
+    type Figures: Figures;
     /// What the service marks each queued frame with (a room and its seqs, say), so that
     /// its slow-consumer policies decide without reading the frame again. Lives in the
     /// ring's heap entries, beside the frame: keep it small, it is paid per queued frame.
@@ -52,19 +54,19 @@ pub trait Service: Sized + 'static {
     fn max_pending(&self, conn: &Self::Conn) -> usize;
 
     /// The connection held more unconsumed input than it may: close it.
-    fn overflow(&mut self, link: &mut Link<'_, Self::Conn, Self::Tag>);
+    fn overflow(&mut self, link: &mut Link<'_, Self::Conn, Self::Tag, Self::Figures>);
 
     /// A heartbeat tick reached a connection marked with [`Link::start_heartbeat`]: send a
     /// ping (or a comment line), or close it if it has been idle too long. Returns whether
     /// the peer must show a sign of life before the pong timeout.
-    fn tick(&mut self, link: &mut Link<'_, Self::Conn, Self::Tag>) -> bool;
+    fn tick(&mut self, link: &mut Link<'_, Self::Conn, Self::Tag, Self::Figures>) -> bool;
 
     /// The handshake deadline passed and the connection has not been
     /// [established](Link::establish). Close it (with [`Link::abort`] or a close frame).
-    fn handshake_timeout(&mut self, link: &mut Link<'_, Self::Conn, Self::Tag>);
+    fn handshake_timeout(&mut self, link: &mut Link<'_, Self::Conn, Self::Tag, Self::Figures>);
 
     /// The drain schedule reached this connection (one with a heartbeat): say goodbye.
-    fn drain(&mut self, link: &mut Link<'_, Self::Conn, Self::Tag>);
+    fn drain(&mut self, link: &mut Link<'_, Self::Conn, Self::Tag, Self::Figures>);
 
     /// A message from another shard (or from this one, or a non-shard endpoint).
     fn message(&mut self, cx: &mut Cx<Self>, msg: Self::Msg);
@@ -114,17 +116,19 @@ pub struct Cx<S: Service> {
     pub(super) lingers: VecDeque<Deadline>,
     /// Paused connections the service wants read again, handled after the turn.
     pub(super) resumes: Vec<(usize, u32)>,
-    /// This shard's counters, published once per turn.
-    pub(super) stats: Snapshot,
+    /// This shard's counters (the reactor's), published once per turn.
+    pub(super) stats: Transport,
+    /// The service's figures, published with them.
+    pub(super) figures: S::Figures,
     pub(super) mesh: Endpoint<S::Msg>,
     pub(super) clock: Clock,
     pub(super) rules: Rules,
 }
 
 impl<S: Service> Cx<S> {
-    /// This shard's counters (published once per turn).
-    pub fn stats(&mut self) -> &mut Snapshot {
-        &mut self.stats
+    /// The service's figures on this shard (published once per turn).
+    pub fn figures(&mut self) -> &mut S::Figures {
+        &mut self.figures
     }
 
     /// This shard's mesh endpoint: send to other shards (and the off-shard threads).
@@ -144,20 +148,20 @@ impl<S: Service> Cx<S> {
 
     /// The connection in `slot`, if that slot holds generation `gen` and is not being torn
     /// down.
-    pub fn link(&mut self, slot: usize, gen: u32) -> Option<Link<'_, S::Conn, S::Tag>> {
+    pub fn link(&mut self, slot: usize, gen: u32) -> Option<Link<'_, S::Conn, S::Tag, S::Figures>> {
         self.link_any(slot).filter(|l| l.conn.gen == gen)
     }
 
     /// The connection in `slot`, whatever its generation (the service is handling one of
     /// its events).
-    pub fn link_any(&mut self, slot: usize) -> Option<Link<'_, S::Conn, S::Tag>> {
+    pub fn link_any(&mut self, slot: usize) -> Option<Link<'_, S::Conn, S::Tag, S::Figures>> {
         let conn = self.conns.get_mut(slot)?;
         Some(Link {
             slot,
             conn,
             flush: &mut self.flush,
             lingers: &mut self.lingers,
-            stats: &mut self.stats,
+            figures: &mut self.figures,
             clock: self.clock,
             rules: self.rules,
         })
@@ -190,42 +194,42 @@ impl<S: Service> Cx<S> {
 }
 
 /// One connection, lent to the service for one event (`A` its state, `T` the tags on its
-/// queued frames).
-pub struct Link<'a, A, T> {
+/// queued frames, `F` the service's figures).
+pub struct Link<'a, A, T, F> {
     slot: usize,
     conn: &'a mut Conn<A, T>,
     flush: &'a mut Vec<usize>,
     lingers: &'a mut VecDeque<Deadline>,
-    stats: &'a mut Snapshot,
+    figures: &'a mut F,
     /// The loop turn: what a ring holds from earlier turns is what makes a member slow.
     clock: Clock,
     rules: Rules,
 }
 
-impl<'a, A, T: Tag> Link<'a, A, T> {
+impl<'a, A, T: Tag, F> Link<'a, A, T, F> {
     pub(crate) fn new(
         slot: usize,
         conn: &'a mut Conn<A, T>,
         flush: &'a mut Vec<usize>,
         lingers: &'a mut VecDeque<Deadline>,
-        stats: &'a mut Snapshot,
+        figures: &'a mut F,
         clock: Clock,
         rules: Rules,
-    ) -> Link<'a, A, T> {
+    ) -> Link<'a, A, T, F> {
         Link {
             slot,
             conn,
             flush,
             lingers,
-            stats,
+            figures,
             clock,
             rules,
         }
     }
 
-    /// The shard's counters.
-    pub fn stats(&mut self) -> &mut Snapshot {
-        self.stats
+    /// The service's figures on this shard.
+    pub fn figures(&mut self) -> &mut F {
+        self.figures
     }
 
     /// The shard's coarse clock (ms since it started), set once per loop turn.

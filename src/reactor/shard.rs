@@ -15,7 +15,7 @@ use super::conn::{flag, Conn};
 use super::drain::{Drain, Schedule};
 use super::heartbeat::{Beat, Heartbeat};
 use super::service::{Clock, Cx, Deadline, Link, Rules, Service};
-use super::stats::SharedStats;
+use super::stats::{SharedStats, Transport};
 use crate::mesh::Endpoint;
 
 /// What the backend must do with a connection after an event.
@@ -101,7 +101,8 @@ struct Beats<'a, S: Service> {
     service: &'a mut S,
     flush: &'a mut Vec<usize>,
     lingers: &'a mut VecDeque<Deadline>,
-    stats: &'a mut super::stats::Snapshot,
+    stats: &'a mut Transport,
+    figures: &'a mut S::Figures,
     clock: Clock,
     rules: Rules,
     dead: &'a mut Vec<usize>,
@@ -114,7 +115,7 @@ impl<S: Service> Beat<S::Conn, S::Tag> for Beats<'_, S> {
             conn,
             self.flush,
             self.lingers,
-            self.stats,
+            self.figures,
             self.clock,
             self.rules,
         );
@@ -151,6 +152,7 @@ impl<S: Service> Core<S> {
                 lingers: VecDeque::new(),
                 resumes: Vec::new(),
                 stats: Default::default(),
+                figures: Default::default(),
                 mesh: setup.mesh,
                 clock: Clock {
                     now,
@@ -511,7 +513,7 @@ impl<S: Service> Core<S> {
         s.fixed_files = self.fixed_files;
         s.mesh_backlog = self.cx.mesh.backlog() as u64;
         s.mesh_dropped = self.cx.mesh.dropped();
-        self.shared.shards[self.index].store(s);
+        self.shared.store(self.index, s, &self.cx.figures);
     }
 
     /// Follows the drain: when it begins, every open stream gets a moment in the window
@@ -571,6 +573,7 @@ impl<S: Service> Core<S> {
             flush: &mut cx.flush,
             lingers: &mut cx.lingers,
             stats: &mut cx.stats,
+            figures: &mut cx.figures,
             clock: cx.clock,
             rules: cx.rules,
             dead: out,
@@ -588,8 +591,8 @@ impl<S: Service> Core<S> {
             if conn.is_closing() || conn.has(flag::ESTABLISHED) {
                 continue;
             }
+            self.cx.stats.handshake_timeouts += 1;
             if self.tls_handshaking(slot) {
-                self.cx.stats.handshake_timeouts += 1;
                 out.push(slot);
                 continue;
             }

@@ -1,6 +1,11 @@
 //! Per-shard figures other threads may read (`/stats`, `/metrics`). Each shard counts in
 //! plain integers and copies them to its own cache line once per loop turn, with relaxed
 //! stores: nothing contended on the hot path.
+//!
+//! Two tables per shard: the reactor's own ([`Transport`]: sockets, bytes, TLS, the mesh,
+//! sends) and the service's ([`Service::Figures`](super::Service::Figures), declared with
+//! [`figures!`]), each with its metadata. Both are published here the same way and read
+//! as one.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -22,158 +27,77 @@ pub struct Meta {
     pub help: &'static str,
 }
 
-macro_rules! shard_figures {
-    ($($name:ident: $kind:ident $family:literal $label:literal $help:literal,)*) => {
-        /// One shard's published figures.
-        #[repr(align(64))]
-        #[derive(Default)]
-        pub struct ShardFigures { $(pub $name: AtomicU64,)* }
+/// A table of figures a shard counts: plain integers, with one [`Meta`] per field.
+pub trait Figures: Default + 'static {
+    /// Every figure's metadata, in declaration order (families are contiguous).
+    const META: &'static [Meta];
+    /// Copies the figures into `slots` (one per [`Figures::META`] entry), relaxed.
+    fn publish(&self, slots: &[AtomicU64]);
+}
 
-        /// A plain copy of one shard's figures; also the shard's own working counters.
+/// No figures (a service that counts nothing of its own).
+impl Figures for () {
+    const META: &'static [Meta] = &[];
+    fn publish(&self, _: &[AtomicU64]) {}
+}
+
+/// Declares a [`Figures`] table: `name: Counter|Gauge "family" "label" "help",` per field.
+macro_rules! figures {
+    ($(#[$doc:meta])* $table:ident { $($name:ident: $kind:ident $family:literal $label:literal $help:literal,)* }) => {
+        $(#[$doc])*
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-        pub struct Snapshot { $(pub $name: u64,)* }
+        pub struct $table { $(pub $name: u64,)* }
 
-        impl ShardFigures {
-            pub fn store(&self, s: &Snapshot) {
-                $(self.$name.store(s.$name, Ordering::Relaxed);)*
-            }
+        impl $crate::reactor::stats::Figures for $table {
+            const META: &'static [$crate::reactor::stats::Meta] = &[$($crate::reactor::stats::Meta {
+                field: stringify!($name),
+                family: $family,
+                label: $label,
+                kind: $crate::reactor::stats::Kind::$kind,
+                help: $help,
+            },)*];
 
-            pub fn load(&self) -> Snapshot {
-                Snapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+            fn publish(&self, slots: &[std::sync::atomic::AtomicU64]) {
+                let mut slots = slots.iter();
+                $(if let Some(s) = slots.next() {
+                    s.store(self.$name, std::sync::atomic::Ordering::Relaxed);
+                })*
             }
         }
-
-        impl Snapshot {
-            /// Every figure with its value, in declaration order.
-            pub fn values(&self) -> Vec<u64> {
-                vec![$(self.$name,)*]
-            }
-        }
-
-        /// Every figure's metadata, in declaration order (families are contiguous).
-        pub const META: &[Meta] = &[$(Meta {
-            field: stringify!($name),
-            family: $family,
-            label: $label,
-            kind: Kind::$kind,
-            help: $help,
-        },)*];
     };
 }
+pub(crate) use figures;
 
-shard_figures!(
-    connections: Gauge "roomcast_connections" "" "Sockets open on the shard, in any phase.",
-    upgraded_open: Gauge "roomcast_websockets" "" "Upgraded WebSocket connections open on the shard.",
-    fixed_files: Gauge "roomcast_fixed_files_limit" "" "Size of the shard's io_uring fixed-file table (0 on epoll).",
-    accepted: Counter "roomcast_accepted_total" "" "Sockets accepted.",
-    upgraded: Counter "roomcast_upgraded_total" "" "Handshakes completed with 101.",
-    http_requests: Counter "roomcast_http_requests_total" "" "Plain HTTP requests answered (healthz, stats, metrics).",
-    closed: Counter "roomcast_sockets_closed_total" "" "Sockets closed, for any reason.",
-    close_1000: Counter "roomcast_closed_total" "code=\"1000\"" "WebSocket connections closed, by the close code sent or echoed (none: dropped without a close frame).",
-    close_1001: Counter "roomcast_closed_total" "code=\"1001\"" "",
-    close_1002: Counter "roomcast_closed_total" "code=\"1002\"" "",
-    close_1003: Counter "roomcast_closed_total" "code=\"1003\"" "",
-    close_1007: Counter "roomcast_closed_total" "code=\"1007\"" "",
-    close_1008: Counter "roomcast_closed_total" "code=\"1008\"" "",
-    close_1009: Counter "roomcast_closed_total" "code=\"1009\"" "",
-    close_1011: Counter "roomcast_closed_total" "code=\"1011\"" "",
-    close_other: Counter "roomcast_closed_total" "code=\"other\"" "",
-    close_none: Counter "roomcast_closed_total" "code=\"none\"" "",
-    refused_400: Counter "roomcast_handshake_refused_total" "status=\"400\"" "Handshakes refused, by HTTP status.",
-    refused_401: Counter "roomcast_handshake_refused_total" "status=\"401\"" "",
-    refused_403: Counter "roomcast_handshake_refused_total" "status=\"403\"" "",
-    refused_404: Counter "roomcast_handshake_refused_total" "status=\"404\"" "",
-    refused_405: Counter "roomcast_handshake_refused_total" "status=\"405\"" "",
-    refused_426: Counter "roomcast_handshake_refused_total" "status=\"426\"" "",
-    refused_429: Counter "roomcast_handshake_refused_total" "status=\"429\"" "",
-    refused_431: Counter "roomcast_handshake_refused_total" "status=\"431\"" "",
-    refused_503: Counter "roomcast_handshake_refused_total" "status=\"503\"" "",
-    handshake_timeouts: Counter "roomcast_handshake_timeouts_total" "" "Sockets closed for not finishing the handshake (or first-message auth) in time.",
-    messages_in: Counter "roomcast_messages_in_total" "" "WebSocket messages received.",
-    messages_out: Counter "roomcast_messages_out_total" "" "Messages queued to clients (echoes, replies, deliveries).",
-    bytes_in: Counter "roomcast_bytes_in_total" "" "Bytes received from clients.",
-    bytes_out: Counter "roomcast_bytes_out_total" "" "Bytes sent to clients.",
-    tls_handshakes: Counter "roomcast_tls_handshakes_total" "outcome=\"ok\"" "TLS handshakes, by outcome (failed: refused by rustls, plain HTTP on the TLS port, keys not taken over).",
-    tls_failed: Counter "roomcast_tls_handshakes_total" "outcome=\"failed\"" "",
-    deflate_agreed: Counter "roomcast_deflate_agreed_total" "" "Handshakes that agreed to permessage-deflate (--deflate).",
-    deflate_in: Counter "roomcast_deflate_messages_total" "direction=\"in\"" "Compressed messages: received (in); compressed to send (out: once per message of a room batch and encoding in use, shared by the members, or once per echo and replayed message).",
-    deflate_out: Counter "roomcast_deflate_messages_total" "direction=\"out\"" "",
-    protocol_errors: Counter "roomcast_protocol_errors_total" "" "Connections failed for breaking RFC 6455.",
-    rate_limited: Counter "roomcast_rate_limited_total" "" "Connections closed for exceeding --rate/--burst.",
-    pings_sent: Counter "roomcast_pings_sent_total" "" "Heartbeat pings sent.",
-    pong_timeouts: Counter "roomcast_pong_timeouts_total" "" "Connections dropped for silence after a ping.",
-    idle_timeouts: Counter "roomcast_idle_timeouts_total" "" "Connections closed by --idle-timeout.",
-    auth_failures: Counter "roomcast_auth_failures_total" "" "Tokens refused (missing, invalid or expired), at the handshake or in a message.",
-    tokens_expired: Counter "roomcast_tokens_expired_total" "" "Connections closed because their token expired mid-connection.",
-    forbidden: Counter "roomcast_forbidden_total" "" "Joins and publishes refused by the token's room rights.",
-    rooms_owned: Gauge "roomcast_rooms_owned" "" "Rooms whose owner is this shard.",
-    rooms_local: Gauge "roomcast_rooms_local" "" "Rooms with members on this shard.",
-    members: Gauge "roomcast_members" "" "Room memberships on this shard.",
-    published: Counter "roomcast_published_total" "" "Messages published by this shard's connections.",
-    delivered: Counter "roomcast_delivered_total" "" "Deliveries queued to members on this shard.",
-    dropped_oldest: Counter "roomcast_slow_dropped_total" "policy=\"drop-oldest\"" "Deliveries dropped by the slow-consumer policy.",
-    dropped_newest: Counter "roomcast_slow_dropped_total" "policy=\"drop-newest\"" "",
-    dropped_conflated: Counter "roomcast_slow_dropped_total" "policy=\"conflate\"" "",
-    closed_slow: Counter "roomcast_slow_closed_total" "" "Members closed by the slow-consumer policy (close).",
-    gap_notices: Counter "roomcast_gap_notices_total" "" "Gap notices queued to members whose slow-consumer policy skipped messages.",
-    resumed: Counter "roomcast_resumes_total" "outcome=\"recovered\"" "Joins with `since` (or an SSE Last-Event-ID), by whether the history covered what was missed.",
-    resume_failed: Counter "roomcast_resumes_total" "outcome=\"not_recovered\"" "",
-    replayed: Counter "roomcast_replayed_total" "" "Messages replayed from history to resuming members.",
-    history_bytes: Gauge "roomcast_history_bytes" "" "Heap bytes held by the history of rooms this shard owns.",
-    sse_open: Gauge "roomcast_sse_streams" "" "Server-sent event streams (/sse) open on the shard.",
-    sse_opened: Counter "roomcast_sse_streams_total" "" "Server-sent event streams (/sse) started.",
-    mesh_backlog: Gauge "roomcast_mesh_backlog" "" "Messages waiting for room in the shard's outgoing SPSC queues.",
-    mesh_dropped: Counter "roomcast_mesh_dropped_total" "" "Deliveries dropped because the mesh backlog was full.",
-    sends_deferred: Counter "roomcast_sends_deferred_total" "" "Flushes that could not send everything queued before the loop slept: an earlier send still in flight (io_uring) or a full socket (epoll). At a low rate this stays 0: a message leaves in the turn it was published.",
+figures!(
+    /// The reactor's figures of one shard.
+    Transport {
+        connections: Gauge "roomcast_connections" "" "Sockets open on the shard, in any phase.",
+        fixed_files: Gauge "roomcast_fixed_files_limit" "" "Size of the shard's io_uring fixed-file table (0 on epoll).",
+        accepted: Counter "roomcast_accepted_total" "" "Sockets accepted.",
+        closed: Counter "roomcast_sockets_closed_total" "" "Sockets closed, for any reason.",
+        handshake_timeouts: Counter "roomcast_handshake_timeouts_total" "" "Sockets closed for not finishing the handshake (or first-message auth) in time.",
+        bytes_in: Counter "roomcast_bytes_in_total" "" "Bytes received from clients.",
+        bytes_out: Counter "roomcast_bytes_out_total" "" "Bytes sent to clients.",
+        tls_handshakes: Counter "roomcast_tls_handshakes_total" "outcome=\"ok\"" "TLS handshakes, by outcome (failed: refused by rustls, plain HTTP on the TLS port, keys not taken over).",
+        tls_failed: Counter "roomcast_tls_handshakes_total" "outcome=\"failed\"" "",
+        pong_timeouts: Counter "roomcast_pong_timeouts_total" "" "Connections dropped for silence after a ping.",
+        mesh_backlog: Gauge "roomcast_mesh_backlog" "" "Messages waiting for room in the shard's outgoing SPSC queues.",
+        mesh_dropped: Counter "roomcast_mesh_dropped_total" "" "Deliveries dropped because the mesh backlog was full.",
+        sends_deferred: Counter "roomcast_sends_deferred_total" "" "Flushes that could not send everything queued before the loop slept: an earlier send still in flight (io_uring) or a full socket (epoll). At a low rate this stays 0: a message leaves in the turn it was published.",
+    }
 );
 
-impl Snapshot {
-    /// `{"name":value,…}`
-    pub fn to_json(&self) -> String {
-        let parts: Vec<String> = META
-            .iter()
-            .zip(self.values())
-            .map(|(m, v)| format!("\"{}\":{v}", m.field))
-            .collect();
-        format!("{{{}}}", parts.join(","))
-    }
-
-    /// Counts a close frame queued with `code` (ours, or the echo of the peer's).
-    pub fn count_close(&mut self, code: u16) {
-        let field = match code {
-            1000 => &mut self.close_1000,
-            1001 => &mut self.close_1001,
-            1002 => &mut self.close_1002,
-            1003 => &mut self.close_1003,
-            1007 => &mut self.close_1007,
-            1008 => &mut self.close_1008,
-            1009 => &mut self.close_1009,
-            1011 => &mut self.close_1011,
-            _ => &mut self.close_other,
-        };
-        *field += 1;
-    }
-
-    /// Counts a handshake refused with HTTP `status`.
-    pub fn count_refusal(&mut self, status: u16) {
-        let field = match status {
-            400 => &mut self.refused_400,
-            401 => &mut self.refused_401,
-            403 => &mut self.refused_403,
-            405 => &mut self.refused_405,
-            426 => &mut self.refused_426,
-            429 => &mut self.refused_429,
-            431 => &mut self.refused_431,
-            503 => &mut self.refused_503,
-            _ => &mut self.refused_404,
-        };
-        *field += 1;
-    }
-}
+/// One shard's published figures: the reactor's, then the service's.
+#[repr(align(64))]
+struct ShardSlots(Box<[AtomicU64]>);
 
 /// Every shard's figures.
 pub struct SharedStats {
-    pub shards: Vec<ShardFigures>,
+    shards: Vec<ShardSlots>,
+    /// How many of each shard's slots are the reactor's.
+    transport: usize,
+    /// The figures, in slot order: the reactor's, then the service's.
+    meta: Vec<Meta>,
     /// The settings that shape capacity (shards, receive pool, heartbeat), as a JSON
     /// object for `/stats`: `roomcast-bench calibrate` reads them.
     pub config: String,
@@ -186,15 +110,59 @@ impl std::fmt::Debug for SharedStats {
 }
 
 impl SharedStats {
-    pub fn new(n: usize) -> SharedStats {
+    /// Slots for `n` shards of a service whose figures are `service`.
+    pub fn new(n: usize, service: &'static [Meta]) -> SharedStats {
+        let transport = Transport::META.len();
+        let meta: Vec<Meta> = Transport::META.iter().chain(service).copied().collect();
+        for (i, m) in meta.iter().enumerate() {
+            assert!(
+                meta[..i].iter().all(|o| o.field != m.field),
+                "figure {} declared twice",
+                m.field
+            );
+        }
+        let slots = meta.len();
         SharedStats {
-            shards: (0..n).map(|_| ShardFigures::default()).collect(),
+            shards: (0..n)
+                .map(|_| ShardSlots((0..slots).map(|_| AtomicU64::new(0)).collect()))
+                .collect(),
+            transport,
+            meta,
             config: "{}".into(),
         }
     }
 
-    pub fn snapshots(&self) -> Vec<Snapshot> {
-        self.shards.iter().map(ShardFigures::load).collect()
+    /// Publishes shard `shard`'s figures. Cost: one relaxed store per figure.
+    pub fn store(&self, shard: usize, transport: &Transport, service: &impl Figures) {
+        let slots = &self.shards[shard].0;
+        transport.publish(&slots[..self.transport]);
+        service.publish(&slots[self.transport..]);
+    }
+
+    /// The figures shown, in order.
+    pub fn meta(&self) -> impl Iterator<Item = &Meta> {
+        self.meta.iter()
+    }
+
+    /// Each shard's values, in [`SharedStats::meta`]'s order.
+    pub fn values(&self) -> Vec<Vec<u64>> {
+        self.shards
+            .iter()
+            .map(|s| s.0.iter().map(|v| v.load(Ordering::Relaxed)).collect())
+            .collect()
+    }
+
+    /// A figure summed over the shards (0 if no table declares it).
+    pub fn total(&self, field: &str) -> u64 {
+        (0..self.shards.len()).map(|s| self.value(s, field)).sum()
+    }
+
+    /// One shard's figure (0 if no table declares it).
+    pub fn value(&self, shard: usize, field: &str) -> u64 {
+        self.meta
+            .iter()
+            .position(|m| m.field == field)
+            .map_or(0, |i| self.shards[shard].0[i].load(Ordering::Relaxed))
     }
 
     /// `/stats`: totals and one object per shard.
@@ -204,15 +172,24 @@ impl SharedStats {
 
     /// `/stats` with more members (`,"name":value…`) before the shards.
     pub fn to_json_with(&self, extra: &str) -> String {
-        let snaps = self.snapshots();
-        let sum = |f: fn(&Snapshot) -> u64| snaps.iter().map(f).sum::<u64>();
-        let per: Vec<String> = snaps.iter().map(Snapshot::to_json).collect();
+        let per: Vec<String> = self
+            .values()
+            .iter()
+            .map(|values| {
+                let parts: Vec<String> = self
+                    .meta()
+                    .zip(values)
+                    .map(|(m, v)| format!("\"{}\":{v}", m.field))
+                    .collect();
+                format!("{{{}}}", parts.join(","))
+            })
+            .collect();
         format!(
             "{{\"connections\":{},\"websockets\":{},\"rooms\":{},\"members\":{},\"config\":{}{extra},\"shards\":[{}]}}\n",
-            sum(|s| s.connections),
-            sum(|s| s.upgraded_open),
-            sum(|s| s.rooms_owned),
-            sum(|s| s.members),
+            self.total("connections"),
+            self.total("upgraded_open"),
+            self.total("rooms_owned"),
+            self.total("members"),
             self.config,
             per.join(",")
         )

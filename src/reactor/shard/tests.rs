@@ -32,10 +32,18 @@ fn frame(bytes: &[u8]) -> SharedFrame {
     SharedFrame::from_encoded(Arc::from(bytes))
 }
 
+crate::reactor::stats::figures!(
+    /// What the test service counts.
+    LineFigures {
+        members: Gauge "lines_held" "" "Lines the test service logged.",
+    }
+);
+
 impl Service for Lines {
     type Conn = u32;
     type Tag = Kind;
     type Msg = Note;
+    type Figures = LineFigures;
 
     fn open(&mut self, _: Option<std::net::IpAddr>) -> u32 {
         0
@@ -78,22 +86,22 @@ impl Service for Lines {
         16
     }
 
-    fn overflow(&mut self, link: &mut Link<'_, u32, Kind>) {
+    fn overflow(&mut self, link: &mut Link<'_, u32, Kind, LineFigures>) {
         self.log.push("overflow".into());
         link.abort();
     }
 
-    fn tick(&mut self, link: &mut Link<'_, u32, Kind>) -> bool {
+    fn tick(&mut self, link: &mut Link<'_, u32, Kind, LineFigures>) -> bool {
         let _ = link.send_control(frame(b"ping\n"));
         true
     }
 
-    fn handshake_timeout(&mut self, link: &mut Link<'_, u32, Kind>) {
+    fn handshake_timeout(&mut self, link: &mut Link<'_, u32, Kind, LineFigures>) {
         self.log.push("handshake timeout".into());
         link.abort();
     }
 
-    fn drain(&mut self, link: &mut Link<'_, u32, Kind>) {
+    fn drain(&mut self, link: &mut Link<'_, u32, Kind, LineFigures>) {
         link.finish(frame(b"going away\n"));
     }
 
@@ -109,7 +117,7 @@ impl Service for Lines {
         }
         cx.mesh.send(0, Note("sent myself"));
         self.log.push("end".into());
-        cx.stats.members = self.log.len() as u64;
+        cx.figures().members = self.log.len() as u64;
     }
 
     fn closed(&mut self, _: &mut Cx<Lines>, slot: usize, _: u32) {
@@ -132,7 +140,10 @@ fn core(out_cap: usize) -> (Core<Lines>, Arc<Drain>) {
         },
         out_cap,
         drain: drain.clone(),
-        shared: Arc::new(SharedStats::new(1)),
+        shared: Arc::new(SharedStats::new(
+            1,
+            <LineFigures as crate::reactor::stats::Figures>::META,
+        )),
         tls: None,
     };
     (Core::new(Lines::default(), setup), drain)
@@ -312,7 +323,7 @@ fn mesh_messages_reach_the_service_at_the_end_of_the_turn() {
     core.mesh().send(0, Note("to myself"));
     core.end_turn();
     assert_eq!(core.service.log, ["to myself", "end", "sent myself"]);
-    assert_eq!(core.shared.shards[0].load().members, 2, "figures published");
+    assert_eq!(core.shared.value(0, "members"), 2, "figures published");
 }
 
 #[test]
