@@ -79,6 +79,17 @@ struct DisconnectBody {
 
 type L<'a, 'b> = &'a mut Link<'b, AppConn, Tag, Counts>;
 
+/// The server API on a shard: what a request of the connection being handled asks of the
+/// shards (sent right after), and the requests waiting for their answers.
+#[derive(Default)]
+pub(super) struct Requests {
+    pub sends: Vec<ToOwner>,
+    pub asks: Vec<(usize, u32, Ask)>,
+    pub waits: Vec<Wait>,
+    /// The number of the next API request on this shard.
+    pub next_req: u32,
+}
+
 /// Answers with `status` and a JSON body, then closes.
 fn respond(link: L, status: Status, body: &str) {
     let mut out = Vec::with_capacity(128 + body.len());
@@ -258,10 +269,10 @@ impl App {
         // One copy out of the request, shared by every room's history and delivery.
         let data: Arc<str> = Arc::from(data.get());
         let rooms: Vec<Arc<str>> = rooms.iter().map(|r| Arc::from(&**r)).collect();
-        let req = self.next_req;
+        let req = self.api.next_req;
         for (index, room) in rooms.iter().enumerate() {
             link.figures().published += 1;
-            self.api_sends.push(ToOwner::Publish {
+            self.api.sends.push(ToOwner::Publish {
                 room: room.clone(),
                 data: data.clone(),
                 shard: self.shard as u16,
@@ -318,7 +329,7 @@ impl App {
             owner_of(&room, self.shards)
         };
         let ask = Ask::History { room, since, limit };
-        self.api_asks.push((owner, self.next_req, ask));
+        self.api.asks.push((owner, self.api.next_req, ask));
         self.wait(link, 1, Acc::History);
     }
 
@@ -361,18 +372,18 @@ impl App {
         let backplane = usize::from(self.cfg.backplane);
         for shard in 1..self.shards + backplane {
             let to = (self.shard + shard) % (self.shards + backplane);
-            self.api_asks.push((to, self.next_req, ask.clone()));
+            self.api.asks.push((to, self.api.next_req, ask.clone()));
         }
-        self.api_asks.push((self.shard, self.next_req, ask));
+        self.api.asks.push((self.shard, self.api.next_req, ask));
         self.wait(link, self.shards + backplane, acc);
     }
 
     /// Records a request whose `left` answers are coming, under the next request number
     /// (the one its messages were sent with).
     fn wait(&mut self, link: L, left: usize, acc: Acc) {
-        let req = self.next_req;
-        self.next_req = self.next_req.wrapping_add(1);
-        self.api_waits.push(Wait {
+        let req = self.api.next_req;
+        self.api.next_req = self.api.next_req.wrapping_add(1);
+        self.api.waits.push(Wait {
             req,
             slot: link.slot() as u32,
             gen: link.gen(),
@@ -383,14 +394,14 @@ impl App {
 
     /// Sends what API requests of this connection's input asked of the shards.
     pub(super) fn send_api(&mut self, cx: &mut Cx<App>) {
-        for msg in std::mem::take(&mut self.api_sends) {
+        for msg in std::mem::take(&mut self.api.sends) {
             let ToOwner::Publish { room, .. } = &msg else {
                 continue;
             };
             cx.mesh().send(self.orderer(room), msg.into());
         }
         let me = self.shard as u16;
-        for (shard, req, ask) in self.api_asks.drain(..) {
+        for (shard, req, ask) in self.api.asks.drain(..) {
             cx.mesh().send(
                 shard,
                 Api::Ask {
@@ -407,12 +418,12 @@ impl App {
     pub(super) fn on_ask(&mut self, cx: &mut Cx<App>, ask: Ask) -> Answer {
         match ask {
             Ask::History { room, since, limit } => {
-                Answer::History(self.owner.page(&room, since, limit))
+                Answer::History(self.owner.rooms.page(&room, since, limit))
             }
             Ask::Presence { room } => {
                 // Members on their way out (closing) no longer count.
                 let mut present = Vec::new();
-                for &slot in self.local.members(&room) {
+                for &slot in self.members.local.members(&room) {
                     if cx.link_any(slot as usize).is_some_and(|l| !l.is_closing()) {
                         present.push(slot);
                     }
@@ -426,7 +437,7 @@ impl App {
                     users,
                 }
             }
-            Ask::Rooms => Answer::Rooms(self.owner.rooms()),
+            Ask::Rooms => Answer::Rooms(self.owner.rooms.rooms()),
             Ask::Disconnect { user, code, reason } => {
                 let slots = self.sessions.slots_of(&user);
                 let mut closed = 0;
@@ -445,10 +456,10 @@ impl App {
 
     /// An answer for API request `req`: once all are in, the response.
     pub(super) fn on_answer(&mut self, cx: &mut Cx<App>, req: u32, answer: Answer) {
-        let Some(i) = self.api_waits.iter().position(|w| w.req == req) else {
+        let Some(i) = self.api.waits.iter().position(|w| w.req == req) else {
             return;
         };
-        let w = &mut self.api_waits[i];
+        let w = &mut self.api.waits[i];
         let (slot, gen) = (w.slot, w.gen);
         w.left = w.left.saturating_sub(1);
         match (&mut w.acc, answer) {
@@ -463,7 +474,7 @@ impl App {
                 }
             }
             (Acc::History, Answer::Unavailable { .. }) => {
-                let w = self.api_waits.swap_remove(i);
+                let w = self.api.waits.swap_remove(i);
                 if let Some(mut link) = cx.link(slot as usize, gen) {
                     unavailable(&mut link, false);
                 }
@@ -483,7 +494,7 @@ impl App {
             (Acc::Rooms(all), Answer::Rooms(mut r)) => all.append(&mut r),
             (Acc::Closed(n), Answer::Closed(m)) => *n += m,
             (Acc::History, Answer::History(page)) => {
-                let w = self.api_waits.swap_remove(i);
+                let w = self.api.waits.swap_remove(i);
                 if let Some(mut link) = cx.link(slot as usize, gen) {
                     match page {
                         Some(p) => respond(&mut link, Status::Ok, &page_json(&p)),
@@ -503,7 +514,7 @@ impl App {
         if w.left > 0 {
             return;
         }
-        let w = self.api_waits.swap_remove(i);
+        let w = self.api.waits.swap_remove(i);
         let Some(mut link) = cx.link(slot as usize, gen) else {
             return;
         };

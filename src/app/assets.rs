@@ -35,7 +35,7 @@ impl App {
                 let (status, text) = self.probe(link, req);
                 // Readable from a page on an allowed origin (the client's fetch).
                 let cors = match req.origin {
-                    Some(o) if self.gate.origin_allowed(Some(o)) => {
+                    Some(o) if self.front.gate.origin_allowed(Some(o)) => {
                         format!("Access-Control-Allow-Origin: {o}\r\nVary: Origin\r\n")
                     }
                     _ => String::new(),
@@ -62,8 +62,8 @@ impl App {
     /// (401), the connection limits (503 full, 429 per address or user), else 400 (send
     /// the upgrade). A missing token is not refused on `/ws`: it may come in an `auth` op.
     fn probe(&self, link: L, req: &Request<'_>) -> (Status, &'static str) {
-        let gate = &self.gate;
-        if self.drain.active() {
+        let gate = &self.front.gate;
+        if self.front.drain.active() {
             return (Status::ServiceUnavailable, "server shutting down");
         }
         if !gate.origin_allowed(req.origin) {

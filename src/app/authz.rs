@@ -5,7 +5,8 @@
 //! those of its token (see [`super::auth`]); one without a session yet (first-message
 //! auth pending) may do nothing.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 
 use super::auth::Session;
 
@@ -15,6 +16,9 @@ pub struct Sessions {
     /// Whether auth is configured at all.
     pub required: bool,
     by_slot: HashMap<u32, Session>,
+    /// Token expiries, earliest first: (exp, slot, generation). A refresh pushes a new
+    /// entry; a stale one is recognized by the session's own `exp`.
+    pub expiries: BinaryHeap<Reverse<(u64, u32, u32)>>,
 }
 
 impl Sessions {
@@ -22,6 +26,7 @@ impl Sessions {
         Sessions {
             required,
             by_slot: HashMap::new(),
+            expiries: BinaryHeap::new(),
         }
     }
 

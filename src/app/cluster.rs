@@ -26,9 +26,10 @@ impl App {
                 if !fetch {
                     self.seal(cx);
                 }
-                let before = self.owner.position(&room).filter(|_| !fetch);
+                let before = self.owner.rooms.position(&room).filter(|_| !fetch);
                 let (answered, fetch) =
                     self.owner
+                        .rooms
                         .synced(&room, (epoch, seq), entries, (fetch, sub));
                 if let Some((old, _)) = before.filter(|&(e, _)| e != epoch) {
                     tracing::warn!(room = %room, old, epoch, "a room's sequence started over in Redis: members are told");
@@ -54,17 +55,17 @@ impl App {
                 seq,
                 data,
             } => {
-                if self.owner.must_seal(&room, epoch, seq) {
+                if self.owner.rooms.must_seal(&room, epoch, seq) {
                     self.seal(cx);
                 }
-                if self.owner.arrive(&room, epoch, seq, data) {
+                if self.owner.rooms.arrive(&room, epoch, seq, data) {
                     tracing::warn!(room = %room, epoch, "a room's sequence started over in Redis: members are told");
                     self.reset(cx, &room);
                 }
             }
             Event::Presence { room, json } => self.on_presence(cx, room, json, true),
             Event::SubFailed { room } => {
-                for p in self.owner.sub_failed(&room) {
+                for p in self.owner.rooms.sub_failed(&room) {
                     let (room, slot, gen) = (room.clone(), p.slot, p.gen);
                     cx.mesh()
                         .send(p.shard, ToMember::JoinFailed { room, slot, gen }.into());
@@ -95,10 +96,10 @@ impl App {
     /// `room`'s sequence started over (a new epoch from Redis): every shard with members
     /// tells them where they now are.
     fn reset(&mut self, cx: &mut Cx<App>, room: &Arc<str>) {
-        let Some((epoch, seq)) = self.owner.position(room) else {
+        let Some((epoch, seq)) = self.owner.rooms.position(room) else {
             return;
         };
-        let members = self.owner.members_of(room).to_vec();
+        let members = self.owner.rooms.members_of(room).to_vec();
         for (shard, n) in members.into_iter().enumerate() {
             if n > 0 {
                 let room = room.clone();

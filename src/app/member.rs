@@ -5,21 +5,31 @@ use std::sync::Arc;
 
 use crate::protocol::SharedFrame;
 use crate::reactor::Cx;
-use crate::rooms::ENCODINGS;
+use crate::rooms::{Local, ENCODINGS};
 
 use super::service::{advance_stream, reply_to};
-use super::slow::{offer, owe, Tag};
+use super::slow::{offer, owe, Owed, Tag};
 use super::sse;
 use super::ws::reply;
 use super::{batch, wire, App, ToMember};
+
+/// The member side's state on a shard.
+#[derive(Default)]
+pub(super) struct Members {
+    /// The rooms with members here, and who they are.
+    pub local: Local,
+    /// Gap notices owed to members whose slow-consumer policy skipped messages, merged
+    /// while they wait for room in the member's ring.
+    pub gaps: Owed,
+}
 
 impl App {
     /// A message on the member channel.
     pub(super) fn on_member(&mut self, cx: &mut Cx<App>, msg: ToMember) {
         match msg {
             ToMember::Reset { room, epoch, seq } => {
-                self.local.reset(&room, seq);
-                let members = self.local.members(&room).to_vec();
+                self.members.local.reset(&room, seq);
+                let members = self.members.local.members(&room).to_vec();
                 for slot in members {
                     let joined = crate::rooms::Joined {
                         seq,
@@ -33,7 +43,7 @@ impl App {
             ToMember::PresenceDeliver { room, json } => self.deliver_presence(cx, &room, &json),
             ToMember::JoinFailed { room, slot, gen } => {
                 // The owner dropped the join: no leave goes back to it.
-                if cx.gen(slot as usize) == Some(gen) && self.local.leave(&room, slot) {
+                if cx.gen(slot as usize) == Some(gen) && self.members.local.leave(&room, slot) {
                     reply_to(cx, slot as usize, wire::join_unavailable(&room));
                 }
             }
@@ -43,16 +53,16 @@ impl App {
                 gen,
                 joined,
             } => {
-                let missed = self.local.expect(&room, joined.seq);
-                if let (Some((from, to)), Some(id)) = (missed, self.local.id(&room)) {
+                let missed = self.members.local.expect(&room, joined.seq);
+                if let (Some((from, to)), Some(id)) = (missed, self.members.local.id(&room)) {
                     // Batches the mesh dropped before this answer: owed to the members.
-                    for &member in self.local.members(&room) {
+                    for &member in self.members.local.members(&room) {
                         if let Some(mut link) = cx.link_any(member as usize) {
-                            owe(&mut self.gaps, &mut link, (id, &room), from, to);
+                            owe(&mut self.members.gaps, &mut link, (id, &room), from, to);
                         }
                     }
                 }
-                if cx.gen(slot as usize) == Some(gen) && self.local.joined(&room, slot) {
+                if cx.gen(slot as usize) == Some(gen) && self.members.local.joined(&room, slot) {
                     self.on_joined(cx, slot as usize, &room, joined);
                     self.presence_event(cx, &room, slot, true);
                 }
@@ -116,7 +126,7 @@ impl App {
         let (Some(&(first, _)), Some(&(last, _))) = (j.replay.first(), j.replay.last()) else {
             return;
         };
-        let Some(id) = self.local.id(room) else {
+        let Some(id) = self.members.local.id(room) else {
             // Not a member here any more: what it missed goes nowhere.
             return;
         };
@@ -133,7 +143,7 @@ impl App {
         );
         let frame = SharedFrame::from_encoded(Arc::from(buf));
         let tag = Tag::delivery(id, (first, last));
-        let (shard, gaps) = ((&*self.cfg, &self.local), &mut self.gaps);
+        let (shard, gaps) = ((&*self.cfg, &self.members.local), &mut self.members.gaps);
         let ok = offer(shard, gaps, &mut link, room, tag, frame, (turn, out_cap));
         advance_stream(&mut link, room, last, ok, out_cap);
     }
@@ -149,14 +159,14 @@ impl App {
         frames: &[Option<SharedFrame>; ENCODINGS],
     ) {
         let how = (cx.clock().turn, cx.out_cap());
-        let missed = self.local.arrived(room, span.0, span.1);
-        let Some(id) = self.local.id(room) else {
+        let missed = self.members.local.arrived(room, span.0, span.1);
+        let Some(id) = self.members.local.id(room) else {
             // No member here (any more).
             return;
         };
         let tag = Tag::delivery(id, span);
-        let (shard, gaps) = ((&*self.cfg, &self.local), &mut self.gaps);
-        for &slot in self.local.members(room) {
+        let (shard, gaps) = ((&*self.cfg, &self.members.local), &mut self.members.gaps);
+        for &slot in self.members.local.members(room) {
             let Some(mut link) = cx.link_any(slot as usize) else {
                 continue;
             };

@@ -36,14 +36,12 @@ pub mod sse;
 pub mod wire;
 mod ws;
 
-use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 use crate::ops::admin::Info;
 use crate::protocol::{Limits, OpCode, SharedFrame};
-use crate::reactor::stats::SharedStats;
-use crate::reactor::{Drain, ShardInfo};
-use crate::rooms::{Local, Owner};
+use crate::reactor::ShardInfo;
+use crate::rooms::Owner;
 
 /// What a `/ws` connection asked for, for its shard to carry out once the connection's
 /// bytes are handled: the shard, not the connection, has the rooms and the mesh.
@@ -104,60 +102,31 @@ pub struct Settings {
     pub backplane: bool,
 }
 
-/// One shard's app: its share of the rooms, its connections' sessions.
+/// One shard's app: its share of the rooms, its connections' sessions. Its state is kept
+/// by role, each part in the file of the role that owns it.
 pub struct App {
     cfg: Arc<Settings>,
-    gate: Arc<gate::Gate>,
-    stats: Arc<SharedStats>,
-    drain: Arc<Drain>,
-    /// The settings in effect and the capacity model, for `/stats` and `/metrics`.
-    info: Arc<Info>,
     shard: usize,
     shards: usize,
+    /// The endpoints' shared state: admission, the figures they answer with, shared frames.
+    front: ws::Front,
+    /// The rooms' members on this shard and the gap notices they are owed.
+    members: member::Members,
+    /// The rooms this shard owns: sequencing, history, sealing.
+    owner: owner::OwnerSide,
+    /// Who may join and publish where: the connections' token sessions and expiries.
+    sessions: authz::Sessions,
+    /// The server API's requests of this shard, and those of others it waits on.
+    api: api::Requests,
     /// What the connection being handled asked of its shard, carried out right after.
     intents: Vec<Intent>,
     /// Of those, publishes that will be acknowledged: they count against the ring.
     acks_owed: usize,
-    /// What an API request of the connection being handled asks of the shards, sent
-    /// right after; and the requests waiting for their answers.
-    api_sends: Vec<ToOwner>,
-    api_asks: Vec<(usize, u32, crate::gather::Ask)>,
-    api_waits: Vec<api::Wait>,
-    /// The number of the next API request on this shard.
-    next_req: u32,
-    /// The ping every heartbeat sends: one frame shared by the whole shard.
-    ping: SharedFrame,
-    local: Local,
-    owner: Owner,
-    /// Who may join and publish where: the connections' token sessions.
-    sessions: authz::Sessions,
-    /// Token expiries, earliest first: (exp, slot, generation). A refresh pushes a new
-    /// entry; a stale one is recognized by the session's own `exp`.
-    expiries: BinaryHeap<std::cmp::Reverse<(u64, u32, u32)>>,
     /// Publishers paused because the mesh towards an owner is backed up.
     mesh_paused: Vec<(usize, u32)>,
-    /// Upgraded connections closed so far (open WebSockets = upgraded − this).
-    ws_closed: u64,
-    /// Event streams closed so far (open streams = opened − this).
-    sse_closed: u64,
-    /// Gap notices owed to members whose slow-consumer policy skipped messages, merged
-    /// while they wait for room in the member's ring.
-    gaps: slow::Owed,
-    /// The event stream heartbeat, shared by the shard.
-    sse_beat: SharedFrame,
-    /// The owner's clock for `--history-ttl`: the shard's coarse clock (set when a loop
-    /// turn starts, so it is fresh even after a long sleep) as last seen, and its ms
-    /// extended past the u32's wrap.
-    shard_ms: u32,
-    clock_ms: u64,
-    /// When the history gauge was last computed (it walks the rooms: once a second).
-    gauge_ms: u64,
-    /// Where a room's batch is encoded, reused from turn to turn.
-    encoded: Vec<u8>,
-    /// permessage-deflate's compressors and inflater (`--deflate`; else none), and the
-    /// decoder's limits for a connection that agreed to it (RSV1 allowed).
+    /// permessage-deflate's compressors and inflater (`--deflate`; else none): the
+    /// endpoints inflate with it, the owner and the members' replays compress with it.
     codec: Option<Box<compress::Codec>>,
-    deflate_limits: Limits,
 }
 
 impl App {
@@ -168,58 +137,39 @@ impl App {
         shard: &ShardInfo,
     ) -> App {
         let mut history = cfg.history;
-        let backplane = cfg.backplane;
-        let cfg_deflate = cfg.deflate.then_some(cfg.deflate_min_size);
+        history.idle_bytes /= shard.shards.max(1);
+        let mut owner = Owner::new(shard.shards, history, epoch_seed(shard.index));
+        if cfg.backplane {
+            owner = owner.with_backplane();
+        }
         let mut deflate_limits = cfg.limits;
         deflate_limits.rules.rsv_allowed = 0b100;
-        history.idle_bytes /= shard.shards.max(1);
         App {
-            info,
             sessions: authz::Sessions::new(gate.auth.is_some()),
+            front: ws::Front {
+                gate,
+                info,
+                stats: shard.stats.clone(),
+                drain: shard.drain.clone(),
+                ping: SharedFrame::new(OpCode::Ping, b""),
+                sse_beat: sse::heartbeat(),
+                deflate_limits,
+                ws_closed: 0,
+                sse_closed: 0,
+            },
+            members: member::Members::default(),
+            owner: owner::OwnerSide::new(owner),
+            api: api::Requests::default(),
+            codec: cfg
+                .deflate
+                .then(|| Box::new(compress::Codec::new(cfg.deflate_min_size))),
             cfg,
-            gate,
-            stats: shard.stats.clone(),
-            drain: shard.drain.clone(),
             shard: shard.index,
             shards: shard.shards,
             intents: Vec::new(),
             acks_owed: 0,
-            api_sends: Vec::new(),
-            api_asks: Vec::new(),
-            api_waits: Vec::new(),
-            next_req: 0,
-            ping: SharedFrame::new(OpCode::Ping, b""),
-            local: Local::default(),
-            owner: {
-                let owner = Owner::new(shard.shards, history, epoch_seed(shard.index));
-                if backplane {
-                    owner.with_backplane()
-                } else {
-                    owner
-                }
-            },
-            expiries: BinaryHeap::new(),
             mesh_paused: Vec::new(),
-            ws_closed: 0,
-            sse_closed: 0,
-            gaps: slow::Owed::new(),
-            sse_beat: sse::heartbeat(),
-            shard_ms: 0,
-            clock_ms: 0,
-            gauge_ms: 0,
-            encoded: Vec::new(),
-            codec: cfg_deflate.map(|min| Box::new(compress::Codec::new(min))),
-            deflate_limits,
         }
-    }
-}
-
-impl App {
-    /// The owner's clock, advanced to the shard's clock of this turn.
-    fn clock(&mut self, now_ms: u32) -> u64 {
-        self.clock_ms += u64::from(now_ms.wrapping_sub(self.shard_ms));
-        self.shard_ms = now_ms;
-        self.clock_ms
     }
 }
 

@@ -8,9 +8,43 @@ use std::sync::Arc;
 use crate::backplane::Request;
 use crate::gather::{Answer, Reply};
 use crate::reactor::Cx;
-use crate::rooms::{Need, Parked};
+use crate::rooms::{Need, Owner, Parked};
 
 use super::{batch, Api, App, ToMember, ToOwner};
+
+/// The owner side's state on a shard.
+pub(super) struct OwnerSide {
+    /// The rooms this shard owns.
+    pub rooms: Owner,
+    /// Where a room's batch is encoded, reused from turn to turn.
+    pub encoded: Vec<u8>,
+    /// The owner's clock for `--history-ttl`: the shard's coarse clock (set when a loop
+    /// turn starts, so it is fresh even after a long sleep) as last seen, and its ms
+    /// extended past the u32's wrap.
+    pub shard_ms: u32,
+    pub clock_ms: u64,
+    /// When the history gauge was last computed (it walks the rooms: once a second).
+    pub gauge_ms: u64,
+}
+
+impl OwnerSide {
+    pub fn new(rooms: Owner) -> OwnerSide {
+        OwnerSide {
+            rooms,
+            encoded: Vec::new(),
+            shard_ms: 0,
+            clock_ms: 0,
+            gauge_ms: 0,
+        }
+    }
+
+    /// The owner's clock, advanced to the shard's clock of this turn.
+    pub fn clock(&mut self, now_ms: u32) -> u64 {
+        self.clock_ms += u64::from(now_ms.wrapping_sub(self.shard_ms));
+        self.shard_ms = now_ms;
+        self.clock_ms
+    }
+}
 
 impl App {
     /// A message on the owner channel.
@@ -33,7 +67,7 @@ impl App {
                         since,
                         asked: false,
                     };
-                    match self.owner.join_remote(&room, parked) {
+                    match self.owner.rooms.join_remote(&room, parked) {
                         Need::Ready(joined) => joined,
                         Need::Subscribe { after, sub } => {
                             return cx
@@ -49,6 +83,7 @@ impl App {
                     }
                 } else {
                     self.owner
+                        .rooms
                         .join(&room, shard.into(), encoding.index(), since)
                 };
                 let joined = ToMember::Joined {
@@ -66,9 +101,10 @@ impl App {
                 encoding,
             } => {
                 let who = (shard.into(), slot);
-                let gone = self
-                    .owner
-                    .leave(&room, who, encoding.index(), self.clock_ms);
+                let gone =
+                    self.owner
+                        .rooms
+                        .leave(&room, who, encoding.index(), self.owner.clock_ms);
                 if gone {
                     cx.mesh().send(self.shards, Request::Unsub { room }.into());
                 }
@@ -83,7 +119,7 @@ impl App {
                 reply,
             } => {
                 // No members anywhere: nothing is kept, and the ack says seq 0.
-                let published = self.owner.publish(&room, data, self.clock_ms);
+                let published = self.owner.rooms.publish(&room, data, self.owner.clock_ms);
                 let seq = published.map_or(0, |p| p.0);
                 let to = shard.into();
                 match reply {
@@ -107,7 +143,11 @@ impl App {
     /// use, one mesh message per shard with members (ours included, through the local
     /// queue).
     pub(super) fn seal(&mut self, cx: &mut Cx<App>) {
-        let (owner, mesh, buf) = (&mut self.owner, &mut cx.mesh(), &mut self.encoded);
+        let (owner, mesh, buf) = (
+            &mut self.owner.rooms,
+            &mut cx.mesh(),
+            &mut self.owner.encoded,
+        );
         let codec = &mut self.codec;
         owner.seal(|s| {
             if s.members.iter().all(|&n| n == 0) {

@@ -49,7 +49,7 @@ impl App {
         json: Arc<[u8]>,
         remote: bool,
     ) {
-        for (shard, &n) in self.owner.members_of(&room).iter().enumerate() {
+        for (shard, &n) in self.owner.rooms.members_of(&room).iter().enumerate() {
             if n > 0 {
                 let (room, json) = (room.clone(), json.clone());
                 cx.mesh()
@@ -67,7 +67,7 @@ impl App {
         let ws = SharedFrame::new(OpCode::Text, json);
         let stream = sse::event("presence", None, json);
         let out_cap = cx.out_cap();
-        for &slot in self.local.members(room) {
+        for &slot in self.members.local.members(room) {
             let Some(mut link) = cx.link_any(slot as usize) else {
                 continue;
             };

@@ -51,7 +51,7 @@ impl Service for App {
         };
         self.apply_intents(cx, slot);
         self.acks_owed = 0;
-        if !self.api_sends.is_empty() || !self.api_asks.is_empty() {
+        if !self.api.sends.is_empty() || !self.api.asks.is_empty() {
             self.send_api(cx);
         }
         n
@@ -77,7 +77,7 @@ impl Service for App {
         let (idle_ms, now) = (self.cfg.idle_ms, link.now_ms());
         if link.app().sse().is_some() {
             // A comment line keeps proxies from timing the stream out; nothing comes back.
-            let _ = link.send_control(self.sse_beat.clone());
+            let _ = link.send_control(self.front.sse_beat.clone());
             return false;
         }
         let Some(ws) = link.app().ws() else {
@@ -89,7 +89,7 @@ impl Service for App {
             return false;
         }
         // A control frame: it goes out even past a full ring (up to the control slack).
-        if link.send_control(self.ping.clone()).is_ok() {
+        if link.send_control(self.front.ping.clone()).is_ok() {
             link.figures().pings_sent += 1;
         }
         true
@@ -115,19 +115,19 @@ impl Service for App {
     fn message(&mut self, cx: &mut Cx<App>, msg: Msg) {
         // A shard that slept through a room's TTL frees it before it answers anything about
         // it (O(1) when nothing is due).
-        let now = self.clock(cx.clock().now_ms);
-        self.owner.expire(now);
+        let now = self.owner.clock(cx.clock().now_ms);
+        self.owner.rooms.expire(now);
         self.on_mesh(cx, msg);
     }
 
     fn end_turn(&mut self, cx: &mut Cx<App>) {
-        self.clock(cx.clock().now_ms);
+        self.owner.clock(cx.clock().now_ms);
         self.seal(cx);
         if let Some(codec) = self.codec.as_deref_mut() {
             cx.figures().deflate_out += std::mem::take(&mut codec.compressed);
         }
         if self.cfg.backplane {
-            for (room, p, joined) in self.owner.ready() {
+            for (room, p, joined) in self.owner.rooms.ready() {
                 let (slot, gen) = (p.slot, p.gen);
                 let msg = ToMember::Joined {
                     room,
@@ -139,39 +139,39 @@ impl Service for App {
             }
         }
         self.flush_gaps(cx);
-        self.owner.expire(self.clock_ms);
+        self.owner.rooms.expire(self.owner.clock_ms);
         self.resume_publishers(cx);
         self.expire_tokens(cx);
         let s = &mut cx.figures();
-        if self.clock_ms >= self.gauge_ms + 1000 {
-            self.gauge_ms = self.clock_ms;
-            s.history_bytes = self.owner.history_bytes() as u64;
+        if self.owner.clock_ms >= self.owner.gauge_ms + 1000 {
+            self.owner.gauge_ms = self.owner.clock_ms;
+            s.history_bytes = self.owner.rooms.history_bytes() as u64;
         }
-        s.upgraded_open = s.upgraded - self.ws_closed;
-        s.sse_open = s.sse_opened - self.sse_closed;
-        s.rooms_owned = self.owner.len() as u64;
-        s.rooms_local = self.local.rooms() as u64;
-        s.members = self.local.memberships() as u64;
+        s.upgraded_open = s.upgraded - self.front.ws_closed;
+        s.sse_open = s.sse_opened - self.front.sse_closed;
+        s.rooms_owned = self.owner.rooms.len() as u64;
+        s.rooms_local = self.members.local.rooms() as u64;
+        s.members = self.members.local.memberships() as u64;
     }
 
     fn closed(&mut self, cx: &mut Cx<App>, slot: usize, mut app: AppConn) {
         let encoding = app.encoding();
-        for room in self.local.leave_all(slot as u32) {
+        for room in self.members.local.leave_all(slot as u32) {
             self.presence_event(cx, &room, slot as u32, false);
             self.tell_owner_left(cx, room, slot as u32, encoding);
         }
         if app.sse().is_some() {
-            self.sse_closed += 1;
+            self.front.sse_closed += 1;
         }
         if app.route().is_some() {
-            self.ws_closed += 1;
+            self.front.ws_closed += 1;
             if !app.has(flag::CLOSE_SENT) {
                 cx.figures().close_none += 1;
             }
         }
         self.release(&mut app);
         if let Some(s) = self.sessions.remove(slot as u32) {
-            self.gate.release_user(&s.sub);
+            self.front.gate.release_user(&s.sub);
         }
         if app.drops > 0 {
             tracing::info!(
@@ -238,7 +238,7 @@ impl App {
                 }
                 Intent::Room(RoomOp::Join { room, since }) => {
                     let max = self.cfg.max_rooms_per_conn;
-                    match self.local.request_join(&room, who, max) {
+                    match self.members.local.request_join(&room, who, max) {
                         Ok(()) => {
                             let owner = owner_of(&room, shards);
                             let encoding = cx.app(slot).map_or(Encoding::Ws, AppConn::encoding);
@@ -265,7 +265,7 @@ impl App {
                     }
                 }
                 Intent::Room(RoomOp::Leave { room }) => {
-                    if self.local.leave(&room, who) {
+                    if self.members.local.leave(&room, who) {
                         reply_to(cx, slot, wire::left(&room));
                         self.presence_event(cx, &room, who, false);
                         let encoding = cx.app(slot).map_or(Encoding::Ws, AppConn::encoding);
@@ -331,9 +331,11 @@ impl App {
 
     /// Records the session of a connection whose token was accepted.
     fn login(&mut self, slot: usize, gen: u32, session: Session) {
-        self.expiries.push(Reverse((session.exp, slot as u32, gen)));
+        self.sessions
+            .expiries
+            .push(Reverse((session.exp, slot as u32, gen)));
         if let Some(old) = self.sessions.insert(slot as u32, session) {
-            self.gate.release_user(&old.sub);
+            self.front.gate.release_user(&old.sub);
         }
     }
 
@@ -348,22 +350,24 @@ impl App {
             return reply_to(cx, slot, e);
         }
         reply_to(cx, slot, wire::authed(&session.sub, session.exp));
-        self.expiries.push(Reverse((session.exp, slot as u32, gen)));
+        self.sessions
+            .expiries
+            .push(Reverse((session.exp, slot as u32, gen)));
         self.sessions.insert(slot as u32, session);
     }
 
     /// Closes (1008 "token expired") connections whose token expired without a refresh.
     fn expire_tokens(&mut self, cx: &mut Cx<App>) {
         // Called every loop turn: without tokens, not even the clock is read.
-        if self.expiries.is_empty() {
+        if self.sessions.expiries.is_empty() {
             return;
         }
         let now = unix_now();
-        while let Some(&Reverse((exp, slot, gen))) = self.expiries.peek() {
+        while let Some(&Reverse((exp, slot, gen))) = self.sessions.expiries.peek() {
             if exp > now {
                 break;
             }
-            self.expiries.pop();
+            self.sessions.expiries.pop();
             let current = self.sessions.get(slot).map(|s| s.exp);
             if current.is_none_or(|e| e > now) {
                 continue;
@@ -377,11 +381,11 @@ impl App {
 
     /// Queues the gap notices owed, where the members' rings have room again.
     fn flush_gaps(&mut self, cx: &mut Cx<App>) {
-        if self.gaps.is_empty() {
+        if self.members.gaps.is_empty() {
             return;
         }
         let cap = cx.out_cap() * 4;
-        self.gaps.retain(|&(slot, gen), mine| {
+        self.members.gaps.retain(|&(slot, gen), mine| {
             let Some(mut link) = cx.link(slot as usize, gen) else {
                 // Closed: nothing is owed any more.
                 return false;

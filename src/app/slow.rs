@@ -323,7 +323,7 @@ mod tests {
     }
 
     fn id(core: &Core<App>, room: &str) -> RoomId {
-        core.service.local.id(room).unwrap()
+        core.service.members.local.id(room).unwrap()
     }
 
     /// The JSON of every frame in `bytes`, inflating the compressed ones; and how many
@@ -469,7 +469,7 @@ mod tests {
             let leave = br#"{"op":"leave","room":"a"}"#;
             core.receive(slow, &mut masked(OpCode::Text, leave));
             // `a` has no member here now: its id names nothing (and is never given again).
-            assert_eq!(core.service.local.name(old_a), None);
+            assert_eq!(core.service.members.local.name(old_a), None);
             // b's first batch drops a's (nothing owed), its second drops its first (owed).
             for _ in 0..2 {
                 publish(&mut core, publisher, &["b"], 2);

@@ -194,7 +194,7 @@ impl App {
             if !rooms.iter().all(|r| s.rights.may_join(r)) {
                 link.figures().forbidden += 1;
                 self.release(link.app());
-                self.gate.release_user(&s.sub);
+                self.front.gate.release_user(&s.sub);
                 return refuse(link, Status::Forbidden, "not allowed to join that room");
             }
         }

@@ -9,18 +9,41 @@ use crate::protocol::deflate;
 use crate::protocol::handshake::{self, Parsed, Request};
 use crate::protocol::message::{Event, MAX_TAIL};
 use crate::protocol::{
-    encode, CloseCode, Decoder, MessageKind, OpCode, ProtocolError, SharedFrame, Status,
+    encode, CloseCode, Decoder, Limits, MessageKind, OpCode, ProtocolError, SharedFrame, Status,
 };
 use crate::reactor::Link;
 
 use super::conn::{flag, AppConn, Endpoint, Route, Ws};
 use super::figures::Counts;
-use super::gate::{Admitted, Refusal};
+use super::gate::{Admitted, Gate, Refusal};
 use super::slow::Tag;
 use super::wire::RoomOp;
 use super::{auth, wire, App, Intent};
+use crate::ops::admin::Info;
+use crate::reactor::stats::SharedStats;
+use crate::reactor::Drain;
 
 pub(super) type L<'a, 'b> = &'a mut Link<'b, AppConn, Tag, Counts>;
+
+/// What the endpoints share on a shard: admission, what `/stats` and `/metrics` answer
+/// with, the shard's shared frames.
+pub(super) struct Front {
+    pub gate: Arc<Gate>,
+    /// The settings in effect and the capacity model, for `/stats` and `/metrics`.
+    pub info: Arc<Info>,
+    pub stats: Arc<SharedStats>,
+    pub drain: Arc<Drain>,
+    /// The ping every heartbeat sends: one frame shared by the whole shard.
+    pub ping: SharedFrame,
+    /// The event stream heartbeat, shared by the shard.
+    pub sse_beat: SharedFrame,
+    /// The decoder's limits for a connection that agreed to deflate (RSV1 allowed).
+    pub deflate_limits: Limits,
+    /// Upgraded connections closed so far (open WebSockets = upgraded − this).
+    pub ws_closed: u64,
+    /// Event streams closed so far (open streams = opened − this).
+    pub sse_closed: u64,
+}
 
 impl App {
     /// Bytes for one connection. Returns how many were consumed.
@@ -74,9 +97,13 @@ impl App {
             Parsed::Plain(req) if self.asset(link, &req) => buf.len(),
             Parsed::Plain(req) => {
                 link.figures().http_requests += 1;
-                let draining = self.drain.active();
-                let (status, content_type, body) =
-                    crate::ops::admin::answer(req.path, &self.stats, draining, &self.info);
+                let draining = self.front.drain.active();
+                let (status, content_type, body) = crate::ops::admin::answer(
+                    req.path,
+                    &self.front.stats,
+                    draining,
+                    &self.front.info,
+                );
                 let mut out = Vec::new();
                 handshake::http_response(status, content_type, "", body.as_bytes(), true, &mut out);
                 link.finish(SharedFrame::from_encoded(Arc::from(out)));
@@ -139,8 +166,8 @@ impl App {
         req: &Request<'_>,
         late_auth: bool,
     ) -> Option<Option<auth::Session>> {
-        let gate = self.gate.clone();
-        if self.drain.active() {
+        let gate = self.front.gate.clone();
+        if self.front.drain.active() {
             refuse(link, Status::ServiceUnavailable, "server shutting down");
             return None;
         }
@@ -267,7 +294,7 @@ impl App {
             };
             let limits = match ws.deflate {
                 // RSV1 marks a compressed message.
-                Some(_) => &self.deflate_limits,
+                Some(_) => &self.front.deflate_limits,
                 None => &self.cfg.limits,
             };
             let (n, event) = match ws.decoder.decode(&mut buf[at..], limits) {
@@ -423,7 +450,7 @@ impl App {
     /// A token in an `auth` op (first-message auth) or a `refresh` op. A bad token in
     /// `auth` closes with 1008; in `refresh` it is an error op and the current token stands.
     fn authenticate(&mut self, link: L, token: &str, refresh: bool) {
-        let gate = self.gate.clone();
+        let gate = self.front.gate.clone();
         let Some(auth) = &gate.auth else {
             return reply(
                 link,
@@ -469,7 +496,7 @@ impl App {
             total: conn.has(flag::COUNTED_TOTAL),
         };
         conn.clear(flag::COUNTED_IP | flag::COUNTED_TOTAL);
-        self.gate.release(conn.peer, admitted);
+        self.front.gate.release(conn.peer, admitted);
     }
 }
 
