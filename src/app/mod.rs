@@ -4,15 +4,22 @@
 //! authorization and the rooms themselves. It glues connections to [`crate::rooms`] and
 //! the mesh; it does no I/O itself.
 //!
-//! - [`conn`]: the app's part of a connection's slot (which endpoint, its state).
-//! - [`ws`]: bytes in, for one connection: the request, admission, WebSocket frames, ops.
-//! - [`sse`]: `GET /sse`, the rooms as a server-sent event stream.
-//! - [`service`]: the [`Service`](crate::reactor::Service) impl: intents against rooms and
-//!   mesh, encoding a room's batch once per turn, delivery.
-//! - [`slow`]: slow-consumer policies and the `gap` notices they owe.
-//! - [`wire`]: the JSON ops, parsed and encoded.
-//! - [`api`]: `/api/…`, the server API for backends.
-//! - [`auth`], [`authz`], [`gate`]: tokens, room rights, admission limits.
+//! By role, each with its own state:
+//! - `ws` (`Front`): bytes in, for one connection: the request, admission, WebSocket
+//!   frames, ops; [`sse`]: `GET /sse`, the rooms as a server-sent event stream; [`conn`]:
+//!   the app's part of a connection's slot.
+//! - [`service`]: the [`Service`](crate::reactor::Service) impl and the intents a
+//!   connection hands its shard.
+//! - `owner` (`OwnerSide`): the rooms this shard owns: sequencing, sealing, and `batch`,
+//!   a batch encoded once per [`encoding::Encoding`] in use.
+//! - `member` (`Members`): the rooms' members here, delivery; [`slow`]: slow-consumer
+//!   policies and the `gap` notices they owe.
+//! - `cluster`: what the backplane tells a shard.
+//! - [`authz`] (`Sessions`), [`auth`], [`gate`]: tokens and their expiry, room rights,
+//!   admission limits.
+//! - [`api`] (`Requests`): `/api/…`, the server API for backends.
+//! - `msg`: what travels over the mesh, by channel; [`wire`]: the JSON ops, parsed and
+//!   encoded; [`figures`]: what the app counts.
 
 pub mod api;
 mod assets;
@@ -22,7 +29,7 @@ mod batch;
 mod cluster;
 mod compress;
 pub mod conn;
-mod encoding;
+pub mod encoding;
 pub mod figures;
 pub mod gate;
 mod member;

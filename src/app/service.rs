@@ -1,13 +1,14 @@
-//! The app as the reactor runs it: [`App`] is the [`Service`] of every shard. It carries
-//! out what `/ws` connections ask (join, leave, publish, sessions) against the rooms and
-//! the mesh, encodes each room's batch once per turn, and delivers it.
+//! The app as the reactor runs it: [`App`] is the [`Service`] of every shard. It hands
+//! what a connection's bytes meant to the role that carries it out, and carries out the
+//! intents (join, leave, publish, sessions) a connection hands its shard.
 //!
-//! Where a publish goes, file by file: [`super::ws`] parses the op and pushes an intent;
-//! [`App::apply_intents`] sends it to the room's owner shard over [`crate::mesh`]; there
-//! [`crate::rooms::Owner::publish`] gives it a seq in this turn's batch; at the end of the
-//! turn [`App::seal`] encodes the batch once ([`super::wire::write_msg`]) into one shared
-//! frame and sends it to every shard with members; each shard's [`App::deliver`] puts a
-//! reference to it in every local member's out-ring, and the reactor flushes.
+//! Where a publish goes, file by file: `ws` parses the op and pushes an intent;
+//! `App::apply_intents` here sends a `ToOwner::Publish` to the room's owner shard over
+//! [`crate::mesh`]; there `owner` has [`crate::rooms::Owner::publish`] give it a seq in
+//! this turn's batch; at the end of the turn `owner`'s `seal` encodes the batch once per
+//! encoding in use (`batch`) into one shared frame and sends a `ToMember::Deliver` to every
+//! shard with members; each shard's `member` puts a reference to it in every local
+//! member's out-ring (through [`super::slow`]'s policy), and the reactor flushes.
 
 use std::cmp::Reverse;
 use std::net::IpAddr;
