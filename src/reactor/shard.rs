@@ -2,10 +2,11 @@
 //! slab of connections, the list of connections to flush this turn, the deadlines, the
 //! heartbeat wheel and the drain. The backends call in with socket events and get back
 //! what to do at the socket level ([`Next`]); the service is called for what the bytes
-//! mean.
+//! mean. Between the two sits each connection's transport (`transport.rs`: plain, or
+//! TLS in `tls.rs`): the backends' byte events enter there, and reach the plain path
+//! here.
 
 use std::collections::VecDeque;
-use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,7 @@ use super::heartbeat::{Beat, Heartbeat};
 use super::service::{Clock, Cx, Deadline, Link, Rules, Service};
 use super::stats::{SharedStats, Transport};
 use crate::mesh::Endpoint;
+use transport::Transports;
 
 /// What the backend must do with a connection after an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,8 +87,8 @@ pub struct Core<S: Service> {
     inbox: Vec<S::Msg>,
     /// What the backend must do for connections changed outside an event of their own.
     actions: Vec<(usize, Next)>,
-    /// TLS sessions, when a listener speaks TLS (only its connections have one).
-    tls: Option<crate::reactor::tls::Sessions>,
+    /// Each connection's transport: what carries its bytes.
+    transports: Transports,
     /// The kernel reads sends after the call returns (io_uring): what a send points
     /// into is pinned until it completes.
     pub pin_sends: bool,
@@ -177,7 +179,7 @@ impl<S: Service> Core<S> {
             fixed_files: 0,
             inbox: Vec::new(),
             actions: Vec::new(),
-            tls: setup.tls.map(crate::reactor::tls::Sessions::new),
+            transports: Transports::new(setup.tls),
             pin_sends: false,
         }
     }
@@ -232,9 +234,7 @@ impl<S: Service> Core<S> {
         let app = self.service.open(peer);
         let slot = self.cx.conns.insert(Conn::new(io, gen, app));
         self.cx.stats.accepted += 1;
-        if let Some(sessions) = self.tls.as_mut().filter(|_| tls) {
-            sessions.open(slot);
-        }
+        self.transports.open(slot, tls);
         self.handshake_deadlines.push_back(Deadline {
             at: now + self.timeouts.handshake,
             slot: slot as u32,
@@ -251,14 +251,6 @@ impl<S: Service> Core<S> {
     /// The connection in `slot`, whatever its generation.
     pub fn conn(&mut self, slot: usize) -> Option<&mut Conn<S::Conn, S::Tag>> {
         self.cx.conns.get_mut(slot)
-    }
-
-    /// Bytes arrived for `slot` (in place: TLS records are opened where they lie).
-    pub fn receive(&mut self, slot: usize, data: &mut [u8]) -> Next {
-        if self.is_tls(slot) {
-            return self.receive_tls(slot, data);
-        }
-        self.receive_plain(slot, data)
     }
 
     /// Plaintext arrived for `slot`. Only what the service cannot consume yet is copied
@@ -382,32 +374,6 @@ impl<S: Service> Core<S> {
         }
     }
 
-    /// What `slot` sends next: slices of its queued frames (or, over TLS, of the records
-    /// sealing them), front first. With `pin_sends`, what they point into is pinned until
-    /// [`Core::sent`].
-    pub fn egress<'a>(&'a mut self, slot: usize, iov: &mut [IoSlice<'a>]) -> usize {
-        if self.is_tls(slot) {
-            self.egress_tls(slot, iov)
-        } else {
-            let pin = self.pin_sends;
-            let Some(conn) = self.cx.conns.get_mut(slot) else {
-                return 0;
-            };
-            if pin {
-                conn.out.pin(conn.out.len().min(iov.len()));
-            }
-            conn.out.iovecs(iov)
-        }
-    }
-
-    /// `n` bytes of what [`Core::egress`] gave went out.
-    pub fn sent(&mut self, slot: usize, n: usize) -> Next {
-        if let Some(next) = self.sent_tls(slot, n) {
-            return next;
-        }
-        self.sent_plain(slot, n)
-    }
-
     /// `n` bytes of `slot`'s queued frames went out.
     fn sent_plain(&mut self, slot: usize, n: usize) -> Next {
         let Some(conn) = self.cx.conns.get_mut(slot) else {
@@ -446,9 +412,7 @@ impl<S: Service> Core<S> {
     /// Forgets `slot`. The backend has closed its socket and no operation refers to it.
     pub fn remove(&mut self, slot: usize) {
         if let Some(conn) = self.cx.conns.try_remove(slot) {
-            if let Some(tls) = &mut self.tls {
-                tls.remove(slot);
-            }
+            self.transports.close(slot);
             self.cx.stats.closed += 1;
             self.service.closed(&mut self.cx, slot, conn.app);
         }
@@ -592,7 +556,7 @@ impl<S: Service> Core<S> {
                 continue;
             }
             self.cx.stats.handshake_timeouts += 1;
-            if self.tls_handshaking(slot) {
+            if self.transports.handshaking(slot) {
                 out.push(slot);
                 continue;
             }
@@ -652,3 +616,4 @@ impl<S: Service> Core<S> {
 #[cfg(test)]
 mod tests;
 mod tls;
+mod transport;

@@ -1,7 +1,8 @@
-//! The core's TLS layer (see [`crate::reactor::tls`]): received records are opened in
-//! place and their content handed to the plain path; queued frames are sealed when the
-//! backend asks what to send, and counted as sent once the kernel has taken all of their
-//! records. The backends see bytes to receive and slices to send, as for plain sockets.
+//! The core's TLS transport (see [`crate::reactor::tls`]), reached from `transport.rs`
+//! with the connection's session: received records are opened in place and their content
+//! handed to the plain path; queued frames are sealed when the backend asks what to send,
+//! and counted as sent once the kernel has taken all of their records. The backends see
+//! bytes to receive and slices to send, as for plain sockets.
 
 use std::io::IoSlice;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use super::{Core, Next, LINGER_BYTES};
 use crate::protocol::SharedFrame;
 use crate::reactor::conn::flag;
+use crate::reactor::outring::{OutRing, Tag};
 use crate::reactor::service::Service;
 use crate::reactor::tls::record::{self, Records};
 use crate::reactor::tls::{self, Phase, Session};
@@ -19,18 +21,7 @@ const BATCH: usize = 64 * 1024;
 
 impl<S: Service> Core<S> {
     /// Bytes arrived on a TLS connection.
-    pub(super) fn receive_tls(&mut self, slot: usize, data: &mut [u8]) -> Next {
-        let Some(mut s) = self.tls.as_mut().and_then(|t| t.take(slot)) else {
-            return Next::Close;
-        };
-        let next = self.receive_session(slot, &mut s, data);
-        if let Some(t) = self.tls.as_mut() {
-            t.put(slot, s);
-        }
-        next
-    }
-
-    fn receive_session(&mut self, slot: usize, s: &mut Session, data: &mut [u8]) -> Next {
+    pub(super) fn receive_tls(&mut self, slot: usize, s: &mut Session, data: &mut [u8]) -> Next {
         let Some(conn) = self.cx.conns.get_mut(slot) else {
             return Next::Close;
         };
@@ -207,68 +198,16 @@ impl<S: Service> Core<S> {
         Next::Nothing
     }
 
-    /// What a TLS connection sends next: the rest of its sealed records, or the next
-    /// frames sealed now. `None`: not a TLS connection.
-    pub(super) fn egress_tls<'a>(&'a mut self, slot: usize, iov: &mut [IoSlice<'a>]) -> usize {
-        let (Some(s), Some(conn)) = (
-            self.tls.as_mut().and_then(|t| t.get_mut(slot)),
-            self.cx.conns.get_mut(slot),
-        ) else {
-            return 0;
+    /// `n` bytes of a TLS connection's records went out.
+    pub(super) fn sent_tls(&mut self, slot: usize, s: &mut Session, n: usize) -> Next {
+        let Some(conn) = self.cx.conns.get_mut(slot) else {
+            return Next::Nothing;
         };
-        if s.cout_sent >= s.cout.len() {
-            s.cout.clear();
-            s.cout_sent = 0;
-            let mut slices = [IoSlice::new(&[]); 64];
-            let count = conn.out.iovecs(&mut slices);
-            let (mut plain, mut i) = (0, 0);
-            while i < count {
-                if i < usize::from(s.raw) {
-                    // Raw frames go first and whole: they never wait behind a batch.
-                    s.cout.extend_from_slice(&slices[i]);
-                    plain += slices[i].len();
-                    i += 1;
-                    continue;
-                }
-                let Phase::Open(records) = &mut s.phase else {
-                    break;
-                };
-                if plain >= BATCH {
-                    break;
-                }
-                // A run of frames sealed together: small frames share records.
-                let mut end = i;
-                while end < count && plain < BATCH {
-                    plain += slices[end].len();
-                    end += 1;
-                }
-                records.seal(
-                    record::APPLICATION_DATA,
-                    slices[i..end].iter().map(|s| &s[..]),
-                    &mut s.cout,
-                );
-                i = end;
-            }
-            s.plain = plain as u32;
-            s.frames = i as u16;
-            conn.out.pin(i);
-        }
-        if s.cout_sent >= s.cout.len() {
-            return 0;
-        }
-        iov[0] = IoSlice::new(&s.cout[s.cout_sent..]);
-        1
-    }
-
-    /// `n` bytes of a TLS connection's records went out. `None`: not a TLS connection.
-    pub(super) fn sent_tls(&mut self, slot: usize, n: usize) -> Option<Next> {
-        let s = self.tls.as_mut()?.get_mut(slot)?;
-        let conn = self.cx.conns.get_mut(slot)?;
         s.cout_sent += n;
         if s.cout_sent < s.cout.len() {
             // The frames the rest of the records carry stay where no policy drops them.
             conn.out.pin(usize::from(s.frames));
-            return Some(Next::Nothing);
+            return Next::Nothing;
         }
         let (plain, frames) = (s.plain as usize, usize::from(s.frames));
         // Nothing held once the kernel has it all: an idle connection owns no buffer.
@@ -299,19 +238,59 @@ impl<S: Service> Core<S> {
             // More was queued than one batch carried.
             self.queue_flush(slot);
         }
-        Some(next)
+        next
     }
+}
 
-    /// Whether `slot` speaks TLS.
-    pub(super) fn is_tls(&self, slot: usize) -> bool {
-        self.tls.as_ref().is_some_and(|t| t.has(slot))
+/// What a TLS connection sends next: the rest of its sealed records, or the next frames
+/// of `out` sealed now (pinned there until the kernel has taken their records).
+pub(super) fn egress<'a, T: Tag>(
+    s: &'a mut Session,
+    out: &mut OutRing<T>,
+    iov: &mut [IoSlice<'a>],
+) -> usize {
+    if s.cout_sent >= s.cout.len() {
+        s.cout.clear();
+        s.cout_sent = 0;
+        let mut slices = [IoSlice::new(&[]); 64];
+        let count = out.iovecs(&mut slices);
+        let (mut plain, mut i) = (0, 0);
+        while i < count {
+            if i < usize::from(s.raw) {
+                // Raw frames go first and whole: they never wait behind a batch.
+                s.cout.extend_from_slice(&slices[i]);
+                plain += slices[i].len();
+                i += 1;
+                continue;
+            }
+            let Phase::Open(records) = &mut s.phase else {
+                break;
+            };
+            if plain >= BATCH {
+                break;
+            }
+            // A run of frames sealed together: small frames share records.
+            let mut end = i;
+            while end < count && plain < BATCH {
+                plain += slices[end].len();
+                end += 1;
+            }
+            records.seal(
+                record::APPLICATION_DATA,
+                slices[i..end].iter().map(|s| &s[..]),
+                &mut s.cout,
+            );
+            i = end;
+        }
+        s.plain = plain as u32;
+        s.frames = i as u16;
+        out.pin(i);
     }
-
-    /// Whether `slot` is a TLS connection still in its handshake (its deadline closes it
-    /// without a word: an HTTP 408 would not be TLS).
-    pub(super) fn tls_handshaking(&self, slot: usize) -> bool {
-        self.tls.as_ref().is_some_and(|t| t.is_handshaking(slot))
+    if s.cout_sent >= s.cout.len() {
+        return 0;
     }
+    iov[0] = IoSlice::new(&s.cout[s.cout_sent..]);
+    1
 }
 
 fn raw_frame(wire: Vec<u8>) -> SharedFrame {

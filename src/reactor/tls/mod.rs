@@ -3,12 +3,14 @@
 //! rustls runs each handshake (its buffered `ServerConnection`, a few KB, alive only for
 //! the handshake). Once it is done, the session's traffic keys are extracted and the
 //! record layer ([`record`]) takes over: an open `wss` connection keeps ~100 bytes of keys
-//! and sequence numbers plus a few counters, in a side table next to the slab (the slot
-//! itself stays at 128 bytes), and no buffer while idle. Records are opened in place in
-//! the receive buffer; queued frames, shared by every recipient, are sealed per recipient
-//! when they are sent, into a buffer that lives only until the kernel has taken it.
+//! and sequence numbers plus a few counters in one boxed [`Session`], its transport in a
+//! table beside the slab (the slot itself keeps its size), and no buffer while idle.
+//! Records are opened in place in the receive buffer; queued frames, shared by every
+//! recipient, are sealed per recipient when they are sent, into a buffer that lives only
+//! until the kernel has taken it.
 //!
-//! What the reactor core does with this lives in `shard/tls.rs`.
+//! What the reactor core does with this lives in `shard/tls.rs`; where it asks a
+//! connection's transport, in `shard/transport.rs`.
 
 pub mod ktls;
 pub mod record;
@@ -114,7 +116,7 @@ pub enum Phase {
     Failed,
 }
 
-/// One TLS connection's transport state, beside its slab slot.
+/// One TLS connection's transport state (held, boxed, by its `Transport::Tls`).
 pub struct Session {
     pub phase: Phase,
     /// Ciphertext received short of a whole record.
@@ -134,35 +136,19 @@ pub struct Session {
     pub heard: bool,
 }
 
-/// A shard's TLS sessions, indexed by slab slot.
-pub struct Sessions {
-    source: Arc<Source>,
-    table: Vec<Option<Box<Session>>>,
-}
-
-impl Sessions {
-    pub fn new(source: Arc<Source>) -> Sessions {
-        Sessions {
-            source,
-            table: Vec::new(),
-        }
-    }
-
-    /// A new connection in `slot` starts its handshake. If rustls cannot start one, the
+impl Session {
+    /// A new connection's handshake with `config`. If rustls cannot start one, the
     /// session is failed from the start: the connection is closed at its first bytes
     /// (never read as plain).
-    pub fn open(&mut self, slot: usize) {
-        let phase = match ServerConnection::new(self.source.config()) {
+    pub fn start(config: Arc<ServerConfig>) -> Session {
+        let phase = match ServerConnection::new(config) {
             Ok(conn) => Phase::Handshake(Box::new(conn)),
             Err(e) => {
                 tracing::warn!(error = %e, "TLS session could not start");
                 Phase::Failed
             }
         };
-        if self.table.len() <= slot {
-            self.table.resize_with(slot + 1, || None);
-        }
-        self.table[slot] = Some(Box::new(Session {
+        Session {
             phase,
             cin: ThinVec::new(),
             cout: Vec::new(),
@@ -172,43 +158,12 @@ impl Sessions {
             raw: 0,
             notified: false,
             heard: false,
-        }));
-    }
-
-    /// Whether `slot` is a TLS connection.
-    pub fn has(&self, slot: usize) -> bool {
-        self.table.get(slot).is_some_and(Option::is_some)
-    }
-
-    pub fn get_mut(&mut self, slot: usize) -> Option<&mut Session> {
-        self.table.get_mut(slot).and_then(|s| s.as_deref_mut())
-    }
-
-    /// Takes `slot`'s session out while the core works on it (give it back with `put`).
-    pub fn take(&mut self, slot: usize) -> Option<Box<Session>> {
-        self.table.get_mut(slot).and_then(Option::take)
-    }
-
-    pub fn put(&mut self, slot: usize, session: Box<Session>) {
-        if let Some(s) = self.table.get_mut(slot) {
-            *s = Some(session);
         }
     }
 
-    pub fn remove(&mut self, slot: usize) {
-        if let Some(s) = self.table.get_mut(slot) {
-            *s = None;
-        }
-    }
-
-    pub fn is_handshaking(&self, slot: usize) -> bool {
-        matches!(
-            self.table.get(slot).and_then(|s| s.as_deref()),
-            Some(Session {
-                phase: Phase::Handshake(_),
-                ..
-            })
-        )
+    /// Whether rustls still runs the handshake.
+    pub fn is_handshaking(&self) -> bool {
+        matches!(self.phase, Phase::Handshake(_))
     }
 }
 
