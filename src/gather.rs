@@ -8,6 +8,19 @@
 
 use std::sync::Arc;
 
+/// A publish on its way to be given its seq (by the room's owner shard, or by Redis through
+/// the backplane); `slot` on `shard` is answered as `reply` says.
+#[derive(Debug)]
+pub struct Publish {
+    pub room: Arc<str>,
+    /// The raw JSON text of the message's `data`, spliced into deliveries as it is.
+    pub data: Arc<str>,
+    pub shard: u16,
+    pub slot: u32,
+    pub gen: u32,
+    pub reply: Reply,
+}
+
 /// What a shard is asked on behalf of an API request elsewhere.
 #[derive(Clone, Debug)]
 pub enum Ask {

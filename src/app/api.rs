@@ -21,8 +21,8 @@ use crate::rooms::owner_of;
 use super::conn::{flag, AppConn};
 use super::figures::Counts;
 use super::slow::{end, Tag};
-use super::{wire, Api, App, ToOwner};
-use crate::gather::{Answer, Ask, Reply};
+use super::{wire, Api, App};
+use crate::gather::{Answer, Ask, Publish, Reply};
 
 /// The most messages one history request returns.
 pub const MAX_HISTORY_LIMIT: usize = 1000;
@@ -83,7 +83,7 @@ type L<'a, 'b> = &'a mut Link<'b, AppConn, Tag, Counts>;
 /// shards (sent right after), and the requests waiting for their answers.
 #[derive(Default)]
 pub(super) struct Requests {
-    pub sends: Vec<ToOwner>,
+    pub sends: Vec<Publish>,
     pub asks: Vec<(usize, u32, Ask)>,
     pub waits: Vec<Wait>,
     /// The number of the next API request on this shard.
@@ -272,7 +272,7 @@ impl App {
         let req = self.api.next_req;
         for (index, room) in rooms.iter().enumerate() {
             link.figures().published += 1;
-            self.api.sends.push(ToOwner::Publish {
+            self.api.sends.push(Publish {
                 room: room.clone(),
                 data: data.clone(),
                 shard: self.shard as u16,
@@ -394,23 +394,28 @@ impl App {
 
     /// Sends what API requests of this connection's input asked of the shards.
     pub(super) fn send_api(&mut self, cx: &mut Cx<App>) {
-        for msg in std::mem::take(&mut self.api.sends) {
-            let ToOwner::Publish { room, .. } = &msg else {
-                continue;
-            };
-            cx.mesh().send(self.orderer(room), msg.into());
+        for publish in std::mem::take(&mut self.api.sends) {
+            self.send_publish(cx, publish);
         }
         let me = self.shard as u16;
-        for (shard, req, ask) in self.api.asks.drain(..) {
-            cx.mesh().send(
-                shard,
+        for (to, req, ask) in self.api.asks.drain(..) {
+            let msg = if to == self.shards {
+                // The backplane asks the other nodes and adds their answers up.
+                crate::backplane::Request::Ask {
+                    shard: me,
+                    req,
+                    ask,
+                }
+                .into()
+            } else {
                 Api::Ask {
                     shard: me,
                     req,
                     ask,
                 }
-                .into(),
-            );
+                .into()
+            };
+            cx.mesh().send(to, msg);
         }
     }
 

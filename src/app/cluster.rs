@@ -8,7 +8,7 @@ use crate::backplane::{Event, Request};
 use crate::reactor::Cx;
 
 use super::ws::reply;
-use super::{wire, Api, App, ToMember};
+use super::{wire, App, ToMember};
 
 impl App {
     /// A message from the backplane.
@@ -87,7 +87,7 @@ impl App {
             Event::Ask { shard, req, ask } => {
                 let answer = self.on_ask(cx, ask);
                 cx.mesh()
-                    .send(shard.into(), Api::Answer { req, answer }.into());
+                    .send(shard.into(), Request::Answer { req, answer }.into());
             }
             Event::Answer { req, answer } => self.on_answer(cx, req, answer),
         }

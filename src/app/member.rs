@@ -90,7 +90,7 @@ impl App {
         room: &Arc<str>,
         j: crate::rooms::Joined,
     ) {
-        let (turn, out_cap) = (cx.clock().turn, cx.out_cap());
+        let out_cap = cx.out_cap();
         let Some(mut link) = cx.link_any(slot) else {
             return;
         };
@@ -144,8 +144,8 @@ impl App {
         let frame = SharedFrame::from_encoded(Arc::from(buf));
         let tag = Tag::delivery(id, (first, last));
         let (shard, gaps) = ((&*self.cfg, &self.members.local), &mut self.members.gaps);
-        let ok = offer(shard, gaps, &mut link, room, tag, frame, (turn, out_cap));
-        advance_stream(&mut link, room, last, ok, out_cap);
+        let ok = offer(shard, gaps, &mut link, room, tag, frame);
+        advance_stream(&mut link, room, last, ok);
     }
 
     /// Puts this turn's batch of `room` in the out-ring of every member on this shard, in
@@ -158,7 +158,6 @@ impl App {
         span: (u64, u64),
         frames: &[Option<SharedFrame>; ENCODINGS],
     ) {
-        let how = (cx.clock().turn, cx.out_cap());
         let missed = self.members.local.arrived(room, span.0, span.1);
         let Some(id) = self.members.local.id(room) else {
             // No member here (any more).
@@ -181,9 +180,9 @@ impl App {
             let Some(frame) = &frames[encoding.index()] else {
                 continue;
             };
-            let ok = offer(shard, gaps, &mut link, room, tag, frame.clone(), how);
+            let ok = offer(shard, gaps, &mut link, room, tag, frame.clone());
             if encoding.is_stream() {
-                advance_stream(&mut link, room, span.1, ok, how.1);
+                advance_stream(&mut link, room, span.1, ok);
             }
         }
     }

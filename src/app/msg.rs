@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use crate::backplane::{self, Event, Request};
-use crate::gather::{Answer, Ask, Reply};
+use crate::gather::{Answer, Ask, Publish, Reply};
 use crate::protocol::SharedFrame;
 use crate::rooms::{Joined, ENCODINGS};
 
@@ -50,20 +50,11 @@ pub enum ToOwner {
         slot: u32,
         encoding: Encoding,
     },
-    /// Publish `data` (raw JSON); answer `slot` as `reply` says. Sent to the room's
-    /// orderer: its owner, or the backplane with `--redis` (which takes it as a
+    /// Publish (without a backplane: with one, publishes go to it as a
     /// [`Request::Publish`]).
-    Publish {
-        room: Arc<str>,
-        data: Arc<str>,
-        shard: u16,
-        slot: u32,
-        gen: u32,
-        reply: Reply,
-    },
-    /// A presence event of `room` (`--presence-events`): from a member's shard to the
-    /// owner, and from the owner to the backplane (which takes it as a
-    /// [`Request::Presence`]).
+    Publish(Publish),
+    /// A presence event of `room` (`--presence-events`), from a member's shard (the owner
+    /// sends it on to the backplane as a [`Request::Presence`]).
     Presence { room: Arc<str>, json: Arc<[u8]> },
 }
 
@@ -125,8 +116,9 @@ impl crate::mesh::Message for Msg {
             | Msg::Owner(ToOwner::Presence { .. })
             | Msg::Backplane(Request::Presence { .. })
             | Msg::FromBackplane(Event::Presence { .. }) => true,
-            Msg::Owner(ToOwner::Publish { reply, .. })
-            | Msg::Backplane(Request::Publish { reply, .. }) => !matches!(reply, Reply::Api(..)),
+            Msg::Owner(ToOwner::Publish(p)) | Msg::Backplane(Request::Publish(p)) => {
+                !matches!(p.reply, Reply::Api(..))
+            }
             _ => false,
         }
     }
@@ -162,31 +154,11 @@ impl From<Event> for Msg {
     }
 }
 
-/// What the backplane takes from the mesh: requests sent to it as such, and the
-/// messages a shard sends to a room's orderer or to every endpoint (publishes, presence
-/// events, the API's asks and answers), which reach the backplane as its requests.
+/// The backplane takes what is sent to it as its own request; the app addresses it so.
 impl backplane::Carrier for Msg {
     fn into_request(self) -> Result<Request, Msg> {
         match self {
             Msg::Backplane(r) => Ok(r),
-            Msg::Owner(ToOwner::Publish {
-                room,
-                data,
-                shard,
-                slot,
-                gen,
-                reply,
-            }) => Ok(Request::Publish {
-                room,
-                data,
-                shard,
-                slot,
-                gen,
-                reply,
-            }),
-            Msg::Owner(ToOwner::Presence { room, json }) => Ok(Request::Presence { room, json }),
-            Msg::Api(Api::Ask { shard, req, ask }) => Ok(Request::Ask { shard, req, ask }),
-            Msg::Api(Api::Answer { req, answer }) => Ok(Request::Answer { req, answer }),
             other => Err(other),
         }
     }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use crate::backplane::Request;
-use crate::gather::{Answer, Reply};
+use crate::gather::{Answer, Publish, Reply};
 use crate::reactor::Cx;
 use crate::rooms::{Need, Owner, Parked};
 
@@ -110,14 +110,14 @@ impl App {
                 }
             }
             ToOwner::Presence { room, json } => self.on_presence(cx, room, json, false),
-            ToOwner::Publish {
+            ToOwner::Publish(Publish {
                 room,
                 data,
                 shard,
                 slot,
                 gen,
                 reply,
-            } => {
+            }) => {
                 // No members anywhere: nothing is kept, and the ack says seq 0.
                 let published = self.owner.rooms.publish(&room, data, self.owner.clock_ms);
                 let seq = published.map_or(0, |p| p.0);

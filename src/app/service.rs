@@ -4,7 +4,8 @@
 //!
 //! Where a publish goes, file by file: `ws` parses the op and pushes an intent;
 //! `App::apply_intents` here sends a `ToOwner::Publish` to the room's owner shard over
-//! [`crate::mesh`]; there `owner` has [`crate::rooms::Owner::publish`] give it a seq in
+//! [`crate::mesh`] (with `--redis`, a `Request::Publish` to the backplane, whose order
+//! comes back to the owner from Redis); there `owner` has [`crate::rooms::Owner::publish`] give it a seq in
 //! this turn's batch; at the end of the turn `owner`'s `seal` encodes the batch once per
 //! encoding in use (`batch`) into one shared frame and sends a `ToMember::Deliver` to every
 //! shard with members; each shard's `member` puts a reference to it in every local
@@ -27,7 +28,8 @@ use super::sse;
 use super::wire::RoomOp;
 use super::ws::{fail, reply};
 use super::{gate, wire, Api, App, Intent, Msg, ToMember, ToOwner};
-use crate::gather::Reply;
+use crate::backplane::Request;
+use crate::gather::{Publish, Reply};
 
 /// A publishing connection stops being read when the mesh queue towards the room's owner
 /// is fuller than capacity / PAUSE, and paused publishers are read again once every queue
@@ -278,8 +280,7 @@ impl App {
                 }
                 Intent::Room(RoomOp::Pub { room, data, id }) => {
                     cx.figures().published += 1;
-                    let owner = self.orderer(&room);
-                    let msg = ToOwner::Publish {
+                    let publish = Publish {
                         room,
                         data,
                         shard: me,
@@ -287,7 +288,7 @@ impl App {
                         gen,
                         reply: id.map_or(Reply::None, Reply::Ack),
                     };
-                    cx.mesh().send(owner, msg.into());
+                    let owner = self.send_publish(cx, publish);
                     // Flow control: a publisher faster than the owner can take stops being
                     // read until the mesh drains, instead of its messages being dropped.
                     if cx.mesh().pressure(owner) > cx.mesh().capacity() / MESH_PAUSE_DIVISOR {
@@ -320,13 +321,17 @@ impl App {
         );
     }
 
-    /// Where a publish to `room` goes to be given its seq: the room's owner shard, or
-    /// with a backplane, the backplane (Redis orders the cluster's publishes).
-    pub(super) fn orderer(&self, room: &str) -> usize {
+    /// Sends a publish to be given its seq: to the room's owner shard, or with a backplane,
+    /// to the backplane (Redis orders the cluster's publishes). Returns where it went.
+    pub(super) fn send_publish(&self, cx: &mut Cx<App>, publish: Publish) -> usize {
         if self.cfg.backplane {
+            cx.mesh()
+                .send(self.shards, Request::Publish(publish).into());
             self.shards
         } else {
-            owner_of(room, self.shards)
+            let owner = owner_of(&publish.room, self.shards);
+            cx.mesh().send(owner, ToOwner::Publish(publish).into());
+            owner
         }
     }
 
@@ -440,8 +445,8 @@ pub(super) fn advance_stream(
     room: &str,
     seq: u64,
     queued: bool,
-    out_cap: usize,
 ) {
+    let out_cap = link.out_cap();
     let Some(stream) = link.app().sse() else {
         return;
     };

@@ -102,16 +102,15 @@ pub(super) fn offer(
     name: &Arc<str>,
     tag: Tag,
     frame: SharedFrame,
-    (turn, out_cap): (u32, usize),
 ) -> bool {
-    let cap = out_cap * 4;
+    let cap = link.out_cap() * 4;
     let room = tag.room;
     if link.app().has(flag::OWED) {
         // What was skipped goes out before what comes after it.
         pay(gaps, link, room, cap);
     }
     if link
-        .deliver(frame.clone(), tag, cfg.max_queued_bytes, turn)
+        .deliver(frame.clone(), tag, cfg.max_queued_bytes)
         .is_ok()
     {
         link.figures().delivered += 1;
@@ -130,12 +129,11 @@ pub(super) fn offer(
         SlowPolicy::DropOldest => {
             if let Some(old) = link.drop_oldest() {
                 link.figures().dropped_oldest += 1;
-                // A room that no longer has a member here is not this member's any more:
-                // nothing is owed for it.
+                // A room this member has left since is not its any more: nothing is owed.
                 let old_name = if old.room == room {
                     Some(name)
                 } else {
-                    rooms.name(old.room)
+                    rooms.name_for(old.room, link.slot() as u32)
                 };
                 if let Some(old_name) = old_name {
                     owe(gaps, link, (old.room, old_name), old.first, old.last);

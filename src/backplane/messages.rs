@@ -4,21 +4,14 @@
 
 use std::sync::Arc;
 
-use crate::gather::{Answer, Ask, Reply};
+use crate::gather::{Answer, Ask, Publish};
 
 /// What the shards ask of the backplane.
 #[derive(Debug)]
 pub enum Request {
-    /// Publish `data` (raw JSON) to `room` through its Redis (one order cluster-wide), then
-    /// answer `slot` on `shard` as `reply` says.
-    Publish {
-        room: Arc<str>,
-        data: Arc<str>,
-        shard: u16,
-        slot: u32,
-        gen: u32,
-        reply: Reply,
-    },
+    /// Publish through the room's Redis (one order cluster-wide), then answer as the
+    /// publish's `reply` says.
+    Publish(Publish),
     /// The room's owner: this node has members in `room` now: subscribe, and send its
     /// state ([`Event::Synced`]) with the messages after `after`.
     Sub {

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::gather::{Answer, Reply};
+use crate::gather::{Answer, Publish, Reply};
 use crate::mesh::Endpoint;
 use sha1::{Digest, Sha1};
 
@@ -347,14 +347,14 @@ impl<M: Carrier> Backplane<M> {
             Err(other) => return tracing::debug!(?other, "backplane: not a request"),
         };
         match msg {
-            Request::Publish {
+            Request::Publish(Publish {
                 room,
                 data,
                 shard,
                 slot,
                 gen,
                 reply,
-            } => {
+            }) => {
                 let i = self.server_of(&room);
                 let epoch = self.epoch_candidate().to_string();
                 let up = self.status.up[i].load(Ordering::Relaxed);

@@ -17,7 +17,7 @@ use slab::Slab;
 
 use super::conn::{flag, Conn};
 use super::outring::{Full, Kind, OutRing, Tag};
-use super::stats::{Figures, Transport};
+use super::stats::{Figures, TransportFigures};
 use crate::mesh::Endpoint;
 use crate::protocol::SharedFrame;
 
@@ -117,7 +117,7 @@ pub struct Cx<S: Service> {
     /// Paused connections the service wants read again, handled after the turn.
     pub(super) resumes: Vec<(usize, u32)>,
     /// This shard's counters (the reactor's), published once per turn.
-    pub(super) stats: Transport,
+    pub(super) stats: TransportFigures,
     /// The service's figures, published with them.
     pub(super) figures: S::Figures,
     pub(super) mesh: Endpoint<S::Msg>,
@@ -296,20 +296,15 @@ impl<'a, A, T: Tag, F> Link<'a, A, T, F> {
 
     /// Queues a room's delivery, tagged `tag` (of [`Kind::Delivery`]), in loop turn `turn`
     /// (see [`OutRing::push_delivery`]).
-    pub fn deliver(
-        &mut self,
-        frame: SharedFrame,
-        tag: T,
-        max_bytes: usize,
-        turn: u32,
-    ) -> Result<(), Full> {
+    pub fn deliver(&mut self, frame: SharedFrame, tag: T, max_bytes: usize) -> Result<(), Full> {
         if self.is_closing() {
             return Err(Full);
         }
+        let (cap, turn) = (self.rules.out_cap, self.clock.turn);
         let pushed = self
             .conn
             .out
-            .push_delivery(frame, tag, self.rules.out_cap, max_bytes, turn);
+            .push_delivery(frame, tag, cap, max_bytes, turn);
         if !self.conn.out.is_empty() {
             self.queue_flush();
         }

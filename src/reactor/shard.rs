@@ -16,7 +16,7 @@ use super::conn::{flag, Conn};
 use super::drain::{Drain, Schedule};
 use super::heartbeat::{Beat, Heartbeat};
 use super::service::{Clock, Cx, Deadline, Link, Rules, Service};
-use super::stats::{SharedStats, Transport};
+use super::stats::{SharedStats, TransportFigures};
 use crate::mesh::Endpoint;
 use transport::Transports;
 
@@ -103,7 +103,7 @@ struct Beats<'a, S: Service> {
     service: &'a mut S,
     flush: &'a mut Vec<usize>,
     lingers: &'a mut VecDeque<Deadline>,
-    stats: &'a mut Transport,
+    stats: &'a mut TransportFigures,
     figures: &'a mut S::Figures,
     clock: Clock,
     rules: Rules,

@@ -2,7 +2,7 @@
 //! plain integers and copies them to its own cache line once per loop turn, with relaxed
 //! stores: nothing contended on the hot path.
 //!
-//! Two tables per shard: the reactor's own ([`Transport`]: sockets, bytes, TLS, the mesh,
+//! Two tables per shard: the reactor's own ([`TransportFigures`]: sockets, bytes, TLS, the mesh,
 //! sends) and the service's ([`Service::Figures`](super::Service::Figures), declared with
 //! [`figures!`]), each with its metadata. Both are published here the same way and read
 //! as one.
@@ -31,14 +31,14 @@ pub struct Meta {
 pub trait Figures: Default + 'static {
     /// Every figure's metadata, in declaration order (families are contiguous).
     const META: &'static [Meta];
-    /// Copies the figures into `slots` (one per [`Figures::META`] entry), relaxed.
-    fn publish(&self, slots: &[AtomicU64]);
+    /// Hands each figure to `store` with its index in [`Figures::META`].
+    fn publish(&self, store: impl FnMut(usize, u64));
 }
 
 /// No figures (a service that counts nothing of its own).
 impl Figures for () {
     const META: &'static [Meta] = &[];
-    fn publish(&self, _: &[AtomicU64]) {}
+    fn publish(&self, _: impl FnMut(usize, u64)) {}
 }
 
 /// Declares a [`Figures`] table: `name: Counter|Gauge "family" "label" "help",` per field.
@@ -57,11 +57,13 @@ macro_rules! figures {
                 help: $help,
             },)*];
 
-            fn publish(&self, slots: &[std::sync::atomic::AtomicU64]) {
-                let mut slots = slots.iter();
-                $(if let Some(s) = slots.next() {
-                    s.store(self.$name, std::sync::atomic::Ordering::Relaxed);
-                })*
+            fn publish(&self, mut store: impl FnMut(usize, u64)) {
+                let mut i = 0;
+                $(
+                    store(i, self.$name);
+                    i += 1;
+                )*
+                let _ = i;
             }
         }
     };
@@ -70,7 +72,7 @@ pub(crate) use figures;
 
 figures!(
     /// The reactor's figures of one shard.
-    Transport {
+    TransportFigures {
         connections: Gauge "roomcast_connections" "" "Sockets open on the shard, in any phase.",
         fixed_files: Gauge "roomcast_fixed_files_limit" "" "Size of the shard's io_uring fixed-file table (0 on epoll).",
         accepted: Counter "roomcast_accepted_total" "" "Sockets accepted.",
@@ -87,9 +89,20 @@ figures!(
     }
 );
 
-/// One shard's published figures: the reactor's, then the service's.
+/// Eight figures: a cache line. A shard's figures are whole lines of their own, so no two
+/// shards ever write the same line.
 #[repr(align(64))]
-struct ShardSlots(Box<[AtomicU64]>);
+#[derive(Default)]
+struct Line([AtomicU64; 8]);
+
+/// One shard's published figures: the reactor's, then the service's.
+struct ShardSlots(Box<[Line]>);
+
+impl ShardSlots {
+    fn get(&self, i: usize) -> &AtomicU64 {
+        &self.0[i / 8].0[i % 8]
+    }
+}
 
 /// Every shard's figures.
 pub struct SharedStats {
@@ -112,19 +125,31 @@ impl std::fmt::Debug for SharedStats {
 impl SharedStats {
     /// Slots for `n` shards of a service whose figures are `service`.
     pub fn new(n: usize, service: &'static [Meta]) -> SharedStats {
-        let transport = Transport::META.len();
-        let meta: Vec<Meta> = Transport::META.iter().chain(service).copied().collect();
+        let transport = TransportFigures::META.len();
+        let meta: Vec<Meta> = TransportFigures::META
+            .iter()
+            .chain(service)
+            .copied()
+            .collect();
         for (i, m) in meta.iter().enumerate() {
             assert!(
                 meta[..i].iter().all(|o| o.field != m.field),
                 "figure {} declared twice",
                 m.field
             );
+            // `/metrics` writes a family's HELP and TYPE where it starts: it must not
+            // start twice.
+            let starts = i == 0 || meta[i - 1].family != m.family;
+            assert!(
+                !starts || meta[..i].iter().all(|o| o.family != m.family),
+                "family {} is split",
+                m.family
+            );
         }
-        let slots = meta.len();
+        let lines = meta.len().div_ceil(8);
         SharedStats {
             shards: (0..n)
-                .map(|_| ShardSlots((0..slots).map(|_| AtomicU64::new(0)).collect()))
+                .map(|_| ShardSlots((0..lines).map(|_| Line::default()).collect()))
                 .collect(),
             transport,
             meta,
@@ -133,10 +158,11 @@ impl SharedStats {
     }
 
     /// Publishes shard `shard`'s figures. Cost: one relaxed store per figure.
-    pub fn store(&self, shard: usize, transport: &Transport, service: &impl Figures) {
-        let slots = &self.shards[shard].0;
-        transport.publish(&slots[..self.transport]);
-        service.publish(&slots[self.transport..]);
+    pub fn store(&self, shard: usize, transport: &TransportFigures, service: &impl Figures) {
+        let slots = &self.shards[shard];
+        transport.publish(|i, v| slots.get(i).store(v, Ordering::Relaxed));
+        let at = self.transport;
+        service.publish(|i, v| slots.get(at + i).store(v, Ordering::Relaxed));
     }
 
     /// The figures shown, in order.
@@ -148,7 +174,11 @@ impl SharedStats {
     pub fn values(&self) -> Vec<Vec<u64>> {
         self.shards
             .iter()
-            .map(|s| s.0.iter().map(|v| v.load(Ordering::Relaxed)).collect())
+            .map(|s| {
+                (0..self.meta.len())
+                    .map(|i| s.get(i).load(Ordering::Relaxed))
+                    .collect()
+            })
             .collect()
     }
 
@@ -162,7 +192,7 @@ impl SharedStats {
         self.meta
             .iter()
             .position(|m| m.field == field)
-            .map_or(0, |i| self.shards[shard].0[i].load(Ordering::Relaxed))
+            .map_or(0, |i| self.shards[shard].get(i).load(Ordering::Relaxed))
     }
 
     /// `/stats`: totals and one object per shard.
@@ -193,5 +223,55 @@ impl SharedStats {
             self.config,
             per.join(",")
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    figures!(
+        /// A service's figures, for the tests.
+        Ours {
+            asked: Counter "ours_asked_total" "" "Asked.",
+            held: Gauge "ours_held" "" "Held.",
+        }
+    );
+
+    figures!(
+        /// A service that reuses a family of the reactor's further down.
+        Split {
+            again: Counter "roomcast_accepted_total" "kind=\"again\"" "",
+        }
+    );
+
+    #[test]
+    fn both_tables_are_published_per_shard_and_read_as_one() {
+        let s = SharedStats::new(2, Ours::META);
+        let t = TransportFigures {
+            accepted: 3,
+            ..Default::default()
+        };
+        s.store(1, &t, &Ours { asked: 5, held: 7 });
+        assert_eq!((s.value(1, "accepted"), s.value(1, "held")), (3, 7));
+        assert_eq!((s.value(0, "held"), s.total("asked")), (0, 5));
+        let names: Vec<&str> = s.meta().map(|m| m.field).collect();
+        assert_eq!(names.len(), TransportFigures::META.len() + 2);
+        assert_eq!(s.values()[1][names.len() - 1], 7);
+        assert!(s.to_json().contains("\"held\":7"));
+    }
+
+    #[test]
+    fn a_shards_figures_start_on_a_cache_line_of_their_own() {
+        let s = SharedStats::new(3, Ours::META);
+        for shard in &s.shards {
+            assert_eq!(shard.get(0) as *const AtomicU64 as usize % 64, 0);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "is split")]
+    fn a_family_split_over_the_two_tables_is_refused() {
+        SharedStats::new(1, Split::META);
     }
 }

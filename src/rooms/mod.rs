@@ -636,6 +636,14 @@ impl Local {
         self.by_id.get(&id).map(|&i| &self.rooms[i].name)
     }
 
+    /// The name of the room `id` stands for, if `slot` is (or is joining) in it. O(rooms of
+    /// the connection).
+    pub fn name_for(&self, id: RoomId, slot: u32) -> Option<&Arc<str>> {
+        let &i = self.by_id.get(&id)?;
+        let theirs = self.by_conn.get(&slot)?;
+        theirs.contains(&i).then(|| &self.rooms[i].name)
+    }
+
     /// The members of `room` on this shard.
     pub fn members(&self, room: &str) -> &[u32] {
         self.ids

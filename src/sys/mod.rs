@@ -1,8 +1,8 @@
-//! The bottom layer: the process's syscalls and their `unsafe` (sockets and listeners,
-//! descriptor limits, CPU affinity, signals, `poll`, the mesh's eventfd), each behind a
-//! safe function. Every libc call goes through [`syscall!`]. The reactor's backends
-//! (`reactor::backend`) build their event loops on this layer; the mesh and the backplane
-//! use its eventfd and `poll`. It imports nothing from the crate.
+//! The bottom layer: the process-level syscalls (sockets and listeners, descriptor
+//! limits, CPU affinity, signals, `poll`, the mesh's eventfd), each behind a safe
+//! function, and [`syscall!`], through which every libc call goes. The reactor's backends
+//! (`reactor::backend`) build their event loops on this layer and make their own loop's
+//! calls (epoll, reads and writes, the buffer ring's mapping); the mesh and the backplane use its eventfd and `poll`. It imports nothing from the crate.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
