@@ -19,6 +19,10 @@ pub struct Publish {
     pub slot: u32,
     pub gen: u32,
     pub reply: Reply,
+    /// Whether the webhooks want to hear of it once it has its place (`client_publish`),
+    /// and the publisher's user for them.
+    pub notify: bool,
+    pub user: Option<Arc<str>>,
 }
 
 /// What a shard is asked on behalf of an API request elsewhere.

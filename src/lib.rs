@@ -9,6 +9,7 @@ pub mod app;
 pub mod backplane;
 pub mod config;
 pub mod gather;
+pub mod hooks;
 pub mod mesh;
 pub mod ops;
 pub mod protocol;

@@ -148,6 +148,12 @@ impl<M: Message> Endpoint<M> {
         self.shared.wake[self.me].raw()
     }
 
+    /// [`Endpoint::wake_fd`] as a descriptor of its own (for a poller that must own what
+    /// it polls, an async runtime's).
+    pub fn wake_fd_owned(&self) -> io::Result<std::os::fd::OwnedFd> {
+        self.shared.wake[self.me].try_clone()
+    }
+
     /// Messages dropped because a destination's backlog was full.
     pub fn dropped(&self) -> u64 {
         self.dropped

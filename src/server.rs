@@ -85,27 +85,45 @@ pub fn start(cfg: &ServeConfig) -> Result<Running, StartError> {
     let status = backplane
         .as_ref()
         .map(|b| Arc::new(crate::backplane::Status::new(b)));
+    let hooks = hooks_settings(cfg, backplane.as_ref().map(|b| b.node.clone()));
+    let hooks_status = hooks
+        .as_ref()
+        .map(|_| Arc::new(crate::hooks::Status::default()));
     let info = Arc::new(Info {
         settings: Info::settings_json(&cfg.effective, crate::config::file::SECRETS),
         max_conns,
         capacity,
         backplane: status.clone().map(|s| s as Arc<dyn Report>),
+        hooks: hooks_status.clone().map(|s| s as Arc<dyn Report>),
     });
-    // Per-address limits need each peer's address at accept.
-    reactor.peer_addresses = gate.max_per_ip > 0;
+    // Per-address limits need each peer's address at accept, and the hooks show it to
+    // the backend.
+    reactor.peer_addresses = gate.max_per_ip > 0 || settings.hooks.is_some();
     if let (Some(cert), Some(key)) = (&cfg.tls_cert, &cfg.tls_key) {
         let source = reactor::tls::Source::load(cert, key).map_err(StartError::Config)?;
         reactor.tls = Some(Arc::new(source));
     }
     let tls = reactor.tls.clone();
-    let (server, mut others) =
-        Server::start_with(&reactor, usize::from(backplane.is_some()), |shard| {
-            App::new(settings.clone(), gate.clone(), info.clone(), &shard)
-        })
-        .map_err(StartError::Io)?;
-    if let (Some(b), Some(status), Some(mesh)) = (backplane, status, others.pop()) {
+    let threads = usize::from(backplane.is_some()) + usize::from(hooks.is_some());
+    let (server, others) = Server::start_with(&reactor, threads, |shard| {
+        App::new(settings.clone(), gate.clone(), info.clone(), &shard)
+    })
+    .map_err(StartError::Io)?;
+    // The mesh's endpoints after the shards: the backplane's, then the hooks'.
+    let mut others = others.into_iter();
+    if let (Some(b), Some(status)) = (backplane, status) {
+        let mesh = others
+            .next()
+            .ok_or_else(|| StartError::Config("mesh".into()))?;
         tracing::info!(node = %b.node, redis = b.targets.len(), "backplane: rooms are ordered through Redis");
         crate::backplane::spawn(b, mesh, status).map_err(StartError::Io)?;
+    }
+    if let (Some(h), Some(status)) = (hooks, hooks_status) {
+        let mesh = others
+            .next()
+            .ok_or_else(|| StartError::Config("mesh".into()))?;
+        tracing::info!("hooks: the application's backend is asked and told");
+        crate::hooks::spawn(h, mesh, status).map_err(StartError::Io)?;
     }
     Ok(Running {
         server,
@@ -203,6 +221,7 @@ fn app_settings(cfg: &ServeConfig) -> crate::app::Settings {
             .map(Into::into),
         api_max_body: cfg.api_max_body.min(u32::MAX as u64) as usize,
         backplane: !cfg.redis.is_empty(),
+        hooks: hook_use(cfg),
         presence_events: cfg.presence_events,
         deflate: cfg.deflate,
         deflate_min_size: cfg.deflate_min_size,
@@ -216,6 +235,86 @@ fn app_settings(cfg: &ServeConfig) -> crate::app::Settings {
         },
     }
 }
+
+/// Which hooks the app asks and what it tells the webhooks (none: no hooks thread).
+fn hook_use(cfg: &ServeConfig) -> Option<crate::app::backend::HookUse> {
+    let any = cfg.hook_connect.is_some()
+        || cfg.hook_join.is_some()
+        || cfg.hook_publish.is_some()
+        || cfg.hook_rpc.is_some()
+        || cfg.webhook.is_some();
+    if !any {
+        return None;
+    }
+    let wants = |name: &str| {
+        cfg.webhook.is_some()
+            && (cfg.webhook_events.is_empty() || cfg.webhook_events.iter().any(|e| e == name))
+    };
+    Some(crate::app::backend::HookUse {
+        connect: cfg.hook_connect.is_some(),
+        join: cfg.hook_join.is_some(),
+        publish: cfg.hook_publish.is_some(),
+        rpc: cfg.hook_rpc.is_some(),
+        forward_headers: forward_headers(cfg),
+        events: crate::app::backend::Events {
+            occupancy: wants("room_occupied") || wants("room_vacated"),
+            members: wants("member_joined") || wants("member_left"),
+            client_publish: wants("client_publish"),
+            connection_closed: wants("connection_closed"),
+        },
+    })
+}
+
+fn forward_headers(cfg: &ServeConfig) -> Vec<String> {
+    cfg.hook_forward_headers
+        .iter()
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .collect()
+}
+
+/// The hooks thread's settings (any hook or `--webhook` given); `node`: the backplane's
+/// node id, if there is one.
+fn hooks_settings(cfg: &ServeConfig, node: Option<String>) -> Option<crate::hooks::Settings> {
+    hook_use(cfg)?;
+    let webhook = cfg
+        .webhook
+        .as_ref()
+        .map(|url| crate::hooks::webhook::Settings {
+            url: url.clone(),
+            secret: cfg.webhook_secret.clone(),
+            events: if cfg.webhook_events.is_empty() {
+                crate::config::WEBHOOK_EVENTS
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect()
+            } else {
+                cfg.webhook_events.clone()
+            },
+            batch: cfg.webhook_batch as usize,
+            queue: WEBHOOK_QUEUE,
+            node: node
+                .clone()
+                .or_else(|| cfg.node_id.clone())
+                .unwrap_or_else(crate::backplane::random_node_id),
+            redis: cfg.redis.first().cloned(),
+        });
+    Some(crate::hooks::Settings {
+        connect: cfg.hook_connect.clone(),
+        join: cfg.hook_join.clone(),
+        publish: cfg.hook_publish.clone(),
+        rpc: cfg.hook_rpc.clone(),
+        forward_headers: forward_headers(cfg),
+        timeout: cfg.hook_timeout,
+        max_inflight: cfg.hook_max_inflight as usize,
+        fail_open: cfg.hook_fail_open,
+        webhook,
+    })
+}
+
+/// Webhook events a node holds at most while its receiver is away (past it, new ones are
+/// dropped and counted).
+const WEBHOOK_QUEUE: usize = 100_000;
 
 /// The backplane's settings (`--redis` given), for a server of `shards` shards.
 fn backplane_settings(
@@ -259,6 +358,21 @@ impl Report for crate::backplane::Status {
 
     fn metrics(&self, out: &mut String) {
         crate::backplane::Status::metrics(self, out)
+    }
+}
+
+/// `/stats` and `/metrics` show the hooks' and webhooks' figures.
+impl Report for crate::hooks::Status {
+    fn degraded(&self) -> bool {
+        false
+    }
+
+    fn json(&self) -> String {
+        crate::hooks::Status::json(self)
+    }
+
+    fn metrics(&self, out: &mut String) {
+        crate::hooks::Status::metrics(self, out)
     }
 }
 

@@ -279,6 +279,9 @@ impl App {
                 slot: link.slot() as u32,
                 gen: link.gen(),
                 reply: Reply::Api(req, index as u16),
+                // A server API publish is the backend's own: not reported back to it.
+                notify: false,
+                user: None,
             });
         }
         let results = vec![Ok((0, None)); rooms.len()];

@@ -66,6 +66,7 @@ impl App {
             Event::Presence { room, json } => self.on_presence(cx, room, json, true),
             Event::SubFailed { room } => {
                 for p in self.owner.rooms.sub_failed(&room) {
+                    self.count_interest(cx, &room, false);
                     let (room, slot, gen) = (room.clone(), p.slot, p.gen);
                     cx.mesh()
                         .send(p.shard, ToMember::JoinFailed { room, slot, gen }.into());
@@ -83,6 +84,22 @@ impl App {
                 if let Some(mut link) = cx.link(slot as usize, gen) {
                     reply(&mut link, wire::unavailable(id, unknown));
                 }
+            }
+            Event::Published {
+                room,
+                epoch,
+                seq,
+                data,
+                user,
+            } => {
+                let what = crate::hooks::What::ClientPublish {
+                    room,
+                    epoch,
+                    seq,
+                    data,
+                    user,
+                };
+                self.tell_hooks(cx, what);
             }
             Event::Ask { shard, req, ask } => {
                 let answer = self.on_ask(cx, ask);

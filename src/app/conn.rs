@@ -68,6 +68,8 @@ pub struct AppConn {
     pub peer: u32,
     /// Deliveries dropped for this connection by the slow-consumer policy (saturating).
     pub drops: u16,
+    /// The close code sent or echoed (with [`flag::CLOSE_SENT`]), for the webhooks.
+    pub close_code: u16,
     pub flags: u8,
 }
 
@@ -82,6 +84,7 @@ impl AppConn {
             ep: Endpoint::Http,
             peer,
             drops: 0,
+            close_code: 0,
             flags: 0,
         }
     }

@@ -90,6 +90,11 @@ impl App {
         room: &Arc<str>,
         j: crate::rooms::Joined,
     ) {
+        if self.events().members {
+            let user = self.sessions.get(slot as u32).map(|s| s.sub.clone());
+            let room = room.clone();
+            self.tell_hooks(cx, crate::hooks::What::MemberJoined { room, user });
+        }
         let out_cap = cx.out_cap();
         let Some(mut link) = cx.link_any(slot) else {
             return;

@@ -25,6 +25,7 @@ pub mod api;
 mod assets;
 pub mod auth;
 pub mod authz;
+pub mod backend;
 mod batch;
 mod cluster;
 mod compress;
@@ -61,6 +62,14 @@ pub enum Intent {
     Login(auth::Session),
     /// A `refresh` op brought a valid token: it replaces the session if the user matches.
     Refresh(auth::Session),
+    /// A room the connect hook joins the connection to (no rights or join hook asked).
+    ServerJoin(Arc<str>),
+    /// An `rpc` op, for the backend.
+    Rpc {
+        method: Arc<str>,
+        data: Arc<str>,
+        id: u64,
+    },
 }
 
 /// What to do when a member's out-ring is full (`--slow-policy`).
@@ -107,6 +116,9 @@ pub struct Settings {
     /// Whether a backplane (`--redis`) orders the rooms: it is the mesh endpoint after
     /// the shards.
     pub backplane: bool,
+    /// The hooks and webhooks in use (`[hooks]`), if any: the hooks thread is the mesh
+    /// endpoint after the shards and the backplane.
+    pub hooks: Option<backend::HookUse>,
 }
 
 /// One shard's app: its share of the rooms, its connections' sessions. Its state is kept
@@ -134,6 +146,10 @@ pub struct App {
     /// permessage-deflate's compressors and inflater (`--deflate`; else none): the
     /// endpoints inflate with it, the owner and the members' replays compress with it.
     codec: Option<Box<compress::Codec>>,
+    /// The application's backend (hooks and webhooks on): what this shard asked of it.
+    backend: Option<backend::Backend>,
+    /// Hook calls asked while a connection's bytes were read, sent right after.
+    pending_calls: Vec<crate::hooks::Request>,
 }
 
 impl App {
@@ -149,6 +165,10 @@ impl App {
         if cfg.backplane {
             owner = owner.with_backplane();
         }
+        let backend = cfg.hooks.clone().map(|h| {
+            let endpoint = shard.shards + usize::from(cfg.backplane);
+            backend::Backend::new(h, endpoint)
+        });
         let mut deflate_limits = cfg.limits;
         deflate_limits.rules.rsv_allowed = 0b100;
         App {
@@ -176,6 +196,8 @@ impl App {
             intents: Vec::new(),
             acks_owed: 0,
             mesh_paused: Vec::new(),
+            backend,
+            pending_calls: Vec::new(),
         }
     }
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use crate::backplane::{self, Event, Request};
 use crate::gather::{Answer, Ask, Publish, Reply};
+use crate::hooks;
 use crate::protocol::SharedFrame;
 use crate::rooms::{Joined, ENCODINGS};
 
@@ -28,6 +29,10 @@ pub enum Msg {
     Backplane(Request),
     /// From the backplane thread, as it said it.
     FromBackplane(Event),
+    /// To the hooks thread.
+    Hooks(hooks::Request),
+    /// From the hooks thread: the backend's answer to a call.
+    FromHooks(hooks::Decided),
 }
 
 /// To a room's owner shard.
@@ -116,6 +121,9 @@ impl crate::mesh::Message for Msg {
             | Msg::Owner(ToOwner::Presence { .. })
             | Msg::Backplane(Request::Presence { .. })
             | Msg::FromBackplane(Event::Presence { .. }) => true,
+            // What webhooks report may be lost under a backed-up mesh (counted, like a
+            // full webhook queue); a call and its answer never.
+            Msg::Hooks(hooks::Request::Happened(_)) => true,
             Msg::Owner(ToOwner::Publish(p)) | Msg::Backplane(Request::Publish(p)) => {
                 !matches!(p.reply, Reply::Api(..))
             }
@@ -159,6 +167,28 @@ impl backplane::Carrier for Msg {
     fn into_request(self) -> Result<Request, Msg> {
         match self {
             Msg::Backplane(r) => Ok(r),
+            other => Err(other),
+        }
+    }
+}
+
+impl From<hooks::Request> for Msg {
+    fn from(r: hooks::Request) -> Msg {
+        Msg::Hooks(r)
+    }
+}
+
+impl From<hooks::Decided> for Msg {
+    fn from(d: hooks::Decided) -> Msg {
+        Msg::FromHooks(d)
+    }
+}
+
+/// The hooks thread takes what is sent to it as its own request.
+impl hooks::Carrier for Msg {
+    fn into_request(self) -> Result<hooks::Request, Msg> {
+        match self {
+            Msg::Hooks(r) => Ok(r),
             other => Err(other),
         }
     }

@@ -3,10 +3,12 @@
 //! and sealing a turn's batch (`seal`, encoding it once per encoding in [`super::batch`]).
 //! What the backplane tells an owner is in [`super::cluster`].
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::backplane::Request;
 use crate::gather::{Answer, Publish, Reply};
+use crate::hooks::What;
 use crate::reactor::Cx;
 use crate::rooms::{Need, Owner, Parked};
 
@@ -25,6 +27,9 @@ pub(super) struct OwnerSide {
     pub clock_ms: u64,
     /// When the history gauge was last computed (it walks the rooms: once a second).
     pub gauge_ms: u64,
+    /// Joins less leaves per room, counted only for the webhooks' `room_occupied` and
+    /// `room_vacated` (a join waiting on Redis counts: its leave or failure will too).
+    pub interest: HashMap<Arc<str>, u32>,
 }
 
 impl OwnerSide {
@@ -35,6 +40,7 @@ impl OwnerSide {
             shard_ms: 0,
             clock_ms: 0,
             gauge_ms: 0,
+            interest: HashMap::new(),
         }
     }
 
@@ -47,6 +53,33 @@ impl OwnerSide {
 }
 
 impl App {
+    /// Counts a join (or a leave) of `room` on this node. The room's first member here
+    /// and its last one tell the webhooks, which make them `room_occupied` and
+    /// `room_vacated` for the whole cluster.
+    pub(super) fn count_interest(&mut self, cx: &mut Cx<App>, room: &Arc<str>, joined: bool) {
+        if !self.events().occupancy {
+            return;
+        }
+        let n = self.owner.interest.entry(room.clone()).or_insert(0);
+        let was = *n;
+        *n = if joined {
+            was + 1
+        } else {
+            was.saturating_sub(1)
+        };
+        let now = *n;
+        if now == 0 {
+            self.owner.interest.remove(room);
+        }
+        if (was == 0) != (now == 0) {
+            let what = What::RoomHere {
+                room: room.clone(),
+                occupied: now > 0,
+            };
+            self.tell_hooks(cx, what);
+        }
+    }
+
     /// A message on the owner channel.
     pub(super) fn on_owner(&mut self, cx: &mut Cx<App>, msg: ToOwner) {
         match msg {
@@ -58,6 +91,7 @@ impl App {
                 encoding,
                 since,
             } => {
+                self.count_interest(cx, &room, true);
                 let joined = if self.cfg.backplane {
                     let parked = Parked {
                         shard: shard.into(),
@@ -105,6 +139,7 @@ impl App {
                     self.owner
                         .rooms
                         .leave(&room, who, encoding.index(), self.owner.clock_ms);
+                self.count_interest(cx, &room, false);
                 if gone {
                     cx.mesh().send(self.shards, Request::Unsub { room }.into());
                 }
@@ -117,9 +152,24 @@ impl App {
                 slot,
                 gen,
                 reply,
+                notify,
+                user,
             }) => {
+                let told = notify.then(|| data.clone());
                 // No members anywhere: nothing is kept, and the ack says seq 0.
                 let published = self.owner.rooms.publish(&room, data, self.owner.clock_ms);
+                if let Some(data) = told {
+                    let (seq, epoch) = published.unwrap_or((0, 0));
+                    let room = room.clone();
+                    let what = What::ClientPublish {
+                        room,
+                        epoch,
+                        seq,
+                        data,
+                        user,
+                    };
+                    self.tell_hooks(cx, what);
+                }
                 let seq = published.map_or(0, |p| p.0);
                 let to = shard.into();
                 match reply {

@@ -12,7 +12,7 @@
 //! member's out-ring (through [`super::slow`]'s policy), and the reactor flushes.
 
 use std::cmp::Reverse;
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::protocol::{CloseCode, SharedFrame};
@@ -30,6 +30,7 @@ use super::ws::{fail, reply};
 use super::{gate, wire, Api, App, Intent, Msg, ToMember, ToOwner};
 use crate::backplane::Request;
 use crate::gather::{Publish, Reply};
+use crate::hooks::What;
 
 /// A publishing connection stops being read when the mesh queue towards the room's owner
 /// is fuller than capacity / PAUSE, and paused publishers are read again once every queue
@@ -43,8 +44,11 @@ impl Service for App {
     type Tag = Tag;
     type Figures = Counts;
 
-    fn open(&mut self, peer: Option<IpAddr>) -> AppConn {
-        AppConn::new(peer.map_or(0, gate::peer_key))
+    fn open(&mut self, slot: usize, peer: Option<SocketAddr>) -> AppConn {
+        if let Some(b) = &mut self.backend {
+            b.opened(slot as u32, peer);
+        }
+        AppConn::new(peer.map_or(0, |p| gate::peer_key(p.ip())))
     }
 
     fn data(&mut self, cx: &mut Cx<App>, slot: usize, data: &mut [u8]) -> usize {
@@ -52,6 +56,9 @@ impl Service for App {
             Some(mut link) => self.receive(&mut link, data),
             None => data.len(),
         };
+        if !self.pending_calls.is_empty() {
+            self.send_calls(cx);
+        }
         self.apply_intents(cx, slot);
         self.acks_owed = 0;
         if !self.api.sends.is_empty() || !self.api.asks.is_empty() {
@@ -145,6 +152,7 @@ impl Service for App {
         self.owner.rooms.expire(self.owner.clock_ms);
         self.resume_publishers(cx);
         self.expire_tokens(cx);
+        self.refresh_sessions(cx);
         let s = &mut cx.figures();
         if self.owner.clock_ms >= self.owner.gauge_ms + 1000 {
             self.owner.gauge_ms = self.owner.clock_ms;
@@ -159,9 +167,36 @@ impl Service for App {
 
     fn closed(&mut self, cx: &mut Cx<App>, slot: usize, mut app: AppConn) {
         let encoding = app.encoding();
+        let events = self.events();
+        let user = || self.sessions.get(slot as u32).map(|s| s.sub.clone());
+        let user = (events.members || events.connection_closed)
+            .then(user)
+            .flatten();
         for room in self.members.local.leave_all(slot as u32) {
             self.presence_event(cx, &room, slot as u32, false);
+            if events.members {
+                let user = user.clone();
+                self.tell_hooks(
+                    cx,
+                    What::MemberLeft {
+                        room: room.clone(),
+                        user,
+                    },
+                );
+            }
             self.tell_owner_left(cx, room, slot as u32, encoding);
+        }
+        if let Some(b) = &mut self.backend {
+            b.closed(slot as u32);
+        }
+        if events.connection_closed && (app.route().is_some() || app.sse().is_some()) {
+            let (code, reason) = match app.route() {
+                Some(_) if app.has(flag::CLOSE_SENT) => (app.close_code, ""),
+                Some(_) => (1006, "closed without a close frame"),
+                None => (0, "event stream ended"),
+            };
+            let reason = Arc::from(reason);
+            self.tell_hooks(cx, What::ConnectionClosed { code, reason, user });
         }
         if app.sse().is_some() {
             self.front.sse_closed += 1;
@@ -200,14 +235,16 @@ impl App {
             return;
         }
         let mut intents = std::mem::take(&mut self.intents);
-        let me = self.shard as u16;
-        let shards = self.shards;
         let gen = cx.gen(slot).unwrap_or(0);
         let who = slot as u32;
         for intent in intents.drain(..) {
             match intent {
                 Intent::Login(session) => self.login(slot, gen, session),
                 Intent::Refresh(session) => self.refresh(cx, slot, gen, session),
+                Intent::ServerJoin(room) => self.join_now(cx, slot, gen, room, None),
+                Intent::Rpc { method, data, id } => {
+                    self.ask_rpc(cx, slot, gen, (method, data, id));
+                }
                 Intent::Room(
                     RoomOp::Join { .. } | RoomOp::Pub { .. } | RoomOp::Presence { .. },
                 ) if self.sessions.required && self.sessions.get(who).is_none() => {
@@ -240,37 +277,33 @@ impl App {
                     reply_to(cx, slot, wire::error_id("forbidden", msg, id));
                 }
                 Intent::Room(RoomOp::Join { room, since }) => {
-                    let max = self.cfg.max_rooms_per_conn;
-                    match self.members.local.request_join(&room, who, max) {
-                        Ok(()) => {
-                            let owner = owner_of(&room, shards);
-                            let encoding = cx.app(slot).map_or(Encoding::Ws, AppConn::encoding);
-                            let msg = ToOwner::Join {
-                                room,
-                                shard: me,
-                                slot: who,
-                                gen,
-                                encoding,
-                                since,
-                            };
-                            cx.mesh().send(owner, msg.into());
-                        }
-                        Err(JoinRefused::AlreadyJoined) => reply_to(
-                            cx,
-                            slot,
-                            wire::error("already_joined", "already a member of that room"),
-                        ),
-                        Err(JoinRefused::TooManyRooms) => reply_to(
-                            cx,
-                            slot,
-                            wire::error("too_many_rooms", "this connection is in too many rooms"),
-                        ),
+                    if !self.ask_join(cx, slot, gen, room.clone(), since) {
+                        self.join_now(cx, slot, gen, room, since);
                     }
+                }
+                Intent::Room(RoomOp::Leave { room })
+                    if self
+                        .backend
+                        .as_mut()
+                        .is_some_and(|b| b.withdraw_join(who, &room)) =>
+                {
+                    // Its join was still with the join hook: withdrawn.
+                    reply_to(cx, slot, wire::left(&room));
                 }
                 Intent::Room(RoomOp::Leave { room }) => {
                     if self.members.local.leave(&room, who) {
                         reply_to(cx, slot, wire::left(&room));
                         self.presence_event(cx, &room, who, false);
+                        if self.events().members {
+                            let user = self.sessions.get(who).map(|s| s.sub.clone());
+                            self.tell_hooks(
+                                cx,
+                                What::MemberLeft {
+                                    room: room.clone(),
+                                    user,
+                                },
+                            );
+                        }
                         let encoding = cx.app(slot).map_or(Encoding::Ws, AppConn::encoding);
                         self.tell_owner_left(cx, room, who, encoding);
                     } else {
@@ -279,30 +312,100 @@ impl App {
                     }
                 }
                 Intent::Room(RoomOp::Pub { room, data, id }) => {
-                    cx.figures().published += 1;
-                    let publish = Publish {
-                        room,
-                        data,
-                        shard: me,
-                        slot: who,
-                        gen,
-                        reply: id.map_or(Reply::None, Reply::Ack),
-                    };
-                    let owner = self.send_publish(cx, publish);
-                    // Flow control: a publisher faster than the owner can take stops being
-                    // read until the mesh drains, instead of its messages being dropped.
-                    if cx.mesh().pressure(owner) > cx.mesh().capacity() / MESH_PAUSE_DIVISOR {
-                        if let Some(mut link) = cx.link_any(slot) {
-                            if !link.is_paused() {
-                                link.pause();
-                                self.mesh_paused.push((slot, gen));
-                            }
-                        }
+                    if let Some((room, data, id)) =
+                        self.ask_publish(cx, slot, gen, (room, data, id))
+                    {
+                        self.publish_now(cx, slot, gen, room, data, id);
                     }
                 }
             }
         }
         self.intents = intents;
+    }
+
+    /// Joins `room` for the connection in `slot` (its rights and any join hook passed):
+    /// asks the room's owner.
+    pub(super) fn join_now(
+        &mut self,
+        cx: &mut Cx<App>,
+        slot: usize,
+        gen: u32,
+        room: Arc<str>,
+        since: Option<(u64, u32)>,
+    ) {
+        let max = self.cfg.max_rooms_per_conn;
+        let who = slot as u32;
+        match self.members.local.request_join(&room, who, max) {
+            Ok(()) => {
+                let owner = owner_of(&room, self.shards);
+                let encoding = cx.app(slot).map_or(Encoding::Ws, AppConn::encoding);
+                let msg = ToOwner::Join {
+                    room,
+                    shard: self.shard as u16,
+                    slot: who,
+                    gen,
+                    encoding,
+                    since,
+                };
+                cx.mesh().send(owner, msg.into());
+            }
+            Err(JoinRefused::AlreadyJoined) => reply_to(
+                cx,
+                slot,
+                wire::error("already_joined", "already a member of that room"),
+            ),
+            Err(JoinRefused::TooManyRooms) => reply_to(
+                cx,
+                slot,
+                wire::error("too_many_rooms", "this connection is in too many rooms"),
+            ),
+        }
+    }
+
+    /// Publishes for the connection in `slot` (its rights and any publish hook passed):
+    /// to the room's owner, or the backplane.
+    pub(super) fn publish_now(
+        &mut self,
+        cx: &mut Cx<App>,
+        slot: usize,
+        gen: u32,
+        room: Arc<str>,
+        data: Arc<str>,
+        id: Option<u64>,
+    ) {
+        cx.figures().published += 1;
+        let user = match self.events().client_publish {
+            true => self.sessions.get(slot as u32).map(|s| s.sub.clone()),
+            false => None,
+        };
+        let publish = Publish {
+            room,
+            data,
+            shard: self.shard as u16,
+            slot: slot as u32,
+            gen,
+            reply: id.map_or(Reply::None, Reply::Ack),
+            notify: self.events().client_publish,
+            user,
+        };
+        let owner = self.send_publish(cx, publish);
+        // Flow control: a publisher faster than the owner can take stops being read until
+        // the mesh drains, instead of its messages being dropped.
+        if cx.mesh().pressure(owner) > cx.mesh().capacity() / MESH_PAUSE_DIVISOR {
+            if let Some(mut link) = cx.link(slot, gen) {
+                if !link.is_paused() {
+                    link.pause();
+                    self.mesh_paused.push((slot, gen));
+                }
+            }
+        }
+    }
+
+    /// The webhook events some receiver wants.
+    pub(super) fn events(&self) -> super::backend::Events {
+        self.backend
+            .as_ref()
+            .map_or_else(Default::default, |b| b.use_.events)
     }
 
     /// Tells `room`'s owner that a member here, with its deliveries in `encoding`, left.
@@ -433,6 +536,8 @@ impl App {
             Msg::FromBackplane(e) => self.on_backplane(cx, e),
             // The backplane's own channel: a shard is never on its end.
             Msg::Backplane(r) => debug_assert!(false, "a shard got a backplane request: {r:?}"),
+            Msg::FromHooks(d) => self.on_hooks(cx, d),
+            Msg::Hooks(r) => debug_assert!(false, "a shard got a hooks request: {r:?}"),
         }
     }
 }

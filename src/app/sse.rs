@@ -21,7 +21,7 @@ use super::encoding::Encoding;
 use super::figures::Counts;
 use super::slow::Tag;
 use super::wire::RoomOp;
-use super::ws::refuse;
+use super::ws::{refuse, Admit};
 use super::{wire, App, Intent};
 
 /// Where a stream stands in one of its rooms.
@@ -166,36 +166,61 @@ impl App {
         &mut self,
         link: &mut Link<'_, AppConn, Tag, Counts>,
         req: &Request<'_>,
-    ) {
+        head: &[u8],
+    ) -> bool {
         let mut rooms: Vec<Arc<str>> = Vec::new();
         let asked = req.query_value("room");
         for room in asked.iter().flat_map(|v| v.split(',')) {
             if let Err(e) = wire::validate_room(room) {
-                return refuse(link, Status::BadRequest, &e.msg);
+                {
+                    refuse(link, Status::BadRequest, &e.msg);
+                    return true;
+                }
             }
             if !rooms.iter().any(|r| &**r == room) {
                 rooms.push(Arc::from(room));
             }
         }
         if rooms.is_empty() {
-            return refuse(
-                link,
-                Status::BadRequest,
-                "/sse needs ?room=<name>[,<name>…]",
-            );
+            {
+                refuse(
+                    link,
+                    Status::BadRequest,
+                    "/sse needs ?room=<name>[,<name>…]",
+                );
+                return true;
+            }
         }
         if rooms.len() > self.cfg.max_rooms_per_conn {
-            return refuse(link, Status::BadRequest, "too many rooms for one stream");
+            {
+                refuse(link, Status::BadRequest, "too many rooms for one stream");
+                return true;
+            }
         }
-        let Some(session) = self.admit(link, req, false) else {
-            return;
+        let session = match self.admit(link, req, head, false) {
+            Admit::Go(session) => session,
+            Admit::Wait => return false,
+            Admit::Refused => return true,
         };
+        // Rooms the connect hook joins this client to, beside those it asked for.
+        let identity = match &mut self.backend {
+            Some(b) => b.take_identity(link.slot() as u32),
+            None => None,
+        };
+        for room in identity.iter().flat_map(|id| &id.rooms) {
+            if wire::validate_room(room).is_ok() && !rooms.contains(room) {
+                rooms.push(room.clone());
+            }
+        }
         if let Some(s) = &session {
             if !rooms.iter().all(|r| s.rights.may_join(r)) {
                 link.figures().forbidden += 1;
                 self.release(link.app());
                 self.front.gate.release_user(&s.sub);
-                return refuse(link, Status::Forbidden, "not allowed to join that room");
+                {
+                    refuse(link, Status::Forbidden, "not allowed to join that room");
+                    return true;
+                }
             }
         }
         let query_id = req.query_value("lastEventId");
@@ -217,7 +242,8 @@ impl App {
             .send_control(SharedFrame::from_encoded(Arc::from(head.into_bytes())))
             .is_err()
         {
-            return link.abort();
+            link.abort();
+            return true;
         }
         link.app().ep = Endpoint::Sse(Sse {
             rooms: rooms
@@ -246,6 +272,7 @@ impl App {
             self.intents
                 .push(Intent::Room(RoomOp::Join { room, since }));
         }
+        true
     }
 }
 

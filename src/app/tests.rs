@@ -29,6 +29,7 @@ pub(super) fn settings() -> Settings {
         api_key: Some("k3y".into()),
         api_max_body: 1 << 16,
         backplane: false,
+        hooks: None,
         presence_events: false,
         deflate: false,
         deflate_min_size: 512,

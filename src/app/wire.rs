@@ -12,6 +12,8 @@ use crate::protocol::{OpCode, SharedFrame};
 
 /// The longest room name, in bytes.
 pub const MAX_ROOM_NAME: usize = 128;
+/// The longest RPC method name, in bytes.
+pub const MAX_METHOD: usize = 128;
 
 /// A room op a client asks for: parsed from a `/ws` message, or implied by the request
 /// (`/ws?room=…`, `/sse?room=…`). `D` is the published data: borrowed from the read buffer
@@ -66,6 +68,13 @@ pub enum ClientOp<'a> {
     Refresh {
         token: std::borrow::Cow<'a, str>,
     },
+    /// A call of the backend's `method` (`--hook-rpc`), answered by `rpc_result` or an
+    /// error with the same `id`.
+    Rpc {
+        method: std::borrow::Cow<'a, str>,
+        data: &'a str,
+        id: u64,
+    },
 }
 
 /// Why a message is not a valid op: answered with `{"op":"error"}`, the connection stays.
@@ -106,6 +115,8 @@ struct Raw<'a> {
     epoch: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow)]
     token: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    method: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// Parses one text message. Cost: one pass of serde_json over the message; `data` is not
@@ -158,6 +169,25 @@ fn parse_raw(raw: Raw<'_>) -> Result<ClientOp<'_>, OpError> {
                 ClientOp::Auth { token }
             } else {
                 ClientOp::Refresh { token }
+            })
+        }
+        "rpc" => {
+            let id = raw
+                .id
+                .ok_or_else(|| OpError::new("missing_field", "\"id\" is required"))?;
+            let method = raw
+                .method
+                .filter(|m| !m.is_empty() && m.len() <= MAX_METHOD)
+                .ok_or_else(|| {
+                    OpError::new(
+                        "missing_field",
+                        format!("\"method\" is required (1 to {MAX_METHOD} bytes)"),
+                    )
+                })?;
+            Ok(ClientOp::Rpc {
+                method,
+                data: raw.data.map_or("null", RawValue::get),
+                id,
             })
         }
         other => Err(OpError::new(
@@ -352,6 +382,56 @@ pub fn authed(sub: &str, exp: u64) -> SharedFrame {
         b",\"exp\":",
         exp_buf.format(exp).as_bytes(),
         b"}",
+    ];
+    SharedFrame::from_parts(OpCode::Text, &parts)
+}
+
+/// `{"op":"authed","sub":…,"exp":…,"data":…}`: the connect hook said who this is (`exp`
+/// 0: no expiry), with the backend's `data` for the client when it gave some.
+pub fn identified(sub: &str, exp: u64, data: Option<&str>) -> SharedFrame {
+    let sub = serde_json::to_string(sub).unwrap_or_else(|_| "\"\"".into());
+    let mut exp_buf = itoa::Buffer::new();
+    let (key, data): (&[u8], &[u8]) = match data {
+        Some(d) => (b",\"data\":", d.as_bytes()),
+        None => (b"", b""),
+    };
+    let parts: [&[u8]; 7] = [
+        b"{\"op\":\"authed\",\"sub\":",
+        sub.as_bytes(),
+        b",\"exp\":",
+        exp_buf.format(exp).as_bytes(),
+        key,
+        data,
+        b"}",
+    ];
+    SharedFrame::from_parts(OpCode::Text, &parts)
+}
+
+/// `{"op":"rpc_result","id":…,"data":…}`: the backend's answer to an `rpc` op, spliced.
+pub fn rpc_result(id: u64, data: &str) -> SharedFrame {
+    let mut buf = itoa::Buffer::new();
+    let parts: [&[u8]; 5] = [
+        b"{\"op\":\"rpc_result\",\"id\":",
+        buf.format(id).as_bytes(),
+        b",\"data\":",
+        data.as_bytes(),
+        b"}",
+    ];
+    SharedFrame::from_parts(OpCode::Text, &parts)
+}
+
+/// `{"op":"error","code":…,"msg":…,"room":…}`: a join refused (the join hook said no, or
+/// could not be asked); the room is named, as several joins may be waiting.
+pub fn join_error(code: &str, msg: &str, room: &str) -> SharedFrame {
+    let msg = serde_json::to_string(msg).unwrap_or_else(|_| "\"\"".into());
+    let parts: [&[u8]; 7] = [
+        b"{\"op\":\"error\",\"code\":\"",
+        code.as_bytes(),
+        b"\",\"msg\":",
+        msg.as_bytes(),
+        b",\"room\":\"",
+        room.as_bytes(),
+        b"\"}",
     ];
     SharedFrame::from_parts(OpCode::Text, &parts)
 }

@@ -13,6 +13,7 @@ use crate::protocol::{
 };
 use crate::reactor::Link;
 
+use super::backend::Connect;
 use super::conn::{flag, AppConn, Endpoint, Route, Ws};
 use super::figures::Counts;
 use super::gate::{Admitted, Gate, Refusal};
@@ -24,6 +25,17 @@ use crate::reactor::stats::SharedStats;
 use crate::reactor::Drain;
 
 pub(super) type L<'a, 'b> = &'a mut Link<'b, AppConn, Tag, Counts>;
+
+/// What admission made of a request.
+pub(super) enum Admit {
+    /// Admitted, with the session of whoever it is (`None`: anonymous, or first-message
+    /// auth pending).
+    Go(Option<auth::Session>),
+    /// Waiting on the connect hook: the request is read again when it answers.
+    Wait,
+    /// Refused (answered already).
+    Refused,
+}
 
 /// What the endpoints share on a shard: admission, what `/stats` and `/metrics` answer
 /// with, the shard's shared frames.
@@ -91,8 +103,11 @@ impl App {
                 buf.len()
             }
             Parsed::Plain(req) if req.path == "/sse" => {
-                self.open_stream(link, &req);
-                buf.len()
+                match self.open_stream(link, &req, &buf[..head_len]) {
+                    // Waiting on the connect hook: the request stays unread.
+                    false => 0,
+                    true => buf.len(),
+                }
             }
             Parsed::Plain(req) if self.asset(link, &req) => buf.len(),
             Parsed::Plain(req) => {
@@ -118,8 +133,12 @@ impl App {
                         return buf.len();
                     }
                 };
-                let Some(session) = self.admit(link, &req, route == Route::Rooms) else {
-                    return buf.len();
+                let session = match self.admit(link, &req, &buf[..head_len], route == Route::Rooms)
+                {
+                    Admit::Go(session) => session,
+                    // Read again once the connect hook has answered.
+                    Admit::Wait => return 0,
+                    Admit::Refused => return buf.len(),
                 };
                 // Offered next to a `bearer.<token>` entry, `roomcast` is the protocol
                 // selected.
@@ -135,6 +154,19 @@ impl App {
                 self.upgrade(link, &req, route, protocol);
                 if let Some(s) = session {
                     self.intents.push(Intent::Login(s));
+                }
+                let identity = match &mut self.backend {
+                    Some(b) => b.take_identity(link.slot() as u32),
+                    None => None,
+                };
+                if let (Some(id), Route::Rooms) = (&identity, route) {
+                    super::backend::after_upgrade(link, id);
+                    for room in &id.rooms {
+                        match wire::validate_room(room) {
+                            Ok(()) => self.intents.push(Intent::ServerJoin(room.clone())),
+                            Err(e) => reply(link, wire::error(e.code, &e.msg)),
+                        }
+                    }
                 }
                 if route == Route::Rooms {
                     // `/ws?room=a,b` joins at connect.
@@ -156,24 +188,26 @@ impl App {
     }
 
     /// Everything a request for `/ws`, `/echo` or `/sse` must pass, in order: not
-    /// draining (503), an allowed Origin (403), a valid token if auth is on (401; with
-    /// `late_auth`, `/ws` may bring it later in an `auth` op), the connection limits (429
-    /// per address or user, 503 in total). Returns the token's session (`Some(None)`: no
-    /// token), or `None` when the request was refused.
+    /// draining (503), an allowed Origin (403), who it is: a valid token if it brings one
+    /// (401), else the connect hook's answer (its 401/403, or 503 `hook_unavailable`),
+    /// else, with auth on, 401 (with `late_auth`, `/ws` may bring a token later in an
+    /// `auth` op); then the connection limits (429 per address or user, 503 in total).
+    /// `head` is the request head as it came (the connect hook forwards its headers).
     pub(super) fn admit(
         &mut self,
         link: L,
         req: &Request<'_>,
+        head: &[u8],
         late_auth: bool,
-    ) -> Option<Option<auth::Session>> {
+    ) -> Admit {
         let gate = self.front.gate.clone();
         if self.front.drain.active() {
             refuse(link, Status::ServiceUnavailable, "server shutting down");
-            return None;
+            return Admit::Refused;
         }
         if !gate.origin_allowed(req.origin) {
             refuse(link, Status::Forbidden, "origin not allowed");
-            return None;
+            return Admit::Refused;
         }
         let mut session = None;
         if let Some(auth) = &gate.auth {
@@ -182,13 +216,22 @@ impl App {
                 Some(Err(e)) => {
                     link.figures().auth_failures += 1;
                     refuse(link, Status::Unauthorized, e.reason());
-                    return None;
+                    return Admit::Refused;
                 }
-                None if late_auth => link.app().set(flag::AUTH_PENDING),
-                None => {
+                None => {}
+            }
+        }
+        if session.is_none() {
+            match self.connect_hook(link, req, head) {
+                Connect::Wait => return Admit::Wait,
+                Connect::Refused => return Admit::Refused,
+                Connect::Identified(s) => session = Some(s),
+                Connect::Off if gate.auth.is_none() => {}
+                Connect::Off if late_auth => link.app().set(flag::AUTH_PENDING),
+                Connect::Off => {
                     link.figures().auth_failures += 1;
                     refuse(link, Status::Unauthorized, "missing token");
-                    return None;
+                    return Admit::Refused;
                 }
             }
         }
@@ -201,14 +244,14 @@ impl App {
                     _ => Status::TooManyRequests,
                 };
                 refuse(link, status, r.reason());
-                return None;
+                return Admit::Refused;
             }
         };
         if let Some(s) = &session {
             if let Err(r) = gate.admit_user(&s.sub) {
                 gate.release(peer, admitted);
                 refuse(link, Status::TooManyRequests, r.reason());
-                return None;
+                return Admit::Refused;
             }
         }
         if admitted.ip {
@@ -217,7 +260,7 @@ impl App {
         if admitted.total {
             link.app().set(flag::COUNTED_TOTAL);
         }
-        Some(session)
+        Admit::Go(session)
     }
 
     /// Accepts the upgrade: queues the 101 and starts speaking `route`.
@@ -436,6 +479,11 @@ impl App {
         match op {
             Ok(wire::ClientOp::Auth { token }) => self.authenticate(link, &token, false),
             Ok(wire::ClientOp::Refresh { token }) => self.authenticate(link, &token, true),
+            Ok(wire::ClientOp::Rpc { method, data, id }) => self.intents.push(Intent::Rpc {
+                method: Arc::from(&*method),
+                data: Arc::from(data),
+                id,
+            }),
             Ok(wire::ClientOp::Room(op)) => {
                 if let RoomOp::Pub { id: Some(_), .. } = op {
                     self.acks_owed += 1;
@@ -533,6 +581,7 @@ fn finish_with_close(link: L, code: u16, frame: Vec<u8>) {
     if link.app().route().is_some() {
         link.figures().count_close(code);
         link.app().set(flag::CLOSE_SENT);
+        link.app().close_code = code;
     }
     link.finish(SharedFrame::from_encoded(Arc::from(frame)));
 }

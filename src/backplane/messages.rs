@@ -71,6 +71,15 @@ pub enum Event {
         id: Option<u64>,
         unknown: bool,
     },
+    /// To the publisher's shard, for a publish that asked to be told (`notify`): it got
+    /// `(epoch, seq)`.
+    Published {
+        room: Arc<str>,
+        epoch: u32,
+        seq: u64,
+        data: Arc<str>,
+        user: Option<Arc<str>>,
+    },
     /// To a shard: this thread (mesh endpoint `shard`) asks it, for request `req`.
     Ask { shard: u16, req: u32, ask: Ask },
     /// To the shard whose API request `req` this answers.

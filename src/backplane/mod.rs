@@ -118,6 +118,8 @@ enum Pending {
         slot: u32,
         gen: u32,
         reply: Reply,
+        /// What the publisher's shard is told once it has its place (`notify`).
+        notify: Option<Box<(Arc<str>, Arc<str>, Option<Arc<str>>)>>,
     },
     /// The room's state for its owner: a (re)subscription's catch-up, or (`fetch`)
     /// history for a resume.

@@ -271,6 +271,7 @@ impl<M: Carrier> Backplane<M> {
                 slot,
                 gen,
                 reply,
+                ..
             } => self.refuse(shard, slot, gen, reply, lost),
             Pending::Sync { room, fetch: true } => self.fetch_failed(room),
             Pending::Page { shard, req, .. } => self.tell(
@@ -354,7 +355,10 @@ impl<M: Carrier> Backplane<M> {
                 slot,
                 gen,
                 reply,
+                notify,
+                user,
             }) => {
+                let notify = notify.then(|| Box::new((room.clone(), data.clone(), user)));
                 let i = self.server_of(&room);
                 let epoch = self.epoch_candidate().to_string();
                 let up = self.status.up[i].load(Ordering::Relaxed);
@@ -381,6 +385,7 @@ impl<M: Carrier> Backplane<M> {
                     slot,
                     gen,
                     reply,
+                    notify,
                 };
                 s.inflight.push_back((p, Instant::now()));
             }
@@ -557,6 +562,7 @@ impl<M: Carrier> Backplane<M> {
                 slot,
                 gen,
                 reply,
+                notify,
             } => {
                 let (seq, epoch) = match v.into_array().as_deref() {
                     Some([s, e]) => (s.as_u64(), e.as_u64()),
@@ -568,6 +574,17 @@ impl<M: Carrier> Backplane<M> {
                 self.status.published.fetch_add(1, Ordering::Relaxed);
                 let to = usize::from(shard);
                 let epoch = epoch as u32;
+                if let Some(n) = notify {
+                    let (room, data, user) = *n;
+                    let published = Event::Published {
+                        room,
+                        epoch,
+                        seq,
+                        data,
+                        user,
+                    };
+                    self.tell(to, published);
+                }
                 match reply {
                     Reply::None => {}
                     Reply::Ack(id) => self.tell(to, Event::Ack { slot, gen, id, seq }),

@@ -77,6 +77,23 @@ pub const GROUPS: &[(&str, &[&str])] = &[
         ],
     ),
     ("cluster", &["redis", "node-id", "presence-events"]),
+    (
+        "hooks",
+        &[
+            "hook-connect",
+            "hook-join",
+            "hook-publish",
+            "hook-rpc",
+            "hook-forward-headers",
+            "hook-timeout",
+            "hook-max-inflight",
+            "hook-fail-open",
+            "webhook",
+            "webhook-secret",
+            "webhook-events",
+            "webhook-batch",
+        ],
+    ),
     ("compression", &["deflate", "deflate-min-size"]),
     ("tls", &["tls-cert", "tls-key", "tls-listen"]),
     ("capacity", &["memory-budget", "figures", "capacity-margin"]),
@@ -88,7 +105,7 @@ pub const GROUPS: &[(&str, &[&str])] = &[
 const NOT_IN_FILES: &[&str] = &["config", "print-config", "help"];
 
 /// Settings whose value is a secret: `--print-config` does not print it.
-pub const SECRETS: &[&str] = &["jwt-secret", "api-key", "redis"];
+pub const SECRETS: &[&str] = &["jwt-secret", "api-key", "redis", "webhook-secret"];
 
 /// The group of `key`.
 pub fn group_of(key: &str) -> &'static str {

@@ -458,6 +458,129 @@ pub struct ServeConfig {
         requires = "tls_cert"
     )]
     pub tls_key: Option<std::path::PathBuf>,
+
+    /// Ask the application's backend who a handshake without a token is (POST JSON to
+    /// this URL, `/ws` and `/sse`): it answers with the user or refuses (README: "Your
+    /// backend").
+    #[arg(
+        long = "hook-connect",
+        value_name = "URL",
+        env = "ROOMCAST_HOOK_CONNECT"
+    )]
+    pub hook_connect: Option<String>,
+
+    /// Ask the backend before every join.
+    #[arg(long = "hook-join", value_name = "URL", env = "ROOMCAST_HOOK_JOIN")]
+    pub hook_join: Option<String>,
+
+    /// Ask the backend before every client publish: allow, rewrite or refuse it.
+    #[arg(
+        long = "hook-publish",
+        value_name = "URL",
+        env = "ROOMCAST_HOOK_PUBLISH"
+    )]
+    pub hook_publish: Option<String>,
+
+    /// Where clients' `rpc` ops go.
+    #[arg(long = "hook-rpc", value_name = "URL", env = "ROOMCAST_HOOK_RPC")]
+    pub hook_rpc: Option<String>,
+
+    /// The request headers the connect hook is shown.
+    #[arg(
+        long = "hook-forward-headers",
+        value_name = "LIST",
+        env = "ROOMCAST_HOOK_FORWARD_HEADERS",
+        value_delimiter = ',',
+        default_value = "Cookie,Authorization,Origin,User-Agent"
+    )]
+    pub hook_forward_headers: Vec<String>,
+
+    /// How long a hook call may take, waiting for a place included (e.g. 2s, 500ms).
+    #[arg(
+        long = "hook-timeout",
+        value_name = "DURATION",
+        env = "ROOMCAST_HOOK_TIMEOUT",
+        default_value = "2s",
+        value_parser = parse_duration
+    )]
+    pub hook_timeout: Duration,
+
+    /// Hook calls in flight at once on this node; the rest wait their turn.
+    #[arg(
+        long = "hook-max-inflight",
+        value_name = "N",
+        env = "ROOMCAST_HOOK_MAX_INFLIGHT",
+        default_value_t = 256,
+        value_parser = clap::value_parser!(u32).range(1..=100_000)
+    )]
+    pub hook_max_inflight: u32,
+
+    /// Let joins and publishes through when the backend cannot answer (connects never).
+    #[arg(
+        long = "hook-fail-open",
+        env = "ROOMCAST_HOOK_FAIL_OPEN",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub hook_fail_open: bool,
+
+    /// Where webhooks are POSTed (batches of events, signed with --webhook-secret).
+    #[arg(long = "webhook", value_name = "URL", env = "ROOMCAST_WEBHOOK")]
+    pub webhook: Option<String>,
+
+    /// The key of the webhooks' `X-Roomcast-Signature` (HMAC-SHA256).
+    #[arg(
+        long = "webhook-secret",
+        value_name = "SECRET",
+        env = "ROOMCAST_WEBHOOK_SECRET"
+    )]
+    pub webhook_secret: Option<String>,
+
+    /// The webhook events sent: room_occupied, room_vacated, member_joined, member_left,
+    /// client_publish, connection_closed (default: all).
+    #[arg(
+        long = "webhook-events",
+        value_name = "LIST",
+        env = "ROOMCAST_WEBHOOK_EVENTS",
+        value_delimiter = ','
+    )]
+    pub webhook_events: Vec<String>,
+
+    /// Events per webhook POST at most (a batch also goes out after 50 ms).
+    #[arg(
+        long = "webhook-batch",
+        value_name = "N",
+        env = "ROOMCAST_WEBHOOK_BATCH",
+        default_value_t = 100,
+        value_parser = clap::value_parser!(u32).range(1..=10_000)
+    )]
+    pub webhook_batch: u32,
+}
+
+/// The webhook events there are.
+pub const WEBHOOK_EVENTS: &[&str] = &[
+    "room_occupied",
+    "room_vacated",
+    "member_joined",
+    "member_left",
+    "client_publish",
+    "connection_closed",
+];
+
+/// A duration: `500ms`, `2s`, or a number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?}: give a duration like 2s or 500ms");
+    let (num, scale) = match s.strip_suffix("ms") {
+        Some(n) => (n, 1e-3),
+        None => (s.strip_suffix('s').unwrap_or(s), 1.0),
+    };
+    let v: f64 = num.trim().parse().map_err(|_| bad())?;
+    if !v.is_finite() || v <= 0.0 || v * scale > 3600.0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(v * scale))
 }
 
 impl ServeConfig {
@@ -504,6 +627,28 @@ impl ServeConfig {
             if !o.contains("://") {
                 return Err(format!(
                     "--allow-origin {o:?}: give a whole origin, like https://app.example.com"
+                ));
+            }
+        }
+        let hooks = [
+            ("--hook-connect", &self.hook_connect),
+            ("--hook-join", &self.hook_join),
+            ("--hook-publish", &self.hook_publish),
+            ("--hook-rpc", &self.hook_rpc),
+            ("--webhook", &self.webhook),
+        ];
+        for (flag, url) in hooks {
+            if let Some(u) = url {
+                if !(u.starts_with("http://") || u.starts_with("https://")) {
+                    return Err(format!("{flag} {u:?}: give an http:// or https:// URL"));
+                }
+            }
+        }
+        for e in &self.webhook_events {
+            if !WEBHOOK_EVENTS.contains(&e.as_str()) {
+                return Err(format!(
+                    "--webhook-events: unknown event {e:?} (events: {})",
+                    WEBHOOK_EVENTS.join(", ")
                 ));
             }
         }

@@ -26,6 +26,8 @@ pub struct Info {
     pub capacity: Capacity,
     /// With `--redis`: the backplane's state.
     pub backplane: Option<Arc<dyn Report>>,
+    /// With hooks or webhooks: their figures.
+    pub hooks: Option<Arc<dyn Report>>,
 }
 
 /// A part of the server beyond the shards that reports on itself (the backplane).
@@ -58,6 +60,7 @@ impl Info {
                 },
             ),
             backplane: None,
+            hooks: None,
         }
     }
 
@@ -93,8 +96,12 @@ impl Info {
             Some(b) => format!(",\"backplane\":{}", b.json()),
             None => String::new(),
         };
+        let hooks = match &self.hooks {
+            Some(h) => format!(",\"hooks\":{}", h.json()),
+            None => String::new(),
+        };
         format!(
-            ",\"settings\":{},\"capacity\":{capacity}{backplane}",
+            ",\"settings\":{},\"capacity\":{capacity}{backplane}{hooks}",
             self.settings
         )
     }
@@ -127,6 +134,9 @@ pub fn answer(
             let mut text = super::metrics::render(stats, info.max_conns, draining, &info.capacity);
             if let Some(b) = &info.backplane {
                 b.metrics(&mut text);
+            }
+            if let Some(h) = &info.hooks {
+                h.metrics(&mut text);
             }
             (Status::Ok, super::metrics::CONTENT_TYPE, text)
         }

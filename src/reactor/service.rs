@@ -10,7 +10,7 @@
 //! control frame, pause, close). It never reaches into the reactor's fields.
 
 use std::collections::VecDeque;
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use slab::Slab;
@@ -36,8 +36,9 @@ pub trait Service: Sized + 'static {
     /// ring's heap entries, beside the frame: keep it small, it is paid per queued frame.
     type Tag: Tag;
 
-    /// A socket was accepted (from `peer`, when the backend knows it). Its state.
-    fn open(&mut self, peer: Option<IpAddr>) -> Self::Conn;
+    /// A socket was accepted into `slot` (from `peer`, when the backend knows it). Its
+    /// state.
+    fn open(&mut self, slot: usize, peer: Option<SocketAddr>) -> Self::Conn;
 
     /// Bytes arrived for `slot` (after any input held back earlier). Returns how many were
     /// consumed; the rest is held and offered again, in front of the next bytes or when a

@@ -225,14 +225,16 @@ impl<S: Service> Core<S> {
     pub fn insert(
         &mut self,
         io: u32,
-        peer: Option<std::net::IpAddr>,
+        peer: Option<std::net::SocketAddr>,
         now: Instant,
         tls: bool,
     ) -> (usize, u32) {
         self.next_gen = (self.next_gen + 1) & GEN_MASK;
         let gen = self.next_gen;
-        let app = self.service.open(peer);
-        let slot = self.cx.conns.insert(Conn::new(io, gen, app));
+        let entry = self.cx.conns.vacant_entry();
+        let slot = entry.key();
+        let app = self.service.open(slot, peer);
+        entry.insert(Conn::new(io, gen, app));
         self.cx.stats.accepted += 1;
         self.transports.open(slot, tls);
         self.handshake_deadlines.push_back(Deadline {

@@ -483,6 +483,14 @@ impl Local {
         self.memberships
     }
 
+    /// Whether `slot` is in `room` here, joined or with its join pending.
+    pub fn is_member(&self, room: &str, slot: u32) -> bool {
+        let (Some(id), Some(mine)) = (self.ids.get(room), self.by_conn.get(&slot)) else {
+            return false;
+        };
+        mine.contains(id)
+    }
+
     /// Records a join request; the caller forwards it to the owner. O(rooms of the conn).
     pub fn request_join(
         &mut self,

@@ -5,7 +5,7 @@
 //! calls (epoll, reads and writes, the buffer ring's mapping); the mesh and the backplane use its eventfd and `poll`. It imports nothing from the crate.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -29,13 +29,13 @@ macro_rules! syscall {
 pub(crate) use syscall;
 
 /// The peer address accept wrote into `storage`, if it wrote a usable one.
-pub fn peer_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<IpAddr> {
+pub fn peer_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
     if len == 0 {
         return None;
     }
     // SAFETY: accept wrote a socket address of `len` bytes into `storage`.
     let addr = unsafe { socket2::SockAddr::new(*storage, len) };
-    addr.as_socket().map(|a| a.ip())
+    addr.as_socket()
 }
 
 /// Fails if something already listens on `addr`. `SO_REUSEPORT` would otherwise let a
@@ -174,6 +174,11 @@ impl EventFd {
 
     pub fn raw(&self) -> RawFd {
         self.0.as_raw_fd()
+    }
+
+    /// Another descriptor of the same eventfd (for a poller that wants to own one).
+    pub fn try_clone(&self) -> io::Result<OwnedFd> {
+        self.0.try_clone()
     }
 
     /// Makes it readable. A full counter (EAGAIN) means a wake-up is already pending.

@@ -45,7 +45,7 @@ impl Service for Lines {
     type Msg = Note;
     type Figures = LineFigures;
 
-    fn open(&mut self, _: Option<std::net::IpAddr>) -> u32 {
+    fn open(&mut self, _: usize, _: Option<std::net::SocketAddr>) -> u32 {
         0
     }
 
