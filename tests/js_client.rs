@@ -125,6 +125,14 @@ fn roomcast_js_in_headless_chromium() {
         assert!(r.get("error").is_none(), "{name}: {}", r["error"]);
     }
 
+    // The connect hook made the page's cookie a user; an RPC round trip, and a refused one.
+    let rpc = &report["rpc"];
+    assert_eq!(rpc["sum"], 5, "{rpc}");
+    assert_eq!(rpc["user"], "ann", "{rpc}");
+    assert_eq!(rpc["authed"]["data"]["greeting"], "hi ann", "{rpc}");
+    assert_eq!(rpc["failed"]["code"], "rpc_error", "{rpc}");
+    assert_eq!(rpc["failed"]["status"], 418, "{rpc}");
+
     // Joins, publishes, receives its own message.
     let basic = &report["basic"];
     assert_eq!(basic["published_seq"], 1, "{basic}");

@@ -58,8 +58,10 @@ export interface PresenceEvent {
 
 export declare class RoomcastError extends Error {
   /** The server's error code (`forbidden`, `unavailable`, …) or the client's own
-   * (`queue_full`, `disconnected`, `closed`, `publish_unavailable`). */
+   * (`queue_full`, `disconnected`, `closed`, `publish_unavailable`, `timeout`). */
   code: string;
+  /** For `rpc_error`: the code the backend refused the call with. */
+  status?: number;
 }
 
 export declare class Room {
@@ -80,12 +82,18 @@ export declare class Roomcast {
   readonly closeReason: string | undefined;
   join(room: string, handler: (data: unknown, meta: Meta) => void): Room;
   publish(room: string, data: unknown): Promise<number>;
+  /** Calls the backend's `method` (the server's `--hook-rpc`); resolves to its answer. */
+  rpc(method: string, data?: unknown, options?: { timeout?: number }): Promise<unknown>;
+  /** The user the server says this connection is, once it said so. */
+  readonly user: string | undefined;
   /** `reason`: why it is reconnecting, or why it closed for good. */
   on(event: "state", fn: (state: State, info: { reason?: string }) => void): () => void;
   on(event: "gap", fn: (gap: Gap) => void): () => void;
   on(event: "error", fn: (error: RoomcastError) => void): () => void;
   on(event: "presence", fn: (event: PresenceEvent) => void): () => void;
   on(event: "message", fn: (message: Meta & { data: unknown }) => void): () => void;
+  /** Who the server says this is: a token's `sub`, or the connect hook's user and `data`. */
+  on(event: "authed", fn: (who: { user: string; exp: number; data?: unknown }) => void): () => void;
   close(): void;
 }
 

@@ -126,7 +126,7 @@ export class Roomcast {
     this._connect();
   }
 
-  /** Subscribes to `event`: "state", "gap", "error", "presence", "message". Returns a
+  /** Subscribes to `event`: "state", "gap", "error", "presence", "message", "authed". Returns a
    * function that unsubscribes. */
   on(event, fn) {
     if (!this.listeners.has(event)) this.listeners.set(event, new Set());
@@ -183,6 +183,27 @@ export class Roomcast {
         return reject(new RoomcastError("queue_full", `${this.opts.queueLimit} publishes already wait for a connection`));
       }
       this.queue.push(p);
+    });
+  }
+
+  /** Calls the backend's `method` with `data` (the server's `--hook-rpc`); resolves to the
+   * backend's answer. Rejects with a RoomcastError: `rpc_error` (the backend refused; its
+   * code in `status`), `unavailable`, `rpc_disabled`, `disconnected`, `timeout`, `closed`. */
+  rpc(method, data = null, { timeout = 10000 } = {}) {
+    if (this.closed) return Promise.reject(new RoomcastError("closed"));
+    if (this.transport !== "ws" || this.ws?.readyState !== 1) {
+      return Promise.reject(new RoomcastError("disconnected", "rpc needs an open WebSocket"));
+    }
+    return new Promise((resolve, reject) => {
+      const id = this.nextId++;
+      const call = { resolve, reject, rpc: true };
+      call.timer = setTimeout(() => {
+        if (this.inflight.get(id) !== call) return;
+        this.inflight.delete(id);
+        reject(new RoomcastError("timeout", `no answer to rpc ${method}`));
+      }, timeout);
+      this.inflight.set(id, call);
+      this.ws.send(JSON.stringify({ op: "rpc", method, data, id }));
     });
   }
 
@@ -404,11 +425,28 @@ export class Roomcast {
         }
         return;
       }
+      case "rpc_result": {
+        const call = this.inflight.get(m.id);
+        if (call) {
+          this.inflight.delete(m.id);
+          clearTimeout(call.timer);
+          call.resolve(m.data);
+        }
+        return;
+      }
+      case "authed":
+        // Who the server says this is (a token's `sub`, or the connect hook's user and
+        // `data`).
+        this.user = m.sub;
+        this._emit("authed", { user: m.sub, exp: m.exp, data: m.data });
+        return;
       case "error": {
         const p = m.id !== undefined && m.id !== null ? this.inflight.get(m.id) : undefined;
         const err = new RoomcastError(m.code, m.msg);
+        if (m.status !== undefined) err.status = m.status;
         if (p) {
           this.inflight.delete(m.id);
+          clearTimeout(p.timer);
           p.reject(err);
         } else {
           if (m.code === "unavailable" && r && !r.joined) this._rejoinLater(r);

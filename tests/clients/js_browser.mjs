@@ -15,8 +15,11 @@
 //   second); the first drains mid-stream and the page moves to the second, losing nothing.
 // - blocked: a proxy that drops every WebSocket upgrade: the page receives over /sse.
 // - demo: the demo page at `/`, with messages in it, captured to OUT_DIR/demo.png.
+// - rpc: a backend (Node's http, in this script) behind --hook-connect and --hook-rpc:
+//   the page's cookie makes it a user, and `rc.rpc()` round-trips (and fails as told).
 import { spawn } from "node:child_process";
 import fs from "node:fs";
+import http from "node:http";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -389,6 +392,57 @@ async function demo(browser) {
   }
 }
 
+/** An application backend for the hooks: a `session` cookie is the user; `add` sums. */
+async function hookBackend() {
+  const server = http.createServer((req, res) => {
+    let body = "";
+    req.on("data", (d) => (body += d));
+    req.on("end", () => {
+      const b = JSON.parse(body);
+      let out = {};
+      if (b.kind === "connect") {
+        const m = /(?:^|; )session=([^;]+)/.exec(b.headers.cookie || "");
+        out = m ? { user: m[1], data: { greeting: `hi ${m[1]}` } } : { error: { code: 401, reason: "log in first" } };
+      } else if (b.kind === "rpc") {
+        out = b.method === "add" ? { data: b.data.a + b.data.b } : { error: { code: 418, reason: "teapot" } };
+      }
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(JSON.stringify(out));
+    });
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  return { url: `http://127.0.0.1:${server.address().port}/hook`, close: () => server.close() };
+}
+
+async function rpc(browser) {
+  const backend = await hookBackend();
+  const s = await roomcast(0, ["--hook-connect", backend.url, "--hook-rpc", backend.url]);
+  const p = await proxy([s.port]);
+  const page = await openPage(browser, `${p.origin}/healthz`);
+  try {
+    await page.evaluate("document.cookie = 'session=ann; path=/'");
+    await page.evaluate(`
+      (async () => {
+        const { Roomcast } = await import('/roomcast.js');
+        const rc = new Roomcast('ws://' + location.host + '/ws', ${OPTS});
+        window.__rc = rc;
+        window.__authed = null;
+        rc.on('authed', (who) => (window.__authed = who));
+        return true;
+      })()`);
+    await until("open", async () => (await page.evaluate("window.__rc.state")) === "open", 10_000);
+    await until("authed", async () => await page.evaluate("window.__authed"), 10_000);
+    const sum = await page.evaluate("window.__rc.rpc('add', { a: 2, b: 3 })");
+    const failed = await page.evaluate(
+      "window.__rc.rpc('nope', 1).then(() => null, (e) => ({ code: e.code, status: e.status, message: e.message }))",
+    );
+    return { sum, failed, authed: await page.evaluate("window.__authed"), user: await page.evaluate("window.__rc.user") };
+  } finally {
+    await teardown(page, p, s);
+    backend.close();
+  }
+}
+
 async function main() {
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), "roomcast-chromium-"));
   const chromium = startChromium(CHROMIUM, profile, ["--window-size=1100,700"]);
@@ -396,7 +450,7 @@ async function main() {
   const report = {};
   try {
     browser = await cdp(await chromium.url);
-    for (const [name, run] of Object.entries({ basic, cut, drain, failover, blocked, demo })) {
+    for (const [name, run] of Object.entries({ basic, cut, drain, failover, blocked, demo, rpc })) {
       try {
         report[name] = await run(browser);
       } catch (e) {
