@@ -117,6 +117,12 @@ async fn the_dashboard_uses_only_metrics_a_live_server_exports() {
             &admin.to_string(),
             "--redis",
             &redis.url(),
+            // The hooks' and webhooks' families are exported once either is on (nothing
+            // listens there: this server never needs an answer).
+            "--hook-rpc",
+            "http://127.0.0.1:9/rpc",
+            "--webhook",
+            "http://127.0.0.1:9/events",
         ],
     );
     let (mut ws, _) = tokio_tungstenite::connect_async(server.url("/ws?room=lobby"))
@@ -129,11 +135,18 @@ async fn the_dashboard_uses_only_metrics_a_live_server_exports() {
     server.settles_to(1);
     let (status, scrape) = common::http_get(admin, "/metrics");
     assert_eq!(status, 200, "{scrape}");
+    // A histogram's family is queried by its series: `_bucket`, `_sum`, `_count`.
     let exported: BTreeSet<String> = scrape
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split(' ').next())
-        .map(str::to_owned)
+        .filter_map(|l| l.split_once(' '))
+        .flat_map(|(name, kind)| {
+            let series: &[&str] = match kind {
+                "histogram" => &["", "_bucket", "_sum", "_count"],
+                _ => &[""],
+            };
+            series.iter().map(move |s| format!("{name}{s}"))
+        })
         .collect();
     assert!(exported.contains("roomcast_websockets"), "{scrape}");
     let missing: Vec<&String> = used.difference(&exported).collect();
