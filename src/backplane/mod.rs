@@ -119,7 +119,7 @@ enum Pending {
         gen: u32,
         reply: Reply,
         /// What the publisher's shard is told once it has its place (`notify`).
-        notify: Option<Box<(Arc<str>, Arc<str>, Option<Arc<str>>)>>,
+        notify: Option<Box<Told>>,
     },
     /// The room's state for its owner: a (re)subscription's catch-up, or (`fetch`)
     /// history for a resume.
@@ -133,6 +133,9 @@ enum Pending {
     /// A request published on the control channel: the reply counts the receivers.
     Ctl { id: u64 },
 }
+
+/// A publish the publisher's shard is told of once it has its place: room, data, user.
+type Told = (Arc<str>, Arc<str>, Option<Arc<str>>);
 
 struct Server {
     target: Target,
