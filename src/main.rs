@@ -306,7 +306,8 @@ fn serve(
         }
     };
     let server = running.server;
-    if running.gate.auth.is_none() {
+    let hooked = cfg.hook_connect.is_some() || cfg.hook_join.is_some();
+    if running.gate.auth.is_none() && !hooked {
         tracing::info!(
             "no --jwt-secret or --jwt-public-key: every client may join and publish to every room"
         );
