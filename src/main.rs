@@ -315,7 +315,11 @@ fn serve(
     if let Some(addr) = cfg.admin_listen {
         let (stats, drain) = (server.stats.clone(), server.drain.clone());
         let main = server.local_addr;
-        match roomcast::ops::admin::spawn(addr, main, stats, drain, running.info) {
+        let limits = roomcast::ops::admin::Limits {
+            max_header_bytes: cfg.max_header_bytes,
+            api_max_body: cfg.api_max_body.min(u32::MAX as u64) as usize,
+        };
+        match roomcast::ops::admin::spawn(addr, main, stats, drain, running.info, limits) {
             Ok(local) => {
                 tracing::info!(%local, "admin endpoints (/healthz, /stats, /metrics, /api/)")
             }

@@ -637,7 +637,11 @@ fn unavailable(link: L, unknown: bool) {
     error(link, Status::ServiceUnavailable, "unavailable", msg);
 }
 
-/// Compares a key without stopping at the first difference.
+/// Compares a key in time that does not depend on where the first difference is
+/// (`subtle`'s `ConstantTimeEq`; only a length mismatch returns early, and the length is
+/// no secret worth guarding). Not `ring::constant_time`: ring 0.17 deprecates it as an
+/// internal function "with no promises regarding side channels".
 fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+    use subtle::ConstantTimeEq as _;
+    bool::from(a.ct_eq(b))
 }

@@ -1,18 +1,32 @@
 //! The operational endpoints (`/healthz`, `/stats`, `/metrics`), answered on the main port
-//! by the shards and, with `--admin-listen`, on a port of their own served by one small
-//! blocking thread (scrapes are rare; it stays up while the main port drains).
+//! by the shards and, with `--admin-listen`, on a port of their own: one thread with a
+//! non-blocking `poll` loop ([`port`]), its connections bounded in number, size and time
+//! ([`conn`]), `/api/` passed on to the main listener ([`upstream`]). It stays up while
+//! the main port drains.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::time::Duration;
 
-use crate::protocol::handshake::{http_response, parse, Parsed};
 use crate::protocol::Status;
 use crate::reactor::stats::SharedStats;
-use crate::reactor::Drain;
 
 use super::capacity::Capacity;
+
+mod conn;
+mod port;
+mod upstream;
+
+pub use conn::{HEAD_TIMEOUT, REQUEST_TIMEOUT, UPSTREAM_TIMEOUT, WRITE_TIMEOUT};
+pub use port::{spawn, MAX_CONNS, SEND_BUFFER};
+
+/// What one admin connection may send.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// `--max-header-bytes`: a longer request head is answered 431.
+    pub max_header_bytes: usize,
+    /// `--api-max-body`: an `/api/` body announced longer is answered 413 from its
+    /// `Content-Length`, before any of it is read.
+    pub api_max_body: usize,
+}
 
 /// What the endpoints say about the server beyond the shards' figures: the settings in
 /// effect and the capacity model.
@@ -147,104 +161,5 @@ pub fn answer(
             "this endpoint speaks WebSocket: send Upgrade: websocket\n".into(),
         ),
         _ => (Status::NotFound, TEXT, "not found\n".into()),
-    }
-}
-
-/// Binds `addr` and serves the endpoints on a thread of their own; `/api/` requests are
-/// passed to the main listener at `main` (the shards answer them).
-pub fn spawn(
-    addr: SocketAddr,
-    main: SocketAddr,
-    stats: Arc<SharedStats>,
-    drain: Arc<Drain>,
-    info: Arc<Info>,
-) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
-    let local = listener.local_addr()?;
-    let mut main = main;
-    if main.ip().is_unspecified() {
-        main.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    std::thread::Builder::new()
-        .name("admin".into())
-        .spawn(move || {
-            for stream in listener.incoming().flatten() {
-                if let Err(e) = serve(stream, main, &stats, &drain, &info) {
-                    tracing::debug!(error = %e, "admin request failed");
-                }
-            }
-        })?;
-    Ok(local)
-}
-
-/// Passes an API request (its head and `body_len` bytes of body, some already in
-/// `buf`) to the main listener and its response back. A draining node's main listener
-/// is closed: then 503.
-fn forward(
-    stream: &mut TcpStream,
-    main: SocketAddr,
-    buf: &[u8],
-    body_len: usize,
-    head_len: usize,
-) -> std::io::Result<()> {
-    let mut request = buf.to_vec();
-    let want = head_len + body_len;
-    if request.len() < want {
-        let at = request.len();
-        request.resize(want, 0);
-        stream.read_exact(&mut request[at..])?;
-    }
-    request.truncate(want);
-    let Ok(mut upstream) = TcpStream::connect_timeout(&main, Duration::from_secs(2)) else {
-        let body = br#"{"error":"unavailable","msg":"the main listener is closed (draining)"}"#;
-        let mut out = Vec::new();
-        let json = "application/json";
-        http_response(Status::ServiceUnavailable, json, "", body, true, &mut out);
-        return stream.write_all(&out);
-    };
-    upstream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    upstream.write_all(&request)?;
-    std::io::copy(&mut upstream, stream)?;
-    Ok(())
-}
-
-fn serve(
-    mut stream: TcpStream,
-    main: SocketAddr,
-    stats: &SharedStats,
-    drain: &Drain,
-    info: &Info,
-) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut buf = vec![0u8; 8192];
-    let mut len = 0;
-    let mut out = Vec::new();
-    loop {
-        let n = stream.read(&mut buf[len..])?;
-        if n == 0 {
-            return Ok(());
-        }
-        len += n;
-        let full = len == buf.len();
-        match parse(&buf[..len], 8192) {
-            Ok(None) if !full => continue,
-            Ok(Some((Parsed::Plain(req), head_len))) if req.path.starts_with("/api/") => {
-                let body = req
-                    .content_length
-                    .and_then(|v| v.parse::<usize>().ok())
-                    .unwrap_or(0)
-                    .min(1 << 30);
-                return forward(&mut stream, main, &buf[..len], body, head_len);
-            }
-            Ok(Some((Parsed::Plain(req), _))) => {
-                let (status, ctype, body) = answer(req.path, stats, drain.active(), info);
-                http_response(status, ctype, "", body.as_bytes(), true, &mut out);
-            }
-            _ => {
-                let body = b"the admin port answers GET /healthz, /stats, /metrics and /api/\n";
-                http_response(Status::BadRequest, TEXT, "", body, true, &mut out);
-            }
-        }
-        return stream.write_all(&out);
     }
 }

@@ -26,10 +26,16 @@ pub use remote::{Need, Parked};
 /// The shard that owns `room`. Stable across processes and runs (SipHash with fixed keys),
 /// so every shard computes the same owner.
 pub fn owner_of(room: &str, shards: usize) -> usize {
-    #[allow(deprecated)] // SipHasher with zero keys: stable, and fast enough per op.
-    let mut h = std::hash::SipHasher::new();
+    (name_hash(room) % shards.max(1) as u64) as usize
+}
+
+/// SipHash-2-4 with zero keys over the name as `Hash for str` writes it (its bytes, then
+/// 0xff): what `std::hash::SipHasher` computed before it was deprecated, so owners do
+/// not move. Stable, and fast enough per op.
+fn name_hash(room: &str) -> u64 {
+    let mut h = siphasher::sip::SipHasher::new();
     room.hash(&mut h);
-    (h.finish() % shards.max(1) as u64) as usize
+    h.finish()
 }
 
 /// How many ways a member may want its deliveries encoded; the owner counts members per

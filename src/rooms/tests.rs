@@ -16,6 +16,21 @@ fn owner_is_stable_and_spread() {
     assert!(seen.iter().all(|&n| n > 150), "{seen:?}");
 }
 
+/// What the deprecated `std::hash::SipHasher` gave these names: a node upgraded to the
+/// `siphasher` crate puts every room on the shard it was on.
+#[test]
+fn owner_hash_is_what_std_siphasher_gave() {
+    for (room, hash) in [
+        ("lobby", 0x8ee6_1b97_cc94_d1c9_u64),
+        ("a", 0x57af_97ec_c6df_eb45),
+        ("room-42", 0xe8f7_8813_36ff_b309),
+        ("", 0x20dd_4eb3_3d95_90f2),
+    ] {
+        assert_eq!(name_hash(room), hash, "{room:?}");
+        assert_eq!(owner_of(room, 7), (hash % 7) as usize);
+    }
+}
+
 type Handed = (Arc<str>, Vec<(u64, Arc<str>)>, Vec<u32>, (u64, u64));
 
 fn sealed(o: &mut Owner) -> Vec<Handed> {
