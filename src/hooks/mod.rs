@@ -22,6 +22,7 @@
 
 mod calls;
 mod messages;
+mod occupancy;
 mod run;
 mod status;
 pub mod webhook;
