@@ -102,11 +102,27 @@ pub fn config_for(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let mut provider = rustls::crypto::ring::default_provider();
+    // Our order, not the client's: TLS 1.3 first, then AES-128-GCM (the cheapest per byte
+    // with AES instructions, and as strong as the 128-bit key exchange), AES-256-GCM,
+    // ChaCha20-Poly1305. Every suite is AEAD with ECDHE (forward secrecy); a scanner
+    // rates a server without an order of its own as a finding.
+    provider.cipher_suites.sort_by_key(|s| {
+        let name = format!("{:?}", s.suite());
+        let aead = ["AES_128_GCM", "AES_256_GCM", "CHACHA20"]
+            .iter()
+            .position(|a| name.contains(a))
+            .unwrap_or(3);
+        (
+            s.version().version != rustls::ProtocolVersion::TLSv1_3,
+            aead,
+        )
+    });
+    let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
+    config.ignore_client_order = true;
     // What a WebSocket server speaks (RFC 6455 runs over HTTP/1.1).
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // The record layer is ours once the handshake is done: the keys are extracted, and
