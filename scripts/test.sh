@@ -48,6 +48,15 @@ if ! command -v haproxy >/dev/null 2>&1; then
   apt-get update >/dev/null && apt-get install -y haproxy >/dev/null
 fi
 
+# The TLS tools for tests/tls.rs: openssl's s_client (a client other than rustls, which
+# can send a KeyUpdate) and the scanners testssl.sh and sslscan, from Debian.
+for tool in openssl:openssl testssl:testssl.sh sslscan:sslscan; do
+  if ! command -v "${tool%%:*}" >/dev/null 2>&1; then
+    echo "== ${tool#*:} (Debian package)"
+    apt-get update >/dev/null && apt-get install -y "${tool#*:}" >/dev/null
+  fi
+done
+
 # Debian's Chromium for tests/resume.rs (an EventSource in a headless browser).
 if ! command -v chromium >/dev/null 2>&1; then
   echo "== Chromium (Debian package)"

@@ -329,13 +329,6 @@ fn serve(
             }
         }
     }
-    if running.tls.is_some() {
-        if roomcast::reactor::tls::ktls::available() {
-            tracing::info!("TLS: the kernel offers TLS offload (kTLS), but records are sealed in user space (the offload is not wired in yet)");
-        } else {
-            tracing::info!("TLS: no kernel TLS offload here (no `tls` in /proc/sys/net/ipv4/tcp_available_ulp): records are sealed in user space");
-        }
-    }
     let control = server.control();
     let window = cfg.drain_window_secs;
     let tls = running.tls;

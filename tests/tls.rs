@@ -1,7 +1,10 @@
 //! wss:// and https:// (--tls-cert/--tls-key) on both backends, with real clients: rustls
 //! (tokio-tungstenite) in every protocol version and cipher suite, Python `websockets`,
-//! Node `ws` and headless Chromium; what bad input on the TLS port gets; certificate
-//! reload on SIGHUP under 1,000 open connections; exit 2 on a bad certificate.
+//! Node `ws`, headless Chromium and openssl's s_client; what bad input on the TLS port
+//! gets; certificate reload on SIGHUP under 1,000 open connections; exit 2 on a bad
+//! certificate; TLS 1.3 key updates from the client and, under a lowered record limit,
+//! from the server (and TLS 1.2 ended at its limit); the scanners testssl.sh and sslscan,
+//! whose reports are kept in target/artifacts/.
 
 mod common;
 
@@ -11,6 +14,7 @@ use std::time::{Duration, Instant};
 use common::tls::{self, Pki};
 use common::{next_data, Server};
 use futures_util::SinkExt;
+use roomcast::reactor::tls::record;
 use rustls::crypto::ring::cipher_suite as cs;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -49,6 +53,434 @@ async fn json_next(ws: &mut common::Ws) -> Value {
         Some(Ok(Message::Text(t))) => serde_json::from_str(&t).unwrap(),
         other => panic!("expected text, got {other:?}"),
     }
+}
+
+/// The record limit the key-update tests lower the server's to (see
+/// `record::TEST_LIMIT_VAR`): keys are updated at 40 records, a peer's key is refused
+/// past 80.
+const LIMIT: u64 = 40;
+
+/// A one-shard TLS server whose AEAD record limits are lowered to [`LIMIT`].
+fn start_with_record_limit(backend: &str, pki: &Pki) -> Server {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_roomcast"));
+    cmd.env(record::TEST_LIMIT_VAR, LIMIT.to_string())
+        .env("RUST_LOG", "warn,roomcast=info")
+        .stderr(std::process::Stdio::inherit())
+        .args([
+            "serve",
+            "--backend",
+            backend,
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+        ])
+        .args([
+            "--ping-interval",
+            "3600",
+            "--pong-timeout",
+            "60",
+            "--tls-cert",
+        ])
+        .arg(&pki.cert)
+        .arg("--tls-key")
+        .arg(&pki.key);
+    Server::launch(cmd)
+}
+
+/// The rustls connection under a `wss://` client.
+fn rustls_of(ws: &mut common::Ws) -> &mut rustls::ClientConnection {
+    match ws.get_mut() {
+        tokio_tungstenite::MaybeTlsStream::Rustls(s) => s.get_mut().1,
+        _ => panic!("not a TLS stream"),
+    }
+}
+
+/// Echoes on `ws` one message at a time (each its own record both ways) until `n` have
+/// come back or the server ends the connection; how many came back.
+async fn echo_one_at_a_time(ws: &mut common::Ws, n: usize) -> usize {
+    for i in 0..n {
+        let msg = Message::Text(format!("m{i:03}"));
+        if ws.send(msg.clone()).await.is_err() {
+            return i;
+        }
+        match tokio::time::timeout(WAIT, next_data(ws)).await.unwrap() {
+            Some(Ok(got)) => assert_eq!(got, msg),
+            _ => return i,
+        }
+    }
+    n
+}
+
+/// `openssl s_client` speaking WebSocket on `/echo`: text frames one at a time, each
+/// after the echo of the one before, the `K` command (a KeyUpdate asking for one back)
+/// before frame `key_update_at`. Returns the echoes and s_client's output (`-msg`: every
+/// TLS message it sent `>>>` and received `<<<`).
+fn s_client_echoes(
+    addr: std::net::SocketAddr,
+    pki: &Pki,
+    n: usize,
+    key_update_at: Option<usize>,
+    args: &[&str],
+) -> (usize, String) {
+    use std::process::{Command, Stdio};
+    use std::sync::{Arc, Mutex};
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            "localhost",
+        ])
+        .args(["-alpn", "http/1.1", "-msg", "-CAfile"])
+        .arg(&pki.ca)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl s_client");
+    // Both streams into one buffer: the trace and the echoes on stdout, the answers to
+    // commands (`KEYUPDATE`) on stderr.
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let pump = |mut from: Box<dyn Read + Send>| {
+        let sink = out.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = from.read(&mut buf) {
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let readers = [
+        pump(Box::new(child.stdout.take().unwrap())),
+        pump(Box::new(child.stderr.take().unwrap())),
+    ];
+    let seen = |what: &str| {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if String::from_utf8_lossy(&out.lock().unwrap()).contains(what) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&common::upgrade_request("/echo")).unwrap();
+    assert!(
+        seen("101 Switching Protocols"),
+        "{}",
+        String::from_utf8_lossy(&out.lock().unwrap())
+    );
+    let mut echoes = 0;
+    for i in 0..n {
+        if key_update_at == Some(i) {
+            // A line of its own, read alone: s_client's command, not data.
+            std::thread::sleep(Duration::from_millis(100));
+            stdin.write_all(b"K\n").unwrap();
+            assert!(seen("KEYUPDATE"));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let text = format!("m{i:03}");
+        if stdin
+            .write_all(&common::client_frame(0x81, text.as_bytes()))
+            .is_err()
+            || !seen(&text)
+        {
+            break;
+        }
+        echoes += 1;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    for reader in readers {
+        let _ = reader.join();
+    }
+    let text = String::from_utf8_lossy(&out.lock().unwrap()).into_owned();
+    (echoes, text)
+}
+
+/// KeyUpdate messages in s_client's `-msg` output: (sent, received).
+fn key_updates(msg: &str) -> (usize, usize) {
+    let count = |dir: &str| {
+        msg.lines()
+            .filter(|l| l.starts_with(dir) && l.ends_with("KeyUpdate"))
+            .count()
+    };
+    (count(">>>"), count("<<<"))
+}
+
+/// A TLS 1.3 peer that never updates its key, though asked: a rustls handshake, then the
+/// session's keys driven by hand (the record layer's own, as a client). Sends one echo
+/// frame at a time until the server ends the connection; returns the echoes and whether
+/// the server asked it for a key update.
+fn lax_peer(server: &Server, pki: &Pki) -> (usize, bool) {
+    use roomcast::reactor::tls::capture;
+    use roomcast::reactor::tls::record::{Received, Records, TrafficSecrets};
+    let mut config = (*pki.client(&[&rustls::version::TLS13], &[])).clone();
+    config.enable_secret_extraction = true;
+    config.key_log = std::sync::Arc::new(capture::Capture);
+    let rustls::StreamOwned { mut conn, mut sock } = tls::stream(server.addr, config.into());
+    let mut traffic = TrafficSecrets::default();
+    capture::around(&mut traffic, || {
+        while conn.is_handshaking() {
+            conn.complete_io(&mut sock).unwrap();
+        }
+    });
+    let secrets = conn.dangerous_extract_secrets().unwrap();
+    // The record layer takes a server's view: swap the directions, then mirror.
+    let swapped = rustls::ExtractedSecrets {
+        tx: secrets.rx,
+        rx: secrets.tx,
+    };
+    let client = Records::new(false, swapped, &traffic).unwrap().mirror();
+    // One copy seals and one opens: the sealing one never hears a request to update.
+    let (mut tx, mut rx) = (client.clone(), client);
+    let mut pending = Vec::new();
+    let mut asked = false;
+    let mut wait_for = |sock: &mut std::net::TcpStream, what: &[u8]| -> bool {
+        let mut buf = [0u8; 4096];
+        loop {
+            while let Ok(Some((received, len))) = rx.receive(&mut pending) {
+                let found = match received {
+                    Received::Data(plain) => pending[plain].windows(what.len()).any(|w| w == what),
+                    Received::KeyUpdate { requested } => {
+                        asked |= requested;
+                        false
+                    }
+                    Received::Alert => return false,
+                };
+                pending.drain(..len);
+                if found {
+                    return true;
+                }
+            }
+            match sock.read(&mut buf) {
+                Ok(n @ 1..) => pending.extend_from_slice(&buf[..n]),
+                _ => return false,
+            }
+        }
+    };
+    let mut wire = Vec::new();
+    tx.seal(
+        record::APPLICATION_DATA,
+        [&common::upgrade_request("/echo")[..]],
+        &mut wire,
+    );
+    sock.write_all(&wire).unwrap();
+    assert!(wait_for(&mut sock, b"101 Switching Protocols"));
+    let mut echoes = 0;
+    for i in 0..3 * LIMIT {
+        let text = format!("m{i:03}");
+        wire.clear();
+        tx.seal(
+            record::APPLICATION_DATA,
+            [&common::client_frame(0x81, text.as_bytes())[..]],
+            &mut wire,
+        );
+        if sock.write_all(&wire).is_err() || !wait_for(&mut sock, text.as_bytes()) {
+            break;
+        }
+        echoes += 1;
+    }
+    (echoes, asked)
+}
+
+/// A CA and a server certificate for the scanners: valid from yesterday for 90 days, with
+/// the extensions a public certificate carries (key usage, serverAuth, a CRL distribution
+/// point: never fetched, testssl.sh does not phone out unless told to). The CA is handed
+/// to testssl.sh (`--add-ca`), so its chain-of-trust check runs for real.
+fn scanner_pki(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let day = |offset: i64| {
+        // Civil date of a day number (days since 1970-01-01), H. Hinnant's algorithm.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        let z = now.as_secs() as i64 / 86_400 + offset + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = (doy - (153 * mp + 2) / 5 + 1) as u8;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+        let y = (yoe + era * 400 + i64::from(m <= 2)) as i32;
+        rcgen::date_time_ymd(y, m, d)
+    };
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "roomcast scanner test CA");
+    ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    (ca.not_before, ca.not_after) = (day(-1), day(90));
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .unwrap();
+    leaf.distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    leaf.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    leaf.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+        uris: vec!["http://127.0.0.1:9/roomcast-test-ca.crl".to_owned()],
+    }];
+    (leaf.not_before, leaf.not_after) = (day(-1), day(90));
+    let leaf = leaf.signed_by(&key, &ca, &ca_key).unwrap();
+    let (ca_path, cert, key_path) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    std::fs::write(&cert, format!("{}{}", leaf.pem(), ca.pem())).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (ca_path, cert, key_path)
+}
+
+/// Where the scanners' reports are kept.
+fn artifacts() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// sslscan's XML report: every protocol below TLS 1.2 disabled, no compression, no
+/// renegotiation, not vulnerable to Heartbleed, and every accepted suite an AEAD of at
+/// least 128 bits with an ephemeral key exchange (forward secrecy), none anonymous.
+fn check_sslscan(xml: &str) {
+    let tags = |name: &str| -> Vec<String> {
+        xml.split('<')
+            .filter(|t| t.starts_with(&format!("{name} ")))
+            .map(|t| t.split('>').next().unwrap_or("").to_owned())
+            .collect()
+    };
+    let attr = |tag: &str, a: &str| -> String {
+        tag.split(&format!(" {a}=\""))
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let protocols = tags("protocol");
+    assert_eq!(protocols.len(), 6, "{xml}");
+    for p in &protocols {
+        let name = format!("{} {}", attr(p, "type"), attr(p, "version"));
+        let want = if matches!(name.as_str(), "tls 1.2" | "tls 1.3") {
+            "1"
+        } else {
+            "0"
+        };
+        assert_eq!(attr(p, "enabled"), want, "{name}: {p}");
+    }
+    for c in tags("compression") {
+        assert_ne!(attr(&c, "supported"), "1", "compression: {c}");
+    }
+    let reneg = tags("renegotiation");
+    assert_eq!(reneg.len(), 1, "{xml}");
+    assert_eq!(
+        attr(&reneg[0], "supported"),
+        "0",
+        "renegotiation: {}",
+        reneg[0]
+    );
+    for h in tags("heartbleed") {
+        assert_eq!(attr(&h, "vulnerable"), "0", "{h}");
+    }
+    let ciphers = tags("cipher");
+    assert!(ciphers.len() >= 6, "{xml}");
+    for c in &ciphers {
+        let (name, version) = (attr(c, "cipher"), attr(c, "sslversion"));
+        let bits: u32 = attr(c, "bits").parse().unwrap();
+        assert!(bits >= 128, "{c}");
+        assert!(
+            name.contains("GCM") || name.contains("CHACHA20"),
+            "not an AEAD: {c}"
+        );
+        assert!(
+            version == "TLSv1.3" || name.starts_with("ECDHE-"),
+            "no forward secrecy: {c}"
+        );
+        for weak in ["NULL", "ADH", "AECDH", "anon", "RC4", "DES", "EXP", "MD5"] {
+            assert!(!name.contains(weak), "{c}");
+        }
+    }
+}
+
+/// testssl.sh's JSON findings: nothing rated MEDIUM, HIGH or CRITICAL, and the checks the
+/// test is about present with the answer wanted.
+fn check_testssl(json: &str) {
+    let findings: Vec<Value> = serde_json::from_str(json).unwrap();
+    let finding = |id: &str| -> String {
+        findings
+            .iter()
+            .find(|f| f["id"] == id)
+            .and_then(|f| f["finding"].as_str())
+            .unwrap_or_else(|| panic!("no {id} in testssl.sh's report"))
+            .to_owned()
+    };
+    let bad: Vec<String> = findings
+        .iter()
+        .filter(|f| matches!(f["severity"].as_str(), Some("MEDIUM" | "HIGH" | "CRITICAL")))
+        .map(|f| format!("{} {}: {}", f["severity"], f["id"], f["finding"]))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "testssl.sh rates these MEDIUM or worse:\n{}",
+        bad.join("\n")
+    );
+    for id in ["SSLv2", "SSLv3", "TLS1", "TLS1_1"] {
+        assert!(
+            finding(id).starts_with("not offered"),
+            "{id}: {}",
+            finding(id)
+        );
+    }
+    for id in [
+        "cipherlist_NULL",
+        "cipherlist_aNULL",
+        "cipherlist_EXPORT",
+        "cipherlist_LOW",
+        "cipherlist_3DES_IDEA",
+    ] {
+        assert!(
+            finding(id).starts_with("not offered"),
+            "{id}: {}",
+            finding(id)
+        );
+    }
+    assert!(
+        finding("TLS1_3").starts_with("offered"),
+        "{}",
+        finding("TLS1_3")
+    );
+    assert!(finding("PFS").starts_with("offered"), "{}", finding("PFS"));
+    assert_eq!(finding("ALPN"), "http/1.1");
+    assert_eq!(finding("cert_chain_of_trust"), "passed.");
+    assert!(
+        finding("secure_client_renego").starts_with("not vulnerable"),
+        "{}",
+        finding("secure_client_renego")
+    );
+    assert!(
+        finding("CRIME_TLS").starts_with("not vulnerable"),
+        "{}",
+        finding("CRIME_TLS")
+    );
+    assert!(
+        finding("heartbleed").starts_with("not vulnerable"),
+        "{}",
+        finding("heartbleed")
+    );
 }
 
 both_backends! {
@@ -306,6 +738,117 @@ both_backends! {
         let (_, metrics) = tls::get(server.addr, "/metrics", config.clone());
         let ok = handshakes(&metrics, "ok");
         assert!(ok >= 9, "three connections per client: {metrics}");
+    }
+
+    async fn a_client_key_update_keeps_the_connection_echoing(backend: &str) {
+        let pki = Pki::new(&format!("keyupdate-{backend}"));
+        let server = start(backend, &pki, &["--shards", "1"]);
+        for suite in [cs::TLS13_AES_128_GCM_SHA256, cs::TLS13_AES_256_GCM_SHA384, cs::TLS13_CHACHA20_POLY1305_SHA256] {
+            let config = pki.client(&[&rustls::version::TLS13], &[suite]);
+            let mut ws = tls::connect(&server, "/echo", config).await;
+            echo(&mut ws, Message::Text("before".into())).await;
+            // rustls's KeyUpdate asks for one back: the server moves its receive key on,
+            // sends its own KeyUpdate and moves its send key on.
+            for round in 0..5 {
+                rustls_of(&mut ws).refresh_traffic_keys().unwrap();
+                echo(&mut ws, Message::Text(format!("after {round}"))).await;
+                echo(&mut ws, Message::Binary(vec![round; 20_000])).await;
+            }
+            // Ten in a row, then data.
+            for _ in 0..10 {
+                rustls_of(&mut ws).refresh_traffic_keys().unwrap();
+            }
+            echo(&mut ws, Message::Text("after ten".into())).await;
+        }
+        // openssl's s_client: its `K` command sends a KeyUpdate asking for one back; its
+        // trace shows the server's answer, and the echoes go on.
+        need!(Openssl);
+        let (echoes, msg) = s_client_echoes(server.addr, &pki, 6, Some(3), &["-tls1_3"]);
+        assert_eq!(echoes, 6, "{msg}");
+        assert_eq!(key_updates(&msg), (1, 1), "{msg}");
+        tls::settles_to(&server, 0, &pki.any_client());
+    }
+
+    async fn a_low_record_limit_updates_keys_both_ways_and_ends_tls12_at_its_limit(backend: &str) {
+        let pki = Pki::new(&format!("limit-{backend}"));
+        let server = start_with_record_limit(backend, &pki);
+        let n = 5 * LIMIT as usize;
+        // TLS 1.3, rustls: 200 records each way under a limit of 40. The server updates its
+        // send key every 40 records, and asks the client to update its own: without that,
+        // it would refuse the client's 81st record under one key.
+        for suite in [cs::TLS13_AES_128_GCM_SHA256, cs::TLS13_CHACHA20_POLY1305_SHA256] {
+            let config = pki.client(&[&rustls::version::TLS13], &[suite]);
+            let mut ws = tls::connect(&server, "/echo", config).await;
+            assert_eq!(echo_one_at_a_time(&mut ws, n).await, n, "{suite:?}");
+        }
+        // The same seen by openssl: the server's KeyUpdates (one per 40 records, each asking
+        // for one back) and s_client's answers.
+        need!(Openssl);
+        let (echoes, msg) = s_client_echoes(server.addr, &pki, 100, None, &["-tls1_3"]);
+        assert_eq!(echoes, 100, "{msg}");
+        let (sent, received) = key_updates(&msg);
+        assert!(received >= 2 && sent >= 2, "sent {sent}, received {received}:\n{msg}");
+        // TLS 1.2 has no key update: at 40 records sealed (its Finished, the 101 answer and
+        // 38 echoes) the server sends close_notify and closes.
+        let config = pki.client(&[&rustls::version::TLS12], &[]);
+        let mut ws = tls::connect(&server, "/echo", config).await;
+        assert_eq!(echo_one_at_a_time(&mut ws, n).await, LIMIT as usize - 2);
+        let (echoes, msg) = s_client_echoes(server.addr, &pki, 100, None, &["-tls1_2", "-nocommands"]);
+        assert_eq!(echoes, LIMIT as usize - 2, "{msg}");
+        assert!(msg.contains("<<< TLS 1.2, Alert [length 0002], warning close_notify"), "{msg}");
+        // A TLS 1.3 peer that ignores the request: refused at its 81st record under one key
+        // (its upgrade request and 79 frames went through), having been asked at its 40th.
+        let (echoes, asked) = lax_peer(&server, &pki);
+        assert!(asked, "the server asked for a key update");
+        assert_eq!(echoes, 2 * LIMIT as usize - 1);
+        tls::settles_to(&server, 0, &pki.any_client());
+    }
+
+    async fn tls_scanners_find_no_old_protocol_weak_suite_or_medium_finding(backend: &str) {
+        need!(Testssl, Sslscan);
+        let dir = std::env::temp_dir().join(format!("roomcast-scan-{backend}-{}", std::process::id()));
+        let (ca, cert, key) = scanner_pki(&dir);
+        let server = Server::start(backend, &[
+            "--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap(), "--shards", "1",
+            "--max-conns-per-ip", "100000",
+        ]);
+        let target = server.addr.to_string();
+        let out = artifacts();
+        // sslscan: every protocol and suite, a few seconds.
+        let xml = out.join(format!("sslscan-{backend}.xml"));
+        let run = std::process::Command::new("timeout")
+            .args(["120", "sslscan", "--no-colour", "--show-sigs"])
+            .arg(format!("--xml={}", xml.display()))
+            .arg(&target)
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        std::fs::write(out.join(format!("sslscan-{backend}.txt")), &run.stdout).unwrap();
+        check_sslscan(&std::fs::read_to_string(&xml).unwrap());
+        // testssl.sh, the checks that matter here (about 100 s; not its client simulations
+        // or its run over every cipher it knows): protocols (ALPN among them), cipher
+        // categories, forward secrecy, the server's order, its defaults (the certificate
+        // and its chain, checked against the test CA given with --add-ca, not skipped),
+        // the vulnerabilities (renegotiation, compression, Heartbleed, …) and the HTTP
+        // headers. Every finding goes to the JSON report; the test fails on any rated
+        // MEDIUM or worse.
+        let json = out.join(format!("testssl-{backend}.json"));
+        let _ = std::fs::remove_file(&json);
+        let run = std::process::Command::new("timeout")
+            .args(["600", "testssl", "--quiet", "--color", "0", "--warnings", "off"])
+            .args(["--add-ca"])
+            .arg(&ca)
+            .args(["-p", "-s", "-f", "-P", "-S", "-U", "-h", "--jsonfile"])
+            .arg(&json)
+            .arg(&target)
+            .output()
+            .unwrap();
+        std::fs::write(out.join(format!("testssl-{backend}.txt")), &run.stdout).unwrap();
+        let report = std::fs::read_to_string(&json)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&run.stdout)));
+        check_testssl(&report);
+        drop(server);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 

@@ -1,7 +1,7 @@
-//! Outside programs the black-box tests drive (Python, Node, Chromium, HAProxy, Redis). A
-//! test names what it needs first, `need!(Redis);`: when something is missing it skips
-//! with one line that says what and how to install it, so a plain `cargo test` passes on
-//! any machine. `ROOMCAST_REQUIRE_ALL=1` (scripts/test.sh sets it) turns that skip into a
+//! Outside programs the black-box tests drive (Python, Node, Chromium, HAProxy, Redis, and
+//! the TLS tools openssl, testssl.sh and sslscan). A test names what it needs first,
+//! `need!(Redis);`: when something is missing it skips with one line that says what and
+//! how to install it, so a plain `cargo test` passes on any machine. `ROOMCAST_REQUIRE_ALL=1` (scripts/test.sh sets it) turns that skip into a
 //! failure with the same words, so CI never skips silently.
 //!
 //! bench/tests compiles this file too (as its `common::need`), so it uses nothing else of
@@ -26,6 +26,12 @@ pub enum Program {
     Redis,
     /// `haproxy`.
     Haproxy,
+    /// `openssl` (its `s_client`, a TLS client other than rustls).
+    Openssl,
+    /// `testssl` (Debian's `testssl.sh`), the TLS scanner.
+    Testssl,
+    /// `sslscan`, the other TLS scanner.
+    Sslscan,
 }
 
 /// Returns from the test (which passes) unless every program named is there:
@@ -77,6 +83,15 @@ impl Program {
                 .then(|| "redis-server and redis-cli (apt-get install redis-server)".to_owned()),
             Program::Haproxy => {
                 (!on_path("haproxy")).then(|| "haproxy (apt-get install haproxy)".to_owned())
+            }
+            Program::Openssl => {
+                (!on_path("openssl")).then(|| "openssl (apt-get install openssl)".to_owned())
+            }
+            Program::Testssl => {
+                (!on_path("testssl")).then(|| "testssl (apt-get install testssl.sh)".to_owned())
+            }
+            Program::Sslscan => {
+                (!on_path("sslscan")).then(|| "sslscan (apt-get install sslscan)".to_owned())
             }
         }
     }

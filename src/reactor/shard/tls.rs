@@ -12,8 +12,8 @@ use crate::protocol::SharedFrame;
 use crate::reactor::conn::flag;
 use crate::reactor::outring::{OutRing, Tag};
 use crate::reactor::service::Service;
-use crate::reactor::tls::record::{self, Records};
-use crate::reactor::tls::{self, Phase, Session};
+use crate::reactor::tls::record::{self, Received, RecordError, Records};
+use crate::reactor::tls::{self, Flight, Handshake, Phase, Session};
 
 /// Plaintext one send seals at most (whole frames, at least one): bounds the records a
 /// connection holds sealed and not yet taken by the kernel.
@@ -43,20 +43,30 @@ impl<S: Service> Core<S> {
                 return self.finish_raw(slot, s, tls::PLAIN_HTTP_ANSWER.to_vec(), false);
             }
         }
-        if s.cin.is_empty() {
+        let Some(mut buf) = s.flight.as_mut().map(|f| std::mem::take(&mut f.cin)) else {
+            // Nothing held back: the records are opened where they lie.
             let (used, next) = self.records(slot, s, data);
             if next != Next::Close && used < data.len() {
-                s.cin.extend_from_slice(&data[used..]);
+                s.flight().cin.extend_from_slice(&data[used..]);
             }
             return next;
+        };
+        if buf.is_empty() {
+            let (used, next) = self.records(slot, s, data);
+            if next != Next::Close && used < data.len() {
+                buf.extend_from_slice(&data[used..]);
+                s.flight().cin = buf;
+            }
+            s.tidy();
+            return next;
         }
-        let mut buf = std::mem::take(&mut s.cin);
         buf.extend_from_slice(data);
         let (used, next) = self.records(slot, s, &mut buf);
         if next != Next::Close && used < buf.len() {
             buf.drain(..used);
-            s.cin = buf;
+            s.flight().cin = buf;
         }
+        s.tidy();
         next
     }
 
@@ -81,32 +91,43 @@ impl<S: Service> Core<S> {
                     other => return (at, other),
                 }
             };
-            let opened = match records.open(rec) {
-                Ok(Some(opened)) => opened,
+            // Cost: one AEAD key expansion and one pass over the record (three HKDF
+            // expansions more for a KeyUpdate).
+            let received = match records.receive(rec) {
+                Ok(Some((received, _))) => received,
                 Ok(None) => break,
+                Err(RecordError::KeyExhausted) => {
+                    tracing::info!(
+                        slot,
+                        records = records.rx_seq,
+                        "TLS: the peer kept sending under one key past its AEAD limit \
+                         (RFC 8446 §5.5) without a key update: closing"
+                    );
+                    return (at, Next::Close);
+                }
                 Err(e) => {
-                    tracing::debug!(slot, ?e, "TLS record did not open: closing");
+                    tracing::debug!(slot, ?e, "TLS record refused: closing");
                     return (at, Next::Close);
                 }
             };
-            match opened.typ {
-                record::APPLICATION_DATA if opened.plain.is_empty() => {}
-                record::APPLICATION_DATA => {
-                    match self.receive_plain(slot, &mut rec[opened.plain]) {
-                        Next::Close => return (at, Next::Close),
-                        Next::StopReading => next = Next::StopReading,
-                        _ => {}
-                    }
+            match received {
+                Received::Data(plain) if plain.is_empty() => {}
+                Received::Data(plain) => match self.receive_plain(slot, &mut rec[plain]) {
+                    Next::Close => return (at, Next::Close),
+                    Next::StopReading => next = Next::StopReading,
+                    _ => {}
+                },
+                Received::KeyUpdate { requested } => {
+                    tracing::trace!(slot, requested, "TLS: the peer updated its key");
                 }
                 // close_notify or a fatal alert: the peer is done sending, as at its EOF.
-                record::ALERT => return (at, Next::Close),
-                // A handshake message after the handshake (a key update, a renegotiation):
-                // the record layer keeps keys, not the secrets a key update derives new
-                // ones from, so the connection ends here.
-                typ => {
-                    tracing::debug!(slot, typ, "TLS message after the handshake: closing");
-                    return (at, Next::Close);
-                }
+                Received::Alert => return (at, Next::Close),
+            }
+            if records.owes_update() {
+                // Our KeyUpdate goes out with the next records we send (flushed now if
+                // anything is queued, else before the next frame: RFC 8446 §4.6.3 asks
+                // for it before our next application data).
+                self.queue_flush(slot);
             }
         }
         (at, next)
@@ -120,14 +141,19 @@ impl<S: Service> Core<S> {
         };
         let mut result = Ok(());
         while !rec.is_empty() && result.is_ok() {
-            match hs.read_tls(&mut rec) {
+            match hs.conn.read_tls(&mut rec) {
                 Ok(0) | Err(_) => return Next::Close,
-                Ok(_) => result = hs.process_new_packets().map(drop),
+                Ok(_) => {
+                    let conn = &mut hs.conn;
+                    result = tls::capture::around(&mut hs.traffic, || {
+                        conn.process_new_packets().map(drop)
+                    });
+                }
             }
         }
         let mut wire = Vec::new();
-        while hs.wants_write() {
-            if hs.write_tls(&mut wire).is_err() {
+        while hs.conn.wants_write() {
+            if hs.conn.write_tls(&mut wire).is_err() {
                 break;
             }
         }
@@ -137,7 +163,7 @@ impl<S: Service> Core<S> {
             // rustls's alert, then the close.
             return self.finish_raw(slot, s, wire, true);
         }
-        let done = !hs.is_handshaking();
+        let done = !hs.conn.is_handshaking();
         self.push_raw(slot, s, wire);
         if !done {
             return Next::Nothing;
@@ -145,11 +171,12 @@ impl<S: Service> Core<S> {
         let Phase::Handshake(hs) = std::mem::replace(&mut s.phase, Phase::Failed) else {
             return Next::Close;
         };
-        let tls12 = hs.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_2);
-        match hs
+        let tls12 = hs.conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_2);
+        let Handshake { conn, traffic } = *hs;
+        match conn
             .dangerous_extract_secrets()
             .ok()
-            .and_then(|x| Records::new(tls12, x))
+            .and_then(|x| Records::new(tls12, x, &traffic))
         {
             Some(records) => {
                 self.cx.stats.tls_handshakes += 1;
@@ -203,17 +230,37 @@ impl<S: Service> Core<S> {
         let Some(conn) = self.cx.conns.get_mut(slot) else {
             return Next::Nothing;
         };
-        s.cout_sent += n;
-        if s.cout_sent < s.cout.len() {
+        let Some(f) = s.flight.as_deref_mut() else {
+            return Next::Nothing;
+        };
+        f.cout_sent += n;
+        if f.cout_sent < f.cout.len() {
             // The frames the rest of the records carry stay where no policy drops them.
-            conn.out.pin(usize::from(s.frames));
+            conn.out.pin(usize::from(f.frames));
             return Next::Nothing;
         }
-        let (plain, frames) = (s.plain as usize, usize::from(s.frames));
+        let (plain, frames) = (f.plain as usize, usize::from(f.frames));
         // Nothing held once the kernel has it all: an idle connection owns no buffer.
-        s.cout = Vec::new();
-        (s.cout_sent, s.plain, s.frames) = (0, 0, 0);
+        (f.cout, f.cout_sent, f.plain, f.frames) = (Vec::new(), 0, 0, 0);
+        s.tidy();
         s.raw = s.raw.saturating_sub(frames as u16);
+        if let (true, Phase::Open(records)) = (s.notified, &s.phase) {
+            if records.spent() {
+                // A TLS 1.2 session at its AEAD limit (it cannot update keys): its
+                // close_notify is out, the connection ends (see `egress`).
+                tracing::info!(
+                    slot,
+                    records = records.tx_seq,
+                    "TLS 1.2: the send key reached its AEAD limit (RFC 8446 §5.5; no key \
+                     update in TLS 1.2): close_notify sent, closing"
+                );
+                self.sent_plain(slot, plain);
+                return Next::Close;
+            }
+        }
+        let Some(conn) = self.cx.conns.get_mut(slot) else {
+            return Next::Nothing;
+        };
         // Our last bytes are going: a close_notify follows them, before the write side
         // is shut (not after the peer's own goodbye: it has stopped reading).
         let last = frames > 0
@@ -243,29 +290,47 @@ impl<S: Service> Core<S> {
 }
 
 /// What a TLS connection sends next: the rest of its sealed records, or the next frames
-/// of `out` sealed now (pinned there until the kernel has taken their records).
+/// of `out` sealed now (pinned there until the kernel has taken their records). A
+/// KeyUpdate we owe or that is due goes out in front of the first record sealed (see
+/// `Records::seal`); a TLS 1.2 session whose key is spent sends its close_notify instead
+/// of anything more, and is closed once it is out (`sent_tls`).
 pub(super) fn egress<'a, T: Tag>(
     s: &'a mut Session,
     out: &mut OutRing<T>,
     iov: &mut [IoSlice<'a>],
 ) -> usize {
-    if s.cout_sent >= s.cout.len() {
-        s.cout.clear();
-        s.cout_sent = 0;
+    let Session {
+        phase,
+        flight,
+        raw,
+        notified,
+        ..
+    } = &mut *s;
+    let f: &mut Flight = flight.get_or_insert_with(Box::default);
+    if f.cout_sent >= f.cout.len() {
+        f.cout.clear();
+        f.cout_sent = 0;
         let mut slices = [IoSlice::new(&[]); 64];
         let count = out.iovecs(&mut slices);
         let (mut plain, mut i) = (0, 0);
         while i < count {
-            if i < usize::from(s.raw) {
+            if i < usize::from(*raw) {
                 // Raw frames go first and whole: they never wait behind a batch.
-                s.cout.extend_from_slice(&slices[i]);
+                f.cout.extend_from_slice(&slices[i]);
                 plain += slices[i].len();
                 i += 1;
                 continue;
             }
-            let Phase::Open(records) = &mut s.phase else {
+            let Phase::Open(records) = phase else {
                 break;
             };
+            if records.spent() {
+                if !*notified {
+                    records.seal(record::ALERT, [&[1u8, 0][..]], &mut f.cout);
+                    *notified = true;
+                }
+                break;
+            }
             if plain >= BATCH {
                 break;
             }
@@ -278,18 +343,22 @@ pub(super) fn egress<'a, T: Tag>(
             records.seal(
                 record::APPLICATION_DATA,
                 slices[i..end].iter().map(|s| &s[..]),
-                &mut s.cout,
+                &mut f.cout,
             );
             i = end;
         }
-        s.plain = plain as u32;
-        s.frames = i as u16;
+        f.plain = plain as u32;
+        f.frames = i as u16;
         out.pin(i);
     }
-    if s.cout_sent >= s.cout.len() {
+    if f.cout_sent >= f.cout.len() {
+        s.tidy();
         return 0;
     }
-    iov[0] = IoSlice::new(&s.cout[s.cout_sent..]);
+    let Some(f) = s.flight.as_deref() else {
+        return 0;
+    };
+    iov[0] = IoSlice::new(&f.cout[f.cout_sent..]);
     1
 }
 
