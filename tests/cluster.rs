@@ -757,3 +757,111 @@ async fn publish_to(ws: &mut Ws, room: &str, id: &mut u64) -> Option<u64> {
         }
     }
 }
+
+/// Issue 29's duplicate: a member that saw seq 20 on node a resumes on node b while b
+/// cannot reach Redis (b is at 10). Answered at b's 10, it would be handed 11..=20 again
+/// when b catches up. It must be refused as `unavailable` (and then resume exactly), or
+/// answered at or past 20. b is cut off alone with a Redis ACL user of its own, so a
+/// keeps publishing; b runs on each backend in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_on_a_node_cut_off_from_redis_never_repeats_a_seq() {
+    need!(Redis);
+    let redis = Redis::start();
+    let a = node("uring", "a", &[&redis], &["--history-size", "1000"]);
+    for backend in ["epoll", "uring"] {
+        let (user, room) = (format!("nb{backend}"), format!("dup-{backend}"));
+        let on = format!("ACL SETUSER {user} on >pw ~* &* +@all");
+        let on: Vec<&str> = on.split(' ').collect();
+        assert_eq!(redis.command(&on).as_deref(), Some("+OK"));
+        let url = redis
+            .url()
+            .replace("redis://", &format!("redis://{user}:pw@"));
+        let b = Server::start(
+            backend,
+            &[
+                "--node-id",
+                &format!("b-{backend}"),
+                "--redis",
+                &url,
+                "--history-size",
+                "1000",
+            ],
+        );
+        let mut stay = connect(&b, "/ws").await;
+        join(&mut stay, &room, None).await;
+        let mut m = connect(&a, "/ws").await;
+        let joined = join(&mut m, &room, None).await;
+        let mut publisher = connect(&a, "/ws").await;
+        let mut id = 0;
+        for _ in 0..10 {
+            assert!(publish_to(&mut publisher, &room, &mut id).await.is_some());
+        }
+        assert_eq!(collect(&mut stay, 10).await.last().unwrap().0, 10);
+        // b loses Redis; a does not.
+        assert_eq!(
+            redis.command(&["ACL", "SETUSER", &user, "off"]).as_deref(),
+            Some("+OK")
+        );
+        redis.command(&["CLIENT", "KILL", "USER", &user]);
+        let cut = Instant::now();
+        while !b.get("/healthz").1.starts_with("degraded") {
+            assert!(cut.elapsed() < WAIT, "b never noticed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for _ in 0..10 {
+            assert!(publish_to(&mut publisher, &room, &mut id).await.is_some());
+        }
+        assert_eq!(collect(&mut m, 20).await.last().unwrap().0, 20);
+        drop(m);
+        // The member comes back on b, from 20.
+        let last = json!({"seq": 20, "epoch": joined["epoch"]});
+        let mut back = connect(&b, "/ws").await;
+        let mut op = json!({"op": "join", "room": room, "since": 20, "epoch": joined["epoch"]});
+        send(&mut back, op.clone()).await;
+        let first = loop {
+            let r = recv(&mut back).await;
+            if r["op"] != "presence" {
+                break r;
+            }
+        };
+        assert_eq!(redis.command(&on).as_deref(), Some("+OK"));
+        if first["op"] == "error" {
+            assert_eq!(first["code"], "unavailable", "{first}");
+            // Retried as a client would, until b is back and caught up.
+            let again = Instant::now();
+            let rejoined = loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                op["room"] = json!(room);
+                send(&mut back, op.clone()).await;
+                let r = recv(&mut back).await;
+                if r["op"] == "joined" {
+                    break r;
+                }
+                assert_eq!(r["code"], "unavailable", "{r}");
+                assert!(again.elapsed() < Duration::from_secs(10), "never rejoined");
+            };
+            assert_eq!(
+                (&rejoined["epoch"], &rejoined["recovered"]),
+                (&last["epoch"], &json!(true)),
+                "{rejoined}"
+            );
+        } else {
+            assert_eq!(first["op"], "joined", "{first}");
+            let seq = first["seq"].as_u64().unwrap();
+            assert!(
+                first["epoch"] != joined["epoch"] || seq >= 20,
+                "answered behind what it had: {first}"
+            );
+        }
+        // The next message is the first it sees: nothing from 11 to 20 again.
+        assert_eq!(publish_to(&mut publisher, &room, &mut id).await, Some(21));
+        assert_eq!(
+            collect(&mut back, 1).await[0].0,
+            21,
+            "b handed back seqs it had"
+        );
+        // The member that stayed on b got 11..=21 once each, in order, after b came back.
+        let seqs: Vec<u64> = collect(&mut stay, 11).await.iter().map(|m| m.0).collect();
+        assert_eq!(seqs, (11..=21).collect::<Vec<_>>());
+    }
+}

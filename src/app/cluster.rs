@@ -64,6 +64,27 @@ impl App {
                 }
             }
             Event::Presence { room, json } => self.on_presence(cx, room, json, true),
+            Event::FetchFailed { room, sub } => {
+                let (answered, refused, unused) = self.owner.rooms.fetch_failed(&room, sub);
+                for (p, joined) in answered {
+                    let msg = ToMember::Joined {
+                        room: room.clone(),
+                        slot: p.slot,
+                        gen: p.gen,
+                        joined,
+                    };
+                    cx.mesh().send(p.shard, msg.into());
+                }
+                for p in refused {
+                    self.count_interest(cx, &room, false);
+                    let (room, slot, gen) = (room.clone(), p.slot, p.gen);
+                    cx.mesh()
+                        .send(p.shard, ToMember::JoinFailed { room, slot, gen }.into());
+                }
+                if unused {
+                    cx.mesh().send(self.shards, Request::Unsub { room }.into());
+                }
+            }
             Event::SubFailed { room } => {
                 for p in self.owner.rooms.sub_failed(&room) {
                     self.count_interest(cx, &room, false);

@@ -56,6 +56,9 @@ pub enum Event {
     Presence { room: Arc<str>, json: Arc<[u8]> },
     /// To the room's owner: `room` cannot be subscribed (its Redis is down).
     SubFailed { room: Arc<str> },
+    /// To the room's owner: history asked for a resume ([`Request::Fetch`]) cannot be
+    /// read (its Redis is down or answered an error), for subscription `sub`.
+    FetchFailed { room: Arc<str>, sub: u32 },
     /// To the publisher's shard: publish `id` of `slot` got `seq`.
     Ack {
         slot: u32,

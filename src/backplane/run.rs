@@ -288,10 +288,13 @@ impl<M: Carrier> Backplane<M> {
         }
     }
 
-    /// A resume's history cannot be read: the owner answers with what it has.
+    /// A resume's history cannot be read: the owner answers what it can (see
+    /// `Owner::fetch_failed`). Not a [`Event::Synced`]: Redis's seq is not known, and a
+    /// made-up one would let a join from ahead of this node be answered behind it.
     pub(super) fn fetch_failed(&mut self, room: Arc<str>) {
-        let epoch = self.rooms.get(&room).map_or(0, |r| r.epoch);
-        self.send_synced(room, (epoch, 0), Vec::new(), true);
+        let sub = self.rooms.get(&room).map_or(0, |r| r.sub);
+        let to = self.owner(&room);
+        self.tell(to, Event::FetchFailed { room, sub });
     }
 
     /// Hands `room`'s state from Redis to its owner, for the subscription it holds.

@@ -171,6 +171,39 @@ impl Owner {
         out
     }
 
+    /// With a backplane: the history asked for `room`'s parked resumes (subscription `sub`)
+    /// could not be read. A resume from behind what this node holds gets what it has
+    /// (`recovered: false`); a resume from ahead of it in the same epoch is returned, to
+    /// be refused as unavailable: answered at the node's seq, it would be handed again
+    /// the seqs it already had. Returns (answered, refused, whether the room is now
+    /// unused: no members, nothing parked, dropped, so its channel can go).
+    pub fn fetch_failed(
+        &mut self,
+        room: &Arc<str>,
+        sub: u32,
+    ) -> (Vec<(Parked, Joined)>, Vec<Parked>, bool) {
+        let Some(r) = self.rooms.get_mut(room).filter(|r| r.sub == sub && r.live) else {
+            // Gone, an earlier subscription's, or not live yet: its own sync answers.
+            return (Vec::new(), Vec::new(), false);
+        };
+        let (mut answered, mut refused) = (Vec::new(), Vec::new());
+        for p in std::mem::take(&mut r.parked) {
+            match p.since {
+                _ if !p.asked => r.parked.push(p),
+                Some((since, e)) if e == r.epoch && since > r.sealed => refused.push(p),
+                _ => {
+                    let joined = r.admit(p.shard, p.encoding, p.since);
+                    answered.push((p, joined));
+                }
+            }
+        }
+        let unused = r.is_empty() && r.parked.is_empty();
+        if unused {
+            self.rooms.remove(room);
+        }
+        (answered, refused, unused)
+    }
+
     /// With a backplane: `room` could not be subscribed. A room still waiting for its
     /// first state is dropped; its parked joins are returned, to be refused.
     pub fn sub_failed(&mut self, room: &Arc<str>) -> Vec<Parked> {

@@ -403,6 +403,57 @@ fn a_join_from_ahead_of_the_node_waits_until_the_node_gets_there() {
 }
 
 #[test]
+fn a_resume_from_ahead_is_never_answered_behind_it_when_redis_cannot_be_read() {
+    // Issue 29's duplicate: the member saw 12 on another node; this node (sealed 10)
+    // cannot read Redis. Answered at 10, it would be handed 11 and 12 again when the
+    // node catches up.
+    let (mut o, r) = remote_room();
+    assert_eq!(
+        o.join_remote(&r, parked(2, Some((12, 7)))),
+        Need::Fetch { after: 12 }
+    );
+    // From behind the node's history (it holds 5..=10): what it has, not recovered.
+    assert_eq!(
+        o.join_remote(&r, parked(3, Some((3, 7)))),
+        Need::Fetch { after: 3 }
+    );
+    let (answered, refused, unused) = o.fetch_failed(&r, 1);
+    assert_eq!(refused.iter().map(|p| p.slot).collect::<Vec<_>>(), vec![2]);
+    let [(p, j)] = &answered[..] else {
+        panic!("{answered:?}")
+    };
+    assert_eq!((p.slot, j.seq, j.recovered), (3, 10, Some(false)));
+    assert!(!unused, "slot 1 and 3 are members");
+    // An earlier subscription's failure changes nothing.
+    o.join_remote(&r, parked(4, Some((12, 7))));
+    let (answered, refused, _) = o.fetch_failed(&r, 0);
+    assert!(answered.is_empty() && refused.is_empty());
+}
+
+#[test]
+fn a_room_whose_only_resume_is_refused_is_dropped() {
+    let (mut o, r) = remote_room();
+    assert!(o.leave(&r, (0, 1), 0, 0), "the last member left");
+    let need = o.join_remote(&r, parked(2, Some((12, 7))));
+    assert_eq!(
+        need,
+        Need::Subscribe {
+            after: Some(12),
+            sub: 2
+        }
+    );
+    // Not live yet: the subscription's own sync answers, not a failed fetch.
+    let (answered, refused, unused) = o.fetch_failed(&r, 2);
+    assert!(answered.is_empty() && refused.is_empty() && !unused);
+    let (mut o, r) = remote_room();
+    o.join_remote(&r, parked(2, Some((12, 7))));
+    assert!(!o.leave(&r, (0, 1), 0, 0), "a resume is parked");
+    let (_, refused, unused) = o.fetch_failed(&r, 1);
+    assert_eq!(refused.len(), 1);
+    assert!(unused && o.is_empty(), "nobody left: the channel can go");
+}
+
+#[test]
 fn a_parked_join_withdrawn_by_its_leave_counts_nothing_and_frees_the_room() {
     let mut o = Owner::new(1, keep(64), 1).with_backplane();
     let r = name("r");
