@@ -92,7 +92,10 @@ fn spliced(room: &str, seq: u64, data: &str) {
     let body = event
         .strip_suffix(b"\n\n")
         .expect("an event ends with a blank line");
-    let line = body.split(|&b| b == b'\n').next_back().expect("a data: line");
+    let line = body
+        .split(|&b| b == b'\n')
+        .next_back()
+        .expect("a data: line");
     let line = line
         .strip_prefix(b"data: ")
         .expect("the last line is data:");

@@ -47,7 +47,11 @@ fn check(data: &[u8], full_max_keys: usize) {
     };
     let lines = text.matches('\n').count() + 1;
     for fk in keys.values() {
-        assert!((1..=lines).contains(&fk.line), "line {} of {lines}", fk.line);
+        assert!(
+            (1..=lines).contains(&fk.line),
+            "line {} of {lines}",
+            fk.line
+        );
         for v in &fk.values {
             let printed = format!("x = {}\n", file::toml_value(v));
             let back = file::read_keys(&printed).expect("a printed value reads back");
