@@ -1,3 +1,7 @@
+// No unsafe here: it lives in the library's sys and reactor modules.
+#![forbid(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use roomcast::config::{LogFormat, ServeConfig};
 use roomcast::sys::Signals;

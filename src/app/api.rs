@@ -79,6 +79,77 @@ struct DisconnectBody {
 
 type L<'a, 'b> = &'a mut Link<'b, AppConn, Tag, Counts>;
 
+/// Why a request body is refused: the status, the error code and the message.
+pub(super) type Refusal = (Status, &'static str, String);
+
+fn refusal(status: Status, code: &'static str, msg: impl Into<String>) -> Refusal {
+    (status, code, msg.into())
+}
+
+/// A publish (or, `broadcast`, a broadcast) body: its rooms, each a valid name, and its
+/// `data`, copied once out of the request to be shared by every room's history and
+/// delivery. Cost: one pass of serde_json; `data` is not parsed beyond finding its end.
+pub(super) fn publish_body(
+    body: &[u8],
+    broadcast: bool,
+) -> Result<(Vec<Arc<str>>, Arc<str>), Refusal> {
+    let parsed: PublishBody<'_> = serde_json::from_slice(body)
+        .map_err(|e| refusal(Status::BadRequest, "bad_json", e.to_string()))?;
+    let rooms: Vec<std::borrow::Cow<'_, str>> = match (broadcast, parsed.room, parsed.rooms) {
+        (false, Some(room), _) => vec![room],
+        (true, _, Some(rooms)) if !rooms.is_empty() => rooms,
+        (false, ..) => {
+            let msg = "\"room\" is required";
+            return Err(refusal(Status::BadRequest, "missing_field", msg));
+        }
+        (true, ..) => {
+            let msg = "\"rooms\" must list rooms";
+            return Err(refusal(Status::BadRequest, "missing_field", msg));
+        }
+    };
+    if rooms.len() > usize::from(u16::MAX) {
+        let msg = "too many rooms";
+        return Err(refusal(Status::PayloadTooLarge, "too_large", msg));
+    }
+    for room in &rooms {
+        wire::validate_room(room).map_err(|e| refusal(Status::BadRequest, e.code, e.msg))?;
+    }
+    let Some(data) = parsed.data else {
+        let msg = "\"data\" is required";
+        return Err(refusal(Status::BadRequest, "missing_field", msg));
+    };
+    let data: Arc<str> = Arc::from(data.get());
+    let rooms: Vec<Arc<str>> = rooms.iter().map(|r| Arc::from(&**r)).collect();
+    Ok((rooms, data))
+}
+
+/// A disconnect body: whom to close, with which code and reason.
+pub(super) fn disconnect_body(body: &[u8]) -> Result<Ask, Refusal> {
+    let parsed: DisconnectBody = serde_json::from_slice(body)
+        .map_err(|e| refusal(Status::BadRequest, "bad_json", e.to_string()))?;
+    let Some(user) = parsed.user.filter(|u| !u.is_empty()) else {
+        let msg = "\"user\" is required";
+        return Err(refusal(Status::BadRequest, "missing_field", msg));
+    };
+    let code = parsed.code.unwrap_or(4000);
+    if !(code == 1000 || (3000..=4999).contains(&code)) {
+        let msg = "code is 1000 or 3000-4999";
+        return Err(refusal(Status::BadRequest, "invalid_code", msg));
+    }
+    let reason = parsed
+        .reason
+        .unwrap_or_else(|| "disconnected by the server".into());
+    if reason.len() > 123 {
+        let msg = "a close reason is at most 123 bytes";
+        return Err(refusal(Status::BadRequest, "invalid_reason", msg));
+    }
+    Ok(Ask::Disconnect {
+        user: Arc::from(user),
+        code,
+        reason: Arc::from(reason),
+    })
+}
+
 /// The server API on a shard: what a request of the connection being handled asks of the
 /// shards (sent right after), and the requests waiting for their answers.
 #[derive(Default)]
@@ -226,49 +297,10 @@ impl App {
     }
 
     fn api_publish(&mut self, link: L, body: &[u8], broadcast: bool) {
-        let parsed: PublishBody<'_> = match serde_json::from_slice(body) {
+        let (rooms, data) = match publish_body(body, broadcast) {
             Ok(p) => p,
-            Err(e) => return error(link, Status::BadRequest, "bad_json", &e.to_string()),
+            Err((status, code, msg)) => return error(link, status, code, &msg),
         };
-        let rooms: Vec<std::borrow::Cow<'_, str>> = match (broadcast, parsed.room, parsed.rooms) {
-            (false, Some(room), _) => vec![room],
-            (true, _, Some(rooms)) if !rooms.is_empty() => rooms,
-            (false, ..) => {
-                return error(
-                    link,
-                    Status::BadRequest,
-                    "missing_field",
-                    "\"room\" is required",
-                )
-            }
-            (true, ..) => {
-                return error(
-                    link,
-                    Status::BadRequest,
-                    "missing_field",
-                    "\"rooms\" must list rooms",
-                )
-            }
-        };
-        if rooms.len() > usize::from(u16::MAX) {
-            return error(link, Status::PayloadTooLarge, "too_large", "too many rooms");
-        }
-        for room in &rooms {
-            if let Err(e) = wire::validate_room(room) {
-                return error(link, Status::BadRequest, e.code, &e.msg);
-            }
-        }
-        let Some(data) = parsed.data else {
-            return error(
-                link,
-                Status::BadRequest,
-                "missing_field",
-                "\"data\" is required",
-            );
-        };
-        // One copy out of the request, shared by every room's history and delivery.
-        let data: Arc<str> = Arc::from(data.get());
-        let rooms: Vec<Arc<str>> = rooms.iter().map(|r| Arc::from(&**r)).collect();
         let req = self.api.next_req;
         for (index, room) in rooms.iter().enumerate() {
             link.figures().published += 1;
@@ -337,34 +369,9 @@ impl App {
     }
 
     fn api_disconnect(&mut self, link: L, body: &[u8]) {
-        let parsed: DisconnectBody = match serde_json::from_slice(body) {
-            Ok(p) => p,
-            Err(e) => return error(link, Status::BadRequest, "bad_json", &e.to_string()),
-        };
-        let Some(user) = parsed.user.filter(|u| !u.is_empty()) else {
-            return error(
-                link,
-                Status::BadRequest,
-                "missing_field",
-                "\"user\" is required",
-            );
-        };
-        let code = parsed.code.unwrap_or(4000);
-        if !(code == 1000 || (3000..=4999).contains(&code)) {
-            let msg = "code is 1000 or 3000-4999";
-            return error(link, Status::BadRequest, "invalid_code", msg);
-        }
-        let reason = parsed
-            .reason
-            .unwrap_or_else(|| "disconnected by the server".into());
-        if reason.len() > 123 {
-            let msg = "a close reason is at most 123 bytes";
-            return error(link, Status::BadRequest, "invalid_reason", msg);
-        }
-        let ask = Ask::Disconnect {
-            user: Arc::from(user),
-            code,
-            reason: Arc::from(reason),
+        let ask = match disconnect_body(body) {
+            Ok(ask) => ask,
+            Err((status, code, msg)) => return error(link, status, code, &msg),
         };
         self.ask_all(link, ask, Acc::Closed(0));
     }

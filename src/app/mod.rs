@@ -32,6 +32,8 @@ mod compress;
 pub mod conn;
 pub mod encoding;
 pub mod figures;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod gate;
 mod member;
 mod msg;

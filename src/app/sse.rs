@@ -87,6 +87,41 @@ pub fn parse_cursor(text: &str) -> Vec<(&str, u32, u64)> {
         .collect()
 }
 
+/// The rooms of `?room=a,b` (percent-decoded), each once, in the order given; or why the
+/// request is refused (400): a name that is not one, no room, more than `max`.
+pub(super) fn asked_rooms(req: &Request<'_>, max: usize) -> Result<Vec<Arc<str>>, String> {
+    let mut rooms: Vec<Arc<str>> = Vec::new();
+    let asked = req.query_value("room");
+    for room in asked.iter().flat_map(|v| v.split(',')) {
+        wire::validate_room(room).map_err(|e| e.msg)?;
+        if !rooms.iter().any(|r| &**r == room) {
+            rooms.push(Arc::from(room));
+        }
+    }
+    if rooms.is_empty() {
+        return Err("/sse needs ?room=<name>[,<name>…]".into());
+    }
+    if rooms.len() > max {
+        return Err("too many rooms for one stream".into());
+    }
+    Ok(rooms)
+}
+
+/// Where `room` resumes from, given the entries of `last` (a `Last-Event-ID`) as
+/// [`parse_cursor`] read them: `(seq, epoch)` as a `join`'s `since`.
+pub(super) fn resume_since(
+    resume: &[(&str, u32, u64)],
+    last: &str,
+    room: &str,
+) -> Option<(u64, u32)> {
+    resume
+        .iter()
+        .find(|(r, _, _)| *r == room)
+        .map(|&(_, epoch, seq)| (seq, epoch))
+        // A cursor that does not name this room still asked to resume.
+        .or((!last.is_empty()).then_some((0, u32::MAX)))
+}
+
 /// Appends one `msg` event: `id:` (if `with_id`), `event: msg`, and the same JSON a
 /// WebSocket member gets as `data:`. The publisher's JSON may hold raw line breaks
 /// between tokens (never inside a string): they become spaces, as `data:` is one line.
@@ -168,35 +203,13 @@ impl App {
         req: &Request<'_>,
         head: &[u8],
     ) -> bool {
-        let mut rooms: Vec<Arc<str>> = Vec::new();
-        let asked = req.query_value("room");
-        for room in asked.iter().flat_map(|v| v.split(',')) {
-            if let Err(e) = wire::validate_room(room) {
-                {
-                    refuse(link, Status::BadRequest, &e.msg);
-                    return true;
-                }
-            }
-            if !rooms.iter().any(|r| &**r == room) {
-                rooms.push(Arc::from(room));
-            }
-        }
-        if rooms.is_empty() {
-            {
-                refuse(
-                    link,
-                    Status::BadRequest,
-                    "/sse needs ?room=<name>[,<name>…]",
-                );
+        let mut rooms = match asked_rooms(req, self.cfg.max_rooms_per_conn) {
+            Ok(rooms) => rooms,
+            Err(msg) => {
+                refuse(link, Status::BadRequest, &msg);
                 return true;
             }
-        }
-        if rooms.len() > self.cfg.max_rooms_per_conn {
-            {
-                refuse(link, Status::BadRequest, "too many rooms for one stream");
-                return true;
-            }
-        }
+        };
         let session = match self.admit(link, req, head, false) {
             Admit::Go(session) => session,
             Admit::Wait => return false,
@@ -217,10 +230,8 @@ impl App {
                 link.figures().forbidden += 1;
                 self.release(link.app());
                 self.front.gate.release_user(&s.sub);
-                {
-                    refuse(link, Status::Forbidden, "not allowed to join that room");
-                    return true;
-                }
+                refuse(link, Status::Forbidden, "not allowed to join that room");
+                return true;
             }
         }
         let query_id = req.query_value("lastEventId");
@@ -263,12 +274,7 @@ impl App {
             self.intents.push(Intent::Login(s));
         }
         for room in rooms {
-            let since = resume
-                .iter()
-                .find(|(r, _, _)| *r == &*room)
-                .map(|&(_, epoch, seq)| (seq, epoch))
-                // A cursor that does not name this room still asked to resume.
-                .or((!last.is_empty()).then_some((0, u32::MAX)));
+            let since = resume_since(&resume, last, &room);
             self.intents
                 .push(Intent::Room(RoomOp::Join { room, since }));
         }

@@ -143,10 +143,20 @@ pub fn arguments(
 ) -> Result<(Vec<OsString>, BTreeMap<String, FileKey>), String> {
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("--config {}: {e}", path.display()))?;
-    let keys = read_keys(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    arguments_in(&text, &path.display().to_string(), serve, matches)
+}
+
+/// [`arguments`] for the text of a file, named `name` in errors.
+pub fn arguments_in(
+    text: &str,
+    name: &str,
+    serve: &Command,
+    matches: &ArgMatches,
+) -> Result<(Vec<OsString>, BTreeMap<String, FileKey>), String> {
+    let keys = read_keys(text).map_err(|e| format!("{name}: {e}"))?;
     let mut args = Vec::new();
     for (key, fk) in &keys {
-        let at = |msg: String| format!("{}:{}: {key}: {msg}", path.display(), fk.line);
+        let at = |msg: String| format!("{name}:{}: {key}: {msg}", fk.line);
         let arg = serve
             .get_arguments()
             .find(|a| a.get_long() == Some(key.as_str()))
@@ -352,7 +362,7 @@ fn cli_named(key: &str) -> bool {
 
 /// A flag's raw value as a TOML value that reads back as the same string: integers and
 /// booleans bare, everything else a string.
-fn toml_value(raw: &str) -> String {
+pub(super) fn toml_value(raw: &str) -> String {
     let canonical_int = raw.parse::<i64>().is_ok_and(|i| i.to_string() == raw);
     if canonical_int || raw == "true" || raw == "false" {
         raw.to_owned()

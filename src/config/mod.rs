@@ -3,6 +3,8 @@
 
 mod bytes;
 pub mod file;
+#[doc(hidden)]
+pub mod fuzz;
 
 pub use bytes::parse_bytes;
 

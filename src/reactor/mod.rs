@@ -4,6 +4,8 @@
 //! The reactor knows sockets, buffers, out-rings, timers and the close lifecycle, and
 //! nothing of what runs on it: every shard runs a [`Service`], statically dispatched.
 
+// The epoll and io_uring loops: the only place in the reactor allowed `unsafe`.
+#[allow(unsafe_code)]
 pub mod backend;
 pub mod conn;
 pub mod drain;

@@ -12,12 +12,13 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 /// Calls a libc function, turning its `-1` into the thread's `errno`. Like mio's, the
 /// macro is the one place libc is called, so every call site reads as a plain function
-/// call; the arguments are plain values and pointers the call site vouches for.
+/// call. Unlike mio's, it does not hide the `unsafe`: the arguments are descriptors and
+/// pointers only the call site can vouch for, so each call site wraps the macro in an
+/// `unsafe` block of its own with a `// SAFETY:` note saying why they hold
+/// (`clippy::undocumented_unsafe_blocks` holds every such block to it).
 macro_rules! syscall {
     ($fn: ident ( $($arg: expr),* $(,)* ) ) => {{
-        #[allow(unused_unsafe)]
-        // SAFETY: the caller passes arguments valid for this libc call.
-        let res = unsafe { libc::$fn($($arg, )*) };
+        let res = libc::$fn($($arg, )*);
         if res == -1 {
             Err(std::io::Error::last_os_error())
         } else {
@@ -102,7 +103,8 @@ pub fn allowed_cpus() -> Vec<usize> {
     // SAFETY: cpu_set_t is plain data; zeroed is a valid empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     let size = std::mem::size_of::<libc::cpu_set_t>();
-    if syscall!(sched_getaffinity(0, size, &mut set)).is_err() {
+    // SAFETY: `set` is a live cpu_set_t of `size` bytes that the kernel fills.
+    if unsafe { syscall!(sched_getaffinity(0, size, &mut set)) }.is_err() {
         return (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
     }
     // SAFETY: `set` was filled by the kernel; CPU_ISSET only reads it.
@@ -120,11 +122,14 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     }
     // SAFETY: cpu is in range (checked above).
     unsafe { libc::CPU_SET(cpu, &mut set) };
-    syscall!(sched_setaffinity(
-        0,
-        std::mem::size_of::<libc::cpu_set_t>(),
-        &set
-    ))
+    // SAFETY: `set` is an initialized cpu_set_t of the size given; the kernel only reads it.
+    unsafe {
+        syscall!(sched_setaffinity(
+            0,
+            std::mem::size_of::<libc::cpu_set_t>(),
+            &set
+        ))
+    }
     .map(drop)
 }
 
@@ -134,7 +139,8 @@ pub fn nofile_limit() -> (u64, u64) {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    match syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut lim)) {
+    // SAFETY: `lim` is a live rlimit the kernel fills.
+    match unsafe { syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut lim)) } {
         Ok(_) => (lim.rlim_cur, lim.rlim_max),
         Err(_) => (0, 0),
     }
@@ -146,10 +152,12 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut lim))?;
+    // SAFETY: `lim` is a live rlimit the kernel fills.
+    unsafe { syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut lim)) }?;
     if lim.rlim_cur < lim.rlim_max {
         lim.rlim_cur = lim.rlim_max;
-        syscall!(setrlimit(libc::RLIMIT_NOFILE, &lim))?;
+        // SAFETY: `lim` is an initialized rlimit the kernel only reads.
+        unsafe { syscall!(setrlimit(libc::RLIMIT_NOFILE, &lim)) }?;
     }
     Ok(lim.rlim_cur)
 }
@@ -158,7 +166,8 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
 /// and the shard waiting on it wakes.
 pub fn stop_listening(fd: &OwnedFd) {
     // On a listening TCP socket SHUT_RD stops listening: accept fails from then on.
-    let _ = syscall!(shutdown(fd.as_raw_fd(), libc::SHUT_RD));
+    // SAFETY: `fd` is borrowed from its owner, open for the call; no memory is passed.
+    let _ = unsafe { syscall!(shutdown(fd.as_raw_fd(), libc::SHUT_RD)) };
 }
 
 /// An eventfd, written to wake the thread that polls it (the mesh's wake-ups).
@@ -167,7 +176,8 @@ pub struct EventFd(OwnedFd);
 
 impl EventFd {
     pub fn new() -> io::Result<EventFd> {
-        let fd = syscall!(eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC))?;
+        // SAFETY: no pointers; the new descriptor is taken over just below.
+        let fd = unsafe { syscall!(eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)) }?;
         // SAFETY: eventfd returned a fresh descriptor that nothing else owns.
         Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
@@ -184,13 +194,15 @@ impl EventFd {
     /// Makes it readable. A full counter (EAGAIN) means a wake-up is already pending.
     pub fn notify(&self) {
         let one: u64 = 1;
-        let _ = syscall!(write(self.raw(), (&one as *const u64).cast(), 8));
+        // SAFETY: the descriptor is ours (self.0); the pointer is to 8 readable bytes.
+        let _ = unsafe { syscall!(write(self.raw(), (&one as *const u64).cast(), 8)) };
     }
 
     /// Resets it after it became readable.
     pub fn consume(&self) {
         let mut buf = 0u64;
-        let _ = syscall!(read(self.raw(), (&mut buf as *mut u64).cast(), 8));
+        // SAFETY: the descriptor is ours (self.0); the pointer is to 8 writable bytes.
+        let _ = unsafe { syscall!(read(self.raw(), (&mut buf as *mut u64).cast(), 8)) };
     }
 }
 
@@ -201,17 +213,22 @@ pub fn readable(fd: RawFd) -> bool {
         events: libc::POLLIN,
         revents: 0,
     };
-    syscall!(poll(&mut pfd, 1, 0)).is_ok_and(|n| n == 1)
+    // SAFETY: one live pollfd, as the count says; the kernel writes its revents.
+    unsafe { syscall!(poll(&mut pfd, 1, 0)) }.is_ok_and(|n| n == 1)
 }
 
 /// Waits up to `timeout_ms` (-1: no limit) for any of `fds` to be ready (`poll(2)`); an
 /// interrupted wait returns 0. For a thread that is not a shard (the backplane).
 pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
-    match syscall!(poll(
-        fds.as_mut_ptr(),
-        fds.len() as libc::nfds_t,
-        timeout_ms
-    )) {
+    // SAFETY: the pointer and count are those of a live, writable slice of pollfds.
+    let polled = unsafe {
+        syscall!(poll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            timeout_ms
+        ))
+    };
+    match polled {
         Ok(n) => Ok(n as usize),
         Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
         Err(e) => Err(e),
@@ -252,7 +269,8 @@ impl Signals {
 
 /// Closes a plain file descriptor, ignoring errors (there is nothing left to do with it).
 pub fn close_fd(fd: i32) {
-    let _ = syscall!(close(fd));
+    // SAFETY: the caller owns `fd` and gives it up here (documented above); no memory.
+    let _ = unsafe { syscall!(close(fd)) };
 }
 
 /// The errno of a negative io_uring result or a failed syscall, by name for logs.

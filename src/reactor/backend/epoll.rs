@@ -52,7 +52,8 @@ struct Epoll<S: Service> {
 }
 
 pub fn run<S: Service>(setup: ShardSetup<S>) -> io::Result<()> {
-    let ep = syscall!(epoll_create1(libc::EPOLL_CLOEXEC))?;
+    // SAFETY: no pointers; the new descriptor is taken over just below.
+    let ep = unsafe { syscall!(epoll_create1(libc::EPOLL_CLOEXEC)) }?;
     // SAFETY: epoll_create1 returned a fresh descriptor that nothing else owns.
     let ep = unsafe { OwnedFd::from_raw_fd(ep) };
     let mut lp = Epoll {
@@ -88,12 +89,17 @@ pub fn run<S: Service>(setup: ShardSetup<S>) -> io::Result<()> {
                 .next_deadline(Instant::now())
                 .map_or(-1, |d| d.as_millis().min(i32::MAX as u128) as i32)
         };
-        let n = match syscall!(epoll_wait(
-            lp.ep.as_raw_fd(),
-            events.as_mut_ptr(),
-            EVENTS as i32,
-            timeout
-        )) {
+        // SAFETY: `events` is a live, writable array of EVENTS epoll_events; the epoll
+        // descriptor is ours.
+        let waited = unsafe {
+            syscall!(epoll_wait(
+                lp.ep.as_raw_fd(),
+                events.as_mut_ptr(),
+                EVENTS as i32,
+                timeout
+            ))
+        };
+        let n = match waited {
             Ok(n) => n as usize,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
             Err(e) => return Err(e),
@@ -125,10 +131,14 @@ pub fn run<S: Service>(setup: ShardSetup<S>) -> io::Result<()> {
 }
 
 fn open_reserve() -> Option<OwnedFd> {
-    let fd = syscall!(open(
-        c"/dev/null".as_ptr(),
-        libc::O_RDONLY | libc::O_CLOEXEC
-    ))
+    // SAFETY: the path is a NUL-terminated C string literal; the descriptor is taken
+    // over just below.
+    let fd = unsafe {
+        syscall!(open(
+            c"/dev/null".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC
+        ))
+    }
     .ok()?;
     // SAFETY: open returned a fresh descriptor.
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -137,12 +147,16 @@ fn open_reserve() -> Option<OwnedFd> {
 impl<S: Service> Epoll<S> {
     fn add(&self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
         let mut ev = libc::epoll_event { events, u64: token };
-        syscall!(epoll_ctl(
-            self.ep.as_raw_fd(),
-            libc::EPOLL_CTL_ADD,
-            fd,
-            &mut ev
-        ))
+        // SAFETY: `ev` is a live epoll_event the kernel copies; both descriptors are open
+        // (the epoll one is ours, `fd` the caller's).
+        unsafe {
+            syscall!(epoll_ctl(
+                self.ep.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                fd,
+                &mut ev
+            ))
+        }
         .map(drop)
     }
 
@@ -155,7 +169,11 @@ impl<S: Service> Epoll<S> {
             // SAFETY: all-zero bytes are a valid sockaddr_storage.
             let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
             let mut len = std::mem::size_of_val(&addr) as libc::socklen_t;
-            let fd = match syscall!(accept4(listener, (&raw mut addr).cast(), &mut len, flags)) {
+            // SAFETY: `addr` is a live sockaddr_storage of `len` bytes, and `len` a live
+            // socklen_t, both written by the kernel; the listener is ours.
+            let accepted =
+                unsafe { syscall!(accept4(listener, (&raw mut addr).cast(), &mut len, flags)) };
+            let fd = match accepted {
                 Ok(fd) => fd,
                 Err(e) => match e.raw_os_error() {
                     Some(libc::EAGAIN) => return,
@@ -205,12 +223,15 @@ impl<S: Service> Epoll<S> {
             return false;
         };
         drop(reserve);
-        let fd = syscall!(accept4(
-            listener,
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            libc::SOCK_CLOEXEC
-        ));
+        // SAFETY: null address pointers ask for no peer address; the listener is ours.
+        let fd = unsafe {
+            syscall!(accept4(
+                listener,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC
+            ))
+        };
         if let Ok(fd) = fd {
             sys::close_fd(fd);
         }
@@ -256,11 +277,16 @@ impl<S: Service> Epoll<S> {
                 return;
             }
             let fd = conn.io as RawFd;
-            let n = match syscall!(read(
-                fd,
-                self.scratch.as_mut_ptr().cast(),
-                self.scratch.len()
-            )) {
+            // SAFETY: the pointer and length are the scratch buffer's, live and writable;
+            // `fd` is the connection's open socket.
+            let got = unsafe {
+                syscall!(read(
+                    fd,
+                    self.scratch.as_mut_ptr().cast(),
+                    self.scratch.len()
+                ))
+            };
+            let n = match got {
                 Ok(0) => return self.close(slot),
                 Ok(n) => n as usize,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -298,7 +324,8 @@ impl<S: Service> Epoll<S> {
             }
             Next::ShutdownWrite => {
                 if let Some(conn) = self.core.conn(slot) {
-                    let _ = syscall!(shutdown(conn.io as RawFd, libc::SHUT_WR));
+                    // SAFETY: the connection's open socket; no memory is passed.
+                    let _ = unsafe { syscall!(shutdown(conn.io as RawFd, libc::SHUT_WR)) };
                 }
                 // Linger: read (and drop) what the peer still sends, including what waited
                 // while the connection was paused; edge-triggered, nothing else would.
@@ -356,8 +383,10 @@ impl<S: Service> Epoll<S> {
         if count == 0 {
             return;
         }
-        // IoSlice is ABI-compatible with iovec.
-        let res = syscall!(writev(fd, iov.as_ptr().cast(), count as i32));
+        // SAFETY: IoSlice is ABI-compatible with iovec; the first `count` slices point at
+        // frames egress() pinned in the out-ring, live for the call; `fd` is the
+        // connection's open socket.
+        let res = unsafe { syscall!(writev(fd, iov.as_ptr().cast(), count as i32)) };
         let total: usize = iov[..count].iter().map(|s| s.len()).sum();
         match res {
             Ok(n) => {

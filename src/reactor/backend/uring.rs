@@ -22,10 +22,11 @@
 //! slab slot ([`UserData`]); a completion whose generation does not match is stale.
 
 use std::io;
+use std::mem::ManuallyDrop;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use io_uring::types::{Fixed, SubmitArgs, Timespec};
+use io_uring::types::{CancelBuilder, Fixed, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 
 mod accept;
@@ -121,8 +122,13 @@ pub fn probe() -> Result<(), String> {
     ring.submitter()
         .register_files_sparse(4)
         .map_err(|e| format!("sparse fixed-file table: {e}"))?;
-    BufRing::new(&ring, 2, 4096).map_err(|e| format!("provided buffer ring: {e}"))?;
-    Ok(())
+    let bufs = BufRing::new(&ring, 2, 4096).map_err(|e| format!("provided buffer ring: {e}"))?;
+    // Unregistered before it is unmapped: the ring outlives it here. Should that fail,
+    // the ring is closed first (which drops the kernel's reference), then the mapping.
+    let unregistered = bufs.unregister(&ring);
+    drop(ring);
+    drop(bufs);
+    unregistered.map_err(|e| format!("unregistering the provided buffer ring: {e}"))
 }
 
 fn build_ring(entries: u32) -> io::Result<IoUring> {
@@ -133,17 +139,25 @@ fn build_ring(entries: u32) -> io::Result<IoUring> {
         .build(entries)
 }
 
+/// How long a shard's teardown waits for the kernel to finish with what was in flight
+/// before it gives up and leaks the memory instead of freeing it under the kernel.
+const TEARDOWN_WAIT: Duration = Duration::from_secs(2);
+
+/// A shard's loop. Its teardown ([`Drop`]) does not rely on field order: what the kernel
+/// may still write into or read from (the buffer ring, the accepts' address buffers, the
+/// frames of sends in flight, in `core`) is freed only once every operation has
+/// completed, after an `IORING_ASYNC_CANCEL_ANY` (see [`Uring::quiesce`]).
 struct Uring<S: Service> {
-    // Field order matters for Drop: the ring goes before the buffers it points into.
     ring: IoUring,
-    bufs: BufRing,
+    /// Registered with `ring`: unregistered and unmapped once nothing is in flight.
+    bufs: ManuallyDrop<BufRing>,
     /// Address buffers of the single-shot accepts (empty: multishot accept). A boxed
     /// slice, never resized, so the kernel's pointers stay valid.
-    addrs: Box<[AddrSlot]>,
+    addrs: ManuallyDrop<Box<[AddrSlot]>>,
     /// The shard's listeners (the main one, then `--tls-listen`'s) and whether each
     /// speaks TLS; an accept's or a listener poll's generation bits say which.
     listeners: Vec<(socket2::Socket, bool)>,
-    core: Core<S>,
+    core: ManuallyDrop<Core<S>>,
     /// The msghdrs and iovecs of the sends not submitted yet.
     arena: SendArena,
     fixed_files: u32,
@@ -151,6 +165,9 @@ struct Uring<S: Service> {
     at_limit: bool,
     cqes: Vec<(u64, i32, u32)>,
     expired: Vec<usize>,
+    /// Operations pushed whose last completion has not arrived: one per SQE, until its
+    /// CQE without `IORING_CQE_F_MORE`. The teardown waits for it to reach 0.
+    in_flight: usize,
 }
 
 pub fn run<S: Service>(setup: ShardSetup<S>) -> io::Result<()> {
@@ -160,7 +177,7 @@ pub fn run<S: Service>(setup: ShardSetup<S>) -> io::Result<()> {
     tracing::debug!(
         shard = setup.index,
         fixed_files = setup.fixed_files,
-        incremental = bufs.incremental,
+        incremental = bufs.incremental(),
         "io_uring shard ready"
     );
     let want_peers = setup.peer_addresses;
@@ -179,15 +196,16 @@ pub fn run<S: Service>(setup: ShardSetup<S>) -> io::Result<()> {
         .collect();
     let mut lp = Uring {
         ring,
-        bufs,
-        addrs,
+        bufs: ManuallyDrop::new(bufs),
+        addrs: ManuallyDrop::new(addrs),
         listeners,
-        core: Core::new(setup.service, setup.core),
+        core: ManuallyDrop::new(Core::new(setup.service, setup.core)),
         arena: SendArena::new(),
         fixed_files: setup.fixed_files,
         at_limit: false,
         cqes: Vec::with_capacity(1024),
         expired: Vec::new(),
+        in_flight: 0,
     };
     lp.core.fixed_files = u64::from(lp.fixed_files);
     lp.core.pin_sends = true;
@@ -227,6 +245,7 @@ impl<S: Service> Uring<S> {
             // SAFETY: every entry's pointers (msghdr, iovecs) stay valid until a submit
             // consumes it: the arena is reset only once the queue is empty (SUBMIT_STABLE).
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                self.in_flight += 1;
                 return;
             }
             if let Err(e) = self.ring.submit() {
@@ -313,6 +332,7 @@ impl<S: Service> Uring<S> {
             if cqes.is_empty() {
                 break;
             }
+            self.reaped(&cqes);
             for &(ud, res, flags) in &cqes {
                 self.on_cqe(UserData(ud), res, flags);
             }
@@ -347,8 +367,8 @@ impl<S: Service> Uring<S> {
         let mut recycle = None;
         let next = match (res, bid) {
             (n, Some(bid)) if n > 0 => {
-                let (range, done) = self.bufs.take(bid, n as usize, cqueue::buffer_more(flags));
-                if done {
+                let piece = self.bufs.take(bid, n as usize, cqueue::buffer_more(flags));
+                if piece.done {
                     recycle = Some(bid);
                 }
                 let alive = self
@@ -356,7 +376,7 @@ impl<S: Service> Uring<S> {
                     .get(slot, ud.gen())
                     .is_some_and(|c| !c.has(flag::DEAD));
                 if alive {
-                    self.core.receive(slot, &mut self.bufs.data.as_mut()[range])
+                    self.core.receive(slot, self.bufs.bytes(&piece))
                 } else {
                     Next::Nothing
                 }
@@ -625,6 +645,107 @@ impl<S: Service> Uring<S> {
     }
 }
 
+/// How many of `cqes` end their operation: those without `IORING_CQE_F_MORE`, except the
+/// wake-ups other shards post into this ring (MSG_RING), which no SQE of ours asked for.
+/// Cost: one pass over the batch, no syscall.
+fn finished(cqes: &[(u64, i32, u32)]) -> usize {
+    cqes.iter()
+        .filter(|&&(ud, _, flags)| ud != UserData::RING_WAKE.0 && !cqueue::more(flags))
+        .count()
+}
+
+impl<S: Service> Uring<S> {
+    /// Counts the operations `cqes` ended. An undercount would free memory under the
+    /// kernel at teardown; an overcount only makes it wait and leak, so a count that
+    /// would go below zero wraps in release builds (and fails tests in debug ones).
+    fn reaped(&mut self, cqes: &[(u64, i32, u32)]) {
+        let done = finished(cqes);
+        debug_assert!(
+            done <= self.in_flight,
+            "{done} completions for {}",
+            self.in_flight
+        );
+        self.in_flight = self.in_flight.wrapping_sub(done);
+    }
+
+    /// Cancels everything in flight with one `IORING_ASYNC_CANCEL_ANY` and reaps
+    /// completions, without handling them, until every operation has ended or
+    /// [`TEARDOWN_WAIT`] has passed, as monoio's driver does before it frees an op's
+    /// buffers. Operations the cancel cannot stop (already running in io-wq: a close, a
+    /// shutdown) end on their own. Returns whether none is left.
+    fn quiesce(&mut self) -> bool {
+        if self.in_flight == 0 {
+            return true;
+        }
+        let cancel = opcode::AsyncCancel2::new(CancelBuilder::any())
+            .build()
+            .user_data(UserData::IGNORE.0);
+        self.push(cancel);
+        let deadline = Instant::now() + TEARDOWN_WAIT;
+        let mut cqes = std::mem::take(&mut self.cqes);
+        while self.in_flight > 0 {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            let ts = Timespec::from(left);
+            let args = SubmitArgs::new().timespec(&ts);
+            match self.ring.submitter().submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                    ) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "io_uring wait at teardown failed");
+                    break;
+                }
+            }
+            cqes.clear();
+            cqes.extend(
+                self.ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
+            self.reaped(&cqes);
+        }
+        self.in_flight == 0
+    }
+}
+
+impl<S: Service> Drop for Uring<S> {
+    /// Frees what the kernel may touch only once it no longer can: cancel and reap
+    /// first, then free the connections (whose queued frames sends read from) and the
+    /// accepts' address buffers, then unregister the buffer ring and unmap it; the ring
+    /// itself is closed last (its field drop). If operations are still in flight
+    /// after [`TEARDOWN_WAIT`], those are leaked instead: the shard is ending, and a
+    /// leak is better than a kernel write into memory that has been reused.
+    fn drop(&mut self) {
+        if !self.quiesce() {
+            tracing::error!(
+                in_flight = self.in_flight,
+                "io_uring operations still in flight at teardown: leaking their memory"
+            );
+            return;
+        }
+        // SAFETY: no operation is in flight (quiesce), so the kernel holds no pointer into
+        // these. Each is dropped exactly once, here, and never used again: this is the
+        // loop's drop.
+        unsafe {
+            ManuallyDrop::drop(&mut self.core);
+            ManuallyDrop::drop(&mut self.addrs);
+        }
+        match self.bufs.unregister(&self.ring) {
+            // SAFETY: unregistered, and no recv in flight: the kernel no longer knows the
+            // ring or its buffers. Dropped once, here, as above.
+            Ok(()) => unsafe { ManuallyDrop::drop(&mut self.bufs) },
+            // Still registered: left mapped (a leak at shard exit), never unmapped under
+            // the kernel.
+            Err(e) => tracing::warn!(error = %e, "unregistering the provided buffer ring"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -649,5 +770,23 @@ mod tests {
             }
             assert_ne!(a.op(), Op::Recv as u8);
         }
+    }
+
+    #[test]
+    fn an_operation_ends_at_its_last_completion_and_wake_ups_from_other_shards_end_none() {
+        let more = 1 << 1; // IORING_CQE_F_MORE
+        assert!(cqueue::more(more));
+        let recv = UserData::new(Op::Recv, 7, 1).0;
+        let accept = UserData::new(Op::Accept, 0, 1).0;
+        let cqes = [
+            (recv, 100, more),             // multishot recv, still armed
+            (recv, 0, 0),                  // its last completion
+            (accept, 5, more),             // multishot accept, still armed
+            (UserData::IGNORE.0, 0, 0),    // a cancel or a shutdown
+            (UserData::RING_WAKE.0, 0, 0), // another shard's MSG_RING: not ours
+            (UserData::new(Op::Send, 3, 1).0, 64, 0),
+        ];
+        assert_eq!(finished(&cqes), 3);
+        assert_eq!(finished(&[]), 0);
     }
 }

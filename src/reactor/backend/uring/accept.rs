@@ -126,12 +126,17 @@ impl<S: Service> Uring<S> {
     fn refuse_backlog(&mut self, k: usize) {
         let fd = self.listeners[k].0.as_raw_fd();
         let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
-        while let Ok(c) = syscall!(accept4(
-            fd,
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            flags
-        )) {
+        loop {
+            // SAFETY: null address pointers ask for no peer address; the listener is ours.
+            let accepted = unsafe {
+                syscall!(accept4(
+                    fd,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    flags
+                ))
+            };
+            let Ok(c) = accepted else { break };
             crate::sys::close_fd(c);
         }
     }
