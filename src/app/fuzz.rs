@@ -30,6 +30,29 @@ pub fn wire(data: &[u8]) {
         Ok(ClientOp::Auth { token } | ClientOp::Refresh { token }) => {
             let _ = wire::authed(&token, u64::MAX);
         }
+        Ok(ClientOp::Rpc { method, data, id }) => {
+            assert!(!method.is_empty() && method.len() <= wire::MAX_METHOD);
+            // The op's `data` goes to the backend as sent; an answer's `data` comes back
+            // spliced into an `rpc_result` that reads as JSON.
+            let within = text.as_ptr() as usize..=text.as_ptr() as usize + text.len();
+            assert!(data == "null" || within.contains(&(data.as_ptr() as usize)));
+            let frame = wire::rpc_result(id, data);
+            let b = frame.as_bytes();
+            let start = match b[1] & 0x7F {
+                126 => 4,
+                127 => 10,
+                _ => 2,
+            };
+            #[derive(serde::Deserialize)]
+            struct Result<'a> {
+                op: &'a str,
+                id: u64,
+                #[serde(borrow)]
+                data: &'a RawValue,
+            }
+            let r: Result<'_> = serde_json::from_slice(&b[start..]).expect("rpc_result is JSON");
+            assert_eq!((r.op, r.id, r.data.get()), ("rpc_result", id, data));
+        }
         Err(e) => {
             let json = payload(&e.frame());
             assert_eq!(json["op"], "error");
