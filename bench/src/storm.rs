@@ -523,6 +523,7 @@ async fn run_wave(
     let cpu0 = hooks.map(|(p, tid)| ThreadCpu::read(p, tid));
     counts.reset();
     let p0 = probe(t, &ws.pids);
+    let server0 = t.pid.map(observe::process_ns);
     let start = mono_ns() + 50_000_000;
     let pb = bar(a.connections as u64, &format!("wave {n}"));
     ws.tell(format!("go {start}\n").as_bytes()).await;
@@ -532,6 +533,10 @@ async fn run_wave(
     }
     pb.finish_and_clear();
     let p1 = probe(t, &ws.pids);
+    let server = t.pid.zip(server0).map(|(p, c0)| ServerCpu {
+        ns: observe::process_ns(p).saturating_sub(c0),
+        wall_ns: mono_ns().saturating_sub(start),
+    });
     // Calls the server gave up on may still be waiting out their latency here.
     let settle = Instant::now() + Duration::from_millis(2 * a.hook_latency_ms + 500);
     while counts.wave().inflight_now > 0 && Instant::now() < settle {
@@ -543,7 +548,16 @@ async fn run_wave(
         .map(|((p, tid), c0)| c0.since(&ThreadCpu::read(p, tid)));
     let m1 = Metrics::scrape(t.server).await;
     let moves = HookMoves::between(&m0, &m1);
-    figures(t, a, n, &tally, &backend, &moves, cpu, (&p0, &p1))
+    figures(t, a, n, &tally, &backend, &moves, (cpu, server), (&p0, &p1))
+}
+
+/// The server process's CPU over a wave (all its threads, from their schedstat) and the
+/// wave's wall time, from its start to the last admission: what the server got of its
+/// CPU, whoever else ran there.
+#[derive(Clone, Copy, Debug)]
+struct ServerCpu {
+    ns: u64,
+    wall_ns: u64,
 }
 
 /// A wave's figures and its summary.
@@ -555,7 +569,7 @@ fn figures(
     tally: &Tally,
     backend: &backend::Wave,
     moves: &HookMoves,
-    cpu: Option<ThreadCpu>,
+    (cpu, server): (Option<ThreadCpu>, Option<ServerCpu>),
     (p0, p1): (&crate::sample::ProcSample, &crate::sample::ProcSample),
 ) -> serde_json::Value {
     let h = &tally.admitted_at;
@@ -572,6 +586,9 @@ fn figures(
     let hooks_ns = cpu.map_or(0, |c| c.sched_ns);
     let per_call = per(hooks_ns, moves.calls);
     let per_connect = per(hooks_ns, answered);
+    let server_ns = server.map_or(0, |c| c.ns);
+    let server_wall_ns = server.map_or(0, |c| c.wall_ns);
+    let server_per_admission = per(server_ns, tally.admitted as f64);
     let over_cap = backend.peak_inflight > a.hook_max_inflight
         || moves.inflight_peak > a.hook_max_inflight as f64;
     let (cpu_m, note) = cpu_fields(
@@ -582,7 +599,7 @@ fn figures(
     );
     let label = if n == 1 { "cold" } else { "again" };
     println!(
-        "storm wave {n} ({label}): {}/{} admitted, all in {all_ms:.0} ms (p50 {:.0} ms, p99 {:.0} ms), {} failed, {} retries ({} refused 503, {} other refusals, {} errors){}\n  backend: {} requests ({} refused), {:.0}/s mean, {:.0}/s in its busiest second, {} in flight at most ({} connections); per 100 ms: {:?}\n  server: {} allowed, {} refused, {} unavailable ({} queue timeouts); {} calls, mean {:.1} ms; {} coalesced, {} cached; in-flight peak {} (cap {}){}\n  hooks thread: {:.1} ms CPU ({:.1} ms by its stat ticks): {per_call:.1} µs per call, {per_connect:.1} µs per connect answered{note}",
+        "storm wave {n} ({label}): {}/{} admitted, all in {all_ms:.0} ms (p50 {:.0} ms, p99 {:.0} ms), {} failed, {} retries ({} refused 503, {} other refusals, {} errors){}\n  backend: {} requests ({} refused), {:.0}/s mean, {:.0}/s in its busiest second, {} in flight at most ({} connections); per 100 ms: {:?}\n  server: {} allowed, {} refused, {} unavailable ({} queue timeouts); {} calls, mean {:.1} ms; {} coalesced, {} cached; in-flight peak {} (cap {}){}\n  hooks thread: {:.1} ms CPU ({:.1} ms by its stat ticks): {per_call:.1} µs per call, {per_connect:.1} µs per connect answered; server process: {:.0} ms CPU over the wave's {:.0} ms, {server_per_admission:.1} µs per admission{note}",
         tally.admitted,
         a.connections,
         ms(0.5),
@@ -617,6 +634,8 @@ fn figures(
         if over_cap { " — OVER THE CAP" } else { "" },
         hooks_ns as f64 / 1e6,
         cpu.map_or(0, |c| c.stat_ns) as f64 / 1e6,
+        server_ns as f64 / 1e6,
+        server_wall_ns as f64 / 1e6,
     );
     let figures = json!({
         "wave": n, "admitted": tally.admitted, "failed": tally.failed,
@@ -635,6 +654,8 @@ fn figures(
         "server_inflight_peak": moves.inflight_peak,
         "hooks_cpu_ns": hooks_ns, "hooks_cpu_stat_ns": cpu.map_or(0, |c| c.stat_ns),
         "hooks_cpu_us_per_call": per_call, "hooks_cpu_us_per_connect": per_connect,
+        "server_process_cpu_ns": server_ns, "server_wave_wall_ns": server_wall_ns,
+        "server_process_us_per_admission": server_per_admission,
         "over_cap": over_cap,
     });
     with(figures, cpu_m)

@@ -193,6 +193,21 @@ impl ThreadCpu {
     }
 }
 
+/// The CPU all of `pid`'s threads have had so far, ns (the sum of their schedstat: a
+/// thread that already ended is not counted; the server's threads live as long as it).
+pub fn process_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| {
+            let sched = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+            sched.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
 /// utime + stime (fields 14 and 15) of a /proc stat line; the name in parentheses may
 /// hold spaces, so fields are counted after its closing parenthesis.
 fn stat_ticks(stat: &str) -> Option<u64> {
@@ -239,6 +254,7 @@ mod tests {
         let me = std::process::id();
         let cpu = ThreadCpu::read(me, me);
         assert!(cpu.sched_ns > 0);
+        assert!(process_ns(me) >= cpu.sched_ns);
         assert!(thread(me, "no-such-thread-name").is_none());
         // The search skips its own process, so a listener here is not found.
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
