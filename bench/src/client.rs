@@ -37,6 +37,19 @@ pub async fn handshake(
     path: &str,
     deflate: bool,
 ) -> std::io::Result<(TcpStream, Option<Agreed>)> {
+    handshake_with(server, src, path, deflate, "").await
+}
+
+/// [`handshake`] with `extra` request header lines (each ending in `\r\n`), e.g. a
+/// `Cookie:` for a connect hook. A refusal's error is the response's status line
+/// (`HTTP/1.1 503 …`: see [`refusal_status`]).
+pub async fn handshake_with(
+    server: SocketAddr,
+    src: IpAddr,
+    path: &str,
+    deflate: bool,
+    extra: &str,
+) -> std::io::Result<(TcpStream, Option<Agreed>)> {
     let socket = TcpSocket::new_v4()?;
     let one: libc::c_int = 1;
     // SAFETY: setsockopt reads an int from a valid pointer; the fd is the socket's own.
@@ -60,7 +73,7 @@ pub async fn handshake(
     };
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {server}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{offer}{extra}\r\n"
     );
     stream.write_all(req.as_bytes()).await?;
     // Peek until the head is complete, then take exactly the head: frames the server
@@ -93,6 +106,14 @@ pub async fn handshake(
         None
     };
     Ok((stream, agreed))
+}
+
+/// The HTTP status of a refused handshake, from [`handshake_with`]'s error (its status
+/// line), if the server answered at all.
+pub fn refusal_status(e: &std::io::Error) -> Option<u16> {
+    let text = e.to_string();
+    let rest = text.strip_prefix("HTTP/1.1 ")?;
+    rest.get(..3)?.parse().ok()
 }
 
 /// A final text frame from the client (masked with the all-zero key: RFC 6455 allows any

@@ -22,6 +22,10 @@
 //! inflate what comes compressed; `fanout --json` publishes a realistic JSON feed to
 //! compress. Fan-out reports the bytes its members read per delivery, plain or not.
 //!
+//! `storm` runs the application's backend itself (a connect hook answering after a fixed
+//! latency, on `--backend-listen`) and reconnects everyone at once against a roomcast
+//! started with `--hook-connect` pointing at it (bench/scripts/storm.sh does both).
+//!
 //! Every run prints a summary and, with `--out`, appends one JSON object to a results
 //! file: the scenario, its parameters, the server (name, version, address), the machine
 //! and the figures. `roomcast-bench report` turns such a file into Markdown and SVG plots.
@@ -33,6 +37,7 @@ mod report;
 mod resume;
 mod sample;
 mod scenarios;
+mod storm;
 mod tls;
 
 use std::io::Write as _;
@@ -170,6 +175,15 @@ enum Scenario {
         #[command(flatten)]
         args: resume::Resume,
     },
+    /// A reconnect storm against the connect hook: everyone connects at once and every
+    /// handshake waits on a backend in this process (`--backend-listen`; start roomcast
+    /// with `--hook-connect http://<it>/connect`); then again after closing everything.
+    /// Time until all are admitted, the backend's requests/s and peak in flight, the
+    /// server's hook metrics, the hooks thread's CPU per call.
+    Storm {
+        #[command(flatten)]
+        args: storm::Storm,
+    },
     /// Markdown tables and SVG plots from a results file.
     Report {
         results: std::path::PathBuf,
@@ -252,6 +266,20 @@ enum Scenario {
         jitter_ms: u64,
         #[arg(long)]
         seed: u64,
+    },
+    /// (internal) One process of `storm`: connections `first..first+count`.
+    #[command(hide = true)]
+    WorkerStorm {
+        #[arg(long)]
+        first: usize,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        users: usize,
+        #[arg(long)]
+        concurrency: usize,
+        #[arg(long)]
+        attempts: u32,
     },
     /// (internal) One process of `churn --workers`.
     #[command(hide = true)]
@@ -436,6 +464,7 @@ fn main() {
                 )
             }
             Scenario::Resume { args } => ("resume", args.params(), resume::resume(t, &args).await),
+            Scenario::Storm { args } => ("storm", args.params(), storm::storm(t, &args).await),
             Scenario::Calibrate { connections, figures, workers } => {
                 let (f, runs) = scenarios::calibrate(t, connections).await;
                 let text = serde_json::to_string_pretty(&f).expect("figures serialize");
@@ -470,6 +499,10 @@ fn main() {
                 resume::resume_worker(t, first, count, &room, jitter_ms, seed).await;
                 std::process::exit(0);
             }
+            Scenario::WorkerStorm { first, count, users, concurrency, attempts } => {
+                storm::storm_worker(t, first, count, users, concurrency, attempts).await;
+                std::process::exit(0);
+            }
             Scenario::WorkerChurn { first, rate, secs } => {
                 scenarios::churn_worker(t, first, rate, secs).await;
                 std::process::exit(0);
@@ -495,6 +528,12 @@ fn main() {
             .open(path)
             .expect("results file");
         writeln!(f, "{record}").expect("write results");
+    }
+    // A storm whose backend saw more calls in flight than the server's cap failed its
+    // check: the results are written, the exit status says so.
+    if figures["over_cap"].as_bool() == Some(true) {
+        eprintln!("roomcast-bench: more hook calls in flight than --hook-max-inflight");
+        std::process::exit(3);
     }
 }
 

@@ -94,7 +94,7 @@ pub(crate) fn with(
 }
 
 /// The server's `/stats`, if it answers: `GET /stats` on the WebSocket port.
-pub(super) async fn server_stats(server: SocketAddr) -> Option<serde_json::Value> {
+pub(crate) async fn server_stats(server: SocketAddr) -> Option<serde_json::Value> {
     use tokio::io::AsyncReadExt;
     let mut s = TcpStream::connect(server).await.ok()?;
     s.write_all(b"GET /stats HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")

@@ -24,7 +24,8 @@
 //! - `measure.rs`: the processes sampled around the window, the CPU figures, `/stats`;
 //! - `workers.rs`: the worker processes, the parent's side and the worker's.
 //!
-//! `resume`, with its accounting, is [`crate::resume`].
+//! `resume`, with its accounting, is [`crate::resume`]; `storm`, with the backend it runs,
+//! is [`crate::storm`].
 
 mod calibrate;
 mod churn;
