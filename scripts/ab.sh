@@ -22,6 +22,8 @@
 #                  --slow-policy drop-oldest                             -> with.server_cpu_ns_per_delivery
 #   slowdeflate    the same with --deflate on both sides                 -> with.server_cpu_ns_per_delivery
 #   (slow and slowdeflate run only when ONLY names them: a slow member's cost to its shard)
+#   echotls, fanout500tls, idletls   echo, fan-out 500 and idle over wss (`--tls` on the
+#                  load, a throwaway certificate on the servers); only when ONLY names them
 #
 # The default (4 scenarios × 2 backends × 2 sides × 5 runs, 80 fresh servers) takes about
 # 15 minutes on a 2-CPU box, plus the builds.
@@ -109,6 +111,16 @@ base_desc="$base_short $(git -C "$repo" log -1 --format=%s "$base_sha")"
 out=${OUT:-$abdir/results-$base_short-vs-$new_label-$(date +%Y%m%d-%H%M%S)}
 raw="$out/RAW.jsonl"
 
+# The TLS scenarios' certificate: a throwaway P-256 one, made once per sitting.
+tls_args=""
+if [[ " $only " == *tls* ]]; then
+  mkdir -p "$out/pki"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+    -subj "/CN=127.0.0.1" -addext "subjectAltName=IP:127.0.0.1" \
+    -keyout "$out/pki/key.pem" -out "$out/pki/cert.pem" 2>/dev/null
+  tls_args="--tls-cert $out/pki/cert.pem --tls-key $out/pki/key.pem"
+fi
+
 # The scenarios: key | label | JSON path in .figures | unit | roomcast-bench arguments
 # | extra server arguments
 scenarios_all=(
@@ -118,6 +130,9 @@ scenarios_all=(
   "idle|idle $idle_conns|user_bytes_per_conn_marginal|user-space B/conn (marginal)|idle --connections $idle_conns --hold-secs $hold"
   "slow|slow: 500 members, 10% never read, drop-oldest|with.server_cpu_ns_per_delivery|server ns/delivery|slow --members 500 --fraction 0.1 --rate 0 --secs $secs|--slow-policy drop-oldest"
   "slowdeflate|slow, deflate: 500 members, 10% never read, drop-oldest|with.server_cpu_ns_per_delivery|server ns/delivery|slow --members 500 --fraction 0.1 --rate 0 --secs $secs --deflate|--slow-policy drop-oldest --deflate"
+  "echotls|echo 100×16×32 B, wss|server_cpu_ns_per_msg|server ns/msg|echo --connections 100 --depth 16 --size 32 --secs $secs --tls|$tls_args"
+  "fanout500tls|fan-out 500, closed loop, wss|server_cpu_ns_per_delivery|server ns/delivery|fanout --members 500 --rate 0 --secs $secs --tls|$tls_args"
+  "idletls|idle $idle_conns, wss|user_bytes_per_conn_marginal|user-space B/conn (marginal)|idle --connections $idle_conns --hold-secs $hold --tls|$tls_args"
 )
 scenarios=()
 for key in $only; do
@@ -125,7 +140,7 @@ for key in $only; do
   for s in "${scenarios_all[@]}"; do
     if [ "${s%%|*}" = "$key" ]; then scenarios+=("$s"); found=1; fi
   done
-  [ "$found" = 1 ] || { echo "ab.sh: ONLY: unknown scenario '$key' (echo fanout500 fanout5000 idle slow slowdeflate)" >&2; exit 2; }
+  [ "$found" = 1 ] || { echo "ab.sh: ONLY: unknown scenario '$key' (echo fanout500 fanout5000 idle slow slowdeflate echotls fanout500tls idletls)" >&2; exit 2; }
 done
 
 # ---------------------------------------------------------------------------- report
