@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::backplane::{Event, Request};
 use crate::reactor::Cx;
+use crate::rooms::{Joined, Parked};
 
 use super::ws::reply;
 use super::{wire, App, ToMember};
@@ -35,15 +36,7 @@ impl App {
                     tracing::warn!(room = %room, old, epoch, "a room's sequence started over in Redis: members are told");
                     self.reset(cx, &room);
                 }
-                for (p, joined) in answered {
-                    let msg = ToMember::Joined {
-                        room: room.clone(),
-                        slot: p.slot,
-                        gen: p.gen,
-                        joined,
-                    };
-                    cx.mesh().send(p.shard, msg.into());
-                }
+                tell_joined(cx, &room, answered);
                 if let Some(after) = fetch {
                     cx.mesh()
                         .send(self.shards, Request::Fetch { room, after }.into());
@@ -66,15 +59,7 @@ impl App {
             Event::Presence { room, json } => self.on_presence(cx, room, json, true),
             Event::FetchFailed { room, sub } => {
                 let (answered, refused, unused) = self.owner.rooms.fetch_failed(&room, sub);
-                for (p, joined) in answered {
-                    let msg = ToMember::Joined {
-                        room: room.clone(),
-                        slot: p.slot,
-                        gen: p.gen,
-                        joined,
-                    };
-                    cx.mesh().send(p.shard, msg.into());
-                }
+                tell_joined(cx, &room, answered);
                 for p in refused {
                     self.count_interest(cx, &room, false);
                     let (room, slot, gen) = (room.clone(), p.slot, p.gen);
@@ -145,5 +130,18 @@ impl App {
                     .send(shard, ToMember::Reset { room, epoch, seq }.into());
             }
         }
+    }
+}
+
+/// Parked joins of `room` the owner answered: each to its member's shard.
+fn tell_joined(cx: &mut Cx<App>, room: &Arc<str>, answered: Vec<(Parked, Joined)>) {
+    for (p, joined) in answered {
+        let msg = ToMember::Joined {
+            room: room.clone(),
+            slot: p.slot,
+            gen: p.gen,
+            joined,
+        };
+        cx.mesh().send(p.shard, msg.into());
     }
 }

@@ -229,22 +229,8 @@ fn payload(f: &SharedFrame) -> serde_json::Value {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use std::path::Path;
-
-    /// The seed corpus of fuzz target `target`, sorted.
-    pub(crate) fn seeds(target: &str) -> Vec<Vec<u8>> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("fuzz/seeds")
-            .join(target);
-        let mut out: Vec<Vec<u8>> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|entry| std::fs::read(entry.unwrap().path()).unwrap())
-            .collect();
-        out.sort();
-        assert!(out.len() >= 4, "seed corpus for {target} is too small");
-        out
-    }
+mod tests {
+    use crate::protocol::fuzz::seeds;
 
     #[test]
     fn wire_target_over_seed_corpus() {

@@ -52,22 +52,25 @@ pub fn frames(data: &[u8]) {
     }
 }
 
+/// The seed corpus of fuzz target `target` (`fuzz/seeds/<target>`), sorted: every
+/// target's unit test runs over it.
+#[cfg(test)]
+pub(crate) fn seeds(target: &str) -> Vec<Vec<u8>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/seeds")
+        .join(target);
+    let mut out: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| std::fs::read(entry.unwrap().path()).unwrap())
+        .collect();
+    out.sort();
+    assert!(out.len() >= 4, "seed corpus for {target} is too small");
+    out
+}
+
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
-    fn seeds(target: &str) -> Vec<Vec<u8>> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("fuzz/seeds")
-            .join(target);
-        let mut out: Vec<Vec<u8>> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|entry| std::fs::read(entry.unwrap().path()).unwrap())
-            .collect();
-        out.sort();
-        assert!(out.len() >= 4, "seed corpus for {target} is too small");
-        out
-    }
+    use super::seeds;
 
     #[test]
     fn handshake_target_over_seed_corpus() {

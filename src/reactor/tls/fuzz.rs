@@ -252,8 +252,6 @@ fn reply(server: &mut Server, peer: &mut Records, n: u8) {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
 
     /// A CA and a server certificate it signed (rcgen), and the sessions of [`sessions`].
@@ -287,14 +285,7 @@ mod tests {
     #[test]
     fn tls_records_target_over_seed_corpus() {
         let sessions = real_sessions();
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/tls_records");
-        let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|entry| std::fs::read(entry.unwrap().path()).unwrap())
-            .collect();
-        seeds.sort();
-        assert!(seeds.len() >= 4, "seed corpus for tls_records is too small");
-        for seed in seeds {
+        for seed in crate::protocol::fuzz::seeds("tls_records") {
             // Each seed against every session, and with every prefix cut short.
             for pick in 0..sessions.len() as u8 {
                 let mut input = seed.clone();
