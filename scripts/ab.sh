@@ -23,7 +23,9 @@
 #   slowdeflate    the same with --deflate on both sides                 -> with.server_cpu_ns_per_delivery
 #   (slow and slowdeflate run only when ONLY names them: a slow member's cost to its shard)
 #   echotls, fanout500tls, idletls   echo, fan-out 500 and idle over wss (`--tls` on the
-#                  load, a throwaway certificate on the servers); only when ONLY names them
+#                  load, a throwaway certificate on the servers; idle's handshakes at most
+#                  64 in flight over 4 workers, as bench/scripts/tls.sh); only when ONLY
+#                  names them
 #
 # The default (4 scenarios × 2 backends × 2 sides × 5 runs, 80 fresh servers) takes about
 # 15 minutes on a 2-CPU box, plus the builds.
@@ -132,7 +134,7 @@ scenarios_all=(
   "slowdeflate|slow, deflate: 500 members, 10% never read, drop-oldest|with.server_cpu_ns_per_delivery|server ns/delivery|slow --members 500 --fraction 0.1 --rate 0 --secs $secs --deflate|--slow-policy drop-oldest --deflate"
   "echotls|echo 100×16×32 B, wss|server_cpu_ns_per_msg|server ns/msg|echo --connections 100 --depth 16 --size 32 --secs $secs --tls|$tls_args"
   "fanout500tls|fan-out 500, closed loop, wss|server_cpu_ns_per_delivery|server ns/delivery|fanout --members 500 --rate 0 --secs $secs --tls|$tls_args"
-  "idletls|idle $idle_conns, wss|user_bytes_per_conn_marginal|user-space B/conn (marginal)|idle --connections $idle_conns --hold-secs $hold --tls|$tls_args"
+  "idletls|idle $idle_conns, wss|user_bytes_per_conn_marginal|user-space B/conn (marginal)|idle --connections $idle_conns --hold-secs $hold --workers 4 --concurrency 64 --tls|$tls_args"
 )
 scenarios=()
 for key in $only; do

@@ -411,6 +411,42 @@ async fn receiver_away_then_back_loses_nothing_and_doubles_nothing() {
     assert!(w["failures"].as_u64().unwrap() >= 2, "{w}");
     assert!(w["retried"].as_u64().unwrap() >= 5, "{w}");
     assert_eq!(w["dropped"], 0, "{w}");
+
+    // A receiver that takes at most 1,500 bytes a POST (a proxy's body limit): a batch
+    // too large is split and every event still arrives once, in order; one event too
+    // large alone is dropped, counted, and does not hold up the ones after it.
+    let failures = w["failures"].as_u64().unwrap();
+    std::fs::write(rx.file("control"), "max:1500").unwrap();
+    let pad = "x".repeat(300);
+    let first = 1000;
+    for id in first..first + 8 {
+        send(
+            &mut ws,
+            json!({"op": "pub", "room": room, "data": {"pad": pad}, "id": id}),
+        )
+        .await;
+    }
+    let mut acked = 0;
+    while acked < 8 {
+        let v = recv_json(&mut ws, WAIT).await;
+        if v["op"] == "ack" {
+            seqs.push(v["seq"].as_u64().unwrap());
+            acked += 1;
+        }
+    }
+    let big = "y".repeat(2000);
+    publish(&mut ws, room, &json!({"pad": big}), first + 8).await;
+    seqs.push(pub_one(&mut ws).await);
+    let n = seqs.len();
+    let events = rx.wait_for(WAIT, "the padded events", |evs| evs.len() >= n);
+    let got: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(got, seqs, "all but the one too large, once, in order");
+    let w = webhook_stats(&server, |w| w["dropped"].as_u64() >= Some(1));
+    assert_eq!(w["dropped"], 1, "{w}");
+    assert!(
+        w["failures"].as_u64().unwrap() > failures + 1,
+        "a batch was split: {w}"
+    );
 }
 
 /// Two nodes on one Redis: occupied and vacated once each for a member hopping A→B→A;

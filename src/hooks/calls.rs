@@ -12,10 +12,12 @@ use super::{wire, Call, Caller, Decided, Kind, Settings, Verdict};
 
 /// Decisions kept at most (past it, expired ones are swept and new ones not kept).
 const CACHE_LIMIT: usize = 100_000;
+/// The longest a backend's `cache_ttl` is taken for (a day): "forever" is a day.
+const MAX_CACHE_TTL: u64 = 86_400;
 /// Calls waiting at most, over all connections (past it: unavailable at once).
 const QUEUE_LIMIT: usize = 100_000;
 /// Publishes one connection may have waiting on the backend.
-const CHAIN_LIMIT: usize = 256;
+const CHAIN_LIMIT: usize = 64;
 
 /// A call to start: POST `body` to `url`, and give up at `deadline`.
 #[derive(Debug)]
@@ -235,9 +237,11 @@ impl Calls {
         if let Some(key) = job.key {
             self.asked.remove(&key);
             let answer = !matches!(verdict, Verdict::Unavailable);
-            if ttl > 0 && answer && self.cache.len() < CACHE_LIMIT {
-                let until = now + Duration::from_secs(ttl);
-                self.cache.insert(key, (verdict.clone(), until));
+            let until = now.checked_add(Duration::from_secs(ttl.min(MAX_CACHE_TTL)));
+            if let Some(until) = until.filter(|_| ttl > 0 && answer) {
+                if self.cache.len() < CACHE_LIMIT {
+                    self.cache.insert(key, (verdict.clone(), until));
+                }
             }
         }
         for (from, call) in job.waiters {
@@ -299,11 +303,16 @@ fn question_key(call: &Call) -> Option<String> {
             }
             Some(key)
         }
-        Call::Join { user, room, .. } => Some(format!(
-            "j\0{}\0{room}",
-            user.as_deref()
-                .map_or(String::from("\u{1}"), |u| format!("u{u}"))
-        )),
+        // Without a user, the backend can only tell joiners apart by address.
+        Call::Join {
+            user, room, client, ..
+        } => Some(match user {
+            Some(u) => format!("j\0u{u}\0{room}"),
+            None => {
+                let host = client.rsplit_once(':').map_or(client.as_str(), |(h, _)| h);
+                format!("j\0\u{1}{host}\0{room}")
+            }
+        }),
         Call::Refresh { .. } | Call::Publish { .. } | Call::Rpc { .. } => None,
     }
 }
@@ -380,6 +389,47 @@ mod tests {
             now + Duration::from_secs(31),
         );
         assert!(c.start(now).is_some(), "expired: asked again");
+    }
+
+    #[test]
+    fn a_cache_ttl_of_forever_is_a_day_and_anonymous_joins_are_told_apart_by_address() {
+        let mut c = Calls::new(settings(8), Arc::new(Status::default()));
+        let now = Instant::now();
+        c.ask(caller(1), join("ann", "lobby", 1), now);
+        let call = c.start(now).unwrap();
+        c.done(
+            call.id,
+            Some((200, br#"{"cache_ttl":18446744073709551615}"#)),
+            now,
+        );
+        assert_eq!(c.out.len(), 1);
+        c.out.clear();
+        c.ask(
+            caller(2),
+            join("ann", "lobby", 2),
+            now + Duration::from_secs(86_399),
+        );
+        assert!(c.start(now).is_none(), "cached");
+        c.ask(
+            caller(3),
+            join("ann", "lobby", 3),
+            now + Duration::from_secs(86_401),
+        );
+        assert!(c.start(now).is_some(), "a day at most");
+        let anon = |host: &str, port: u16| Call::Join {
+            user: None,
+            room: Arc::from("r"),
+            client: format!("{host}:{port}"),
+            since: None,
+        };
+        assert_eq!(
+            question_key(&anon("10.0.0.1", 1)),
+            question_key(&anon("10.0.0.1", 2))
+        );
+        assert_ne!(
+            question_key(&anon("10.0.0.1", 1)),
+            question_key(&anon("10.0.0.2", 1))
+        );
     }
 
     #[test]

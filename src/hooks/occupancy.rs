@@ -109,15 +109,31 @@ struct Queue {
     ops: VecDeque<Op>,
     /// The rooms Redis has this node in (as far as the applied ops say).
     held: HashSet<Arc<str>>,
+    /// The op being applied now (out of `ops`: a fold cannot drop it, and folds as if
+    /// it were applied).
+    inflight: Option<Op>,
     /// Flips folded away while Redis was down.
     folded: u64,
+    /// The queue's length past which it is folded next (doubling: a queue of more
+    /// distinct rooms than the cap is not folded again on every push).
+    fold_at: usize,
 }
 
 impl Queue {
     fn push(&mut self, op: Op) {
         self.ops.push_back(op);
-        if self.ops.len() > QUEUE_CAP {
+        if self.ops.len() > self.fold_at.max(QUEUE_CAP) {
             self.fold();
+            self.fold_at = self.ops.len() * 2;
+        }
+    }
+
+    /// Whether Redis has (or, once the op in flight is applied, will have) this node in
+    /// `room`.
+    fn holds(&self, room: &Arc<str>) -> bool {
+        match &self.inflight {
+            Some(op) if op.room == *room => op.add,
+            _ => self.held.contains(room),
         }
     }
 
@@ -135,13 +151,16 @@ impl Queue {
         }
         for room in order {
             if let Some(op) = last.remove(&room) {
-                if op.add != self.held.contains(&room) {
+                if op.add != self.holds(&room) {
                     self.ops.push_back(op);
                 }
             }
         }
         let folded = (before - self.ops.len()) as u64;
         self.folded += folded;
+        if folded == 0 {
+            return;
+        }
         tracing::warn!(
             folded,
             left = self.ops.len(),
@@ -410,34 +429,33 @@ impl Run<'_> {
 
     /// Applies the waiting ops, in order; each leaves the queue only once Redis took it.
     async fn drain(&self, conn: &mut Conn) -> redis::RedisResult<()> {
+        let mut renewed = Instant::now();
         loop {
-            let Some(op) = self.shared.borrow().queue.ops.front().cloned() else {
-                return Ok(());
+            if renewed.elapsed() >= TICK {
+                // A long drain (Redis back after an outage) must not let the lease lapse.
+                self.renew(conn).await?;
+                renewed = Instant::now();
+            }
+            let op = {
+                let mut s = self.shared.borrow_mut();
+                let Some(op) = s.queue.ops.pop_front() else {
+                    return Ok(());
+                };
+                s.queue.inflight = Some(op.clone());
+                op
             };
-            let fired: i64 = if op.add {
-                let mut inv = self.scripts.add.prepare_invoke();
-                inv.key(key("room", &op.room))
-                    .key(key("node", self.node))
-                    .key(format!("{PREFIX}nodes"))
-                    .key(key("lease", self.node))
-                    .arg(self.node)
-                    .arg(&*op.room)
-                    .arg(LEASE_TTL.as_millis() as u64);
-                timed(inv.invoke_async(conn)).await?
-            } else {
-                let mut inv = self.scripts.remove.prepare_invoke();
-                inv.key(key("room", &op.room))
-                    .key(key("node", self.node))
-                    .arg(self.node)
-                    .arg(&*op.room);
-                timed(inv.invoke_async(conn)).await?
+            let fired = match self.apply(conn, &op).await {
+                Ok(fired) => fired,
+                Err(e) => {
+                    // Not taken: first again on the next connection.
+                    let mut s = self.shared.borrow_mut();
+                    s.queue.inflight = None;
+                    s.queue.ops.push_front(op);
+                    return Err(e);
+                }
             };
             let mut s = self.shared.borrow_mut();
-            // The queue may have been folded meanwhile: take the op out only if it is
-            // still the one applied.
-            if s.queue.ops.front() == Some(&op) {
-                s.queue.ops.pop_front();
-            }
+            s.queue.inflight = None;
             if op.add {
                 s.queue.held.insert(op.room.clone());
             } else {
@@ -452,6 +470,28 @@ impl Run<'_> {
                 self.wake.notify_one();
             }
         }
+    }
+
+    /// Applies `op` in Redis: 1 if it changed whether the room is occupied.
+    async fn apply(&self, conn: &mut Conn, op: &Op) -> redis::RedisResult<i64> {
+        Ok(if op.add {
+            let mut inv = self.scripts.add.prepare_invoke();
+            inv.key(key("room", &op.room))
+                .key(key("node", self.node))
+                .key(format!("{PREFIX}nodes"))
+                .key(key("lease", self.node))
+                .arg(self.node)
+                .arg(&*op.room)
+                .arg(LEASE_TTL.as_millis() as u64);
+            timed(inv.invoke_async(conn)).await?
+        } else {
+            let mut inv = self.scripts.remove.prepare_invoke();
+            inv.key(key("room", &op.room))
+                .key(key("node", self.node))
+                .arg(self.node)
+                .arg(&*op.room);
+            timed(inv.invoke_async(conn)).await?
+        })
     }
 
     /// Renews the lease; if it had lapsed, puts this node back in the rooms it holds (a
@@ -566,5 +606,29 @@ mod tests {
         q.ops.push_back(op("held", false, 10));
         q.fold();
         assert_eq!(q.ops, [op("new", true, 9), op("held", false, 10)]);
+    }
+
+    #[test]
+    fn a_fold_while_an_op_is_in_flight_counts_it_as_applied() {
+        // Redis comes back with a pile: the add of "a" is on its way when the remove
+        // behind it is folded. Against `held` alone the remove looks like no change and
+        // would be dropped: "a" would stay occupied for good.
+        let mut q = Queue {
+            inflight: Some(op("a", true, 1)),
+            ..Queue::default()
+        };
+        q.ops.push_back(op("a", false, 2));
+        q.ops.push_back(op("b", true, 3));
+        q.ops.push_back(op("b", false, 4));
+        q.fold();
+        assert_eq!(q.ops, [op("a", false, 2)]);
+        // A queue of more rooms than the cap is not folded again on every push.
+        let mut q = Queue::default();
+        for i in 0..=QUEUE_CAP as u64 {
+            q.push(op(&i.to_string(), true, i));
+        }
+        assert_eq!(q.fold_at, 2 * (QUEUE_CAP + 1));
+        q.push(op("late", true, 0));
+        assert_eq!((q.ops.len(), q.folded), (QUEUE_CAP + 2, 0));
     }
 }

@@ -36,6 +36,11 @@ use super::{Happening, Status, What};
 
 /// How long the oldest waiting event waits for others to share its POST.
 pub const BATCH_WAIT: Duration = Duration::from_millis(50);
+/// A batch's body at most (one event may be larger alone): receivers behind a proxy often
+/// refuse bodies past 1 MB (nginx's default).
+pub const BATCH_BYTES: usize = 256 * 1024;
+/// How much of a receiver's answer is read (the rest is not waited for).
+const ANSWER_BYTES: usize = 64 * 1024;
 /// One POST's deadline: connect, send, and the receiver's whole answer.
 pub const POST_TIMEOUT: Duration = Duration::from_secs(5);
 /// The first wait before a failed batch is sent again; it doubles up to [`BACKOFF_MAX`].
@@ -102,10 +107,11 @@ type Queued = (Instant, String);
 
 /// The batch being POSTed, kept until the receiver took it.
 struct InFlight {
-    events: usize,
+    /// The batch's events, kept to split it if the receiver finds it too large.
+    events: Vec<String>,
     body: Arc<[u8]>,
-    /// Set by the POST's task: whether the receiver answered 2xx.
-    result: Rc<Cell<Option<bool>>>,
+    /// Set by the POST's task: the receiver's HTTP status, 0 for no answer.
+    result: Rc<Cell<Option<u16>>>,
     attempts: u32,
     /// When it is to be sent again after a failure (none: on its way now).
     retry_at: Option<Instant>,
@@ -206,7 +212,7 @@ impl Webhooks {
     }
 
     fn backlog(&self) -> usize {
-        self.queue.len() + self.inflight.as_ref().map_or(0, |f| f.events)
+        self.queue.len() + self.inflight.as_ref().map_or(0, |f| f.events.len())
     }
 
     fn wants(&self, kind: EventKind) -> bool {
@@ -308,8 +314,10 @@ impl Webhooks {
     fn send(&mut self, now: Instant) -> Option<Instant> {
         if let Some(f) = &mut self.inflight {
             match f.result.take() {
-                Some(true) => {
-                    self.status.webhook_sent.fetch_add(f.events as u64, Relaxed);
+                Some(200..=299) => {
+                    self.status
+                        .webhook_sent
+                        .fetch_add(f.events.len() as u64, Relaxed);
                     if f.attempts > 1 {
                         tracing::info!(
                             attempts = f.attempts,
@@ -319,7 +327,26 @@ impl Webhooks {
                     self.inflight = None;
                     self.backoff = BACKOFF_MIN;
                 }
-                Some(false) => {
+                Some(413) => {
+                    // Too large for the receiver: half now, the rest back at the front;
+                    // one event alone too large can never be taken, and is dropped.
+                    self.status.webhook_failures.fetch_add(1, Relaxed);
+                    let f = self.inflight.take().expect("in flight");
+                    let mut events = f.events;
+                    if events.len() == 1 {
+                        tracing::warn!(
+                            "webhooks: the receiver refuses an event as too large (413): dropped"
+                        );
+                        self.status.webhook_dropped.fetch_add(1, Relaxed);
+                    } else {
+                        let rest = events.split_off(events.len() / 2);
+                        for e in rest.into_iter().rev() {
+                            self.queue.push_front((now, e));
+                        }
+                        self.start(events);
+                    }
+                }
+                Some(_) => {
                     self.status.webhook_failures.fetch_add(1, Relaxed);
                     f.retry_at = Some(now + self.backoff);
                     self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
@@ -334,7 +361,7 @@ impl Webhooks {
                     f.attempts += 1;
                     self.status
                         .webhook_retried
-                        .fetch_add(f.events as u64, Relaxed);
+                        .fetch_add(f.events.len() as u64, Relaxed);
                     let (body, result) = (f.body.clone(), f.result.clone());
                     self.post(body, result);
                     None
@@ -349,38 +376,47 @@ impl Webhooks {
         if self.queue.len() < batch && due > now {
             return Some(due);
         }
-        let n = self.queue.len().min(batch);
-        let mut body = String::with_capacity(
-            16 + self
-                .queue
-                .iter()
-                .take(n)
-                .map(|e| e.1.len() + 1)
-                .sum::<usize>(),
-        );
+        // Up to `batch` events and BATCH_BYTES of body (at least one event).
+        let mut n = 0;
+        let mut bytes = 16;
+        for (_, e) in self.queue.iter().take(batch) {
+            if n > 0 && bytes + e.len() + 1 > BATCH_BYTES {
+                break;
+            }
+            bytes += e.len() + 1;
+            n += 1;
+        }
+        let events: Vec<String> = self.queue.drain(..n).map(|(_, e)| e).collect();
+        self.start(events);
+        None
+    }
+
+    /// Makes `events` the batch in flight and POSTs it.
+    fn start(&mut self, events: Vec<String>) {
+        let mut body =
+            String::with_capacity(16 + events.iter().map(|e| e.len() + 1).sum::<usize>());
         body.push_str("{\"events\":[");
-        for (i, (_, e)) in self.queue.drain(..n).enumerate() {
+        for (i, e) in events.iter().enumerate() {
             if i > 0 {
                 body.push(',');
             }
-            body.push_str(&e);
+            body.push_str(e);
         }
         body.push_str("]}");
         let body: Arc<[u8]> = Arc::from(body.into_bytes());
         let result = Rc::new(Cell::new(None));
         self.inflight = Some(InFlight {
-            events: n,
+            events,
             body: body.clone(),
             result: result.clone(),
             attempts: 1,
             retry_at: None,
         });
         self.post(body, result);
-        None
     }
 
     /// POSTs `body` on a task of its own; `result` says how it went, and the loop is woken.
-    fn post(&self, body: Arc<[u8]>, result: Rc<Cell<Option<bool>>>) {
+    fn post(&self, body: Arc<[u8]>, result: Rc<Cell<Option<u16>>>) {
         let mut req = self
             .client
             .post(&self.cfg.url)
@@ -393,22 +429,34 @@ impl Webhooks {
         let req = req.body(body.to_vec());
         let wake = self.wake.clone();
         tokio::task::spawn_local(async move {
-            let ok = match req.send().await {
-                Ok(response) => {
+            let status = match req.send().await {
+                Ok(mut response) => {
                     let status = response.status();
-                    // Read to the end (bounded by the timeout) so the connection is reused.
-                    let read = response.bytes().await.is_ok();
+                    // Read to the end (bounded by the timeout and ANSWER_BYTES) so the
+                    // connection is reused; an answer cut short counts as none.
+                    let mut read = 0;
+                    let whole = loop {
+                        match response.chunk().await {
+                            Ok(Some(c)) if read + c.len() <= ANSWER_BYTES => read += c.len(),
+                            Ok(None) => break true,
+                            _ => break false,
+                        }
+                    };
                     if !status.is_success() {
                         tracing::debug!(%status, "webhooks: the receiver refused a batch");
                     }
-                    status.is_success() && read
+                    if whole || !status.is_success() {
+                        status.as_u16()
+                    } else {
+                        0
+                    }
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "webhooks: a batch was not delivered");
-                    false
+                    0
                 }
             };
-            result.set(Some(ok));
+            result.set(Some(status));
             wake.notify_one();
         });
     }

@@ -109,12 +109,24 @@ struct Answer<'a> {
     user: Option<String>,
     #[serde(default)]
     rooms: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "seconds")]
     expire_at: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "seconds")]
     cache_ttl: u64,
     #[serde(default, borrow)]
     data: Option<&'a RawValue>,
+}
+
+/// A count of seconds as backends write them: an integer, or a float (Python's
+/// `time.time() + 3600`), truncated; negative or not a number is 0, past `u64` is `u64::MAX`.
+fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let v = f64::deserialize(d)?;
+    // `as` saturates: 1e30 is u64::MAX.
+    Ok(if v.is_finite() && v > 0.0 {
+        v as u64
+    } else {
+        0
+    })
 }
 
 #[derive(Deserialize)]
@@ -247,6 +259,27 @@ mod tests {
                 data: Some(Arc::from(r#"{"k":1}"#)),
             })
         );
+        // Seconds as backends write them: floats truncated, nonsense clamped, never a panic.
+        for (body, expire_at, ttl) in [
+            (
+                &br#"{"user":"u","expire_at":1733561234.75,"cache_ttl":2.5}"#[..],
+                1733561234,
+                2,
+            ),
+            (br#"{"user":"u","expire_at":-5,"cache_ttl":-1}"#, 0, 0),
+            (
+                br#"{"user":"u","cache_ttl":18446744073709551615}"#,
+                0,
+                u64::MAX,
+            ),
+            (br#"{"user":"u","cache_ttl":1e300}"#, 0, u64::MAX),
+        ] {
+            let (v, t) = verdict(Kind::Connect, 200, body, None);
+            let Verdict::Identity(id) = v else {
+                panic!("{v:?}")
+            };
+            assert_eq!((id.expire_at, t), (expire_at, ttl));
+        }
         let refused = |code: u16, reason: &str| Verdict::Refused {
             code,
             reason: Arc::from(reason),

@@ -97,6 +97,8 @@ def main():
                         return self.answer(400, "replay")
                     seen_sigs.add(v1)
             m = mode()
+            if m.startswith("max:") and len(body) > int(m[4:]):
+                return self.answer(413, "too large")
             if m == "refuse":
                 return self.answer(500, "refused for now")
             try:
