@@ -124,6 +124,14 @@ pub fn spawn<M: Carrier>(
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("roomcast-hooks".into())
-        .spawn(move || run::run(settings, mesh, status))
+        .spawn(move || {
+            let run = std::panic::AssertUnwindSafe(|| run::run(settings, mesh, status));
+            if std::panic::catch_unwind(run).is_err() {
+                // Every client waiting on a hook would wait for good, and the webhooks
+                // stop: better the process ends, loudly, and its supervisor starts it.
+                tracing::error!("hooks: the hooks thread panicked; the process exits (70)");
+                std::process::exit(70);
+            }
+        })
         .map(drop)
 }
