@@ -15,6 +15,7 @@
 //! connection's transport, in `shard/transport.rs`.
 
 pub mod fuzz;
+pub mod keys;
 pub mod record;
 
 use std::cell::RefCell;

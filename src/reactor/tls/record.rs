@@ -33,11 +33,10 @@
 //!   reaches its limit is ended with a close_notify ([`Records::spent`]); a peer past the
 //!   receive limit is refused.
 
-use std::sync::OnceLock;
-
-use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
-use ring::hkdf;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey};
 use rustls::ConnectionTrafficSecrets;
+
+pub use super::keys::{Keys, Limits, Suite, TrafficSecrets, TEST_LIMIT_VAR};
 
 /// Content types (RFC 8446 §5.1).
 pub const ALERT: u8 = 21;
@@ -61,189 +60,6 @@ const UPDATE_REQUESTED: u8 = 1;
 /// KeyUpdates a peer may send in a row with no application data between them (rustls
 /// allows the same number): past it, a peer is only making us spend HKDF and records.
 const MAX_UPDATES_IN_A_ROW: u8 = 32;
-
-/// The environment variable that lowers [`Limits`] for tests: with `N`, keys are updated
-/// at N records and a peer's key is refused past 2N. It never raises them. Read in every
-/// build (the suite runs in release), once.
-pub const TEST_LIMIT_VAR: &str = "ROOMCAST_TEST_TLS_RECORD_LIMIT";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Suite {
-    Aes128Gcm,
-    Aes256Gcm,
-    Chacha20Poly1305,
-}
-
-impl Suite {
-    fn algorithm(self) -> &'static aead::Algorithm {
-        match self {
-            Suite::Aes128Gcm => &aead::AES_128_GCM,
-            Suite::Aes256Gcm => &aead::AES_256_GCM,
-            Suite::Chacha20Poly1305 => &aead::CHACHA20_POLY1305,
-        }
-    }
-
-    fn key_len(self) -> usize {
-        match self {
-            Suite::Aes128Gcm => 16,
-            _ => 32,
-        }
-    }
-
-    /// The TLS 1.3 suite's hash, which its traffic secrets are as long as.
-    fn hkdf(self) -> hkdf::Algorithm {
-        match self {
-            Suite::Aes256Gcm => hkdf::HKDF_SHA384,
-            _ => hkdf::HKDF_SHA256,
-        }
-    }
-
-    fn secret_len(self) -> usize {
-        match self {
-            Suite::Aes256Gcm => 48,
-            _ => 32,
-        }
-    }
-
-    /// How many records one key may protect (see [`Limits`]).
-    pub fn limits(self) -> Limits {
-        let base = match self {
-            // RFC 8446 §5.5: up to 2^24.5 full-size records under one AES-GCM key keep the
-            // attacker's advantage below 2^-57. We update at 2^24 (rustls's figure), so a
-            // peer that updates at the bound itself is never refused.
-            Suite::Aes128Gcm | Suite::Aes256Gcm => Limits {
-                rekey: 1 << 24,
-                refuse: 23_726_566, // ⌊2^24.5⌋
-            },
-            // §5.5: ChaCha20-Poly1305's limit lies beyond the 64-bit sequence numbers. We
-            // still update every 2^32 records, so that no key lives forever; a peer's key
-            // is refused only where its sequence number would wrap (§5.3).
-            Suite::Chacha20Poly1305 => Limits {
-                rekey: 1 << 32,
-                refuse: u64::MAX,
-            },
-        };
-        match test_limit() {
-            Some(n) => Limits {
-                rekey: base.rekey.min(n),
-                refuse: base.refuse.min(n.saturating_mul(2)),
-            },
-            None => base,
-        }
-    }
-}
-
-/// How many records one key may protect: ours is updated when it has sealed `rekey`
-/// (TLS 1.3; TLS 1.2 ends the connection there), the peer is asked to update its own when
-/// we have opened `rekey` under it, and refused past `refuse`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    pub rekey: u64,
-    pub refuse: u64,
-}
-
-/// [`TEST_LIMIT_VAR`], read once.
-fn test_limit() -> Option<u64> {
-    static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
-    *LIMIT.get_or_init(|| {
-        let n = std::env::var(TEST_LIMIT_VAR).ok()?.parse::<u64>().ok()?;
-        tracing::warn!(
-            "{TEST_LIMIT_VAR}={n}: TLS keys are updated every {n} records (a test setting)"
-        );
-        Some(n.max(1))
-    })
-}
-
-/// One direction's traffic keys and the TLS 1.3 secret they came from (unused in TLS 1.2).
-/// 92 bytes, no padding: the sequence numbers live beside them in [`Records`].
-#[derive(Clone)]
-pub struct Keys {
-    key: [u8; 32],
-    iv: [u8; 12],
-    secret: [u8; 48],
-}
-
-impl std::fmt::Debug for Keys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Keys").finish_non_exhaustive()
-    }
-}
-
-impl Keys {
-    /// The key and IV rustls extracted, checked against `suite`.
-    fn from_extracted(suite: Suite, secrets: &ConnectionTrafficSecrets) -> Option<Keys> {
-        let (key, iv) = match (suite, secrets) {
-            (Suite::Aes128Gcm, ConnectionTrafficSecrets::Aes128Gcm { key, iv })
-            | (Suite::Aes256Gcm, ConnectionTrafficSecrets::Aes256Gcm { key, iv })
-            | (Suite::Chacha20Poly1305, ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv }) => {
-                (key.as_ref(), iv.as_ref())
-            }
-            _ => return None,
-        };
-        if key.len() != suite.key_len() || iv.len() != 12 {
-            return None;
-        }
-        let mut keys = Keys {
-            key: [0; 32],
-            iv: [0; 12],
-            secret: [0; 48],
-        };
-        keys.key[..key.len()].copy_from_slice(key);
-        keys.iv.copy_from_slice(iv);
-        Some(keys)
-    }
-
-    /// The key and IV of a TLS 1.3 traffic secret (RFC 8446 §7.3).
-    fn from_secret(suite: Suite, secret: &[u8]) -> Keys {
-        let mut keys = Keys {
-            key: [0; 32],
-            iv: [0; 12],
-            secret: [0; 48],
-        };
-        keys.secret[..secret.len()].copy_from_slice(secret);
-        let prk = hkdf::Prk::new_less_safe(suite.hkdf(), secret);
-        expand_label(&prk, b"key", &mut keys.key[..suite.key_len()]);
-        expand_label(&prk, b"iv", &mut keys.iv);
-        keys
-    }
-
-    /// The next generation (RFC 8446 §7.2): application_traffic_secret_N+1 =
-    /// HKDF-Expand-Label(application_traffic_secret_N, "traffic upd", "", Hash.length).
-    /// Cost: three HKDF-Expand-Labels, ~3 µs.
-    fn next(&self, suite: Suite) -> Keys {
-        let len = suite.secret_len();
-        let prk = hkdf::Prk::new_less_safe(suite.hkdf(), &self.secret[..len]);
-        let mut next = [0u8; 48];
-        expand_label(&prk, b"traffic upd", &mut next[..len]);
-        Keys::from_secret(suite, &next[..len])
-    }
-
-    /// IV ⊕ the sequence number, right-aligned.
-    fn nonce(&self, seq: u64) -> [u8; 12] {
-        let mut n = self.iv;
-        for (b, s) in n[4..].iter_mut().zip(seq.to_be_bytes()) {
-            *b ^= s;
-        }
-        n
-    }
-}
-
-/// HKDF-Expand-Label(secret, label, "", out.len()) (RFC 8446 §7.1).
-fn expand_label(prk: &hkdf::Prk, label: &[u8], out: &mut [u8]) {
-    struct Len(usize);
-    impl hkdf::KeyType for Len {
-        fn len(&self) -> usize {
-            self.0
-        }
-    }
-    let len = (out.len() as u16).to_be_bytes();
-    let label_len = [(b"tls13 ".len() + label.len()) as u8];
-    let info: [&[u8]; 5] = [&len, &label_len, b"tls13 ", label, &[0]];
-    // Our own lengths (at most 48 bytes), far below HKDF's 255 × Hash.length.
-    prk.expand(&info, Len(out.len()))
-        .and_then(|okm| okm.fill(out))
-        .expect("HKDF output within its length limit");
-}
 
 /// Why a record could not be taken: the connection is closed (no alert is sent).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -316,39 +132,6 @@ pub struct Opened {
     pub plain: std::ops::Range<usize>,
     /// Bytes the record took (header included).
     pub len: usize,
-}
-
-/// The traffic secrets of a TLS 1.3 session (what rustls logs as `CLIENT_TRAFFIC_SECRET_0`
-/// and `SERVER_TRAFFIC_SECRET_0`), each with its length.
-#[derive(Clone, Default)]
-pub struct TrafficSecrets {
-    pub client: Option<([u8; 48], u8)>,
-    pub server: Option<([u8; 48], u8)>,
-}
-
-impl std::fmt::Debug for TrafficSecrets {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TrafficSecrets")
-            .field("client", &self.client.is_some())
-            .field("server", &self.server.is_some())
-            .finish()
-    }
-}
-
-impl TrafficSecrets {
-    /// Keeps `secret` if `label` names one of the two (at most 48 bytes).
-    pub fn absorb(&mut self, label: &str, secret: &[u8]) {
-        let to = match label {
-            "CLIENT_TRAFFIC_SECRET_0" => &mut self.client,
-            "SERVER_TRAFFIC_SECRET_0" => &mut self.server,
-            _ => return,
-        };
-        if secret.len() <= 48 {
-            let mut s = [0; 48];
-            s[..secret.len()].copy_from_slice(secret);
-            *to = Some((s, secret.len() as u8));
-        }
-    }
 }
 
 impl Records {
