@@ -136,7 +136,8 @@ impl App {
     pub(super) fn tell_hooks(&self, cx: &mut Cx<App>, what: What) {
         let Some(b) = &self.backend else { return };
         let at_ms = hooks::unix_ms();
-        let h = hooks::Happening { at_ms, what };
+        let order = hooks::next_order();
+        let h = hooks::Happening { at_ms, order, what };
         cx.mesh()
             .send(b.endpoint, hooks::Request::Happened(h).into());
     }

@@ -77,7 +77,65 @@ impl Settings {
 pub struct Happening {
     /// Unix milliseconds.
     pub at_ms: u64,
+    /// Its place in the order the shards told them ([`next_order`]).
+    pub order: u64,
     pub what: What,
+}
+
+static ORDER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The next happening's place. Shards take it as they tell one, so a happening caused by
+/// another (a member's `member_joined` by its owner's room-here) comes after it, though
+/// they reach this thread over different mesh queues: [`Reorder`] puts them back.
+pub fn next_order() -> u64 {
+    ORDER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// How long a happening waits for an earlier one still on its way (then goes on without).
+pub const REORDER_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The happenings, back in the order they were told in ([`Happening::order`]).
+#[derive(Default)]
+pub struct Reorder {
+    next: u64,
+    held: std::collections::BTreeMap<u64, Happening>,
+    /// When the oldest held one started waiting.
+    since: Option<std::time::Instant>,
+}
+
+impl Reorder {
+    /// Takes `h`; what is in order now goes to `out`.
+    pub fn push(&mut self, h: Happening, now: std::time::Instant, out: &mut Vec<Happening>) {
+        if h.order < self.next {
+            // Later than [`REORDER_WAIT`]: the others went on without it.
+            out.push(h);
+            return;
+        }
+        self.since.get_or_insert(now);
+        self.held.insert(h.order, h);
+        self.release(now, out);
+    }
+
+    /// Moves what is in order (or has waited [`REORDER_WAIT`]) to `out`; returns when to
+    /// call again.
+    pub fn release(
+        &mut self,
+        now: std::time::Instant,
+        out: &mut Vec<Happening>,
+    ) -> Option<std::time::Instant> {
+        while let Some((&first, _)) = self.held.first_key_value() {
+            let waited = self.since.is_some_and(|s| now >= s + REORDER_WAIT);
+            if first != self.next && !waited {
+                break;
+            }
+            if let Some((order, h)) = self.held.pop_first() {
+                self.next = order + 1;
+                out.push(h);
+            }
+            self.since = (!self.held.is_empty()).then_some(now);
+        }
+        self.since.map(|s| s + REORDER_WAIT)
+    }
 }
 
 /// What happened.
@@ -134,4 +192,45 @@ pub fn spawn<M: Carrier>(
             }
         })
         .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn h(order: u64) -> Happening {
+        Happening {
+            at_ms: order,
+            order,
+            what: What::RoomHere {
+                room: Arc::from("r"),
+                occupied: true,
+            },
+        }
+    }
+
+    #[test]
+    fn happenings_come_out_in_the_order_they_were_told() {
+        let mut r = Reorder::default();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        // A member's joined (1) overtook its owner's room-here (0) on another queue.
+        r.push(h(1), now, &mut out);
+        assert!(out.is_empty());
+        r.push(h(0), now, &mut out);
+        r.push(h(2), now, &mut out);
+        let orders: Vec<u64> = out.drain(..).map(|h| h.order).collect();
+        assert_eq!(orders, [0, 1, 2]);
+        // One that never comes is waited for REORDER_WAIT, then the rest go on.
+        r.push(h(4), now, &mut out);
+        assert_eq!(r.release(now, &mut out), Some(now + REORDER_WAIT));
+        assert!(out.is_empty());
+        let later = now + REORDER_WAIT + Duration::from_millis(1);
+        assert_eq!(r.release(later, &mut out), None);
+        assert_eq!(out.drain(..).map(|h| h.order).collect::<Vec<_>>(), [4]);
+        // The straggler, when it comes, is not held.
+        r.push(h(3), later, &mut out);
+        assert_eq!(out.len(), 1);
+    }
 }

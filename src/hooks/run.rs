@@ -67,6 +67,8 @@ async fn serve<M: Carrier>(cfg: Settings, mut mesh: Endpoint<M>, status: Arc<Sta
         .map(|w| Webhooks::new(w, client.clone(), notify.clone(), status.clone()));
     let mut calls = Calls::new(cfg, status);
     let mut inbox = Vec::new();
+    let mut reorder = super::Reorder::default();
+    let mut ready = Vec::new();
     let mut finished: Vec<Done> = Vec::new();
     loop {
         let now = Instant::now();
@@ -74,12 +76,14 @@ async fn serve<M: Carrier>(cfg: Settings, mut mesh: Endpoint<M>, status: Arc<Sta
         for msg in inbox.drain(..) {
             match msg.into_request() {
                 Ok(Request::Call { from, call }) => calls.ask(from, call, now),
-                Ok(Request::Happened(h)) => {
-                    if let Some(w) = &mut webhooks {
-                        w.happened(h);
-                    }
-                }
+                Ok(Request::Happened(h)) => reorder.push(h, now, &mut ready),
                 Err(other) => tracing::debug!(?other, "hooks: not a request"),
+            }
+        }
+        let reorder_next = reorder.release(now, &mut ready);
+        for h in ready.drain(..) {
+            if let Some(w) = &mut webhooks {
+                w.happened(h);
             }
         }
         while let Ok(d) = done_rx.try_recv() {
@@ -97,7 +101,10 @@ async fn serve<M: Carrier>(cfg: Settings, mut mesh: Endpoint<M>, status: Arc<Sta
             let to = usize::from(d.to.shard);
             mesh.send(to, M::from(d));
         }
-        let mut next = calls.next_deadline();
+        let mut next = match (calls.next_deadline(), reorder_next) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         if let Some(w) = &mut webhooks {
             next = match (next, w.poll(now)) {
                 (Some(a), Some(b)) => Some(a.min(b)),

@@ -607,13 +607,21 @@ mod tests {
             data: data.clone(),
             user: Some("ana".into()),
         };
-        w.happened(Happening { at_ms: 7, what });
+        w.happened(Happening {
+            at_ms: 7,
+            order: 0,
+            what,
+        });
         let what = What::ConnectionClosed {
             code: 1006,
             reason: "gone".into(),
             user: None,
         };
-        w.happened(Happening { at_ms: 8, what });
+        w.happened(Happening {
+            at_ms: 8,
+            order: 0,
+            what,
+        });
         let got = queued(&w);
         assert_eq!(
             got[0],
@@ -653,14 +661,22 @@ mod tests {
                     user: None,
                 }
             };
-            w.happened(Happening { at_ms: i, what });
+            w.happened(Happening {
+                at_ms: i,
+                order: 0,
+                what,
+            });
         }
         assert_eq!(w.queue.len(), 2);
         let what = What::MemberJoined {
             room: "r".into(),
             user: None,
         };
-        w.happened(Happening { at_ms: 9, what });
+        w.happened(Happening {
+            at_ms: 9,
+            order: 0,
+            what,
+        });
         assert_eq!(w.queue.len(), 2);
         assert_eq!(w.status.webhook_queued.load(Relaxed), 2);
         assert_eq!(w.status.webhook_dropped.load(Relaxed), 1);
@@ -671,7 +687,11 @@ mod tests {
                 room: "r".into(),
                 occupied,
             };
-            w.happened(Happening { at_ms: 10, what });
+            w.happened(Happening {
+                at_ms: 10,
+                order: 0,
+                what,
+            });
         }
         assert_eq!(w.status.webhook_dropped.load(Relaxed), 2);
         w.queue.clear();
@@ -679,7 +699,11 @@ mod tests {
             room: "r".into(),
             occupied: true,
         };
-        w.happened(Happening { at_ms: 11, what });
+        w.happened(Happening {
+            at_ms: 11,
+            order: 0,
+            what,
+        });
         assert_eq!(queued(&w)[0]["kind"], "room_occupied");
     }
 
