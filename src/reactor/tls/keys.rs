@@ -1,7 +1,8 @@
 //! The key schedule of an established session: the cipher suites, how many records one
-//! key may protect ([`Limits`]), one direction's keys and the TLS 1.3 traffic secret they
-//! came from ([`Keys`]), and the next generation of both on a KeyUpdate (RFC 8446 §7.2),
-//! derived with *ring* from the secrets rustls logs for the session ([`TrafficSecrets`]).
+//! key may protect ([`Limits`]), one direction's key and IV ([`Keys`]), the TLS 1.3
+//! traffic secrets they came from ([`Secrets`]) and the next generation of both on a
+//! KeyUpdate (RFC 8446 §7.2), derived with *ring* from the secrets rustls logs for the
+//! session ([`TrafficSecrets`]).
 //! The record layer ([`super::record`]) seals and opens with them.
 
 use std::sync::OnceLock;
@@ -64,11 +65,13 @@ impl Suite {
                 refuse: 23_726_566, // ⌊2^24.5⌋
             },
             // §5.5: ChaCha20-Poly1305's limit lies beyond the 64-bit sequence numbers. We
-            // still update every 2^32 records, so that no key lives forever; a peer's key
-            // is refused only where its sequence number would wrap (§5.3).
+            // still update every 2^31 records, so that no key lives forever, and refuse a
+            // peer's key where our 32-bit count ends: a TLS 1.3 peer has been asked to
+            // update long before; a TLS 1.2 one (no key updates) is closed after 2^32
+            // records, as our own TLS 1.2 send key is after 2^31.
             Suite::Chacha20Poly1305 => Limits {
-                rekey: 1 << 32,
-                refuse: u64::MAX,
+                rekey: 1 << 31,
+                refuse: u32::MAX,
             },
         };
         match test_limit() {
@@ -83,18 +86,19 @@ impl Suite {
 
 /// How many records one key may protect: ours is updated when it has sealed `rekey`
 /// (TLS 1.3; TLS 1.2 ends the connection there), the peer is asked to update its own when
-/// we have opened `rekey` under it, and refused past `refuse`.
+/// we have opened `rekey` under it, and refused past `refuse`. Counts are 32-bit (every
+/// limit fits, and [`super::record::Records`] keeps its counters in 8 bytes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    pub rekey: u64,
-    pub refuse: u64,
+    pub rekey: u32,
+    pub refuse: u32,
 }
 
 /// [`TEST_LIMIT_VAR`], read once.
-pub(super) fn test_limit() -> Option<u64> {
-    static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
+pub(super) fn test_limit() -> Option<u32> {
+    static LIMIT: OnceLock<Option<u32>> = OnceLock::new();
     *LIMIT.get_or_init(|| {
-        let n = std::env::var(TEST_LIMIT_VAR).ok()?.parse::<u64>().ok()?;
+        let n = std::env::var(TEST_LIMIT_VAR).ok()?.parse::<u32>().ok()?;
         tracing::warn!(
             "{TEST_LIMIT_VAR}={n}: TLS keys are updated every {n} records (a test setting)"
         );
@@ -102,13 +106,12 @@ pub(super) fn test_limit() -> Option<u64> {
     })
 }
 
-/// One direction's traffic keys and the TLS 1.3 secret they came from (unused in TLS 1.2).
-/// 92 bytes, no padding: the sequence numbers live beside them in [`Records`].
+/// One direction's traffic key and IV: 44 bytes, no padding (the sequence numbers and the
+/// secrets they come from live beside them in [`super::record::Records`]).
 #[derive(Clone)]
 pub struct Keys {
     pub(super) key: [u8; 32],
     pub(super) iv: [u8; 12],
-    pub(super) secret: [u8; 48],
 }
 
 impl std::fmt::Debug for Keys {
@@ -134,7 +137,6 @@ impl Keys {
         let mut keys = Keys {
             key: [0; 32],
             iv: [0; 12],
-            secret: [0; 48],
         };
         keys.key[..key.len()].copy_from_slice(key);
         keys.iv.copy_from_slice(iv);
@@ -146,33 +148,107 @@ impl Keys {
         let mut keys = Keys {
             key: [0; 32],
             iv: [0; 12],
-            secret: [0; 48],
         };
-        keys.secret[..secret.len()].copy_from_slice(secret);
         let prk = hkdf::Prk::new_less_safe(suite.hkdf(), secret);
         expand_label(&prk, b"key", &mut keys.key[..suite.key_len()]);
         expand_label(&prk, b"iv", &mut keys.iv);
         keys
     }
 
-    /// The next generation (RFC 8446 §7.2): application_traffic_secret_N+1 =
-    /// HKDF-Expand-Label(application_traffic_secret_N, "traffic upd", "", Hash.length).
-    /// Cost: three HKDF-Expand-Labels, ~3 µs.
-    pub(super) fn next(&self, suite: Suite) -> Keys {
-        let len = suite.secret_len();
-        let prk = hkdf::Prk::new_less_safe(suite.hkdf(), &self.secret[..len]);
-        let mut next = [0u8; 48];
-        expand_label(&prk, b"traffic upd", &mut next[..len]);
-        Keys::from_secret(suite, &next[..len])
+    /// Whether both give the same key and IV.
+    pub(super) fn same(&self, other: &Keys) -> bool {
+        self.key == other.key && self.iv == other.iv
     }
 
     /// IV ⊕ the sequence number, right-aligned.
-    pub(super) fn nonce(&self, seq: u64) -> [u8; 12] {
+    pub(super) fn nonce(&self, seq: u32) -> [u8; 12] {
         let mut n = self.iv;
-        for (b, s) in n[4..].iter_mut().zip(seq.to_be_bytes()) {
+        for (b, s) in n[4..].iter_mut().zip(u64::from(seq).to_be_bytes()) {
             *b ^= s;
         }
         n
+    }
+}
+
+/// A direction of a session, ours or the peer's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dir {
+    /// What the peer sends us.
+    Rx,
+    /// What we send.
+    Tx,
+}
+
+/// The current TLS 1.3 application traffic secrets of a session, which key updates derive
+/// from, receive then send. The SHA-256 suites' (AES-128-GCM, ChaCha20-Poly1305: 32 bytes
+/// each) are kept inline; AES-256-GCM's SHA-384 ones (48 bytes each) in a box of their
+/// own: 96 bytes more for such a session, which a client gets only if it offers neither
+/// of the others (our order prefers AES-128-GCM, and TLS 1.3 clients must offer it), so
+/// that every session fits the 192-byte size class.
+#[derive(Clone)]
+pub enum Secrets {
+    /// TLS 1.2: no key updates.
+    None,
+    Sha256([[u8; 32]; 2]),
+    Sha384(Box<[[u8; 48]; 2]>),
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Secrets::None => "Secrets::None",
+            Secrets::Sha256(_) => "Secrets::Sha256(..)",
+            Secrets::Sha384(_) => "Secrets::Sha384(..)",
+        })
+    }
+}
+
+impl Secrets {
+    /// Both directions' secrets, each as long as `suite`'s hash (checked by the caller).
+    pub(super) fn new(suite: Suite, rx: &[u8], tx: &[u8]) -> Secrets {
+        fn pair<const N: usize>(rx: &[u8], tx: &[u8]) -> [[u8; N]; 2] {
+            let mut both = [[0; N]; 2];
+            both[0].copy_from_slice(rx);
+            both[1].copy_from_slice(tx);
+            both
+        }
+        match suite.secret_len() {
+            48 => Secrets::Sha384(Box::new(pair(rx, tx))),
+            _ => Secrets::Sha256(pair(rx, tx)),
+        }
+    }
+
+    /// `dir`'s current secret (`None` in TLS 1.2).
+    fn get(&mut self, dir: Dir) -> Option<&mut [u8]> {
+        let i = dir as usize;
+        match self {
+            Secrets::None => None,
+            Secrets::Sha256(both) => Some(&mut both[i][..]),
+            Secrets::Sha384(both) => Some(&mut both[i][..]),
+        }
+    }
+
+    /// Moves `dir` to its next generation (RFC 8446 §7.2): application_traffic_secret_N+1 =
+    /// HKDF-Expand-Label(application_traffic_secret_N, "traffic upd", "", Hash.length),
+    /// and returns the keys it gives. `None` in TLS 1.2. Cost: three HKDF-Expand-Labels,
+    /// ~3 µs.
+    pub(super) fn advance(&mut self, dir: Dir, suite: Suite) -> Option<Keys> {
+        let secret = self.get(dir)?;
+        let prk = hkdf::Prk::new_less_safe(suite.hkdf(), secret);
+        let mut next = [0u8; 48];
+        let next = &mut next[..secret.len()];
+        expand_label(&prk, b"traffic upd", next);
+        secret.copy_from_slice(next);
+        Some(Keys::from_secret(suite, next))
+    }
+
+    /// The same secrets, directions swapped (the peer's view).
+    pub(super) fn swapped(&self) -> Secrets {
+        match self {
+            Secrets::None => Secrets::None,
+            Secrets::Sha256([rx, tx]) => Secrets::Sha256([*tx, *rx]),
+            Secrets::Sha384(both) => Secrets::Sha384(Box::new([both[1], both[0]])),
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! The TLS record layer after the handshake, sans-IO: what an established session keeps
 //! (per direction: the AEAD key, the IV, the traffic secret the next key derives from, and
-//! the sequence number: 208 bytes in all), sealing and opening records with them, and the
+//! the record count: 176 bytes in all), sealing and opening records with them, and the
 //! TLS 1.3 key updates that keep every key within its AEAD limits. rustls runs the
 //! handshake; its traffic keys are then taken over here, so an idle connection holds no
 //! rustls state and no buffers.
@@ -15,8 +15,8 @@
 //! Key updates (TLS 1.3, RFC 8446 §4.6.3 and §7.2): the next traffic secret is
 //! HKDF-Expand-Label(secret, "traffic upd", "", Hash.length), and the key and IV come from
 //! it as at the handshake (§7.3). Both are derived here with *ring*, from the secrets
-//! rustls logs for the session (see `tls::capture`): keeping the secret costs 32–48 bytes
-//! a direction, where rustls's `KernelConnection` (which would do the same derivation)
+//! rustls logs for the session (see `tls::capture`): keeping the secret costs 32 bytes a
+//! direction (48, boxed, for AES-256-GCM: see [`Secrets`]), where rustls's `KernelConnection` (which would do the same derivation)
 //! holds its whole key schedule and common state per connection. The expanded key and IV
 //! are kept beside the secret (not derived per batch: an HKDF-Expand-Label pair costs
 //! ~3x the AEAD key setup), so sealing costs what it did before key updates existed.
@@ -36,7 +36,7 @@
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey};
 use rustls::ConnectionTrafficSecrets;
 
-pub use super::keys::{Keys, Limits, Suite, TrafficSecrets, TEST_LIMIT_VAR};
+pub use super::keys::{Dir, Keys, Limits, Secrets, Suite, TrafficSecrets, TEST_LIMIT_VAR};
 
 /// Content types (RFC 8446 §5.1).
 pub const ALERT: u8 = 21;
@@ -107,17 +107,20 @@ enum Owed {
     Request,
 }
 
-/// An established session's record protection, both directions: 208 bytes.
+/// An established session's record protection, both directions: 176 bytes.
 #[derive(Clone, Debug)]
 pub struct Records {
     pub suite: Suite,
     pub tls12: bool,
     rx: Keys,
     tx: Keys,
+    /// What the next keys derive from (TLS 1.3).
+    secrets: Secrets,
     /// Records opened and sealed under the current keys (TLS 1.3 restarts them at 0 with
-    /// each key, §5.3): the counts the limits apply to.
-    pub rx_seq: u64,
-    pub tx_seq: u64,
+    /// each key, §5.3): the counts the limits apply to, and the sequence numbers of the
+    /// nonces (every limit is below 2^32, so they never wrap).
+    pub rx_seq: u32,
+    pub tx_seq: u32,
     owed: Owed,
     /// Whether we asked the peer to update since its last KeyUpdate.
     asked: bool,
@@ -149,29 +152,33 @@ impl Records {
             ConnectionTrafficSecrets::Chacha20Poly1305 { .. } => Suite::Chacha20Poly1305,
             _ => return None,
         };
-        let mut tx = Keys::from_extracted(suite, &secrets.tx.1)?;
-        let mut rx = Keys::from_extracted(suite, &secrets.rx.1)?;
-        if !tls12 {
-            let derived = |s: &Option<([u8; 48], u8)>| {
+        let tx = Keys::from_extracted(suite, &secrets.tx.1)?;
+        let rx = Keys::from_extracted(suite, &secrets.rx.1)?;
+        let kept = if tls12 {
+            Secrets::None
+        } else {
+            let secret = |s: &Option<([u8; 48], u8)>| {
                 let (bytes, len) = s.as_ref()?;
                 let len = usize::from(*len);
-                (len == suite.secret_len()).then(|| Keys::from_secret(suite, &bytes[..len]))
+                (len == suite.secret_len()).then(|| bytes[..len].to_vec())
             };
-            let (dtx, drx) = (derived(&traffic.server)?, derived(&traffic.client)?);
+            let (stx, srx) = (secret(&traffic.server)?, secret(&traffic.client)?);
             // The secrets belong to this session only if they give its keys.
-            let same = |a: &Keys, b: &Keys| a.key == b.key && a.iv == b.iv;
-            if !same(&dtx, &tx) || !same(&drx, &rx) {
+            if !Keys::from_secret(suite, &stx).same(&tx)
+                || !Keys::from_secret(suite, &srx).same(&rx)
+            {
                 return None;
             }
-            (tx, rx) = (dtx, drx);
-        }
+            Secrets::new(suite, &srx, &stx)
+        };
         Some(Records {
             suite,
             tls12,
             rx,
             tx,
-            rx_seq: secrets.rx.0,
-            tx_seq: secrets.tx.0,
+            secrets: kept,
+            rx_seq: u32::try_from(secrets.rx.0).ok()?,
+            tx_seq: u32::try_from(secrets.tx.0).ok()?,
             owed: Owed::Nothing,
             asked: false,
             updates: 0,
@@ -285,6 +292,11 @@ impl Records {
         if self.tls12 || (self.owed == Owed::Nothing && self.tx_seq < self.suite.limits().rekey) {
             return;
         }
+        // The next keys first: a session with no secrets to derive them from sends no
+        // KeyUpdate (it cannot happen: TLS 1.3 sessions are taken over with theirs).
+        let Some(next) = self.secrets.advance(Dir::Tx, self.suite) else {
+            return;
+        };
         let request = if self.owed == Owed::Request {
             UPDATE_REQUESTED
         } else {
@@ -303,7 +315,7 @@ impl Records {
             start,
             out,
         );
-        self.tx = self.tx.next(self.suite);
+        self.tx = next;
         self.tx_seq = 0;
         self.owed = Owed::Nothing;
         *key = None;
@@ -335,7 +347,7 @@ impl Records {
         tls12: bool,
         suite: Suite,
         keys: &Keys,
-        seq: &mut u64,
+        seq: &mut u32,
         key: &LessSafeKey,
         typ: u8,
         start: usize,
@@ -356,7 +368,7 @@ impl Records {
         let len = out.len() - start - HEADER + TAG;
         let header = [wire_typ, 3, 3, (len >> 8) as u8, len as u8];
         out[start..start + HEADER].copy_from_slice(&header);
-        let aad12 = tls12_aad(*seq, typ, plain_len);
+        let aad12 = tls12_aad(u64::from(*seq), typ, plain_len);
         let aad: &[u8] = if tls12 { &aad12 } else { &header };
         // ring refuses only a buffer past the AEAD's per-message limit (far above 2^14).
         let tag = key
@@ -419,7 +431,10 @@ impl Records {
                 if self.updates > MAX_UPDATES_IN_A_ROW {
                     return Err(RecordError::TooManyUpdates);
                 }
-                self.rx = self.rx.next(self.suite);
+                self.rx = self
+                    .secrets
+                    .advance(Dir::Rx, self.suite)
+                    .ok_or(RecordError::UnexpectedHandshake)?;
                 self.rx_seq = 0;
                 self.asked = false;
                 if requested {
@@ -456,7 +471,7 @@ impl Records {
             } else {
                 self.rx.nonce(self.rx_seq)
             };
-            let aad = tls12_aad(self.rx_seq, header[0], len - head - TAG);
+            let aad = tls12_aad(u64::from(self.rx_seq), header[0], len - head - TAG);
             let plain = key
                 .open_in_place(
                     Nonce::assume_unique_for_key(nonce),
@@ -515,6 +530,7 @@ impl Records {
         Records {
             rx: self.tx.clone(),
             tx: self.rx.clone(),
+            secrets: self.secrets.swapped(),
             rx_seq: self.tx_seq,
             tx_seq: self.rx_seq,
             owed: Owed::Nothing,
@@ -526,7 +542,7 @@ impl Records {
 }
 
 /// Per idle TLS connection: keep it in mind when adding a field (see `tls::Session`).
-const _: () = assert!(std::mem::size_of::<Records>() == 208);
+const _: () = assert!(std::mem::size_of::<Records>() == 176);
 
 #[cfg(test)]
 mod tests {
@@ -534,18 +550,18 @@ mod tests {
 
     /// A server's records and its peer's, from made-up secrets (TLS 1.3) or keys (1.2).
     pub(crate) fn pair(suite: Suite, tls12: bool) -> (Records, Records) {
-        let keys = |b: u8| {
-            let mut k = Keys::from_secret(suite, &[b; 48][..suite.secret_len()]);
-            if tls12 {
-                k.secret = [0; 48];
-            }
-            k
-        };
+        let secret = |b: u8| vec![b; suite.secret_len()];
+        let keys = |b: u8| Keys::from_secret(suite, &secret(b));
         let server = Records {
             suite,
             tls12,
             rx: keys(1),
             tx: keys(2),
+            secrets: if tls12 {
+                Secrets::None
+            } else {
+                Secrets::new(suite, &secret(1), &secret(2))
+            },
             rx_seq: 7,
             tx_seq: 7,
             owed: Owed::Nothing,
