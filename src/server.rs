@@ -183,6 +183,7 @@ fn reactor_settings(cfg: &ServeConfig) -> reactor::Settings {
         },
         shards: cfg.shards,
         out_ring: cfg.out_ring,
+        write_delay: cfg.write_delay,
         recv_buffers: cfg.recv_buffers,
         recv_buffer_size: cfg.recv_buffer_size,
         timeouts: reactor::Timeouts {

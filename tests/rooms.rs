@@ -73,6 +73,60 @@ fn peak_rss_kib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// A publisher sends ten messages to a room of one member, each acked before the next
+/// (the acks are checked to come at once); with `ping`, the member pings right after. Returns
+/// the server's sends meanwhile and how long after the first publish the member heard
+/// anything; checks that all ten arrive, in order.
+async fn ten_messages(server: &Server, ping: bool) -> (u64, Duration) {
+    let mut member = connect(server, "/ws").await;
+    let room = format!("mail-{ping}");
+    join(&mut member, &room).await;
+    let mut publisher = connect(server, "/ws").await;
+    let before = shard_sum(&stats(server), "sends");
+    let start = Instant::now();
+    for i in 0..10 {
+        send(
+            &mut publisher,
+            json!({"op":"pub","room":room,"data":i,"id":i}),
+        )
+        .await;
+        let ack = recv(&mut publisher).await;
+        assert_eq!(
+            (&ack["op"], &ack["id"]),
+            (&json!("ack"), &json!(i)),
+            "{ack}"
+        );
+    }
+    // Ten acks one after another: a delayed reply would take a second each.
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "acks took {:?}",
+        start.elapsed()
+    );
+    if ping {
+        member.send(Message::Ping(b"now".to_vec())).await.unwrap();
+    }
+    let mut first = None;
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        let m = tokio::time::timeout(WAIT, member.next())
+            .await
+            .expect("timed out");
+        first.get_or_insert_with(|| start.elapsed());
+        match m {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                got.push(v["data"].as_u64().unwrap());
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            other => panic!("expected a delivery, got {other:?}"),
+        }
+    }
+    assert_eq!(got, (0..10).collect::<Vec<_>>());
+    let sends = shard_sum(&stats(server), "sends") - before;
+    (sends, first.unwrap())
+}
+
 both_backends! {
     async fn an_emptied_room_keeps_its_history_for_the_ttl_even_after_an_idle_spell(backend: &str) {
         let server = Server::start(backend, &["--history-ttl", "2"]);
@@ -134,6 +188,24 @@ both_backends! {
         }
         let s = stats_until(&server, |s| shard_sum(s, "sends_deferred") > 0).await;
         assert!(shard_sum(&s, "sends_deferred") > 0, "{s}");
+    }
+
+    async fn a_write_delay_gathers_deliveries_into_fewer_sends_and_never_holds_replies_or_controls(backend: &str) {
+        // One shard (its figures are the server's) and the longest delay, so that what
+        // waits and what does not is plain whatever the machine's load.
+        let delayed = Server::start(backend, &["--shards", "1", "--write-delay", "1s"]);
+        let plain = Server::start(backend, &["--shards", "1"]);
+        let (sends, first) = ten_messages(&delayed, false).await;
+        assert!(first >= Duration::from_millis(900), "the first delivery came after {first:?}");
+        // Ten acks (replies, never delayed) and the /stats answer are sends too: the ten
+        // deliveries took one or two.
+        assert!(sends <= 10 + 1 + 2, "{sends} sends");
+        let (sends, first) = ten_messages(&plain, false).await;
+        assert!(sends >= 10 + 10, "without a delay each delivery is a send: {sends}");
+        assert!(first < Duration::from_millis(900), "{first:?}");
+        // A ping while deliveries wait: the pong is not delayed, and takes them along.
+        let (_, first) = ten_messages(&delayed, true).await;
+        assert!(first < Duration::from_millis(700), "the pong (or what it took along) came after {first:?}");
     }
 
     async fn members_on_every_shard_get_every_message_in_order_and_other_rooms_nothing(backend: &str) {

@@ -69,6 +69,7 @@ pub(super) fn shard_with(out_cap: usize, gate: gate::Gate, settings: Settings) -
             pong_timeout: Duration::from_secs(10),
         },
         out_cap,
+        write_delay: std::time::Duration::ZERO,
         drain,
         shared: stats,
         tls: None,

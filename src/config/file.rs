@@ -35,6 +35,7 @@ pub const GROUPS: &[(&str, &[&str])] = &[
             "max-message",
             "max-header-bytes",
             "out-ring",
+            "write-delay",
             "max-queued-bytes",
             "max-rooms-per-conn",
             "rate",

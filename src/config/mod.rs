@@ -123,6 +123,17 @@ pub struct ServeConfig {
     #[arg(skip)]
     pub out_ring: usize,
 
+    /// How long a room's delivery may wait for more to share one send to its member
+    /// (0: none; at most 1s). Replies, control frames and closes never wait.
+    #[arg(
+        long = "write-delay",
+        value_name = "DURATION",
+        env = "ROOMCAST_WRITE_DELAY",
+        default_value = "0",
+        value_parser = parse_write_delay
+    )]
+    pub write_delay: Duration,
+
     /// Largest message accepted, in bytes (larger: close 1009).
     #[arg(long, env = "ROOMCAST_MAX_MESSAGE", default_value_t = 64 * 1024)]
     pub max_message: usize,
@@ -583,6 +594,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(bad());
     }
     Ok(Duration::from_secs_f64(v * scale))
+}
+
+/// `--write-delay`: 0, or a duration like 5ms up to 1s.
+pub fn parse_write_delay(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let d = parse_duration(s)?;
+    if d > Duration::from_secs(1) {
+        return Err(format!(
+            "{s:?}: a write delay is at most 1s (members would wait that long for each message)"
+        ));
+    }
+    Ok(d)
 }
 
 impl ServeConfig {

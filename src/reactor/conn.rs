@@ -44,6 +44,9 @@ pub mod flag {
     /// epoll: the connection had its read budget this turn with bytes still waiting, and
     /// is on the shard's list to be read again next turn.
     pub const UNREAD: u16 = 1 << 14;
+    /// `--write-delay`: the connection is on the shard's list of delayed flushes (its
+    /// deliveries go out when that entry is due, or sooner with anything else).
+    pub const DELAYED: u16 = 1 << 15;
 }
 
 /// One slab slot: the transport's part and the service's part (`app`); `T` is the

@@ -66,6 +66,8 @@ pub struct Settings {
     pub shards: Option<usize>,
     /// Data frames a connection may have queued.
     pub out_ring: usize,
+    /// How long a delivery may wait for more to share its send (zero: none).
+    pub write_delay: Duration,
     /// io_uring: provided receive buffers per shard (default: [`recv_buffers_for`]) and
     /// their size.
     pub recv_buffers: Option<u16>,
@@ -224,6 +226,7 @@ impl Server {
                     mesh,
                     timeouts: cfg.timeouts,
                     out_cap: cfg.out_ring,
+                    write_delay: cfg.write_delay,
                     drain: drain.clone(),
                     shared: stats.clone(),
                     tls: cfg.tls.clone(),

@@ -98,6 +98,8 @@ pub(crate) struct Rules {
     pub out_cap: usize,
     /// How long a closing connection may take to finish closing.
     pub linger: Duration,
+    /// `--write-delay`: how long a delivery may wait for others to share its send.
+    pub write_delay: Duration,
 }
 
 /// A closing connection's deadline.
@@ -115,6 +117,9 @@ pub struct Cx<S: Service> {
     // Constant timeouts expire in the order they were set, so a FIFO is a timer: O(1) to
     // add, O(expired) to check.
     pub(super) lingers: VecDeque<Deadline>,
+    /// Connections whose deliveries wait for `--write-delay` (a FIFO too: one delay for
+    /// all, so entries come due in the order they were added).
+    pub(super) delayed: VecDeque<Deadline>,
     /// Paused connections the service wants read again, handled after the turn.
     pub(super) resumes: Vec<(usize, u32)>,
     /// This shard's counters (the reactor's), published once per turn.
@@ -162,6 +167,7 @@ impl<S: Service> Cx<S> {
             conn,
             flush: &mut self.flush,
             lingers: &mut self.lingers,
+            delayed: &mut self.delayed,
             figures: &mut self.figures,
             clock: self.clock,
             rules: self.rules,
@@ -201,6 +207,7 @@ pub struct Link<'a, A, T, F> {
     conn: &'a mut Conn<A, T>,
     flush: &'a mut Vec<usize>,
     lingers: &'a mut VecDeque<Deadline>,
+    delayed: &'a mut VecDeque<Deadline>,
     figures: &'a mut F,
     /// The loop turn: what a ring holds from earlier turns is what makes a member slow.
     clock: Clock,
@@ -208,11 +215,14 @@ pub struct Link<'a, A, T, F> {
 }
 
 impl<'a, A, T: Tag, F> Link<'a, A, T, F> {
+    // The shard's parts a link borrows, one by one (the heartbeat holds the slab apart).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         slot: usize,
         conn: &'a mut Conn<A, T>,
         flush: &'a mut Vec<usize>,
         lingers: &'a mut VecDeque<Deadline>,
+        delayed: &'a mut VecDeque<Deadline>,
         figures: &'a mut F,
         clock: Clock,
         rules: Rules,
@@ -222,6 +232,7 @@ impl<'a, A, T: Tag, F> Link<'a, A, T, F> {
             conn,
             flush,
             lingers,
+            delayed,
             figures,
             clock,
             rules,
@@ -278,6 +289,26 @@ impl<'a, A, T: Tag, F> Link<'a, A, T, F> {
         }
     }
 
+    /// After a delivery or a notice: flushed this turn, or with `--write-delay` once the
+    /// delay has passed since the first of them (anything else queued meanwhile, a reply,
+    /// a control frame, a close, takes them along sooner). A ring half full goes now, so
+    /// that waiting never makes a member look slow to its policy. No timer per
+    /// connection: a flag and an entry in the shard's FIFO.
+    fn queue_delivery(&mut self) {
+        let delay = self.rules.write_delay;
+        if delay.is_zero() || self.conn.out.len() * 2 >= self.rules.out_cap {
+            return self.queue_flush();
+        }
+        if !self.conn.has(flag::QUEUED | flag::DELAYED) {
+            self.conn.set(flag::DELAYED);
+            self.delayed.push_back(Deadline {
+                at: self.clock.now + delay,
+                slot: self.slot as u32,
+                gen: self.conn.gen,
+            });
+        }
+    }
+
     /// Queues a data frame (a reply, an echo, a delivery). Refused when the ring holds
     /// `--out-ring` frames. Cost: O(1), the caller's clone is the only refcount touched.
     pub fn send(&mut self, frame: SharedFrame) -> Result<(), Full> {
@@ -307,7 +338,7 @@ impl<'a, A, T: Tag, F> Link<'a, A, T, F> {
             .out
             .push_delivery(frame, tag, cap, max_bytes, turn);
         if !self.conn.out.is_empty() {
-            self.queue_flush();
+            self.queue_delivery();
         }
         pushed
     }
@@ -321,7 +352,7 @@ impl<'a, A, T: Tag, F> Link<'a, A, T, F> {
         debug_assert_eq!(tag.kind(), Kind::Delivery);
         self.conn.out.mark_turn(self.clock.turn);
         self.conn.out.push_tagged(frame, tag, cap)?;
-        self.queue_flush();
+        self.queue_delivery();
         Ok(())
     }
 
@@ -334,7 +365,7 @@ impl<'a, A, T: Tag, F> Link<'a, A, T, F> {
         debug_assert_eq!(tag.kind(), Kind::Notice);
         self.conn.out.mark_turn(self.clock.turn);
         self.conn.out.push_tagged(frame, tag, cap)?;
-        self.queue_flush();
+        self.queue_delivery();
         Ok(())
     }
 

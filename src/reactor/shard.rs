@@ -103,6 +103,7 @@ struct Beats<'a, S: Service> {
     service: &'a mut S,
     flush: &'a mut Vec<usize>,
     lingers: &'a mut VecDeque<Deadline>,
+    delayed: &'a mut VecDeque<Deadline>,
     stats: &'a mut TransportFigures,
     figures: &'a mut S::Figures,
     clock: Clock,
@@ -117,6 +118,7 @@ impl<S: Service> Beat<S::Conn, S::Tag> for Beats<'_, S> {
             conn,
             self.flush,
             self.lingers,
+            self.delayed,
             self.figures,
             self.clock,
             self.rules,
@@ -137,6 +139,8 @@ pub struct CoreSetup<M> {
     pub mesh: Endpoint<M>,
     pub timeouts: Timeouts,
     pub out_cap: usize,
+    /// `--write-delay` (zero: none).
+    pub write_delay: Duration,
     pub drain: Arc<Drain>,
     pub shared: Arc<SharedStats>,
     /// The certificate, when a listener speaks TLS.
@@ -152,6 +156,7 @@ impl<S: Service> Core<S> {
                 conns: Slab::new(),
                 flush: Vec::new(),
                 lingers: VecDeque::new(),
+                delayed: VecDeque::new(),
                 resumes: Vec::new(),
                 stats: Default::default(),
                 figures: Default::default(),
@@ -164,6 +169,7 @@ impl<S: Service> Core<S> {
                 rules: Rules {
                     out_cap: setup.out_cap,
                     linger: t.linger,
+                    write_delay: setup.write_delay,
                 },
             },
             service,
@@ -538,6 +544,7 @@ impl<S: Service> Core<S> {
             service: &mut self.service,
             flush: &mut cx.flush,
             lingers: &mut cx.lingers,
+            delayed: &mut cx.delayed,
             stats: &mut cx.stats,
             figures: &mut cx.figures,
             clock: cx.clock,
@@ -579,12 +586,30 @@ impl<S: Service> Core<S> {
                 out.push(d.slot as usize);
             }
         }
+        self.delayed_due(now);
         let status = self.drain_step(now, out);
         // A connection can be due twice (aborted at its handshake deadline, and past its
         // close deadline in the same check): the backend closes it once.
         out.sort_unstable();
         out.dedup();
         status
+    }
+
+    /// `--write-delay`: the connections whose first waiting delivery has waited long
+    /// enough are flushed this turn (unless something else took their deliveries out
+    /// already). Cost: O(due).
+    fn delayed_due(&mut self, now: Instant) {
+        while let Some(d) = self.cx.delayed.front().copied() {
+            if d.at > now {
+                break;
+            }
+            self.cx.delayed.pop_front();
+            let slot = d.slot as usize;
+            if let Some(conn) = self.get(slot, d.gen) {
+                conn.clear(flag::DELAYED);
+                self.queue_flush(slot);
+            }
+        }
     }
 
     /// Tests: everything queued for `slot`, as if one send took it all, and what the
@@ -605,7 +630,10 @@ impl<S: Service> Core<S> {
     /// How long the loop may sleep before a deadline needs checking.
     pub fn next_deadline(&self, now: Instant) -> Option<Duration> {
         let a = self.handshake_deadlines.front().map(|d| d.at);
-        let b = self.cx.lingers.front().map(|d| d.at);
+        let b = [&self.cx.lingers, &self.cx.delayed]
+            .into_iter()
+            .filter_map(|q| q.front().map(|d| d.at))
+            .min();
         // With no connections there is nobody to ping: sleep until something happens.
         let c = (!self.cx.conns.is_empty()).then(|| self.heartbeat.next_tick());
         let d = self.schedule.as_ref().and_then(Schedule::next_at);

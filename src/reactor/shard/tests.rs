@@ -139,6 +139,7 @@ fn core(out_cap: usize) -> (Core<Lines>, Arc<Drain>) {
             pong_timeout: SECOND,
         },
         out_cap,
+        write_delay: std::time::Duration::ZERO,
         drain: drain.clone(),
         shared: Arc::new(SharedStats::new(
             1,
