@@ -306,6 +306,11 @@ pub(super) fn egress<'a, T: Tag>(
         notified,
         ..
     } = &mut *s;
+    if flight.is_none() && out.is_empty() {
+        // Nothing sealed and nothing queued (a send completed and its connection was
+        // queued again): no flight to box.
+        return 0;
+    }
     let f: &mut Flight = flight.get_or_insert_with(Box::default);
     if f.cout_sent >= f.cout.len() {
         f.cout.clear();
