@@ -67,6 +67,7 @@ recv-buffer-size = 8192
 max-message = 4096
 max-header-bytes = 2048
 out-ring = 16
+write-delay = "5ms"
 max-queued-bytes = 65536
 max-rooms-per-conn = 3
 rate = 77
@@ -210,6 +211,11 @@ fn bad_configs_are_refused_before_anything_starts_naming_the_key_and_line() {
             "unknown table",
             "[extras]\nrate = 1\n",
             vec!["[extras]", "line 1"],
+        ),
+        (
+            "a write delay past 1s",
+            "[limits]\nwrite-delay = \"2s\"\n",
+            vec!["write-delay", ":2:", "at most 1s"],
         ),
         ("not TOML", "rate = = 1\n", vec!["line 1"]),
         (
