@@ -18,6 +18,15 @@ mkdir -p "$out"
 results="$out/RESULTS.jsonl"
 : >"$results"
 
+# Waits (up to 5 s) until something listens on 127.0.0.1:$1.
+wait_port() {
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  return 1
+}
+
 pid=""
 stop_server() {
   [ -n "$pid" ] || return 0
@@ -39,10 +48,7 @@ side_by_side() {
           taskset -c 0 "$roomcast" serve --shards 1 --rate 0 --backend "$backend" \
             --listen "127.0.0.1:$port" "${server_extra[@]}" >/dev/null 2>"$server_log" &
           pid=$!
-          for _ in $(seq 100); do
-            (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-            sleep 0.05
-          done
+          wait_port "$port" || true
           name="roomcast-$backend"
           [ "$mode" = plain ] || name="$name+$mode"
           echo "== $name: $scenario (run $run/$runs)"

@@ -15,24 +15,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-runs=${RUNS:-2}
+RUNS=${RUNS:-2}
 secs=${SECS:-5}
 delays=${DELAYS:-0 1 5 20 100}
 backend=${BACKEND:-uring}
 shapes=${SHAPES:-2000:50:100 5000:20:500 500:400:64 10000:10:1000 1000:100:2000}
 out=${OUT:-bench/results-write-delay}
 uws=${UWS:-1}
-[ "${BUILD:-1}" = 1 ] && cargo build --release --locked -p roomcast -p roomcast-bench 2>&1 | tail -1
+# The build, `bench`, `roomcast`, `version`, `results` (emptied), `stop_server`, `wait_port`.
+# shellcheck source=bench/scripts/side-by-side.sh
+. bench/scripts/side-by-side.sh
 if [ "$uws" = 1 ] && [ ! -d bench/peers/uws/node_modules ]; then
   command -v node >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null; }
   (cd bench/peers/uws && npm ci --no-audit --no-fund)
 fi
-bench=target/release/roomcast-bench
-roomcast=target/release/roomcast
-version=$("$roomcast" --version | awk '{print $2}')
-mkdir -p "$out"
-results="$out/RESULTS.jsonl"
-: >"$results"
+: >"$out/SENDS.jsonl"
 
 servers=()
 [ "$uws" = 1 ] && servers+=("uWebSockets.js|node bench/peers/uws/peer-uws.mjs|20.30.0")
@@ -45,13 +42,6 @@ done
 servers=("${servers[@]/--write-delay 0ms/--write-delay 0}")
 
 port=9800
-pid=""
-stop_server() {
-  [ -n "$pid" ] || return 0
-  kill "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  pid=""
-}
 trap stop_server EXIT
 
 for shape in $shapes; do
@@ -64,10 +54,7 @@ for shape in $shapes; do
       # shellcheck disable=SC2086
       taskset -c 0 $cmd "127.0.0.1:$port" >/dev/null 2>"$out/server.log" &
       pid=$!
-      for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-        sleep 0.05
-      done
+      wait_port "$port" || { echo "server did not start: $cmd" >&2; cat "$out/server.log" >&2; exit 1; }
       echo "== $name: $scenario (run $run/$runs)"
       before=$(curl -s "http://127.0.0.1:$port/stats" | jq '[.shards[]?.sends] | add // 0' 2>/dev/null || echo 0)
       # shellcheck disable=SC2086
