@@ -405,3 +405,16 @@ both_backends! {
         server.settles_to(0);
     }
 }
+
+#[test]
+fn a_write_delay_is_zero_or_a_duration_up_to_a_second() {
+    use roomcast::config::parse_write_delay as parse;
+    for zero in ["0", "0s", "0ms", " 0.0 "] {
+        assert_eq!(parse(zero), Ok(Duration::ZERO), "{zero:?}");
+    }
+    assert_eq!(parse("5ms"), Ok(Duration::from_millis(5)));
+    assert_eq!(parse("1s"), Ok(Duration::from_secs(1)));
+    for bad in ["1001ms", "2s", "-5ms", "soon", ""] {
+        assert!(parse(bad).is_err(), "{bad:?}");
+    }
+}

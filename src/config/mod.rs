@@ -596,9 +596,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(v * scale))
 }
 
-/// `--write-delay`: 0, or a duration like 5ms up to 1s.
+/// `--write-delay`: 0 (also 0s, 0ms), or a duration like 5ms up to 1s.
 pub fn parse_write_delay(s: &str) -> Result<Duration, String> {
-    if s.trim() == "0" {
+    let number = s.trim().trim_end_matches("ms").trim_end_matches('s');
+    if number.trim().parse::<f64>() == Ok(0.0) {
         return Ok(Duration::ZERO);
     }
     let d = parse_duration(s)?;

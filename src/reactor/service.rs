@@ -289,14 +289,15 @@ impl<'a, A, T: Tag, F> Link<'a, A, T, F> {
         }
     }
 
-    /// After a delivery or a notice: flushed this turn, or with `--write-delay` once the
-    /// delay has passed since the first of them (anything else queued meanwhile, a reply,
-    /// a control frame, a close, takes them along sooner). A ring half full goes now, so
-    /// that waiting never makes a member look slow to its policy. No timer per
-    /// connection: a flag and an entry in the shard's FIFO.
-    fn queue_delivery(&mut self) {
+    /// After a room's delivery: flushed this turn, or with `--write-delay` once the delay
+    /// has passed since the first one waiting (anything else queued meanwhile, a reply, a
+    /// control frame, a close, takes them along sooner). A ring half full, in frames or
+    /// in `max_bytes`, goes now, so that waiting never makes a member look slow to its
+    /// policy. No timer per connection: a flag and an entry in the shard's FIFO.
+    fn queue_delivery(&mut self, max_bytes: usize) {
         let delay = self.rules.write_delay;
-        if delay.is_zero() || self.conn.out.len() * 2 >= self.rules.out_cap {
+        let out = &self.conn.out;
+        if delay.is_zero() || out.len() * 2 >= self.rules.out_cap || out.bytes() * 2 >= max_bytes {
             return self.queue_flush();
         }
         if !self.conn.has(flag::QUEUED | flag::DELAYED) {
@@ -338,7 +339,7 @@ impl<'a, A, T: Tag, F> Link<'a, A, T, F> {
             .out
             .push_delivery(frame, tag, cap, max_bytes, turn);
         if !self.conn.out.is_empty() {
-            self.queue_delivery();
+            self.queue_delivery(max_bytes);
         }
         pushed
     }
@@ -352,7 +353,8 @@ impl<'a, A, T: Tag, F> Link<'a, A, T, F> {
         debug_assert_eq!(tag.kind(), Kind::Delivery);
         self.conn.out.mark_turn(self.clock.turn);
         self.conn.out.push_tagged(frame, tag, cap)?;
-        self.queue_delivery();
+        // A slow member's policy made room: no reason to wait.
+        self.queue_flush();
         Ok(())
     }
 
@@ -365,7 +367,7 @@ impl<'a, A, T: Tag, F> Link<'a, A, T, F> {
         debug_assert_eq!(tag.kind(), Kind::Notice);
         self.conn.out.mark_turn(self.clock.turn);
         self.conn.out.push_tagged(frame, tag, cap)?;
-        self.queue_delivery();
+        self.queue_flush();
         Ok(())
     }
 

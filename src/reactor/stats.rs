@@ -85,7 +85,7 @@ figures!(
         pong_timeouts: Counter "roomcast_pong_timeouts_total" "" "Connections dropped for silence after a ping.",
         mesh_backlog: Gauge "roomcast_mesh_backlog" "" "Messages waiting for room in the shard's outgoing SPSC queues.",
         mesh_dropped: Counter "roomcast_mesh_dropped_total" "" "Deliveries dropped because the mesh backlog was full.",
-        sends: Counter "roomcast_sends_total" "" "Sends handed to the kernel (a writev, or an io_uring send, carrying every frame queued for one connection up to 64). Deliveries per send is what coalescing and --write-delay buy.",
+        sends: Counter "roomcast_sends_total" "" "Sends the kernel took (a writev that wrote, or an io_uring send submitted), each carrying every frame queued for one connection, up to 64. Deliveries per send is what coalescing and --write-delay buy.",
         sends_deferred: Counter "roomcast_sends_deferred_total" "" "Flushes that could not send everything queued before the loop slept: an earlier send still in flight (io_uring) or a full socket (epoll). At a low rate this stays 0: a message leaves in the turn it was published.",
     }
 );

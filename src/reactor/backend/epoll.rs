@@ -390,6 +390,7 @@ impl<S: Service> Epoll<S> {
         let total: usize = iov[..count].iter().map(|s| s.len()).sum();
         match res {
             Ok(n) => {
+                self.core.cx.stats.sends += 1;
                 let full = n as usize == total;
                 if !full {
                     // The socket is full: the rest waits for EPOLLOUT, a later turn.

@@ -625,6 +625,7 @@ impl<S: Service> Uring<S> {
             .build()
             .user_data(ud.0);
         self.push(entry);
+        self.core.cx.stats.sends += 1;
     }
 
     /// Submits what is queued so that the arena can be reused. Returns whether it can (the

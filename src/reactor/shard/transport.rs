@@ -106,7 +106,7 @@ impl<S: Service> Core<S> {
         let Some(conn) = self.cx.conns.get_mut(slot) else {
             return 0;
         };
-        let count = match self.transports.table.get_mut(slot) {
+        match self.transports.table.get_mut(slot) {
             Some(Transport::Tls(s)) => tls::egress(s, &mut conn.out, iov),
             None | Some(Transport::Plain) => {
                 if self.pin_sends {
@@ -114,11 +114,7 @@ impl<S: Service> Core<S> {
                 }
                 conn.out.iovecs(iov)
             }
-        };
-        if count > 0 {
-            self.cx.stats.sends += 1;
         }
-        count
     }
 
     /// `n` bytes of what [`Core::egress`] gave went out.
