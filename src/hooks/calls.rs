@@ -237,11 +237,10 @@ impl Calls {
         if let Some(key) = job.key {
             self.asked.remove(&key);
             let answer = !matches!(verdict, Verdict::Unavailable);
-            let until = now.checked_add(Duration::from_secs(ttl.min(MAX_CACHE_TTL)));
-            if let Some(until) = until.filter(|_| ttl > 0 && answer) {
-                if self.cache.len() < CACHE_LIMIT {
-                    self.cache.insert(key, (verdict.clone(), until));
-                }
+            if ttl > 0 && answer && self.cache.len() < CACHE_LIMIT {
+                // A day past now: far inside `Instant`'s range.
+                let until = now + Duration::from_secs(ttl.min(MAX_CACHE_TTL));
+                self.cache.insert(key, (verdict.clone(), until));
             }
         }
         for (from, call) in job.waiters {
@@ -293,8 +292,7 @@ fn question_key(call: &Call) -> Option<String> {
             query,
             headers,
         } => {
-            let host = client.rsplit_once(':').map_or(client.as_str(), |(h, _)| h);
-            let mut key = format!("c\0{host}\0{path}\0{query}");
+            let mut key = format!("c\0{}\0{path}\0{query}", host(client));
             for (k, v) in headers {
                 key.push('\0');
                 key.push_str(k);
@@ -308,13 +306,15 @@ fn question_key(call: &Call) -> Option<String> {
             user, room, client, ..
         } => Some(match user {
             Some(u) => format!("j\0u{u}\0{room}"),
-            None => {
-                let host = client.rsplit_once(':').map_or(client.as_str(), |(h, _)| h);
-                format!("j\0\u{1}{host}\0{room}")
-            }
+            None => format!("j\0\u{1}{}\0{room}", host(client)),
         }),
         Call::Refresh { .. } | Call::Publish { .. } | Call::Rpc { .. } => None,
     }
+}
+
+/// A client's `ip:port` without its port.
+fn host(client: &str) -> &str {
+    client.rsplit_once(':').map_or(client, |(h, _)| h)
 }
 
 #[cfg(test)]

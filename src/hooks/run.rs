@@ -101,16 +101,11 @@ async fn serve<M: Carrier>(cfg: Settings, mut mesh: Endpoint<M>, status: Arc<Sta
             let to = usize::from(d.to.shard);
             mesh.send(to, M::from(d));
         }
-        let mut next = match (calls.next_deadline(), reorder_next) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        if let Some(w) = &mut webhooks {
-            next = match (next, w.poll(now)) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-        }
+        let webhooks_next = webhooks.as_mut().and_then(|w| w.poll(now));
+        let next = [calls.next_deadline(), reorder_next, webhooks_next]
+            .into_iter()
+            .flatten()
+            .min();
         mesh.flush();
         // A backed-up queue to a shard is pushed again soon; otherwise sleep until
         // something arrives or a deadline is due.

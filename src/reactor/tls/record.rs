@@ -157,19 +157,19 @@ impl Records {
         let kept = if tls12 {
             Secrets::None
         } else {
-            let secret = |s: &Option<([u8; 48], u8)>| {
+            fn secret(suite: Suite, s: &Option<([u8; 48], u8)>) -> Option<&[u8]> {
                 let (bytes, len) = s.as_ref()?;
                 let len = usize::from(*len);
-                (len == suite.secret_len()).then(|| bytes[..len].to_vec())
-            };
-            let (stx, srx) = (secret(&traffic.server)?, secret(&traffic.client)?);
+                (len == suite.secret_len()).then_some(&bytes[..len])
+            }
+            let stx = secret(suite, &traffic.server)?;
+            let srx = secret(suite, &traffic.client)?;
             // The secrets belong to this session only if they give its keys.
-            if !Keys::from_secret(suite, &stx).same(&tx)
-                || !Keys::from_secret(suite, &srx).same(&rx)
+            if !Keys::from_secret(suite, stx).same(&tx) || !Keys::from_secret(suite, srx).same(&rx)
             {
                 return None;
             }
-            Secrets::new(suite, &srx, &stx)
+            Secrets::new(suite, srx, stx)
         };
         Some(Records {
             suite,
