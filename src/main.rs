@@ -78,6 +78,17 @@ struct PlanArgs {
     /// delivery, and the handshakes.
     #[arg(long)]
     tls: bool,
+    /// The server's --write-delay: a member's deliveries share sends.
+    #[arg(long, default_value = "0", value_parser = roomcast::config::parse_write_delay)]
+    write_delay: std::time::Duration,
+    /// The server's --max-queued-bytes: half of it is sent at once, whatever the delay.
+    #[arg(long, default_value = "1MiB", value_parser = roomcast::config::parse_bytes)]
+    max_queued_bytes: u64,
+    /// Where the members are: `nic` (across a network interface), or `loopback` (on this
+    /// machine, as the benchmarks run: the server's CPU also runs the receiving end's TCP
+    /// input of every send).
+    #[arg(long, value_enum, default_value_t = roomcast::ops::plan::Link::Nic)]
+    link: roomcast::ops::plan::Link,
     /// Figures written by `roomcast-bench calibrate` [default: built-in figures for a
     /// 2-vCPU Linux 6.18 machine].
     #[arg(long)]
@@ -220,6 +231,9 @@ fn plan(a: &PlanArgs) -> std::process::ExitCode {
         nodes: a.nodes.max(1),
         deflate: a.deflate,
         tls: a.tls,
+        write_delay_secs: a.write_delay.as_secs_f64(),
+        max_queued_bytes: a.max_queued_bytes,
+        link: a.link,
     };
     let p = plan::plan(&workload, &machine, &figures);
     let (text, fits) = plan::render(&workload, &machine, &figures, &p);
@@ -231,6 +245,9 @@ fn plan(a: &PlanArgs) -> std::process::ExitCode {
                 "user_bytes": p.user_bytes, "kernel_bytes": p.kernel_bytes,
                 "heartbeat_cpus": p.heartbeat_cpus, "delivery_cpus": p.delivery_cpus,
                 "publish_cpus": p.publish_cpus, "cpus": p.cpus(), "fits": fits,
+                "deliveries_per_sec": p.deliveries_per_sec, "sends_per_sec": p.sends_per_sec,
+                "messages_per_send": p.messages_per_send, "link": a.link,
+                "egress_bytes_per_sec": p.egress_bytes_per_sec,
                 "nodes": a.nodes.max(1), "node_connections": p.node_connections,
                 "backplane_cpus": p.backplane_cpus, "redis_cpus": p.redis_cpus,
                 "redis_servers": p.redis_servers,

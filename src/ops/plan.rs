@@ -9,7 +9,16 @@
 //!   connection;
 //! - kernel = N × bytes per socket (the server's end only);
 //! - CPU = N / ping interval × cost per ping round trip
-//!   + deliveries/s × cost per delivery + publishes/s × cost per inbound message.
+//!   + sends/s × cost per send + deliveries/s × cost per delivery + bytes/s × cost per byte
+//!   + publishes/s × cost per inbound message.
+//!
+//! Sends are what fixed rates cost. A send's fixed part (the syscall or submission, TCP and
+//! IP output, on loopback the receiver's input too) is several times a message's, and at
+//! the rates people run a member gets one message per send unless `--write-delay` gathers
+//! them: a room publishing R msg/s every 1/R s puts 1 + ⌊D·R⌋ messages in each send (at
+//! most half the out-ring, or half of `--max-queued-bytes`, which go at once). Bursty
+//! traffic gathers more, so this errs high. `--link nic` (the default) leaves out the part
+//! of a send that on loopback is the receiving end's work on the server's CPU.
 
 use std::fmt::Write as _;
 
@@ -30,8 +39,23 @@ pub struct Figures {
     pub shard_base_bytes: f64,
     /// Server CPU per heartbeat: a ping out, its pong in (kernel TCP included).
     pub ping_cpu_us: f64,
-    /// Server CPU per message delivered to one member of a room.
+    /// Server CPU per message delivered to one member of a room, beyond its share of a
+    /// send: the out-ring, the frame's bytes gathered into the send. (Figures files written
+    /// before `send_cpu_ns` hold the closed loop's figure here, where a send carries many
+    /// messages: with the send counted again they err high.)
     pub delivery_cpu_ns: f64,
+    /// Server CPU per send to a member (`roomcast_sends_total`), measured on loopback:
+    /// the submission or syscall, TCP and IP output and, on loopback, the receiving end's
+    /// TCP input, which runs in softirq on the sending CPU.
+    #[serde(default = "default_send_cpu_ns")]
+    pub send_cpu_ns: f64,
+    /// Of `send_cpu_ns`: the receiving end's input, which a real NIC moves to the member's
+    /// machine (`--link nic` leaves it out).
+    #[serde(default = "default_loopback_receive_ns")]
+    pub loopback_receive_ns: f64,
+    /// Server CPU per byte sent (copies into the socket, checksums).
+    #[serde(default = "default_wire_byte_ns")]
+    pub wire_byte_ns: f64,
     /// Server CPU per message received and answered (echo): the cost of a publish's
     /// ingress.
     pub message_cpu_ns: f64,
@@ -53,6 +77,15 @@ pub struct Figures {
 }
 
 // Figures files written before the backplane lack its costs: the built-in ones stand in.
+fn default_send_cpu_ns() -> f64 {
+    Figures::builtin().send_cpu_ns
+}
+fn default_loopback_receive_ns() -> f64 {
+    Figures::builtin().loopback_receive_ns
+}
+fn default_wire_byte_ns() -> f64 {
+    Figures::builtin().wire_byte_ns
+}
 fn default_backplane_publish_ns() -> f64 {
     Figures::builtin().backplane_publish_ns
 }
@@ -69,8 +102,13 @@ fn default_redis_subscriber_us() -> f64 {
 impl Figures {
     /// Measured on this project's development machines: 2 vCPUs (KVM), Linux 6.18,
     /// io_uring. Memory and ping cost: the 1M idle run with 64 shards (server CPU while
-    /// idle / pings per second); messages, deliveries and handshakes: one pinned shard
-    /// (bench/RESULTS.md has the runs).
+    /// idle / pings per second); messages and handshakes: one pinned shard (bench/RESULTS.md
+    /// has the runs). Sends, deliveries and bytes: a least-squares fit of the server CPU's
+    /// busy time (softirq included) to sends, deliveries and wire bytes over the 50 runs of
+    /// `bench/scripts/write-delay.sh` (5 fixed-rate shapes at 100,000 deliveries/s, write
+    /// delays 0 to 100 ms, so 1 to 16 messages per send); the receiving end's share of a
+    /// loopback send: `bench/scripts/link-share.sh` (the same shapes with loopback's input
+    /// steered to the other CPU, 2.0 µs less per send).
     pub fn builtin() -> Figures {
         Figures {
             measured_on: "built-in: 2-vCPU KVM guest, Linux 6.18, io_uring (bench/RESULTS.md)"
@@ -80,13 +118,32 @@ impl Figures {
             process_base_bytes: 3.0 * MIB,
             shard_base_bytes: 0.70 * MIB,
             ping_cpu_us: 20.8,
-            delivery_cpu_ns: 940.0,
+            delivery_cpu_ns: 255.0,
+            send_cpu_ns: 5_800.0,
+            loopback_receive_ns: 2_000.0,
+            wire_byte_ns: 0.47,
             message_cpu_ns: 712.0,
             handshake_cpu_us: 37.1,
             backplane_publish_ns: BACKPLANE_PUBLISH_NS,
             backplane_receive_ns: BACKPLANE_RECEIVE_NS,
             redis_publish_us: REDIS_PUBLISH_US,
             redis_subscriber_us: REDIS_SUBSCRIBER_US,
+        }
+    }
+
+    /// CPU per send over `link`.
+    pub fn send_ns(&self, link: Link) -> f64 {
+        match link {
+            Link::Loopback => self.send_cpu_ns,
+            Link::Nic => (self.send_cpu_ns - self.loopback_receive_ns).max(0.0),
+        }
+    }
+
+    /// CPU per heartbeat over `link`: a ping is one send.
+    pub fn ping_us(&self, link: Link) -> f64 {
+        match link {
+            Link::Loopback => self.ping_cpu_us,
+            Link::Nic => (self.ping_cpu_us - self.loopback_receive_ns / 1e3).max(0.0),
         }
     }
 
@@ -127,9 +184,9 @@ const DEFLATE_MIN_SIZE: u64 = 512;
 /// send: one key expansion, one record) a 1,059-byte delivery cost 690–990 ns more CPU,
 /// modelled as a fixed part and a part per byte; a full handshake (ECDSA P-256, X25519)
 /// cost the server 93–96 µs more than a plain one (a lower bound: the load generator was
-/// saturated).
+/// saturated). The fixed part is a record's: one per send.
 pub const TLS_CONN_BYTES: f64 = 180.0;
-const TLS_DELIVERY_NS: f64 = 400.0;
+const TLS_RECORD_NS: f64 = 400.0;
 const TLS_NS_PER_BYTE: f64 = 0.4;
 pub const TLS_HANDSHAKE_US: f64 = 100.0;
 
@@ -165,6 +222,46 @@ pub struct Workload {
     pub deflate: bool,
     /// `--tls-cert`: each connection's session, sealing each delivery, the handshakes.
     pub tls: bool,
+    /// `--write-delay`, in seconds: how long a member's deliveries may wait to share a send.
+    pub write_delay_secs: f64,
+    /// `--max-queued-bytes`: half of it goes at once, whatever the delay.
+    pub max_queued_bytes: u64,
+    /// Where the members are.
+    pub link: Link,
+}
+
+/// Where the members are, which decides who pays for the receiving end of each send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Link {
+    /// Across a network interface: the member's machine runs its own TCP input.
+    Nic,
+    /// On this machine (127.0.0.0/8): the receiving end's TCP input runs in softirq on the
+    /// sending CPU, so the server's CPU pays for it.
+    Loopback,
+}
+
+impl Link {
+    pub fn name(self) -> &'static str {
+        match self {
+            Link::Nic => "nic",
+            Link::Loopback => "loopback",
+        }
+    }
+}
+
+/// Messages one send to a member carries when its rooms publish `rate` messages per second
+/// between them, evenly spaced: every message that comes within `delay` of the first waits
+/// for it (1 + ⌊delay·rate⌋), up to half the out-ring's frames or half `max_bytes`, which go
+/// at once. With no delay each message is a send of its own.
+pub fn messages_per_send(rate: f64, delay_secs: f64, out_ring: u64, max_bytes: u64, wire: u64) -> f64 {
+    if rate <= 0.0 || delay_secs <= 0.0 {
+        return 1.0;
+    }
+    let gathered = 1.0 + (delay_secs * rate + 1e-9).floor();
+    let by_frames = (out_ring / 2).max(1) as f64;
+    let by_bytes = ((max_bytes / 2) / wire.max(1)).max(1) as f64;
+    gathered.min(by_frames).min(by_bytes)
 }
 
 #[derive(Clone, Debug)]
@@ -192,6 +289,9 @@ pub struct Plan {
     pub pings_per_sec: f64,
     pub heartbeat_cpus: f64,
     pub deliveries_per_sec: f64,
+    /// Sends to members that carry those deliveries, and how many each carries.
+    pub sends_per_sec: f64,
+    pub messages_per_send: f64,
     pub delivery_cpus: f64,
     /// Of `delivery_cpus`: sealing TLS records (`--tls`).
     pub tls_cpus: f64,
@@ -266,11 +366,12 @@ pub fn plan(w: &Workload, m: &Machine, f: &Figures) -> Plan {
         true => (wire_size as f64 * DEFLATE_NS_PER_BYTE, DEFLATE_RATIO),
         false => (0.0, 1.0),
     };
-    // Each member's copy is sealed for it: what goes on the wire, compressed or not.
-    let tls_seal = if w.tls {
-        TLS_DELIVERY_NS + wire_size as f64 * egress_ratio * TLS_NS_PER_BYTE
+    // Each member's copy is sealed for it: what goes on the wire, compressed or not, in
+    // one record per send.
+    let (tls_record, tls_byte) = if w.tls {
+        (TLS_RECORD_NS, TLS_NS_PER_BYTE)
     } else {
-        0.0
+        (0.0, 0.0)
     };
     let members_per_room = w.connections.checked_div(w.rooms).unwrap_or(0);
     let all_publishes = w.rooms as f64 * w.msg_rate;
@@ -299,14 +400,29 @@ pub fn plan(w: &Workload, m: &Machine, f: &Figures) -> Plan {
     let rooms_bytes = w.rooms as f64 * (256.0 + w.msg_size as f64)
         + n.min(members_per_room * w.rooms) as f64 * 16.0;
     let history = w.rooms as f64 * history_per_room(w);
+    let ping_us = f.ping_us(w.link);
     let pings = n as f64 / w.ping_interval_secs.max(1) as f64;
-    let heartbeat_cpus = pings * f.ping_cpu_us / 1e6;
+    let heartbeat_cpus = pings * ping_us / 1e6;
     let budget = HEARTBEAT_SHARE * m.cpus.max(1) as f64 * 1e6;
-    let suggested_ping_interval = ((n as f64 * f.ping_cpu_us / budget).ceil() as u64).max(30);
+    let suggested_ping_interval = ((n as f64 * ping_us / budget).ceil() as u64).max(30);
     // A member may fall a second behind a busy room before the slow-consumer policy acts.
     let out_ring = (w.msg_rate.ceil() as u64)
         .next_power_of_two()
         .clamp(32, 1024);
+    let on_wire = (wire_size as f64 * egress_ratio).ceil() as u64;
+    let per_send = messages_per_send(
+        w.msg_rate,
+        w.write_delay_secs,
+        out_ring,
+        w.max_queued_bytes,
+        on_wire,
+    );
+    let sends = deliveries / per_send;
+    let tls_cpus = (sends * tls_record + deliveries * on_wire as f64 * tls_byte) / 1e9;
+    let delivery_cpus = (sends * f.send_ns(w.link)
+        + deliveries * (f.delivery_cpu_ns + on_wire as f64 * f.wire_byte_ns))
+        / 1e9
+        + tls_cpus;
     let kernel_socket = f.kernel_bytes_per_socket;
     let tcp_pages = (n as f64 * kernel_socket * 1.5 / 4096.0) as u64;
     let mut sysctls = vec![
@@ -365,8 +481,10 @@ pub fn plan(w: &Workload, m: &Machine, f: &Figures) -> Plan {
         pings_per_sec: pings,
         heartbeat_cpus,
         deliveries_per_sec: deliveries,
-        delivery_cpus: deliveries * (f.delivery_cpu_ns + tls_seal) / 1e9,
-        tls_cpus: deliveries * tls_seal / 1e9,
+        sends_per_sec: sends,
+        messages_per_send: per_send,
+        delivery_cpus,
+        tls_cpus,
         handshake_cpu_secs: if w.tls {
             n as f64 * TLS_HANDSHAKE_US / 1e6
         } else {
@@ -494,18 +612,30 @@ pub fn render(w: &Workload, m: &Machine, f: &Figures, p: &Plan) -> (String, bool
     let _ = writeln!(
         s,
         "CPU       heartbeats {:>6.2} CPUs  ({:.0} pings/s × {:.1} µs)",
-        p.heartbeat_cpus, p.pings_per_sec, f.ping_cpu_us
+        p.heartbeat_cpus,
+        p.pings_per_sec,
+        f.ping_us(w.link)
     );
     if w.rooms > 0 {
+        let delay = if w.write_delay_secs > 0.0 {
+            format!(" with --write-delay {:.0}ms", w.write_delay_secs * 1e3)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             s,
-            "          deliveries {:>6.2} CPUs  ({:.0}/s × {:.0} ns{})",
+            "          deliveries {:>6.2} CPUs  ({:.0}/s in {:.0} sends/s, {:.1} per send{delay}: {:.0} ns per send ({}) + {:.0} ns per delivery + {:.2} ns per byte{})",
             p.delivery_cpus,
             p.deliveries_per_sec,
+            p.sends_per_sec,
+            p.messages_per_send,
+            f.send_ns(w.link),
+            w.link.name(),
             f.delivery_cpu_ns,
+            f.wire_byte_ns,
             if w.tls && p.deliveries_per_sec > 0.0 {
                 format!(
-                    " + {:.0} ns sealing TLS records",
+                    "; of it {:.0} ns per delivery sealing TLS records",
                     p.tls_cpus * 1e9 / p.deliveries_per_sec
                 )
             } else {
