@@ -89,10 +89,18 @@ pub fn start(cfg: &ServeConfig) -> Result<Running, StartError> {
     let hooks_status = hooks
         .as_ref()
         .map(|_| Arc::new(crate::hooks::Status::default()));
+    let load = Arc::new(capacity::Load::new(
+        cfg.shards
+            .unwrap_or(usize::MAX)
+            .min(sys::allowed_cpus().len())
+            .max(1) as f64,
+        link_of(cfg),
+        max_conns as u64,
+    ));
     let info = Arc::new(Info {
         settings: Info::settings_json(&cfg.effective, crate::config::file::SECRETS),
-        max_conns,
-        capacity,
+        load: load.clone(),
+        capacity: capacity.clone(),
         backplane: status.clone().map(|s| s as Arc<dyn Report>),
         hooks: hooks_status.clone().map(|s| s as Arc<dyn Report>),
     });
@@ -118,6 +126,17 @@ pub fn start(cfg: &ServeConfig) -> Result<Running, StartError> {
         tracing::info!(node = %b.node, redis = b.targets.len(), "backplane: rooms are ordered through Redis");
         crate::backplane::spawn(b, mesh, status).map_err(StartError::Io)?;
     }
+    let admit = gate.clone();
+    capacity::watch(
+        server.stats.clone(),
+        load,
+        figures_of(cfg).map_err(StartError::Config)?,
+        capacity,
+        cfg.capacity_margin,
+        cfg.max_conns == MaxConns::Auto,
+        move |n| admit.set_max_conns(n as usize),
+    )
+    .map_err(StartError::Io)?;
     if let (Some(h), Some(status)) = (hooks, hooks_status) {
         let mesh = others
             .next()
@@ -133,14 +152,28 @@ pub fn start(cfg: &ServeConfig) -> Result<Running, StartError> {
     })
 }
 
+/// The capacity model's figures: `--figures`, or the built-in ones.
+fn figures_of(cfg: &ServeConfig) -> Result<crate::ops::plan::Figures, String> {
+    match &cfg.figures {
+        Some(path) => crate::ops::plan::Figures::load(path).map_err(|e| format!("--figures: {e}")),
+        None => Ok(crate::ops::plan::Figures::builtin()),
+    }
+}
+
+/// Where the members are, for the CPU side of capacity: a server that listens only on a
+/// loopback address has only loopback peers, whose TCP input runs on its CPUs.
+fn link_of(cfg: &ServeConfig) -> crate::ops::plan::Link {
+    let loopback =
+        cfg.listen.ip().is_loopback() && cfg.tls_listen.is_none_or(|a| a.ip().is_loopback());
+    match loopback {
+        true => crate::ops::plan::Link::Loopback,
+        false => crate::ops::plan::Link::Nic,
+    }
+}
+
 /// The capacity model for these settings on this machine.
 fn capacity_of(cfg: &ServeConfig) -> Result<Capacity, String> {
-    let figures = match &cfg.figures {
-        Some(path) => {
-            crate::ops::plan::Figures::load(path).map_err(|e| format!("--figures: {e}"))?
-        }
-        None => crate::ops::plan::Figures::builtin(),
-    };
+    let figures = figures_of(cfg)?;
     let cpus = sys::allowed_cpus().len().max(1);
     let shards = cfg.shards.unwrap_or(cpus);
     let uring = match cfg.backend {

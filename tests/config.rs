@@ -404,6 +404,103 @@ both_backends! {
         drop(held);
         server.settles_to(0);
     }
+
+    async fn max_conns_auto_stops_admitting_before_the_load_saturates_the_cpu(backend: &str) {
+        use futures_util::StreamExt;
+        use serde_json::json;
+        // Figures that make a send cost 1 ms, so a member of a room at 20 msg/s costs 2% of a
+        // CPU by the model and one shard's CPU carries 50 of them: admission under load is
+        // seen at tens of connections, not the box's real thousands (bench/RESULTS.md has
+        // those).
+        let mut figures = roomcast::ops::plan::Figures::builtin();
+        figures.send_cpu_ns = 1e6;
+        let dir = std::env::temp_dir().join(format!("roomcast-load-{}-{backend}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("figures.json");
+        std::fs::write(&path, serde_json::to_string(&figures).unwrap()).unwrap();
+        let server = Server::start(
+            backend,
+            &["--max-conns", "auto", "--memory-budget", "64M", "--shards", "1", "--figures", path.to_str().unwrap()],
+        );
+        let by_memory = server.stats()["capacity"]["auto_limit"].as_u64().unwrap();
+        assert!(by_memory > 1_000, "memory admits thousands: {by_memory}");
+        // A publisher at 20 msg/s (its acks are sends too).
+        let publishing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let mut publisher = common::connect(&server, "/ws").await;
+        let running = publishing.clone();
+        let publisher = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                common::send_json(&mut publisher, json!({"op":"pub","room":"load","data":"x"})).await;
+                // Acks pile up unread in the socket: fine for 20 a second.
+            }
+            publisher
+        });
+        // Members join one by one, each reading what it gets, until the server refuses.
+        let mut members = Vec::new();
+        let mut refused_at = None;
+        for n in 0..200u64 {
+            match tokio_tungstenite::connect_async(server.url("/ws")).await {
+                Ok((mut ws, _)) => {
+                    common::send_json(&mut ws, json!({"op":"join","room":"load"})).await;
+                    members.push(tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} }));
+                }
+                Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                    assert_eq!(r.status(), 503, "refused as full");
+                    refused_at = Some(n);
+                    break;
+                }
+                Err(e) => panic!("member {n}: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let refused_at = refused_at.expect("the load stops admission well before 200 members");
+        // 50 connections per CPU, less the 10% margin: 45, the publisher among them.
+        let load = server.stats()["capacity"]["load"].clone();
+        assert!((40..=46).contains(&refused_at), "refused after {refused_at} members: {load}");
+        // Once the rates cover only the connections held, the model's CPU is the limit's
+        // (0.9 of the shard's CPU), and the server still refuses: the limit moves with the
+        // measured rates by a connection or two, no more.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let mut extra = Vec::new();
+        for _ in 0..5 {
+            if let Ok((ws, _)) = tokio_tungstenite::connect_async(server.url("/ws")).await {
+                extra.push(ws);
+            }
+        }
+        let load = server.stats()["capacity"]["load"].clone();
+        assert!(refused_at as usize + extra.len() <= 47, "{} more admitted at the limit: {load}", extra.len());
+        drop(extra);
+        let predicted = load["predicted_cpus"].as_f64().unwrap();
+        assert!((0.75..=0.95).contains(&predicted), "the model's CPU at the refusal: {load}");
+        assert_eq!(load["link"], "loopback", "{load}");
+        let (_, metrics) = server.get("/metrics");
+        let left = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("roomcast_capacity_connections_left "))
+            .unwrap()
+            .parse::<u64>()
+            .unwrap();
+        assert!(left < 10, "connections left by CPU, not by memory: {left}");
+        // The publisher stops: the load goes, admission comes back.
+        publishing.store(false, std::sync::atomic::Ordering::Relaxed);
+        drop(publisher.await.unwrap());
+        let mut admitted = false;
+        for _ in 0..80 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Ok((ws, _)) = tokio_tungstenite::connect_async(server.url("/ws")).await {
+                drop(ws);
+                admitted = true;
+                break;
+            }
+        }
+        assert!(admitted, "admitted again within 8 s of the load stopping: {}", server.stats()["capacity"]);
+        for m in members {
+            m.abort();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 #[test]

@@ -14,8 +14,9 @@ pub struct Gate {
     /// `--allow-origin` patterns; empty: any origin (or none) is accepted.
     pub origins: Vec<String>,
     pub auth: Option<Auth>,
-    /// `--max-conns`, `--max-conns-per-ip`, `--max-conns-per-user`; 0 means no limit.
-    pub max_conns: usize,
+    /// `--max-conns` (with `auto`, moved by the capacity model as the load changes),
+    /// `--max-conns-per-ip`, `--max-conns-per-user`; 0 means no limit.
+    max_conns: AtomicUsize,
     pub max_per_ip: usize,
     pub max_per_user: usize,
     open: AtomicUsize,
@@ -50,7 +51,7 @@ impl Gate {
         Gate {
             origins,
             auth,
-            max_conns,
+            max_conns: AtomicUsize::new(max_conns),
             max_per_ip,
             max_per_user,
             ..Gate::default()
@@ -81,8 +82,9 @@ impl Gate {
             *n += 1;
             admitted.ip = true;
         }
-        if self.max_conns > 0 {
-            if self.open.fetch_add(1, Ordering::Relaxed) >= self.max_conns {
+        let max_conns = self.max_conns.load(Ordering::Relaxed);
+        if max_conns > 0 {
+            if self.open.fetch_add(1, Ordering::Relaxed) >= max_conns {
                 self.open.fetch_sub(1, Ordering::Relaxed);
                 self.release(peer, admitted);
                 return Err(Refusal::Full);
@@ -90,6 +92,12 @@ impl Gate {
             admitted.total = true;
         }
         Ok(admitted)
+    }
+
+    /// Sets the total limit (`--max-conns auto` as the load changes). Connections open
+    /// past a lowered limit stay; new ones wait until they are under it.
+    pub fn set_max_conns(&self, n: usize) {
+        self.max_conns.store(n, Ordering::Relaxed);
     }
 
     /// Gives back what [`Gate::admit`] counted.
@@ -203,7 +211,7 @@ mod tests {
     #[test]
     fn limits_count_and_release() {
         let gate = Gate {
-            max_conns: 3,
+            max_conns: AtomicUsize::new(3),
             max_per_ip: 2,
             max_per_user: 1,
             ..Gate::default()

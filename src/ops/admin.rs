@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::protocol::Status;
 use crate::reactor::stats::SharedStats;
 
-use super::capacity::Capacity;
+use super::capacity::{Capacity, Load};
 
 mod conn;
 mod port;
@@ -35,9 +35,10 @@ pub struct Info {
     /// `{"<flag>":{"value":…,"source":"flag|environment|file|default"},…}`; secrets are
     /// named, not shown.
     pub settings: String,
-    /// `--max-conns` in effect (0: no limit).
-    pub max_conns: usize,
+    /// Capacity by memory and descriptors, fixed at start.
     pub capacity: Capacity,
+    /// Capacity by CPU from what the node serves, and the `--max-conns` in effect.
+    pub load: Arc<Load>,
     /// With `--redis`: the backplane's state.
     pub backplane: Option<Arc<dyn Report>>,
     /// With hooks or webhooks: their figures.
@@ -59,7 +60,7 @@ impl Info {
     pub fn empty() -> Info {
         Info {
             settings: "{}".into(),
-            max_conns: 0,
+            load: Arc::new(Load::new(1.0, super::plan::Link::Nic, 0)),
             capacity: Capacity::new(
                 &super::plan::Figures::builtin(),
                 (0, "none"),
@@ -105,7 +106,8 @@ impl Info {
     /// `/stats`'s members beyond the shards' figures.
     fn stats_members(&self, open: u64) -> String {
         let mut capacity = serde_json::to_value(&self.capacity).unwrap_or_default();
-        capacity["connections_left"] = self.capacity.left(open).into();
+        capacity["connections_left"] = self.load.left(&self.capacity, open).into();
+        capacity["load"] = self.load.json(&self.capacity, open);
         let backplane = match &self.backplane {
             Some(b) => format!(",\"backplane\":{}", b.json()),
             None => String::new(),
@@ -145,7 +147,7 @@ pub fn answer(
             (Status::Ok, "application/json", stats.to_json_with(&extra))
         }
         "/metrics" => {
-            let mut text = super::metrics::render(stats, info.max_conns, draining, &info.capacity);
+            let mut text = super::metrics::render(stats, draining, &info.capacity, &info.load);
             if let Some(b) = &info.backplane {
                 b.metrics(&mut text);
             }

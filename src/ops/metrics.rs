@@ -5,17 +5,12 @@ use std::fmt::Write;
 
 use crate::reactor::stats::{Kind, SharedStats};
 
-use super::capacity::Capacity;
+use super::capacity::{Capacity, Load};
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Renders the whole exposition.
-pub fn render(
-    stats: &SharedStats,
-    max_conns: usize,
-    draining: bool,
-    capacity: &Capacity,
-) -> String {
+pub fn render(stats: &SharedStats, draining: bool, capacity: &Capacity, load: &Load) -> String {
     let open = stats.total("connections");
     let snaps = stats.values();
     let mut out = String::with_capacity(16 * 1024);
@@ -43,37 +38,47 @@ pub fn render(
         (
             "roomcast_open_fds",
             "Descriptors the process holds (io_uring sockets live in fixed-file tables instead).",
-            open_fds(),
+            open_fds() as f64,
         ),
         (
             "roomcast_fd_limit",
             "RLIMIT_NOFILE of the process.",
-            fd_limit(),
+            fd_limit() as f64,
         ),
         (
             "roomcast_max_conns",
-            "--max-conns (0: no limit).",
-            max_conns as u64,
+            "--max-conns in effect (0: no limit; with auto, as the capacity model last set it).",
+            load.limit() as f64,
         ),
         (
             "roomcast_draining",
             "1 while the server drains after SIGTERM/SIGINT.",
-            u64::from(draining),
+            f64::from(u8::from(draining)),
         ),
         (
             "roomcast_capacity_connections",
-            "Connections the capacity model says this box holds (memory budget and descriptor tables).",
-            capacity.connections,
+            "Connections the capacity model says this box holds by memory budget and descriptor tables.",
+            capacity.connections as f64,
+        ),
+        (
+            "roomcast_capacity_connections_by_cpu",
+            "Connections the shards' CPUs carry at the work per connection served now (0: too little load to tell).",
+            load.by_cpu().unwrap_or(0) as f64,
+        ),
+        (
+            "roomcast_capacity_predicted_cpus",
+            "CPUs the capacity model says what this node serves costs (sends, deliveries, bytes, messages in, handshakes, pings over the last seconds).",
+            load.predicted_cpus(),
         ),
         (
             "roomcast_capacity_connections_left",
-            "Connections that still fit: the capacity model's count less the sockets open.",
-            capacity.left(open),
+            "Connections that still fit: the lesser of the capacity by memory and by CPU, less the sockets open.",
+            load.left(capacity, open) as f64,
         ),
         (
             "roomcast_memory_budget_bytes",
             "Memory the capacity model plans with (--memory-budget, the cgroup's or the machine's).",
-            capacity.memory_budget_bytes,
+            capacity.memory_budget_bytes as f64,
         ),
     ];
     for (name, help, value) in process {
@@ -109,7 +114,8 @@ mod tests {
     fn every_sample_belongs_to_a_declared_family() {
         use crate::reactor::stats::Figures;
         let stats = SharedStats::new(2, Service::META);
-        let text = render(&stats, 0, false, &crate::ops::admin::Info::empty().capacity);
+        let info = crate::ops::admin::Info::empty();
+        let text = render(&stats, false, &info.capacity, &info.load);
         let mut declared = std::collections::HashSet::new();
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
@@ -117,7 +123,7 @@ mod tests {
             } else if !line.starts_with('#') {
                 let name = line.split(['{', ' ']).next().unwrap();
                 assert!(declared.contains(name), "{line}");
-                assert!(line.rsplit(' ').next().unwrap().parse::<u64>().is_ok());
+                assert!(line.rsplit(' ').next().unwrap().parse::<f64>().is_ok());
             }
         }
         assert!(text.contains("roomcast_closed_total{shard=\"1\",code=\"1008\"} 0"));

@@ -254,7 +254,13 @@ impl Link {
 /// between them, evenly spaced: every message that comes within `delay` of the first waits
 /// for it (1 + ⌊delay·rate⌋), up to half the out-ring's frames or half `max_bytes`, which go
 /// at once. With no delay each message is a send of its own.
-pub fn messages_per_send(rate: f64, delay_secs: f64, out_ring: u64, max_bytes: u64, wire: u64) -> f64 {
+pub fn messages_per_send(
+    rate: f64,
+    delay_secs: f64,
+    out_ring: u64,
+    max_bytes: u64,
+    wire: u64,
+) -> f64 {
     if rate <= 0.0 || delay_secs <= 0.0 {
         return 1.0;
     }

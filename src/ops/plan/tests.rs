@@ -98,7 +98,11 @@ fn a_busy_room_workload_reports_deliveries_and_can_fail_to_fit() {
     // No delay: each delivery is a send of its own (148 B on the wire).
     assert_eq!(p.sends_per_sec, 10_000_000.0);
     let each = f.send_cpu_ns - f.loopback_receive_ns + f.delivery_cpu_ns + 148.0 * f.wire_byte_ns;
-    assert!((p.delivery_cpus - 1e7 * each / 1e9).abs() < 1e-9, "{}", p.delivery_cpus);
+    assert!(
+        (p.delivery_cpus - 1e7 * each / 1e9).abs() < 1e-9,
+        "{}",
+        p.delivery_cpus
+    );
     let (text, fits) = render(&w, &machine(), &f, &p);
     assert!(!fits, "10M deliveries/s cannot fit in 2 CPUs: {text}");
     assert!(text.contains("does not fit"));
