@@ -328,6 +328,75 @@ both_backends! {
         need!(Haproxy);
         drain_behind_haproxy(backend).await;
     }
+
+    async fn the_live_dashboard_on_the_admin_port_charts_the_load_and_the_models_cpu(backend: &str) {
+        need!(Node, Chromium);
+        let admin: SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().unwrap();
+        let server = Server::start(
+            backend,
+            &["--admin-listen", &admin.to_string(), "--max-conns", "auto", "--shards", "1"],
+        );
+        // 50 members reading a room that gets 100 msg/s: 5,000 deliveries/s.
+        let mut members = Vec::new();
+        for _ in 0..50 {
+            let (mut ws, _) = tokio_tungstenite::connect_async(server.url("/ws?room=busy")).await.unwrap();
+            members.push(tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} }));
+        }
+        let (mut publisher, _) = tokio_tungstenite::connect_async(server.url("/ws")).await.unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let publishing = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                let m = serde_json::json!({"op":"pub","room":"busy","data":"tick"});
+                if publisher.send(Message::Text(m.to_string())).await.is_err() {
+                    break;
+                }
+                // Drain the acks as they come.
+                while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, publisher.next()).await {}
+            }
+        });
+        let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("target/artifacts/dashboard-{backend}.png"));
+        let url = format!("http://{admin}/dashboard");
+        let out = tokio::task::spawn_blocking(move || {
+            common::succeeds(
+                Command::new("timeout")
+                    .args(["120", "node"])
+                    .arg(common::clients_dir().join("dashboard_browser.mjs"))
+                    .arg(&url)
+                    .arg(common::chromium())
+                    .arg(&shot)
+                    .arg("5"),
+            )
+        })
+        .await
+        .unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        publishing.await.unwrap();
+        let page = common::last_json(&out);
+        assert!(page.get("error").is_none(), "{page}");
+        assert!(page["samples"].as_u64().unwrap() >= 5, "{page}");
+        assert!(page["connections"].as_u64().unwrap() >= 51, "the members, the publisher: {page}");
+        let deliveries = page["deliveries"].as_f64().unwrap();
+        assert!((2_000.0..=6_000.0).contains(&deliveries), "about 5,000 deliveries/s: {page}");
+        assert!(page["measured"].as_f64().unwrap() > 0.0, "the shard's CPU: {page}");
+        assert!(page["predicted"].as_f64().unwrap() > 0.0, "the model's CPU: {page}");
+        let left = page["left"].as_u64().unwrap();
+        assert!(left > 0 && left < server.stats()["capacity"]["connections"].as_u64().unwrap(), "{page}");
+        // Four charts: connections and the limit, deliveries and sends, the model and the
+        // shard, connections left.
+        assert!(page["polylines"].as_u64().unwrap() >= 6, "{page}");
+        let png = std::fs::read(page["screenshot"].as_str().unwrap()).unwrap();
+        assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a screenshot: {} bytes", png.len());
+        // The page is the server's own: no outside assets.
+        let (status, html) = common::http_get(admin, "/dashboard");
+        assert_eq!(status, 200);
+        assert!(!html.contains("http://") && !html.contains("https://"), "an outside asset in /dashboard");
+        for m in members {
+            m.abort();
+        }
+    }
 }
 
 async fn drain_behind_haproxy(backend: &str) {

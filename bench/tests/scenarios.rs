@@ -206,6 +206,7 @@ fn calibrate_writes_figures_that_plan_reads() {
         ("kernel_bytes_per_socket", f.kernel_bytes_per_socket),
         ("ping_cpu_us", f.ping_cpu_us),
         ("delivery_cpu_ns", f.delivery_cpu_ns),
+        ("send_cpu_ns", f.send_cpu_ns),
         ("message_cpu_ns", f.message_cpu_ns),
         ("handshake_cpu_us", f.handshake_cpu_us),
     ] {

@@ -124,6 +124,7 @@ impl Info {
 }
 
 const TEXT: &str = "text/plain; charset=utf-8";
+const DASHBOARD: &str = include_str!("admin/dashboard.html");
 
 /// The answer to a plain GET of `path` (`draining`: a drain has begun).
 pub fn answer(
@@ -156,6 +157,8 @@ pub fn answer(
             }
             (Status::Ok, super::metrics::CONTENT_TYPE, text)
         }
+        // A page that charts /stats once a second: embedded, no outside assets.
+        "/dashboard" => (Status::Ok, "text/html; charset=utf-8", DASHBOARD.into()),
         // A WebSocket endpoint asked without `Upgrade: websocket` (DESIGN.md: 400).
         "/ws" | "/echo" => (
             Status::BadRequest,

@@ -56,6 +56,13 @@ pub struct Figures {
     /// Server CPU per byte sent (copies into the socket, checksums).
     #[serde(default = "default_wire_byte_ns")]
     pub wire_byte_ns: f64,
+    /// RSS a shard adds once its rooms have traffic (allocator pages in use, the receive
+    /// pool touched), and each member of a room with traffic (its out-ring's storage and
+    /// the frames in flight).
+    #[serde(default = "default_busy_shard_bytes")]
+    pub busy_shard_bytes: f64,
+    #[serde(default = "default_busy_member_bytes")]
+    pub busy_member_bytes: f64,
     /// Server CPU per message received and answered (echo): the cost of a publish's
     /// ingress.
     pub message_cpu_ns: f64,
@@ -86,6 +93,12 @@ fn default_loopback_receive_ns() -> f64 {
 fn default_wire_byte_ns() -> f64 {
     Figures::builtin().wire_byte_ns
 }
+fn default_busy_shard_bytes() -> f64 {
+    Figures::builtin().busy_shard_bytes
+}
+fn default_busy_member_bytes() -> f64 {
+    Figures::builtin().busy_member_bytes
+}
 fn default_backplane_publish_ns() -> f64 {
     Figures::builtin().backplane_publish_ns
 }
@@ -101,27 +114,31 @@ fn default_redis_subscriber_us() -> f64 {
 
 impl Figures {
     /// Measured on this project's development machines: 2 vCPUs (KVM), Linux 6.18,
-    /// io_uring. Memory and ping cost: the 1M idle run with 64 shards (server CPU while
-    /// idle / pings per second); messages and handshakes: one pinned shard (bench/RESULTS.md
-    /// has the runs). Sends, deliveries and bytes: a least-squares fit of the server CPU's
-    /// busy time (softirq included) to sends, deliveries and wire bytes over the 50 runs of
-    /// `bench/scripts/write-delay.sh` (5 fixed-rate shapes at 100,000 deliveries/s, write
-    /// delays 0 to 100 ms, so 1 to 16 messages per send); the receiving end's share of a
-    /// loopback send: `bench/scripts/link-share.sh` (the same shapes with loopback's input
-    /// steered to the other CPU, 2.0 µs less per send).
+    /// io_uring. Bytes per connection and ping cost: the 1M idle run with 64 shards (server
+    /// CPU while idle / pings per second); the process and shard bases: the RSS of 1-, 2-
+    /// and 4-shard servers at rest (10.8, 15.2, 15.8 MiB); what traffic adds: the fan-outs
+    /// of `bench/scripts/plan-check.sh`; messages and handshakes: one pinned shard. Sends,
+    /// deliveries and bytes: a fit of the server CPU's busy time (softirq included) to
+    /// sends, deliveries and wire bytes, least squares in relative error, over the 49 runs
+    /// of `bench/scripts/write-delay.sh` not measured client-bound (5 fixed-rate shapes at
+    /// 100,000 deliveries/s, write delays 0 to 100 ms, so 1 to 16 messages per send); the
+    /// receiving end's share of a loopback send: `bench/scripts/link-share.sh` (loopback's
+    /// input steered to the other CPU: 2.0 µs less per send). bench/RESULTS.md has the runs.
     pub fn builtin() -> Figures {
         Figures {
             measured_on: "built-in: 2-vCPU KVM guest, Linux 6.18, io_uring (bench/RESULTS.md)"
                 .into(),
             user_bytes_per_conn: 111.0,
             kernel_bytes_per_socket: 4_920.0,
-            process_base_bytes: 3.0 * MIB,
-            shard_base_bytes: 0.70 * MIB,
+            process_base_bytes: 6.4 * MIB,
+            shard_base_bytes: 0.40 * MIB,
             ping_cpu_us: 20.8,
-            delivery_cpu_ns: 255.0,
-            send_cpu_ns: 5_800.0,
+            delivery_cpu_ns: 300.0,
+            send_cpu_ns: 5_950.0,
             loopback_receive_ns: 2_000.0,
-            wire_byte_ns: 0.47,
+            wire_byte_ns: 0.19,
+            busy_shard_bytes: 0.8 * MIB,
+            busy_member_bytes: 300.0,
             message_cpu_ns: 712.0,
             handshake_cpu_us: 37.1,
             backplane_publish_ns: BACKPLANE_PUBLISH_NS,
@@ -298,6 +315,9 @@ pub struct Plan {
     /// Sends to members that carry those deliveries, and how many each carries.
     pub sends_per_sec: f64,
     pub messages_per_send: f64,
+    /// The deliveries alone would take more than the CPUs with one send each (or the
+    /// delay's gathering): the loop gathers more per send, and the CPUs are all busy.
+    pub saturated: bool,
     pub delivery_cpus: f64,
     /// Of `delivery_cpus`: sealing TLS records (`--tls`).
     pub tls_cpus: f64,
@@ -402,9 +422,15 @@ pub fn plan(w: &Workload, m: &Machine, f: &Figures) -> Plan {
         0.0
     };
     let redis_servers = (redis_cpus / REDIS_SHARE).ceil().max(1.0) as u64;
-    // One frame per room in flight per member, shared: membership and the frames' bytes.
-    let rooms_bytes = w.rooms as f64 * (256.0 + w.msg_size as f64)
-        + n.min(members_per_room * w.rooms) as f64 * 16.0;
+    // One frame per room in flight per member, shared: membership and the frames' bytes;
+    // with traffic, what busy shards and members hold beyond that.
+    let members = n.min(members_per_room * w.rooms);
+    let busy = if deliveries > 0.0 {
+        shards as f64 * f.busy_shard_bytes + members as f64 * f.busy_member_bytes
+    } else {
+        0.0
+    };
+    let rooms_bytes = w.rooms as f64 * (256.0 + w.msg_size as f64) + members as f64 * 16.0 + busy;
     let history = w.rooms as f64 * history_per_room(w);
     let ping_us = f.ping_us(w.link);
     let pings = n as f64 / w.ping_interval_secs.max(1) as f64;
@@ -423,12 +449,25 @@ pub fn plan(w: &Workload, m: &Machine, f: &Figures) -> Plan {
         w.max_queued_bytes,
         on_wire,
     );
+    let send_ns = f.send_ns(w.link) + tls_record;
+    let delivery_ns = f.delivery_cpu_ns + on_wire as f64 * (f.wire_byte_ns + tls_byte);
+    // A CPU that cannot give each delivery a send of its own keeps up by gathering: the
+    // deliveries that come in while it works share the next send. At d deliveries/s per CPU,
+    // s per send and m per delivery, a busy loop's turn carries k = d·s / (1 − d·m) each
+    // (the turn takes k sends' worth of work while k more arrive): when that is above what
+    // the delay gathers, the CPUs are saturated, latency grows with the turn, and the CPU is
+    // all of theirs. Past d·m ≥ 1 not even that keeps up.
+    let per_cpu = deliveries / shards.min(m.cpus).max(1) as f64;
+    let (load_s, load_m) = (per_cpu * send_ns / 1e9, per_cpu * delivery_ns / 1e9);
+    let gathered = match load_m < 1.0 {
+        true => load_s / (1.0 - load_m),
+        false => f64::INFINITY,
+    };
+    let saturated = gathered > per_send;
+    let per_send = per_send.max(gathered);
     let sends = deliveries / per_send;
     let tls_cpus = (sends * tls_record + deliveries * on_wire as f64 * tls_byte) / 1e9;
-    let delivery_cpus = (sends * f.send_ns(w.link)
-        + deliveries * (f.delivery_cpu_ns + on_wire as f64 * f.wire_byte_ns))
-        / 1e9
-        + tls_cpus;
+    let delivery_cpus = (sends * send_ns + deliveries * delivery_ns) / 1e9;
     let kernel_socket = f.kernel_bytes_per_socket;
     let tcp_pages = (n as f64 * kernel_socket * 1.5 / 4096.0) as u64;
     let mut sysctls = vec![
@@ -489,6 +528,7 @@ pub fn plan(w: &Workload, m: &Machine, f: &Figures) -> Plan {
         deliveries_per_sec: deliveries,
         sends_per_sec: sends,
         messages_per_send: per_send,
+        saturated,
         delivery_cpus,
         tls_cpus,
         handshake_cpu_secs: if w.tls {
@@ -648,6 +688,13 @@ pub fn render(w: &Workload, m: &Machine, f: &Figures, p: &Plan) -> (String, bool
                 String::new()
             }
         );
+        if p.saturated {
+            let _ = writeln!(
+                s,
+                "          saturated: a send per delivery would take more than the CPUs; a busy loop keeps up by gathering {:.1} per send, at all of its CPU, its latency growing with each turn",
+                p.messages_per_send
+            );
+        }
         let _ = writeln!(
             s,
             "          publishes  {:>6.2} CPUs  ({:.0}/s × {:.0} ns{})",

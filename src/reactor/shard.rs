@@ -551,6 +551,10 @@ impl<S: Service> Core<S> {
             rules: cx.rules,
             dead: out,
         };
+        if self.heartbeat.next_tick() <= now {
+            // Once a second: the thread's CPU time, for /stats, /metrics and /dashboard.
+            beats.stats.cpu_micros = crate::sys::thread_cpu_micros();
+        }
         self.heartbeat.run(now, &mut cx.conns, &mut beats);
         while let Some(d) = self.handshake_deadlines.front().copied() {
             if d.at > now {

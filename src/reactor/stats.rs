@@ -86,6 +86,7 @@ figures!(
         mesh_backlog: Gauge "roomcast_mesh_backlog" "" "Messages waiting for room in the shard's outgoing SPSC queues.",
         mesh_dropped: Counter "roomcast_mesh_dropped_total" "" "Deliveries dropped because the mesh backlog was full.",
         sends: Counter "roomcast_sends_total" "" "Sends the kernel took (a writev that wrote, or an io_uring send submitted), each carrying every frame queued for one connection, up to 64. Deliveries per send is what coalescing and --write-delay buy.",
+        cpu_micros: Counter "roomcast_shard_cpu_microseconds_total" "" "CPU time the shard's thread has used (user and system; softirq the kernel ran on its CPU outside the thread is not in it), read once a second.",
         sends_deferred: Counter "roomcast_sends_deferred_total" "" "Flushes that could not send everything queued before the loop slept: an earlier send still in flight (io_uring) or a full socket (epoll). At a low rate this stays 0: a message leaves in the turn it was published.",
     }
 );

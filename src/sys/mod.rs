@@ -133,6 +133,20 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     .map(drop)
 }
 
+/// CPU time the calling thread has used, in microseconds (its user and system time; not
+/// the softirq the kernel ran on its CPU outside it). 0 if the clock cannot be read.
+pub fn thread_cpu_micros() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a live timespec the kernel fills.
+    match unsafe { syscall!(clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t)) } {
+        Ok(_) => t.tv_sec as u64 * 1_000_000 + t.tv_nsec as u64 / 1_000,
+        Err(_) => 0,
+    }
+}
+
 /// `RLIMIT_NOFILE`: (soft, hard).
 pub fn nofile_limit() -> (u64, u64) {
     let mut lim = libc::rlimit {

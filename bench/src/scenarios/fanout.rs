@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::connect::{deflate_agreed, deflate_note, with_deflate};
-use super::measure::{cpu_fields, probe, with};
+use super::measure::{cpu_fields, probe, server_stats, shard_sum, with};
 use super::workers::{argv, share, sums, Orders, Workers};
 use super::{bar, Target};
 use crate::client::{self, data_stamp, handshake, mono_ns, op_seq, source, Frames};
@@ -278,6 +278,8 @@ pub async fn fanout(t: Target, f: Fanout) -> serde_json::Value {
     }
     pb.finish_and_clear();
     let pids = side.pids();
+    // roomcast counts its sends (`/stats`); a peer without it gives none.
+    let sends_before = server_stats(t.server).await;
     let before = probe(t, &pids);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(f.secs);
@@ -297,6 +299,7 @@ pub async fn fanout(t: Target, f: Fanout) -> serde_json::Value {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let after = probe(t, &pids);
+    let sends_after = server_stats(t.server).await;
     let Counted {
         delivered,
         wire_bytes,
@@ -347,8 +350,17 @@ pub async fn fanout(t: Target, f: Fanout) -> serde_json::Value {
         "latency_p99_us": p99, "latency_p999_us": p999, "latency_cdf_us": cdf_us(&hist),
         "server_cpu_ns_per_delivery": ns_per_delivery, "slow_members_per_room": slow_per_room,
         "wire_bytes": wire_bytes, "wire_bytes_per_delivery": wire_per_delivery,
+        "server_rss_bytes": after.rss_bytes,
     });
-    with(with(with_deflate(figures, agreed), cluster), cpu)
+    let mut figures = with(with(with_deflate(figures, agreed), cluster), cpu);
+    if sends_before.is_some() && sends_after.is_some() {
+        // The window's sends: deliveries, acks, and the second /stats answer.
+        let sends =
+            shard_sum(&sends_after, "sends").saturating_sub(shard_sum(&sends_before, "sends"));
+        figures["server_sends"] = json!(sends);
+        figures["server_sends_per_delivery"] = json!(sends as f64 / delivered.max(1) as f64);
+    }
+    figures
 }
 
 /// A fan-out's cluster figures over the window `a`..`b`, each only when it was asked for

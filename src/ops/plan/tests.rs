@@ -95,9 +95,11 @@ fn a_busy_room_workload_reports_deliveries_and_can_fail_to_fit() {
     };
     let p = plan(&w, &machine(), &f);
     assert_eq!(p.deliveries_per_sec, 10_000_000.0);
-    // No delay: each delivery is a send of its own (148 B on the wire).
-    assert_eq!(p.sends_per_sec, 10_000_000.0);
-    let each = f.send_cpu_ns - f.loopback_receive_ns + f.delivery_cpu_ns + 148.0 * f.wire_byte_ns;
+    // 5M deliveries/s per CPU: their own part alone (148 B on the wire each) is more than
+    // a CPU, so no gathering keeps up; the sends' part vanishes and the rest is over 2 CPUs.
+    assert!(p.saturated);
+    assert_eq!(p.sends_per_sec, 0.0);
+    let each = f.delivery_cpu_ns + 148.0 * f.wire_byte_ns;
     assert!(
         (p.delivery_cpus - 1e7 * each / 1e9).abs() < 1e-9,
         "{}",
@@ -192,10 +194,10 @@ fn a_cluster_splits_connections_and_deliveries_and_counts_redis() {
     assert!(p.redis_servers > 1, "{}", p.redis_cpus);
 }
 
-/// 100,000 members in 10 rooms, 10 msg/s of 1,000 B each, on 2 shards.
+/// 10,000 members in 10 rooms, 10 msg/s of 1,000 B each, on 2 shards.
 fn ten_rooms() -> Workload {
     Workload {
-        connections: 100_000,
+        connections: 10_000,
         rooms: 10,
         msg_rate: 10.0,
         msg_size: 1000,
@@ -250,13 +252,13 @@ fn tls_costs_each_connection_its_session_and_each_delivery_its_sealing() {
         ..plain.clone()
     };
     let (a, b) = (plan(&plain, &machine(), &f), plan(&tls, &machine(), &f));
-    assert!((b.user_bytes - a.user_bytes - 100_000.0 * TLS_CONN_BYTES).abs() < 1.0);
+    assert!((b.user_bytes - a.user_bytes - 10_000.0 * TLS_CONN_BYTES).abs() < 1.0);
     // No delay: one record per delivery.
     let seal = TLS_RECORD_NS + 1048.0 * TLS_NS_PER_BYTE;
     assert!((b.tls_cpus - a.deliveries_per_sec * seal / 1e9).abs() < 1e-9);
     assert!((b.delivery_cpus - a.delivery_cpus - b.tls_cpus).abs() < 1e-9);
     assert_eq!(a.publish_cpus, b.publish_cpus);
-    assert_eq!(b.handshake_cpu_secs, 100_000.0 * TLS_HANDSHAKE_US / 1e6);
+    assert_eq!(b.handshake_cpu_secs, 10_000.0 * TLS_HANDSHAKE_US / 1e6);
     let (text, _) = render(&tls, &machine(), &f, &b);
     assert!(text.contains("sealing TLS records"), "{text}");
     assert!(text.contains("for TLS"), "{text}");
@@ -306,4 +308,51 @@ fn a_write_delay_counts_fewer_sends_and_nic_leaves_out_the_receivers_input() {
             && text.contains("(loopback)"),
         "{text}"
     );
+}
+
+#[test]
+fn a_saturated_loop_gathers_what_comes_during_its_turn() {
+    let f = Figures::builtin();
+    // issue 27's closed loop: 2,000 members taking 1.26M deliveries/s of 64 B on one shard.
+    let w = Workload {
+        connections: 2_001,
+        rooms: 1,
+        msg_rate: 628.0,
+        msg_size: 64,
+        shards: Some(1),
+        link: Link::Loopback,
+        ..idle(0)
+    };
+    let one = Machine {
+        cpus: 1,
+        ..machine()
+    };
+    let p = plan(&w, &one, &f);
+    assert!(p.saturated);
+    // k = d·s / (1 − d·m), and the deliveries then take exactly the CPU.
+    let (d, s, m) = (
+        p.deliveries_per_sec,
+        f.send_cpu_ns,
+        f.delivery_cpu_ns + 112.0 * f.wire_byte_ns,
+    );
+    let k = d * s / 1e9 / (1.0 - d * m / 1e9);
+    assert!(
+        (p.messages_per_send - k).abs() < 1e-9,
+        "{}",
+        p.messages_per_send
+    );
+    assert!((p.delivery_cpus - 1.0).abs() < 1e-9, "{}", p.delivery_cpus);
+    let (text, fits) = render(&w, &one, &f, &p);
+    assert!(!fits && text.contains("saturated"), "{text}");
+    // A twentieth of that rate is a send per delivery, not saturated.
+    let calm = plan(
+        &Workload {
+            msg_rate: 31.4,
+            ..w
+        },
+        &one,
+        &f,
+    );
+    assert!(!calm.saturated);
+    assert_eq!(calm.messages_per_send, 1.0);
 }
