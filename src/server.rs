@@ -95,6 +95,7 @@ pub fn start(cfg: &ServeConfig) -> Result<Running, StartError> {
             .min(sys::allowed_cpus().len())
             .max(1) as f64,
         link_of(cfg),
+        cfg.tls_cert.is_some(),
         max_conns as u64,
     ));
     let info = Arc::new(Info {

@@ -226,6 +226,52 @@ both_backends! {
         assert!(ten.sends >= 10 + 3, "sent as the ring filled: {}", ten.sends);
     }
 
+    async fn a_close_and_a_drain_are_not_held_by_the_write_delay(backend: &str) {
+        // A member whose delivery waits (1 s delay) closes: the waiting delivery and the
+        // close's answer come at once, not a second later.
+        let server = Server::start(backend, &["--shards", "1", "--write-delay", "1s", "--drain-window", "0"]);
+        let mut member = connect(&server, "/ws").await;
+        join(&mut member, "held").await;
+        let mut publisher = connect(&server, "/ws").await;
+        send(&mut publisher, json!({"op":"pub","room":"held","data":1,"id":1})).await;
+        assert_eq!(recv(&mut publisher).await["op"], "ack");
+        let closed = Instant::now();
+        member.send(Message::Close(None)).await.unwrap();
+        let mut got = Vec::new();
+        loop {
+            match tokio::time::timeout(WAIT, member.next()).await.expect("timed out") {
+                Some(Ok(Message::Text(t))) => got.push(t),
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("{e}"),
+            }
+        }
+        let took = closed.elapsed();
+        assert!(took < Duration::from_millis(500), "the close's answer came {took:?} after the close");
+        assert_eq!(got.len(), 1, "the waiting delivery came first: {got:?}");
+        // A drain (SIGTERM, no window) while a delivery waits: the delivery and the close
+        // 1001 come at once.
+        let mut member = connect(&server, "/ws").await;
+        join(&mut member, "held").await;
+        send(&mut publisher, json!({"op":"pub","room":"held","data":2,"id":2})).await;
+        assert_eq!(recv(&mut publisher).await["op"], "ack");
+        let signalled = Instant::now();
+        server.signal("TERM");
+        let mut got = Vec::new();
+        let code = loop {
+            match tokio::time::timeout(WAIT, member.next()).await.expect("timed out") {
+                Some(Ok(Message::Text(t))) => got.push(t),
+                Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                other => panic!("expected the drain's close, got {other:?}"),
+            }
+        };
+        let took = signalled.elapsed();
+        assert_eq!(code, Some(1001), "{got:?}");
+        assert!(took < Duration::from_millis(500), "the drain's close came {took:?} after SIGTERM");
+        assert_eq!(got.len(), 1, "the waiting delivery came before the close: {got:?}");
+    }
+
     async fn members_on_every_shard_get_every_message_in_order_and_other_rooms_nothing(backend: &str) {
         let server = Server::start(backend, &["--shards", "3"]);
         let mut members = Vec::new();

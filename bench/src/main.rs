@@ -117,6 +117,23 @@ enum Scenario {
         #[arg(long, default_value_t = 2048)]
         concurrency: usize,
     },
+    /// Members join a room publishing R msg/s, P a second, until the server refuses one
+    /// (`--max-conns auto` under load): CPU, the model's CPU and latency at the limit.
+    Admission {
+        #[arg(long, default_value_t = 50.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        /// Members joining per second.
+        #[arg(long, default_value_t = 200.0)]
+        pace: f64,
+        /// Members at most.
+        #[arg(long, default_value_t = 20_000)]
+        max: usize,
+        /// Seconds measured at the limit.
+        #[arg(long, default_value_t = 5)]
+        hold: u64,
+    },
     /// Open N connections, K handshakes in flight: handshakes/s, latency, CPU per connection.
     Ramp {
         #[arg(long, default_value_t = 10_000)]
@@ -421,6 +438,11 @@ fn main() {
                 "idle",
                 serde_json::json!({"connections": connections, "hold_secs": hold_secs, "workers": workers, "concurrency": concurrency}),
                 scenarios::idle(t, connections, hold_secs, workers, concurrency).await,
+            ),
+            Scenario::Admission { rate, size, pace, max, hold } => (
+                "admission",
+                serde_json::json!({"rate": rate, "size": size, "pace": pace, "max": max, "hold": hold}),
+                scenarios::admission(t, scenarios::Admission { rate, size, pace, max, hold }).await,
             ),
             Scenario::Ramp { connections, concurrency, workers } => (
                 "ramp",

@@ -60,7 +60,7 @@ impl Info {
     pub fn empty() -> Info {
         Info {
             settings: "{}".into(),
-            load: Arc::new(Load::new(1.0, super::plan::Link::Nic, 0)),
+            load: Arc::new(Load::new(1.0, super::plan::Link::Nic, false, 0)),
             capacity: Capacity::new(
                 &super::plan::Figures::builtin(),
                 (0, "none"),

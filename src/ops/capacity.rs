@@ -124,17 +124,27 @@ pub struct Rates {
 /// The CPUs `r` costs by the model, in two parts: what the open connections' traffic costs
 /// (each send's fixed part, each delivery, each byte sent, each message received, parsed and
 /// answered, whose reply's send is counted again, so this errs high, and each ping beyond its
-/// send), which more connections like them would multiply; and the handshakes, which come
-/// with a ramp, not with the connections held.
-pub fn predicted_cpus(f: &Figures, link: Link, r: &Rates) -> (f64, f64) {
-    let send = f.send_ns(link);
-    let ping_beyond_send = (f.ping_us(link) * 1e3 - send).max(0.0);
+/// send; with `tls`, a record sealed per send and its bytes), which more connections like
+/// them would multiply; and the handshakes (with `tls`, TLS's too), which come with a ramp,
+/// not with the connections held. Compressing (`--deflate`) is not counted: its cost is per
+/// message and size, which the counters do not give.
+pub fn predicted_cpus(f: &Figures, link: Link, tls: bool, r: &Rates) -> (f64, f64) {
+    use super::plan::{TLS_HANDSHAKE_US, TLS_NS_PER_BYTE, TLS_RECORD_NS};
+    let (record, per_byte, handshake) = match tls {
+        true => (TLS_RECORD_NS, TLS_NS_PER_BYTE, TLS_HANDSHAKE_US),
+        false => (0.0, 0.0, 0.0),
+    };
+    let send = f.send_ns(link) + record;
+    let ping_beyond_send = (f.ping_us(link) * 1e3 - f.send_ns(link)).max(0.0);
     let traffic = r.sends * send
         + r.deliveries * f.delivery_cpu_ns
-        + r.bytes_out * f.wire_byte_ns
+        + r.bytes_out * (f.wire_byte_ns + per_byte)
         + r.messages_in * f.message_cpu_ns
         + r.pings * ping_beyond_send;
-    (traffic / 1e9, r.handshakes * f.handshake_cpu_us / 1e6)
+    (
+        traffic / 1e9,
+        r.handshakes * (f.handshake_cpu_us + handshake) / 1e6,
+    )
 }
 
 /// Below this much predicted CPU for the traffic, the load says nothing about more
@@ -158,6 +168,8 @@ pub struct Load {
     /// The CPUs the shards may use.
     pub cpus: f64,
     pub link: Link,
+    /// `--tls-cert`: sends seal records, handshakes are TLS's too.
+    pub tls: bool,
     predicted_milli: AtomicU64,
     /// u64::MAX: not bound by CPU.
     by_cpu: AtomicU64,
@@ -166,10 +178,11 @@ pub struct Load {
 }
 
 impl Load {
-    pub fn new(cpus: f64, link: Link, limit: u64) -> Load {
+    pub fn new(cpus: f64, link: Link, tls: bool, limit: u64) -> Load {
         Load {
             cpus,
             link,
+            tls,
             predicted_milli: AtomicU64::new(0),
             by_cpu: AtomicU64::new(u64::MAX),
             limit: AtomicU64::new(limit),
@@ -256,7 +269,7 @@ pub fn watch(
                             handshakes: per(4),
                             pings: per(5),
                         };
-                        let (traffic, handshakes) = predicted_cpus(&f, load.link, &rates);
+                        let (traffic, handshakes) = predicted_cpus(&f, load.link, load.tls, &rates);
                         // The traffic is the window's: so are the connections that made it
                         // (during a ramp, the ones open now did less than a window's worth).
                         let open = seen.iter().map(|s| s.2).sum::<u64>() / seen.len() as u64;
@@ -346,12 +359,12 @@ mod tests {
             messages_in: 50.0,
             ..Rates::default()
         };
-        let (loopback, none) = predicted_cpus(&f, Link::Loopback, &r);
+        let (loopback, none) = predicted_cpus(&f, Link::Loopback, false, &r);
         assert_eq!(none, 0.0, "no handshakes");
         let per_delivery = f.send_cpu_ns + f.delivery_cpu_ns + 148.0 * f.wire_byte_ns;
         let expected = (50_000.0 * per_delivery + 50.0 * f.message_cpu_ns) / 1e9;
         assert!((loopback - expected).abs() < 1e-12, "{loopback}");
-        let (nic, _) = predicted_cpus(&f, Link::Nic, &r);
+        let (nic, _) = predicted_cpus(&f, Link::Nic, false, &r);
         assert!((loopback - nic - 50_000.0 * f.loopback_receive_ns / 1e9).abs() < 1e-12);
         // Twice the connections at the same work each would take twice the CPU: one CPU
         // carries 1,000 / loopback of them.
@@ -363,7 +376,7 @@ mod tests {
             handshakes: 5_000.0,
             ..r
         };
-        let (_, hs) = predicted_cpus(&f, Link::Loopback, &ramp);
+        let (_, hs) = predicted_cpus(&f, Link::Loopback, false, &ramp);
         assert!((hs - 5_000.0 * f.handshake_cpu_us / 1e6).abs() < 1e-12);
         let fewer = connections_by_cpu(loopback, hs, 1_000, 1.0).unwrap();
         assert_eq!(fewer, ((1.0 - hs) * 1_000.0 / loopback) as u64);
@@ -373,7 +386,12 @@ mod tests {
             "idle: memory binds"
         );
         assert_eq!(connections_by_cpu(0.5, 0.0, 0, 1.0), None);
-        let load = Load::new(1.0, Link::Loopback, 0);
+        // TLS: a record per send, its bytes, and TLS's handshake.
+        let (sealed, _) = predicted_cpus(&f, Link::Loopback, true, &r);
+        let records = 50_000.0 * super::super::plan::TLS_RECORD_NS
+            + 50_000.0 * 148.0 * super::super::plan::TLS_NS_PER_BYTE;
+        assert!((sealed - loopback - records / 1e9).abs() < 1e-12);
+        let load = Load::new(1.0, Link::Loopback, false, 0);
         load.by_cpu.store(n, Ordering::Relaxed);
         let c = Capacity::new(&f, (64 << 30, "test"), &shape(false));
         assert_eq!(load.left(&c, 1_000), n - 1_000, "CPU binds before memory");

@@ -203,8 +203,12 @@ const DEFLATE_MIN_SIZE: u64 = 512;
 /// cost the server 93–96 µs more than a plain one (a lower bound: the load generator was
 /// saturated). The fixed part is a record's: one per send.
 pub const TLS_CONN_BYTES: f64 = 180.0;
-const TLS_RECORD_NS: f64 = 400.0;
-const TLS_NS_PER_BYTE: f64 = 0.4;
+/// What a TLS member of a room with traffic holds beyond that: the records sealed for it
+/// on their way out, and the allocator's pages around them (bench/scripts/plan-check.sh:
+/// 2,000 members at 50 msg/s of 1,000 B, 9.6 MiB more than the plan without it).
+const TLS_BUSY_MEMBER_BYTES: f64 = 4_800.0;
+pub const TLS_RECORD_NS: f64 = 400.0;
+pub const TLS_NS_PER_BYTE: f64 = 0.4;
 pub const TLS_HANDSHAKE_US: f64 = 100.0;
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -269,8 +273,9 @@ impl Link {
 
 /// Messages one send to a member carries when its rooms publish `rate` messages per second
 /// between them, evenly spaced: every message that comes within `delay` of the first waits
-/// for it (1 + ⌊delay·rate⌋), up to half the out-ring's frames or half `max_bytes`, which go
-/// at once. With no delay each message is a send of its own.
+/// for it (1 + ⌊delay·rate⌋), until half the out-ring's frames or half `max_bytes` are
+/// queued, which go at once (the frame that reaches half the bytes goes too). With no delay
+/// each message is a send of its own. One send carries at most [`frames_per_send`] of them.
 pub fn messages_per_send(
     rate: f64,
     delay_secs: f64,
@@ -283,8 +288,18 @@ pub fn messages_per_send(
     }
     let gathered = 1.0 + (delay_secs * rate + 1e-9).floor();
     let by_frames = (out_ring / 2).max(1) as f64;
-    let by_bytes = ((max_bytes / 2) / wire.max(1)).max(1) as f64;
+    let by_bytes = (max_bytes / 2).div_ceil(wire.max(1)).max(1) as f64;
     gathered.min(by_frames).min(by_bytes)
+}
+
+/// Frames one send can carry: io_uring's sendmsg takes 16 iovecs from the shard's arena,
+/// epoll's writev 64.
+pub fn frames_per_send(uring: bool) -> f64 {
+    if uring {
+        16.0
+    } else {
+        64.0
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -425,8 +440,9 @@ pub fn plan(w: &Workload, m: &Machine, f: &Figures) -> Plan {
     // One frame per room in flight per member, shared: membership and the frames' bytes;
     // with traffic, what busy shards and members hold beyond that.
     let members = n.min(members_per_room * w.rooms);
+    let tls_busy = if w.tls { TLS_BUSY_MEMBER_BYTES } else { 0.0 };
     let busy = if deliveries > 0.0 {
-        shards as f64 * f.busy_shard_bytes + members as f64 * f.busy_member_bytes
+        shards as f64 * f.busy_shard_bytes + members as f64 * (f.busy_member_bytes + tls_busy)
     } else {
         0.0
     };
@@ -448,7 +464,8 @@ pub fn plan(w: &Workload, m: &Machine, f: &Figures) -> Plan {
         out_ring,
         w.max_queued_bytes,
         on_wire,
-    );
+    )
+    .min(frames_per_send(m.uring));
     let send_ns = f.send_ns(w.link) + tls_record;
     let delivery_ns = f.delivery_cpu_ns + on_wire as f64 * (f.wire_byte_ns + tls_byte);
     // A CPU that cannot give each delivery a send of its own keeps up by gathering: the
@@ -464,7 +481,7 @@ pub fn plan(w: &Workload, m: &Machine, f: &Figures) -> Plan {
         false => f64::INFINITY,
     };
     let saturated = gathered > per_send;
-    let per_send = per_send.max(gathered);
+    let per_send = per_send.max(gathered).min(frames_per_send(m.uring));
     let sends = deliveries / per_send;
     let tls_cpus = (sends * tls_record + deliveries * on_wire as f64 * tls_byte) / 1e9;
     let delivery_cpus = (sends * send_ns + deliveries * delivery_ns) / 1e9;

@@ -71,12 +71,12 @@ impl Order {
 
 /// Shared counters of a fan-out run (one thread: plain cells), and the members' one
 /// inflater (`--deflate`: each message inflates on its own, see [`crate::deflate`]).
-struct Tally {
-    delivered: Cell<u64>,
+pub(super) struct Tally {
+    pub(super) delivered: Cell<u64>,
     /// Bytes the members read from their sockets (see [`Frames::received`]) after their
     /// `joined`, until stopped: over the same span as `delivered`.
     wire_bytes: Cell<u64>,
-    hist: RefCell<Option<Histogram<u64>>>,
+    pub(super) hist: RefCell<Option<Histogram<u64>>>,
     order: Cell<Order>,
     inflater: RefCell<Inflater>,
 }
@@ -98,6 +98,19 @@ struct Members {
     slow: Vec<TcpStream>,
 }
 
+impl Tally {
+    /// Nothing counted yet.
+    pub(super) fn new() -> Tally {
+        Tally {
+            delivered: Cell::new(0),
+            wire_bytes: Cell::new(0),
+            hist: RefCell::new(Some(histogram())),
+            order: Cell::new(Order::default()),
+            inflater: RefCell::new(Inflater::new()),
+        }
+    }
+}
+
 impl Members {
     /// Joins members `first..first+count` of R rooms × `per_room`: member g is number
     /// g % per_room of room g / per_room, and the first `slow_per_room` of each room never
@@ -113,13 +126,7 @@ impl Members {
         joined: &mut dyn FnMut(),
     ) -> Members {
         let mut m = Members {
-            tally: Rc::new(Tally {
-                delivered: Cell::new(0),
-                wire_bytes: Cell::new(0),
-                hist: RefCell::new(Some(histogram())),
-                order: Cell::new(Order::default()),
-                inflater: RefCell::new(Inflater::new()),
-            }),
+            tally: Rc::new(Tally::new()),
             stop: Rc::new(Cell::new(false)),
             tasks: tokio::task::JoinSet::new(),
             slow: Vec::new(),
@@ -470,7 +477,7 @@ pub async fn fanout_worker(
 }
 
 /// Reads up to the `joined` op: the room's seq it gave (0 if it has none).
-async fn expect_joined(s: &mut TcpStream) -> u64 {
+pub(super) async fn expect_joined(s: &mut TcpStream) -> u64 {
     let mut frames = Frames::new(512);
     loop {
         assert!(frames.fill(s).await, "closed before joining");
@@ -492,7 +499,12 @@ async fn expect_joined(s: &mut TcpStream) -> u64 {
 /// compressed ones, answers pings. With `order` (the seq its `joined` gave) it also checks
 /// that each message's seq is the next one. A message that does not inflate ends it (said
 /// on stderr; the run's completeness shows it).
-async fn member(mut s: TcpStream, tally: Rc<Tally>, stop: Rc<Cell<bool>>, order: Option<u64>) {
+pub(super) async fn member(
+    mut s: TcpStream,
+    tally: Rc<Tally>,
+    stop: Rc<Cell<bool>>,
+    order: Option<u64>,
+) {
     let mut frames = Frames::new(64 * 1024);
     let mut last = order;
     let mut counted = 0;
@@ -619,7 +631,7 @@ impl Payload {
 /// Publishes to room `room` until `deadline`: at a fixed rate, or keeping at most
 /// `window` of its own messages in flight (it is a member and sees them come back,
 /// compressed with `--deflate`: it inflates them to find its stamps).
-async fn publisher(mut s: TcpStream, room: usize, f: Fanout, deadline: Instant) -> u64 {
+pub(super) async fn publisher(mut s: TcpStream, room: usize, f: Fanout, deadline: Instant) -> u64 {
     let mut payload = Payload::new(room, f);
     let mut scratch = Vec::with_capacity((f.size + 64) * f.window.max(1));
     let mut published = 0u64;

@@ -15,6 +15,8 @@
 //! - `fanout.rs`: rooms of members and a publisher each (`slow` is two of them): deliveries,
 //!   latency, completeness and CPU per delivery, over a cluster's nodes with `--also`;
 //! - `churn.rs`: connect, join, leave, close at a steady rate: success, memory drift;
+//! - `admission.rs`: members join a busy room until `--max-conns auto` refuses: CPU and
+//!   latency at the limit;
 //! - `calibrate.rs`: the runs above, turned into the costs `roomcast plan` predicts from.
 //!
 //! What they share:
@@ -27,6 +29,7 @@
 //! `resume`, with its accounting, is [`crate::resume`]; `storm`, with the backend it runs,
 //! is [`crate::storm`].
 
+mod admission;
 mod calibrate;
 mod churn;
 mod connect;
@@ -40,6 +43,7 @@ pub(crate) mod workers;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+pub use admission::{admission, Admission};
 pub use calibrate::calibrate;
 pub use churn::{churn, churn_worker};
 pub use echo::{echo, echo_worker};
