@@ -203,10 +203,6 @@ const DEFLATE_MIN_SIZE: u64 = 512;
 /// cost the server 93–96 µs more than a plain one (a lower bound: the load generator was
 /// saturated). The fixed part is a record's: one per send.
 pub const TLS_CONN_BYTES: f64 = 180.0;
-/// What a TLS member of a room with traffic holds beyond that: the records sealed for it
-/// on their way out, and the allocator's pages around them (bench/scripts/plan-check.sh:
-/// 2,000 members at 50 msg/s of 1,000 B, 9.6 MiB more than the plan without it).
-const TLS_BUSY_MEMBER_BYTES: f64 = 4_800.0;
 pub const TLS_RECORD_NS: f64 = 400.0;
 pub const TLS_NS_PER_BYTE: f64 = 0.4;
 pub const TLS_HANDSHAKE_US: f64 = 100.0;
@@ -440,9 +436,8 @@ pub fn plan(w: &Workload, m: &Machine, f: &Figures) -> Plan {
     // One frame per room in flight per member, shared: membership and the frames' bytes;
     // with traffic, what busy shards and members hold beyond that.
     let members = n.min(members_per_room * w.rooms);
-    let tls_busy = if w.tls { TLS_BUSY_MEMBER_BYTES } else { 0.0 };
     let busy = if deliveries > 0.0 {
-        shards as f64 * f.busy_shard_bytes + members as f64 * (f.busy_member_bytes + tls_busy)
+        shards as f64 * f.busy_shard_bytes + members as f64 * f.busy_member_bytes
     } else {
         0.0
     };

@@ -1,7 +1,7 @@
 // Headless Chromium driven over the DevTools protocol directly, with the `ws` package this
 // folder already has: puppeteer-core's current releases need Node >= 22, and Debian's Node
 // is 20; the few CDP calls the browser tests need are a few lines. Shared by
-// sse_browser.mjs and js_browser.mjs.
+// sse_browser.mjs, js_browser.mjs and dashboard_browser.mjs.
 import { spawn } from "node:child_process";
 import WebSocket from "ws";
 
@@ -71,4 +71,21 @@ export function cdp(url) {
       }),
     );
   });
+}
+
+/** A page (a tab) at `url`, with `evaluate(expr)` (awaits promises). */
+export async function openPage(browser, url) {
+  const { targetId } = await browser.send("Target.createTarget", { url: "about:blank" });
+  const { sessionId } = await browser.send("Target.attachToTarget", { targetId, flatten: true });
+  const send = (method, params) => browser.send(method, params, sessionId);
+  await send("Page.enable");
+  const loaded = browser.waitEvent("Page.loadEventFired");
+  await send("Page.navigate", { url });
+  await loaded;
+  const evaluate = async (expression) => {
+    const r = await send("Runtime.evaluate", { expression, returnByValue: true, awaitPromise: true });
+    if (r.exceptionDetails) throw new Error(JSON.stringify(r.exceptionDetails));
+    return r.result.value;
+  };
+  return { send, evaluate, close: () => browser.send("Target.closeTarget", { targetId }) };
 }

@@ -8,7 +8,7 @@
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { cdp, startChromium } from "./cdp.mjs";
+import { cdp, openPage, startChromium } from "./cdp.mjs";
 
 const [url, chromiumPath, out, wanted = "5"] = process.argv.slice(2);
 const profile = fs.mkdtempSync(path.join(os.tmpdir(), "roomcast-dashboard-"));
@@ -16,19 +16,8 @@ const { proc, url: devtools } = startChromium(chromiumPath, profile, ["--window-
 let result;
 try {
   const browser = await cdp(await devtools);
-  const { targetId } = await browser.send("Target.createTarget", { url: "about:blank" });
-  const { sessionId } = await browser.send("Target.attachToTarget", { targetId, flatten: true });
-  const send = (method, params) => browser.send(method, params, sessionId);
-  await send("Page.enable");
+  const { send, evaluate } = await openPage(browser, url);
   await send("Emulation.setDeviceMetricsOverride", { width: 1200, height: 900, deviceScaleFactor: 1, mobile: false });
-  const loaded = browser.waitEvent("Page.loadEventFired");
-  await send("Page.navigate", { url });
-  await loaded;
-  const evaluate = async (expression) => {
-    const r = await send("Runtime.evaluate", { expression, returnByValue: true, awaitPromise: true });
-    if (r.exceptionDetails) throw new Error(JSON.stringify(r.exceptionDetails));
-    return r.result.value;
-  };
   const deadline = Date.now() + 30_000;
   while (Number(await evaluate("document.body.dataset.samples || 0")) < Number(wanted)) {
     if (Date.now() > deadline) throw new Error(`fewer than ${wanted} samples in 30 s: ${await evaluate("document.getElementById('status').textContent")}`);

@@ -24,7 +24,7 @@ import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import WebSocket from "ws";
-import { cdp, startChromium } from "./cdp.mjs";
+import { cdp, openPage, startChromium } from "./cdp.mjs";
 
 const [BIN, CHROMIUM, OUT] = process.argv.slice(2);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -169,23 +169,6 @@ async function publisher(port, room) {
     send: (n) => ws.send(JSON.stringify({ op: "pub", room, data: { n }, id: n })),
     close: () => ws.close(),
   };
-}
-
-/** A page (a tab) at `url`, with `evaluate(expr)` (awaits promises). */
-async function openPage(browser, url) {
-  const { targetId } = await browser.send("Target.createTarget", { url: "about:blank" });
-  const { sessionId } = await browser.send("Target.attachToTarget", { targetId, flatten: true });
-  const send = (method, params) => browser.send(method, params, sessionId);
-  await send("Page.enable");
-  const loaded = browser.waitEvent("Page.loadEventFired");
-  await send("Page.navigate", { url });
-  await loaded;
-  const evaluate = async (expression) => {
-    const r = await send("Runtime.evaluate", { expression, returnByValue: true, awaitPromise: true });
-    if (r.exceptionDetails) throw new Error(JSON.stringify(r.exceptionDetails));
-    return r.result.value;
-  };
-  return { send, evaluate, close: () => browser.send("Target.closeTarget", { targetId }) };
 }
 
 // What a test page runs: roomcast.js from the server, one room, everything recorded.

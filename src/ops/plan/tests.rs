@@ -253,9 +253,7 @@ fn tls_costs_each_connection_its_session_and_each_delivery_its_sealing() {
         ..plain.clone()
     };
     let (a, b) = (plan(&plain, &machine(), &f), plan(&tls, &machine(), &f));
-    // Each connection's session, and each member's records in flight while its room is busy.
-    let grew = 10_000.0 * (TLS_CONN_BYTES + TLS_BUSY_MEMBER_BYTES);
-    assert!((b.user_bytes - a.user_bytes - grew).abs() < 1.0);
+    assert!((b.user_bytes - a.user_bytes - 10_000.0 * TLS_CONN_BYTES).abs() < 1.0);
     // No delay: one record per delivery.
     let seal = TLS_RECORD_NS + 1048.0 * TLS_NS_PER_BYTE;
     assert!((b.tls_cpus - a.deliveries_per_sec * seal / 1e9).abs() < 1e-9);
