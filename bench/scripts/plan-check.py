@@ -98,7 +98,8 @@ fig = json.load(open(f"{out}/figures.json"))
 lines += ["", f"Within ±15%: CPU {within(2)} of {counted(2)} shapes, memory {within(4)} of {counted(4)}.", "",
           f"This sitting's figures (`figures.json`): {fig['send_cpu_ns']:.0f} ns per send, "
           f"{fig['delivery_cpu_ns']:.0f} ns per delivery, {fig['wire_byte_ns']:.2f} ns per byte, "
-          f"{fig['message_cpu_ns']:.0f} ns per message in, {fig['user_bytes_per_conn']:.0f} B per idle connection.", ""]
+          f"{fig['message_cpu_ns']:.0f} ns per message in, {fig['user_bytes_per_conn']:.0f} B per idle connection "
+          f"({fig['measured_on']}).", ""]
 open(f"{out}/PLAN-CHECK.md", "w").write("\n".join(lines))
 print("\n".join(lines))
 
@@ -106,17 +107,24 @@ print("\n".join(lines))
 def panel(x0, title, unit, pts, scale):
     """One square scatter at x0: measured on x, predicted on y, the same linear axes from 0."""
     size, pad = 320, 50
-    top = max([max(m, p) for _, _, m, p in pts] + [1e-9]) * 1.15
+    # Ticks in the units shown (CPUs, MiB): a nice step, as many as cover the points.
+    top = max([max(m, p) for _, _, m, p in pts] + [1e-9]) * 1.1 / scale
     step = nice(top / 5)
-    top = step * 5
+    ticks = int(-(-top // step))
+    top = step * ticks * scale
+    step *= scale
     sx = lambda v: x0 + pad + v / top * size
     sy = lambda v: 30 + size - v / top * size
-    s = [f'<text x="{x0 + pad + size / 2}" y="18" text-anchor="middle" font-weight="bold">{title}</text>']
-    band = " ".join(f"{sx(v)},{sy(v * 1.1)}" for v in (0, top / 1.1)) + " " + " ".join(f"{sx(v)},{sy(v * 0.9)}" for v in (top, 0))
-    s.append(f'<polygon points="{band}" fill="#dde8f5"/>')
+    clip = f"plot{x0}"
+    s = [f'<text x="{x0 + pad + size / 2}" y="18" text-anchor="middle" font-weight="bold">{title}</text>',
+         f'<clipPath id="{clip}"><rect x="{sx(0)}" y="{sy(top)}" width="{size}" height="{size}"/></clipPath>']
+    # From the origin along +10% to the top edge, the top-right corner, down the right edge
+    # to −10%, back along it.
+    band = " ".join(f"{sx(x)},{sy(y)}" for x, y in ((0, 0), (top / 1.1, top), (top, top), (top, top * 0.9)))
+    s.append(f'<polygon points="{band}" fill="#dde8f5" clip-path="url(#{clip})"/>')
     s.append(f'<line x1="{sx(0)}" y1="{sy(0)}" x2="{sx(top)}" y2="{sy(top)}" stroke="#6a8caf"/>')
     s.append(f'<rect x="{sx(0)}" y="{sy(top)}" width="{size}" height="{size}" fill="none" stroke="#333"/>')
-    for i in range(6):
+    for i in range(ticks + 1):
         v = step * i
         lab = f"{v / scale:.{decimals(step / scale)}f}"
         s.append(f'<text x="{sx(v)}" y="{sy(0) + 16}" text-anchor="middle" font-size="11">{lab}</text>')
@@ -124,7 +132,7 @@ def panel(x0, title, unit, pts, scale):
     s.append(f'<text x="{sx(top / 2)}" y="{sy(0) + 34}" text-anchor="middle" font-size="12">measured ({unit})</text>')
     s.append(f'<text x="{x0 + 14}" y="{sy(top / 2)}" text-anchor="middle" font-size="12" transform="rotate(-90 {x0 + 14} {sy(top / 2)})">plan ({unit})</text>')
     for label, delay, m, p in pts:
-        colour = {"0": "#c0392b", "20ms": "#27ae60"}.get(delay, "#8e44ad")
+        colour = {"0": "#c0392b", "20ms": "#27ae60", "2 nodes + Redis": "#e67e22"}.get(delay, "#8e44ad")
         s.append(f'<circle cx="{sx(m)}" cy="{sy(p)}" r="4" fill="{colour}"><title>{label}, write delay {delay}: measured {m / scale:.2f}, plan {p / scale:.2f}</title></circle>')
     return s
 
@@ -136,8 +144,11 @@ def nice(x):
 
 
 def decimals(step):
-    import math
-    return max(0, -math.floor(math.log10(step))) if step < 1 else 0
+    """Decimals that show every multiple of `step` exactly (0.25: 2, 0.5: 1, 5: 0)."""
+    for d in range(4):
+        if abs(round(step, d) - step) < 1e-9:
+            return d
+    return 4
 
 
 cpu = [(l, d, mc, pc) for l, d, mc, pc, _, _ in points if mc is not None]
@@ -149,6 +160,7 @@ svg += panel(430, "server memory", "MiB", mem, MIB)
 svg += ['<circle cx="60" cy="425" r="4" fill="#c0392b"/><text x="70" y="429" font-size="12">no write delay</text>',
         '<circle cx="200" cy="425" r="4" fill="#27ae60"/><text x="210" y="429" font-size="12">--write-delay 20ms</text>',
         '<circle cx="360" cy="425" r="4" fill="#8e44ad"/><text x="370" y="429" font-size="12">--deflate, TLS</text>',
-        '<rect x="480" y="419" width="14" height="10" fill="#dde8f5"/><text x="500" y="429" font-size="12">within ±10% of measured</text>',
+        '<circle cx="490" cy="425" r="4" fill="#e67e22"/><text x="500" y="429" font-size="12">two nodes on Redis</text>',
+        '<rect x="640" y="419" width="14" height="10" fill="#dde8f5"/><text x="660" y="429" font-size="12">within ±10% of measured</text>',
         '</svg>']
 open(f"{out}/plan-check.svg", "w").write("\n".join(svg))

@@ -100,7 +100,11 @@ pub async fn calibrate(
             }
             None => {
                 fitted = "send, delivery and byte costs built-in (the fan-outs did not separate them: a peer without /stats, or noise)";
-                [builtin.send_cpu_ns, builtin.delivery_cpu_ns, builtin.wire_byte_ns]
+                [
+                    builtin.send_cpu_ns,
+                    builtin.delivery_cpu_ns,
+                    builtin.wire_byte_ns,
+                ]
             }
         },
     };
