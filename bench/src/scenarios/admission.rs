@@ -98,8 +98,7 @@ pub async fn admission(t: Target, a: Admission) -> serde_json::Value {
     let rate = delivered as f64 / a.hold.max(1) as f64;
     let (cpu, note) = cpu_fields(t, &before, &after, None);
     println!(
-        "admission: {} at {} msg/s × {} B, members joining {}/s: {joined} joined in {ramp_secs:.1}s{}; over {}s at the limit {rate:.0} deliveries/s, p50 {:.2} ms p99 {:.2} ms; the model's CPU {} (limit {}){note}",
-        "one room",
+        "admission: one room at {} msg/s × {} B, members joining {}/s: {joined} joined in {ramp_secs:.1}s{}; over {}s at the limit {rate:.0} deliveries/s, p50 {:.2} ms p99 {:.2} ms; the model's CPU {} (limit {}){note}",
         a.rate,
         a.size,
         a.pace,
